@@ -1,0 +1,288 @@
+//! `rotary inspect`: what a model file holds and what it costs to run: architecture,
+//! hyperparameters, tensors by type, dense vs expert bytes, expert bytes read per token, and
+//! (with a VRAM budget) how much is left for the expert cache.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::format::gguf::{Gguf, Value};
+use crate::model::{ModelConfig, TensorRole};
+
+/// Bytes a CUDA context and the cuBLAS-free kernel images take before any allocation of ours
+/// (typical for a driver 5xx context on Ada/Hopper; the rotary issue measures it instead).
+pub const CUDA_CONTEXT_BYTES_ESTIMATE: u64 = 320 << 20;
+/// Context length assumed for the KV-cache line of the budget plan.
+pub const PLAN_CONTEXT: u64 = 4096;
+
+#[derive(Clone, Debug, Default)]
+pub struct TypeCount {
+    pub tensors: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub path: String,
+    pub file_bytes: u64,
+    pub version: u32,
+    pub alignment: u32,
+    pub n_kv: usize,
+    pub architecture: Option<String>,
+    pub name: Option<String>,
+    pub config: Option<ModelConfig>,
+    /// Why the file is not runnable, when it is not (unsupported arch, bad tensors).
+    pub problem: Option<String>,
+    pub by_type: BTreeMap<String, TypeCount>,
+    pub n_tensors: usize,
+    pub tensor_bytes: u64,
+    pub expert_bytes: u64,
+    pub embedding_bytes: u64,
+    pub output_bytes: u64,
+    /// Routed expert bytes read per token with no cache (top-k of every layer).
+    pub expert_bytes_per_token: u64,
+    /// Bytes of one expert (gate + up + down), averaged over layers.
+    pub expert_bytes_avg: u64,
+    pub plan: Option<BudgetPlan>,
+}
+
+/// A first VRAM plan: dense weights (without token_embd, which stays in host memory: one row
+/// is gathered per token), KV cache at PLAN_CONTEXT, the CUDA context; the rest caches experts.
+#[derive(Clone, Debug)]
+pub struct BudgetPlan {
+    pub budget_bytes: u64,
+    pub dense_bytes: u64,
+    pub kv_bytes: u64,
+    pub context_bytes: u64,
+    pub expert_cache_bytes: u64,
+    pub expert_slots: u64,
+    pub n_experts_total: u64,
+}
+
+impl Report {
+    pub fn new(g: &Gguf, budget_bytes: Option<u64>) -> Result<Report> {
+        let h = &g.header;
+        let mut by_type: BTreeMap<String, TypeCount> = BTreeMap::new();
+        for t in &h.tensors {
+            let e = by_type.entry(t.ty.name().to_string()).or_default();
+            e.tensors += 1;
+            e.bytes += t.n_bytes;
+        }
+        let architecture = h.get_str("general.architecture")?.map(str::to_string);
+        let name = h.get_str("general.name")?.map(str::to_string);
+        let config = ModelConfig::from_gguf(h).and_then(|c| c.check_tensors(h).map(|_| c));
+        let (config, problem) = match config {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let mut r = Report {
+            path: g.path().display().to_string(),
+            file_bytes: g.file_bytes(),
+            version: h.version,
+            alignment: h.alignment,
+            n_kv: h.kvs.len(),
+            architecture,
+            name,
+            config,
+            problem,
+            by_type,
+            n_tensors: h.tensors.len(),
+            tensor_bytes: h.tensors.iter().map(|t| t.n_bytes).sum(),
+            expert_bytes: 0,
+            embedding_bytes: 0,
+            output_bytes: 0,
+            expert_bytes_per_token: 0,
+            expert_bytes_avg: 0,
+            plan: None,
+        };
+        if let Some(cfg) = r.config.clone() {
+            r.account_roles(g, &cfg);
+            if let Some(budget) = budget_bytes {
+                r.plan = Some(r.budget_plan(&cfg, budget)?);
+            }
+        } else if budget_bytes.is_some() {
+            let why = r.problem.clone().unwrap_or_default();
+            return Err(Error::Usage(format!("cannot plan a VRAM budget: {why}")));
+        }
+        Ok(r)
+    }
+
+    fn account_roles(&mut self, g: &Gguf, cfg: &ModelConfig) {
+        for want in cfg.tensor_table() {
+            let Some(t) = g.header.tensor(&want.name) else { continue };
+            match want.role {
+                TensorRole::Expert => self.expert_bytes += t.n_bytes,
+                TensorRole::Embedding => self.embedding_bytes += t.n_bytes,
+                TensorRole::Output => self.output_bytes += t.n_bytes,
+                _ => {}
+            }
+        }
+        // Every layer reads n_experts_used experts; expert e of a layer is 1/n_experts of it.
+        let per_layer_all = self.expert_bytes / cfg.n_layers;
+        self.expert_bytes_avg = per_layer_all / cfg.n_experts;
+        self.expert_bytes_per_token = self.expert_bytes / cfg.n_experts * cfg.n_experts_used;
+    }
+
+    /// Everything that is neither a routed expert nor the embedding table.
+    pub fn dense_resident_bytes(&self) -> u64 {
+        self.tensor_bytes - self.expert_bytes - self.embedding_bytes
+    }
+
+    fn budget_plan(&self, cfg: &ModelConfig, budget_bytes: u64) -> Result<BudgetPlan> {
+        let n_attn_layers = (0..cfg.n_layers).filter(|&l| cfg.is_full_attention(l)).count() as u64;
+        // K and V in f16 for every full-attention layer.
+        let kv_bytes = n_attn_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2 * PLAN_CONTEXT;
+        let dense_bytes = self.dense_resident_bytes();
+        let fixed = dense_bytes + kv_bytes + CUDA_CONTEXT_BYTES_ESTIMATE;
+        if fixed > budget_bytes {
+            return Err(Error::Usage(format!(
+                "VRAM budget {} is too small: dense weights {} + KV cache {} + CUDA context {} \
+                 need {} before any expert is cached",
+                human_bytes(budget_bytes),
+                human_bytes(dense_bytes),
+                human_bytes(kv_bytes),
+                human_bytes(CUDA_CONTEXT_BYTES_ESTIMATE),
+                human_bytes(fixed)
+            )));
+        }
+        let expert_cache_bytes = budget_bytes - fixed;
+        let expert_slots = expert_cache_bytes / self.expert_bytes_avg.max(1);
+        Ok(BudgetPlan {
+            budget_bytes,
+            dense_bytes,
+            kv_bytes,
+            context_bytes: CUDA_CONTEXT_BYTES_ESTIMATE,
+            expert_cache_bytes,
+            expert_slots: expert_slots.min(cfg.n_layers * cfg.n_experts),
+            n_experts_total: cfg.n_layers * cfg.n_experts,
+        })
+    }
+}
+
+/// "1.23 GiB"-style sizes, with the exact byte count where it matters left to the caller.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[unit])
+    }
+}
+
+/// Parse "8GiB", "6.3GiB", "512MiB", "8GB", "1e9" into bytes.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic() && c != 'e').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(Error::Usage(format!("bad size '{s}': unknown unit '{unit}'"))),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| Error::Usage(format!("bad size '{s}': '{num}' is not a number")))?;
+    let bytes = v * mult;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > 1e18 {
+        return Err(Error::Usage(format!("bad size '{s}': out of range")));
+    }
+    Ok(bytes.round() as u64)
+}
+
+fn value_summary(v: &Value) -> String {
+    match v {
+        Value::String(s) if s.chars().count() > 60 => {
+            format!("\"{}…\" ({} bytes)", short(s, 57), s.len())
+        }
+        Value::String(s) => format!("\"{}\"", short(s, 60)),
+        Value::Array(_) => v.type_name(),
+        Value::F32(x) => format!("{x}"),
+        Value::F64(x) => format!("{x}"),
+        Value::Bool(b) => format!("{b}"),
+        other => other.as_u64().map_or_else(|| format!("{other:?}"), |u| u.to_string()),
+    }
+}
+
+fn short(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect::<String>().replace('\n', "\\n")
+}
+
+/// All metadata, arrays summarised: for `inspect --kv`.
+pub fn kv_lines(g: &Gguf) -> Vec<String> {
+    g.header.kvs.iter().map(|(k, v)| format!("  {k:<48} {}", value_summary(v))).collect()
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hb = human_bytes;
+        writeln!(f, "file          {} ({}, {} bytes)", self.path, hb(self.file_bytes), self.file_bytes)?;
+        writeln!(f, "format        GGUF v{}, alignment {}, {} keys, {} tensors",
+            self.version, self.alignment, self.n_kv, self.n_tensors)?;
+        if let Some(name) = &self.name {
+            writeln!(f, "name          {name}")?;
+        }
+        let arch = self.architecture.as_deref().unwrap_or("(none)");
+        writeln!(f, "architecture  {arch}")?;
+        if let Some(c) = &self.config {
+            writeln!(f, "layers        {} (+{} nextn/MTP, skipped)", c.n_layers, c.n_nextn_layers)?;
+            writeln!(f, "dim           {}   vocab {}   context {}", c.dim, c.n_vocab, c.context_length)?;
+            writeln!(f, "attention     {} q heads / {} kv heads x {} (rope {} dims, theta {}), rms eps {:e}",
+                c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dims, c.rope_theta, c.rms_eps as f32)?;
+            write!(f, "experts       {} per layer, top-{}, ffn {}", c.n_experts, c.n_experts_used, c.expert_ffn_dim)?;
+            if c.shared_ffn_dim > 0 {
+                write!(f, ", shared expert ffn {}", c.shared_ffn_dim)?;
+            }
+            writeln!(f)?;
+        }
+        if let Some(p) = &self.problem {
+            writeln!(f, "not runnable  {p}")?;
+        }
+        writeln!(f, "tensors by type:")?;
+        for (ty, c) in &self.by_type {
+            writeln!(f, "  {ty:<8} {:>5} tensors  {:>12}", c.tensors, hb(c.bytes))?;
+        }
+        if self.config.is_some() {
+            self.fmt_costs(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl Report {
+    fn fmt_costs(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hb = human_bytes;
+        let dense = self.dense_resident_bytes();
+        writeln!(f, "bytes:")?;
+        writeln!(f, "  routed experts        {:>12}  ({} per expert on average)",
+            hb(self.expert_bytes), hb(self.expert_bytes_avg))?;
+        writeln!(f, "  dense, VRAM-resident  {:>12}  (incl. output {})", hb(dense), hb(self.output_bytes))?;
+        writeln!(f, "  token embedding       {:>12}  (host-resident: one row per token)",
+            hb(self.embedding_bytes))?;
+        writeln!(f, "  expert bytes / token  {:>12}  ({} bytes, no cache hits)",
+            hb(self.expert_bytes_per_token), self.expert_bytes_per_token)?;
+        if let Some(p) = &self.plan {
+            writeln!(f, "VRAM budget {} (plan estimate; context {} tokens):", hb(p.budget_bytes), PLAN_CONTEXT)?;
+            writeln!(f, "  dense weights         {:>12}", hb(p.dense_bytes))?;
+            writeln!(f, "  KV cache (f16)        {:>12}", hb(p.kv_bytes))?;
+            writeln!(f, "  CUDA context (est.)   {:>12}", hb(p.context_bytes))?;
+            let pct = 100.0 * p.expert_slots as f64 / p.n_experts_total.max(1) as f64;
+            writeln!(f, "  expert cache          {:>12}  = {} of {} experts ({pct:.1}%)",
+                hb(p.expert_cache_bytes), p.expert_slots, p.n_experts_total)?;
+        }
+        Ok(())
+    }
+}

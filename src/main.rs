@@ -1,0 +1,163 @@
+//! The `rotary` command line: clap for flags, indicatif for progress. Everything else lives in
+//! the library; this file only parses, reports progress and prints.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use rotary::format::gguf::Gguf;
+use rotary::inspect::{self, Report};
+use rotary::synth::{self, Preset, QuantMix, SynthOptions};
+use rotary::{Error, Result};
+
+const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), "\ncuda: ", env!("ROTARY_CUDA_STATUS"));
+
+#[derive(Parser)]
+#[command(name = "rotary", version = VERSION, about = "MoE inference with experts rotating through VRAM")]
+struct Cli {
+    /// More logging on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a GGUF with random weights in the shape of a named preset.
+    Synth {
+        /// tiny | small | qwen3-30b-a3b
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Type mix, as llama.cpp's --ftype: q8_0 | q4_k_m | q6_k | f16
+        #[arg(long, default_value = "q4_k_m")]
+        quant: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Take the tokenizer (tokenizer.* keys) from this GGUF, e.g. a real model or
+        /// llama.cpp's ggml-vocab-qwen2.gguf; default: a byte-level vocabulary.
+        #[arg(long)]
+        vocab: Option<PathBuf>,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Architecture, hyperparameters, tensors and byte costs of a model file.
+    Inspect {
+        /// A GGUF file; default: the embedded tiny model.
+        file: Option<PathBuf>,
+        /// Plan a VRAM budget (8GiB, 6.3GiB, 512MiB): what is left for the expert cache.
+        #[arg(long)]
+        vram_budget: Option<String>,
+        /// Also list every metadata key.
+        #[arg(long)]
+        kv: bool,
+        /// Also list every tensor.
+        #[arg(long)]
+        tensors: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Synth { preset, quant, seed, vocab, output } => {
+            cmd_synth(&preset, &quant, seed, vocab, &output)
+        }
+        Command::Inspect { file, vram_budget, kv, tensors } => {
+            cmd_inspect(file, vram_budget.as_deref(), kv, tensors)
+        }
+    }
+}
+
+fn bytes_bar(total: u64, msg: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(msg.to_string());
+    bar
+}
+
+fn cmd_synth(
+    preset: &str,
+    quant: &str,
+    seed: u64,
+    vocab: Option<PathBuf>,
+    output: &PathBuf,
+) -> Result<()> {
+    let mut opts = SynthOptions::new(Preset::by_name(preset)?, QuantMix::by_name(quant)?, seed);
+    if let Some(path) = vocab {
+        let (keys, n_tokens) = synth::vocab_from_gguf(&path)?;
+        opts.vocab = keys;
+        opts.n_vocab = n_tokens;
+    }
+    let (_, total) = (0, synth::plan(&opts)?.0.layout()?.file_bytes);
+    let bar = bytes_bar(total, &format!("synth {preset} {quant}"));
+    let stats = synth::write(&opts, output, &mut |done, _| bar.set_position(done))?;
+    bar.finish_and_clear();
+    let mb_s = stats.file_bytes as f64 / 1e6 / stats.seconds.max(1e-9);
+    eprintln!(
+        "wrote {} ({} bytes, {} tensors) in {:.1} s: {:.0} MB/s",
+        output.display(),
+        stats.file_bytes,
+        stats.n_tensors,
+        stats.seconds,
+        mb_s
+    );
+    Ok(())
+}
+
+/// The embedded default: the tiny preset, synthesized in memory (no file needed).
+fn embedded_default() -> Result<Gguf> {
+    let opts = SynthOptions::new(Preset::by_name("tiny")?, QuantMix::Q8_0, 0);
+    Gguf::from_bytes(synth::to_bytes(&opts)?)
+}
+
+fn cmd_inspect(file: Option<PathBuf>, budget: Option<&str>, kv: bool, tensors: bool) -> Result<()> {
+    let budget_bytes = budget.map(inspect::parse_size).transpose()?;
+    let g = match &file {
+        Some(path) => Gguf::open(path)?,
+        None => {
+            eprintln!("no file given: inspecting the embedded tiny model (rotary synth --preset tiny)");
+            embedded_default()?
+        }
+    };
+    let report = Report::new(&g, budget_bytes).map_err(|e| match &file {
+        Some(p) => e.in_file(p),
+        None => e,
+    })?;
+    print!("{report}");
+    if kv {
+        println!("metadata:");
+        inspect::kv_lines(&g).iter().for_each(|l| println!("{l}"));
+    }
+    if tensors {
+        println!("tensors:");
+        for t in &g.header.tensors {
+            println!("  {:<36} {:<6} {:?} {} bytes", t.name, t.ty.name(), t.dims, t.n_bytes);
+        }
+    }
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn usage(msg: String) -> Error {
+    Error::Usage(msg)
+}

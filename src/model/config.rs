@@ -1,0 +1,372 @@
+//! Model hyperparameters read from a file (never hard-coded), their semantic checks, and the
+//! table of tensors each architecture needs with the shape each must have.
+//!
+//! The tensor table is the single source of truth for three users: validation of a loaded file
+//! (`check_tensors`), `rotary inspect` (dense vs expert bytes) and `rotary synth` (which writes
+//! exactly these tensors). Shapes are in ggml order (ne0 first), as GGUF stores them.
+
+use crate::error::{Error, Result};
+use crate::format::gguf::{Header, TensorInfo};
+use crate::limits;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Qwen3-30B-A3B and kin: GQA attention with q/k norm, every layer MoE (models.md §1).
+    Qwen3Moe,
+    /// Qwen3.5/3.6-35B-A3B: Gated DeltaNet + gated attention, MoE with a shared expert (§2).
+    Qwen35Moe,
+}
+
+impl Arch {
+    pub fn from_name(name: &str) -> Option<Arch> {
+        match name {
+            "qwen3moe" => Some(Arch::Qwen3Moe),
+            "qwen35moe" => Some(Arch::Qwen35Moe),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Qwen3Moe => "qwen3moe",
+            Arch::Qwen35Moe => "qwen35moe",
+        }
+    }
+}
+
+/// Gated DeltaNet (linear attention) dimensions of qwen35moe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SsmConfig {
+    pub conv_kernel: u64,
+    /// Value width: n_v_heads * head_dim (4096).
+    pub inner_size: u64,
+    /// Per-head k/v dimension (128).
+    pub state_size: u64,
+    /// Key heads (16).
+    pub n_k_heads: u64,
+    /// Value heads (32).
+    pub n_v_heads: u64,
+    /// Every `full_attention_interval`-th layer is full attention (l % 4 == 3).
+    pub full_attention_interval: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub n_layers: u64,
+    /// Hidden size (`embedding_length`).
+    pub dim: u64,
+    pub n_heads: u64,
+    pub n_kv_heads: u64,
+    pub head_dim: u64,
+    pub n_vocab: u64,
+    pub n_experts: u64,
+    pub n_experts_used: u64,
+    /// Routed expert FFN width (`expert_feed_forward_length`).
+    pub expert_ffn_dim: u64,
+    /// Shared expert FFN width (qwen35moe), 0 when absent.
+    pub shared_ffn_dim: u64,
+    pub context_length: u64,
+    pub rope_theta: f64,
+    /// Rotary dims per head (all of head_dim for qwen3moe, 64 for qwen35moe).
+    pub rope_dims: u64,
+    pub rms_eps: f64,
+    /// Extra blocks after the main stack (qwen35moe MTP: `nextn_predict_layers`); skipped.
+    pub n_nextn_layers: u64,
+    pub ssm: Option<SsmConfig>,
+}
+
+/// What a tensor is for: decides where it lives (VRAM-resident vs rotating) and its type.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TensorRole {
+    Embedding,
+    Output,
+    Norm,
+    Attention,
+    /// Gated DeltaNet projections and small state parameters.
+    Ssm,
+    Router,
+    SharedExpert,
+    /// Routed experts: `ffn_{gate,up,down}_exps`, the expert index outermost.
+    Expert,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorDesc {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub role: TensorRole,
+    pub layer: Option<u64>,
+}
+
+/// Read a required positive integer hyperparameter `<arch>.<key>` within `1..=max`.
+fn hparam(h: &Header, arch: &str, key: &str, max: u64) -> Result<u64> {
+    let full = format!("{arch}.{key}");
+    let v = h.get_u64(&full)?.ok_or_else(|| Error::MissingKey { key: full.clone() })?;
+    if v == 0 || v > max {
+        return Err(Error::BadValue { key: full, reason: format!("{v} is not in 1..={max}") });
+    }
+    Ok(v)
+}
+
+fn hparam_or(h: &Header, arch: &str, key: &str, max: u64, default: u64) -> Result<u64> {
+    if h.get(&format!("{arch}.{key}")).is_none() {
+        return Ok(default);
+    }
+    hparam(h, arch, key, max)
+}
+
+fn hparam_f64(h: &Header, arch: &str, key: &str, default: Option<f64>) -> Result<f64> {
+    let full = format!("{arch}.{key}");
+    let v = match (h.get_f64(&full)?, default) {
+        (Some(v), _) => v,
+        (None, Some(d)) => d,
+        (None, None) => return Err(Error::MissingKey { key: full }),
+    };
+    if !v.is_finite() || v <= 0.0 {
+        return Err(Error::BadValue { key: full, reason: format!("{v} is not a positive number") });
+    }
+    Ok(v)
+}
+
+impl ModelConfig {
+    /// Hyperparameters from GGUF metadata, with every semantic check that does not need the
+    /// tensors. `n_vocab` comes from the token_embd tensor (the padded vocabulary).
+    pub fn from_gguf(h: &Header) -> Result<ModelConfig> {
+        let arch_name = h.architecture()?;
+        let arch = Arch::from_name(arch_name).ok_or_else(|| Error::BadValue {
+            key: "general.architecture".to_string(),
+            reason: format!("'{arch_name}' is not supported (supported: qwen3moe, qwen35moe)"),
+        })?;
+        let a = arch_name;
+        let dim = hparam(h, a, "embedding_length", limits::DIM_MAX)?;
+        let n_heads = hparam(h, a, "attention.head_count", limits::HEADS_MAX)?;
+        let n_kv_heads = hparam(h, a, "attention.head_count_kv", limits::HEADS_MAX)?;
+        let default_head_dim = dim / n_heads;
+        let head_dim = hparam_or(h, a, "attention.key_length", limits::DIM_MAX, default_head_dim)?;
+        let n_layers_file = hparam(h, a, "block_count", limits::LAYERS_MAX)?;
+        let n_nextn_layers = h.get_u64(&format!("{a}.nextn_predict_layers"))?.unwrap_or(0);
+        let ssm = match arch {
+            Arch::Qwen3Moe => None,
+            Arch::Qwen35Moe => Some(SsmConfig::from_gguf(h, a)?),
+        };
+        let rope_dims = match arch {
+            Arch::Qwen3Moe => head_dim,
+            Arch::Qwen35Moe => hparam(h, a, "rope.dimension_count", limits::DIM_MAX)?,
+        };
+        let n_vocab = match h.tensor("token_embd.weight") {
+            Some(t) if t.dims.len() == 2 => t.dims[1],
+            Some(t) => return Err(shape_err(t, &[dim, 0])),
+            None => return Err(Error::MissingTensor { name: "token_embd.weight".into() }),
+        };
+        let cfg = ModelConfig {
+            arch,
+            n_layers: n_layers_file.checked_sub(n_nextn_layers).unwrap_or(0),
+            dim,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            n_vocab,
+            n_experts: hparam(h, a, "expert_count", limits::EXPERTS_MAX)?,
+            n_experts_used: hparam(h, a, "expert_used_count", limits::EXPERTS_USED_MAX)?,
+            expert_ffn_dim: hparam(h, a, "expert_feed_forward_length", limits::DIM_MAX)?,
+            shared_ffn_dim: match arch {
+                Arch::Qwen3Moe => 0,
+                Arch::Qwen35Moe => {
+                    hparam(h, a, "expert_shared_feed_forward_length", limits::DIM_MAX)?
+                }
+            },
+            context_length: hparam(h, a, "context_length", limits::CONTEXT_MAX)?,
+            rope_theta: hparam_f64(h, a, "rope.freq_base", Some(10_000.0))?,
+            rope_dims,
+            rms_eps: hparam_f64(h, a, "attention.layer_norm_rms_epsilon", None)?,
+            n_nextn_layers,
+            ssm,
+        };
+        cfg.validate()?;
+        check_special_tokens(h, cfg.n_vocab)?;
+        Ok(cfg)
+    }
+
+    /// Relationships between hyperparameters (reliability.md §1.4 item 24).
+    pub fn validate(&self) -> Result<()> {
+        let a = self.arch.name();
+        let bad = |key: &str, reason: String| Error::BadValue { key: format!("{a}.{key}"), reason };
+        if self.n_vocab == 0 || self.n_vocab > limits::VOCAB_MAX {
+            return Err(bad("vocab_size", format!("{} is not in 1..={}", self.n_vocab, limits::VOCAB_MAX)));
+        }
+        if self.n_layers == 0 {
+            return Err(bad("block_count", "no layers left after the nextn (MTP) layers".into()));
+        }
+        if self.n_experts_used > self.n_experts {
+            let (used, total) = (self.n_experts_used, self.n_experts);
+            return Err(bad("expert_used_count", format!("{used} > expert_count {total}")));
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            let (h, kv) = (self.n_heads, self.n_kv_heads);
+            return Err(bad("attention.head_count_kv", format!("{kv} does not divide head_count {h}")));
+        }
+        if self.rope_dims % 2 != 0 || self.rope_dims > self.head_dim {
+            let (r, hd) = (self.rope_dims, self.head_dim);
+            return Err(bad("rope.dimension_count", format!("{r} must be even and <= head dim {hd}")));
+        }
+        if let Some(ssm) = &self.ssm {
+            ssm.validate(a)?;
+        }
+        Ok(())
+    }
+
+    pub fn is_full_attention(&self, layer: u64) -> bool {
+        match &self.ssm {
+            None => true,
+            Some(ssm) => (layer + 1) % ssm.full_attention_interval == 0,
+        }
+    }
+
+    /// Every tensor the forward pass needs, with its expected shape.
+    pub fn tensor_table(&self) -> Vec<TensorDesc> {
+        let (dim, vocab) = (self.dim, self.n_vocab);
+        let mut table = vec![
+            desc("token_embd.weight", &[dim, vocab], TensorRole::Embedding, None),
+            desc("output_norm.weight", &[dim], TensorRole::Norm, None),
+            desc("output.weight", &[dim, vocab], TensorRole::Output, None),
+        ];
+        for l in 0..self.n_layers {
+            self.layer_tensors(l, &mut table);
+        }
+        table
+    }
+
+    fn layer_tensors(&self, l: u64, out: &mut Vec<TensorDesc>) {
+        let (dim, hd) = (self.dim, self.head_dim);
+        let (ne, ff) = (self.n_experts, self.expert_ffn_dim);
+        let q_width = self.n_heads * hd;
+        let kv_width = self.n_kv_heads * hd;
+        let mut t = |suffix: &str, dims: &[u64], role| {
+            out.push(desc(&format!("blk.{l}.{suffix}"), dims, role, Some(l)))
+        };
+        use TensorRole::*;
+        t("attn_norm.weight", &[dim], Norm);
+        if self.is_full_attention(l) {
+            // qwen35moe's gated attention packs [q_h | gate_h] per head: twice the q rows.
+            let q_rows = if self.ssm.is_some() { 2 * q_width } else { q_width };
+            t("attn_q.weight", &[dim, q_rows], Attention);
+            t("attn_k.weight", &[dim, kv_width], Attention);
+            t("attn_v.weight", &[dim, kv_width], Attention);
+            t("attn_output.weight", &[q_width, dim], Attention);
+            t("attn_q_norm.weight", &[hd], Norm);
+            t("attn_k_norm.weight", &[hd], Norm);
+        } else {
+            let ssm = self.ssm.as_ref().expect("only qwen35moe has linear-attention layers");
+            let qkv = 2 * ssm.n_k_heads * ssm.state_size + ssm.inner_size;
+            t("attn_qkv.weight", &[dim, qkv], Ssm);
+            t("attn_gate.weight", &[dim, ssm.inner_size], Ssm);
+            t("ssm_beta.weight", &[dim, ssm.n_v_heads], Ssm);
+            t("ssm_alpha.weight", &[dim, ssm.n_v_heads], Ssm);
+            t("ssm_conv1d.weight", &[ssm.conv_kernel, qkv], Ssm);
+            t("ssm_dt.bias", &[ssm.n_v_heads], Ssm);
+            t("ssm_a", &[ssm.n_v_heads], Ssm);
+            t("ssm_norm.weight", &[ssm.state_size], Norm);
+            t("ssm_out.weight", &[ssm.inner_size, dim], Ssm);
+        }
+        match self.arch {
+            Arch::Qwen3Moe => t("ffn_norm.weight", &[dim], Norm),
+            Arch::Qwen35Moe => t("post_attention_norm.weight", &[dim], Norm),
+        }
+        t("ffn_gate_inp.weight", &[dim, ne], Router);
+        t("ffn_gate_exps.weight", &[dim, ff, ne], Expert);
+        t("ffn_up_exps.weight", &[dim, ff, ne], Expert);
+        t("ffn_down_exps.weight", &[ff, dim, ne], Expert);
+        if self.shared_ffn_dim > 0 {
+            let sff = self.shared_ffn_dim;
+            t("ffn_gate_inp_shexp.weight", &[dim], Router);
+            t("ffn_gate_shexp.weight", &[dim, sff], SharedExpert);
+            t("ffn_up_shexp.weight", &[dim, sff], SharedExpert);
+            t("ffn_down_shexp.weight", &[sff, dim], SharedExpert);
+        }
+    }
+
+    /// Check that every required tensor is present with the shape the hyperparameters imply and
+    /// a type the engine computes with. `output.weight` may be absent (tied to token_embd).
+    pub fn check_tensors(&self, h: &Header) -> Result<()> {
+        for want in self.tensor_table() {
+            let Some(found) = h.tensor(&want.name) else {
+                if want.role == TensorRole::Output {
+                    continue;
+                }
+                return Err(Error::MissingTensor { name: want.name });
+            };
+            if found.dims != want.dims {
+                return Err(shape_err(found, &want.dims));
+            }
+            if !found.ty.is_supported() {
+                return Err(Error::UnsupportedType { name: want.name, ty: found.ty.to_string() });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SsmConfig {
+    fn from_gguf(h: &Header, a: &str) -> Result<SsmConfig> {
+        let interval = match h.get_u64(&format!("{a}.full_attention_interval"))? {
+            Some(v) => v,
+            None => 4, // llama.cpp's default for qwen35moe when the key is absent
+        };
+        Ok(SsmConfig {
+            conv_kernel: hparam(h, a, "ssm.conv_kernel", 16)?,
+            inner_size: hparam(h, a, "ssm.inner_size", limits::DIM_MAX)?,
+            state_size: hparam(h, a, "ssm.state_size", limits::DIM_MAX)?,
+            n_k_heads: hparam(h, a, "ssm.group_count", limits::HEADS_MAX)?,
+            n_v_heads: hparam(h, a, "ssm.time_step_rank", limits::HEADS_MAX)?,
+            full_attention_interval: interval,
+        })
+    }
+
+    fn validate(&self, a: &str) -> Result<()> {
+        let bad = |key: &str, reason: String| Error::BadValue { key: format!("{a}.{key}"), reason };
+        if self.full_attention_interval == 0 {
+            return Err(bad("full_attention_interval", "must be at least 1".into()));
+        }
+        if self.n_v_heads % self.n_k_heads != 0 {
+            return Err(bad("ssm.group_count", "key heads must divide value heads".into()));
+        }
+        if self.n_v_heads * self.state_size != self.inner_size {
+            return Err(bad("ssm.inner_size", "must equal time_step_rank * state_size".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Token ids named in the tokenizer metadata must index the embedding (item 23).
+fn check_special_tokens(h: &Header, n_vocab: u64) -> Result<()> {
+    const KEYS: [&str; 6] = ["bos", "eos", "padding", "unknown", "eot", "sep"];
+    for k in KEYS {
+        let key = format!("tokenizer.ggml.{k}_token_id");
+        if let Some(id) = h.get_u64(&key)? {
+            if id >= n_vocab {
+                return Err(Error::BadValue { key, reason: format!("{id} >= n_vocab {n_vocab}") });
+            }
+        }
+    }
+    if let Some(tokens) = h.get_str_array("tokenizer.ggml.tokens")? {
+        if tokens.len() as u64 > n_vocab {
+            let n = tokens.len();
+            let reason = format!("{n} tokens but token_embd has {n_vocab} rows");
+            return Err(Error::BadValue { key: "tokenizer.ggml.tokens".into(), reason });
+        }
+    }
+    Ok(())
+}
+
+fn desc(name: &str, dims: &[u64], role: TensorRole, layer: Option<u64>) -> TensorDesc {
+    TensorDesc { name: name.to_string(), dims: dims.to_vec(), role, layer }
+}
+
+fn shape_err(found: &TensorInfo, expected: &[u64]) -> Error {
+    Error::TensorShape {
+        name: found.name.clone(),
+        expected: expected.to_vec(),
+        found: found.dims.clone(),
+    }
+}

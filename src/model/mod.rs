@@ -1,0 +1,6 @@
+//! Models: configuration read from files, the tensor table of each architecture, and (from the
+//! CPU-engine issue on) weights and one forward() per architecture.
+
+pub mod config;
+
+pub use config::{Arch, ModelConfig, TensorDesc, TensorRole};

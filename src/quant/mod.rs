@@ -1,0 +1,128 @@
+//! ggml tensor types: the id table of the GGUF format (block size and bytes per block for every
+//! type a GGUF file may name), and the CPU (de)quantizers for the formats the engine computes
+//! with: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K (one file per format, layouts exactly as
+//! ggml's `ggml-common.h`).
+
+use crate::error::{Error, Result};
+
+/// A ggml type id as stored in GGUF tensor infos. Ids 4, 5, 31-33 and 36-38 were removed from
+/// ggml and are rejected as unknown.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K,
+    IQ2XXS, IQ2XS, IQ3XXS, IQ1S, IQ4NL, IQ3S, IQ2S, IQ4XS, I8, I16, I32, I64, F64, IQ1M, BF16,
+    TQ1_0, TQ2_0, MXFP4,
+}
+
+/// Elements per block for the K-quants (ggml's QK_K).
+pub const QK_K: usize = 256;
+
+/// (type, ggml id, name, elements per block, bytes per block). The single source of truth;
+/// `tests/fixtures/quant/type_sizes.json` (written by the gguf Python package) is checked
+/// against it.
+const TYPE_TABLE: [(GgmlType, u32, &str, usize, usize); 32] = [
+    (GgmlType::F32, 0, "F32", 1, 4),
+    (GgmlType::F16, 1, "F16", 1, 2),
+    (GgmlType::Q4_0, 2, "Q4_0", 32, 18),
+    (GgmlType::Q4_1, 3, "Q4_1", 32, 20),
+    (GgmlType::Q5_0, 6, "Q5_0", 32, 22),
+    (GgmlType::Q5_1, 7, "Q5_1", 32, 24),
+    (GgmlType::Q8_0, 8, "Q8_0", 32, 34),
+    (GgmlType::Q8_1, 9, "Q8_1", 32, 36),
+    (GgmlType::Q2K, 10, "Q2_K", QK_K, 84),
+    (GgmlType::Q3K, 11, "Q3_K", QK_K, 110),
+    (GgmlType::Q4K, 12, "Q4_K", QK_K, 144),
+    (GgmlType::Q5K, 13, "Q5_K", QK_K, 176),
+    (GgmlType::Q6K, 14, "Q6_K", QK_K, 210),
+    (GgmlType::Q8K, 15, "Q8_K", QK_K, 292),
+    (GgmlType::IQ2XXS, 16, "IQ2_XXS", QK_K, 66),
+    (GgmlType::IQ2XS, 17, "IQ2_XS", QK_K, 74),
+    (GgmlType::IQ3XXS, 18, "IQ3_XXS", QK_K, 98),
+    (GgmlType::IQ1S, 19, "IQ1_S", QK_K, 50),
+    (GgmlType::IQ4NL, 20, "IQ4_NL", 32, 18),
+    (GgmlType::IQ3S, 21, "IQ3_S", QK_K, 110),
+    (GgmlType::IQ2S, 22, "IQ2_S", QK_K, 82),
+    (GgmlType::IQ4XS, 23, "IQ4_XS", QK_K, 136),
+    (GgmlType::I8, 24, "I8", 1, 1),
+    (GgmlType::I16, 25, "I16", 1, 2),
+    (GgmlType::I32, 26, "I32", 1, 4),
+    (GgmlType::I64, 27, "I64", 1, 8),
+    (GgmlType::F64, 28, "F64", 1, 8),
+    (GgmlType::IQ1M, 29, "IQ1_M", QK_K, 56),
+    (GgmlType::BF16, 30, "BF16", 1, 2),
+    (GgmlType::TQ1_0, 34, "TQ1_0", QK_K, 54),
+    (GgmlType::TQ2_0, 35, "TQ2_0", QK_K, 66),
+    (GgmlType::MXFP4, 39, "MXFP4", 32, 17),
+];
+
+impl GgmlType {
+    fn row(self) -> &'static (GgmlType, u32, &'static str, usize, usize) {
+        let row = TYPE_TABLE.iter().find(|r| r.0 == self);
+        row.expect("every GgmlType variant has a TYPE_TABLE row")
+    }
+
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        TYPE_TABLE.iter().find(|r| r.1 == id).map(|r| r.0)
+    }
+
+    pub fn from_name(name: &str) -> Option<GgmlType> {
+        TYPE_TABLE.iter().find(|r| r.2.eq_ignore_ascii_case(name)).map(|r| r.0)
+    }
+
+    pub fn all() -> impl Iterator<Item = GgmlType> {
+        TYPE_TABLE.iter().map(|r| r.0)
+    }
+
+    pub fn id(self) -> u32 {
+        self.row().1
+    }
+
+    pub fn name(self) -> &'static str {
+        self.row().2
+    }
+
+    /// Elements per block (1 for plain types).
+    pub fn block_elems(self) -> usize {
+        self.row().3
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        self.row().4
+    }
+
+    /// Whether the engine computes with this type (the rest can be inspected, not run).
+    pub fn is_supported(self) -> bool {
+        use GgmlType::*;
+        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4K | Q5K | Q6K)
+    }
+
+    /// Bytes of a row of `n_elems` elements; None when `n_elems` is not a whole number of
+    /// blocks or the size overflows.
+    pub fn row_bytes(self, n_elems: u64) -> Option<u64> {
+        let block_elems = self.block_elems() as u64;
+        if n_elems % block_elems != 0 {
+            return None;
+        }
+        (n_elems / block_elems).checked_mul(self.block_bytes() as u64)
+    }
+}
+
+impl std::fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Check that `bytes` holds exactly `n_elems` elements of `ty`.
+pub fn check_len(ty: GgmlType, bytes: usize, n_elems: usize) -> Result<()> {
+    let want = ty.row_bytes(n_elems as u64);
+    if want != Some(bytes as u64) {
+        return Err(Error::QuantLength {
+            ty: ty.name().to_string(),
+            len: bytes,
+            reason: format!("want {want:?} bytes for {n_elems} elements"),
+        });
+    }
+    Ok(())
+}

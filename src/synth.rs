@@ -1,0 +1,550 @@
+//! `rotary synth`: GGUF files with random weights in the exact shape of a real MoE model, so
+//! every later layer (forward pass, kernels, the expert ring, benchmarks) can run on a fresh
+//! machine without downloading 17 GB.
+//!
+//! Weights are generated directly in the quantized domain: random quant codes plus block scales
+//! chosen so each weight has mean ≈ 0 and standard deviation σ = 1/√fan_in. That keeps
+//! activations finite through the layers and lets the 17 GB preset stream at disk speed
+//! (quantizing 30B random floats with the K-quant search would take hours on two cores).
+//! Output is deterministic from `seed`: every chunk of every tensor has its own PRNG stream.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc;
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+use crate::format::gguf::{self, Array, Value, Writer};
+use crate::model::{Arch, ModelConfig, TensorDesc, TensorRole};
+use crate::quant::GgmlType;
+
+/// Named model shapes. All use Qwen3's vocabulary size, context, RoPE θ and RMS ε.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Preset {
+    pub name: &'static str,
+    pub n_layers: u64,
+    pub dim: u64,
+    pub n_experts: u64,
+    pub n_experts_used: u64,
+    pub expert_ffn_dim: u64,
+    pub n_heads: u64,
+    pub n_kv_heads: u64,
+    pub head_dim: u64,
+}
+
+pub const PRESETS: [Preset; 3] = [
+    Preset {
+        name: "tiny", n_layers: 4, dim: 256, n_experts: 8, n_experts_used: 2,
+        expert_ffn_dim: 256, n_heads: 4, n_kv_heads: 2, head_dim: 64,
+    },
+    Preset {
+        name: "small", n_layers: 12, dim: 1024, n_experts: 64, n_experts_used: 8,
+        expert_ffn_dim: 512, n_heads: 16, n_kv_heads: 4, head_dim: 64,
+    },
+    Preset {
+        name: "qwen3-30b-a3b", n_layers: 48, dim: 2048, n_experts: 128, n_experts_used: 8,
+        expert_ffn_dim: 768, n_heads: 32, n_kv_heads: 4, head_dim: 128,
+    },
+];
+
+pub const VOCAB: u64 = 151_936;
+pub const CONTEXT: u64 = 40_960;
+pub const ROPE_THETA: f64 = 1e6;
+pub const RMS_EPS: f64 = 1e-6;
+
+impl Preset {
+    pub fn by_name(name: &str) -> Result<Preset> {
+        PRESETS.iter().copied().find(|p| p.name == name).ok_or_else(|| {
+            let names: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
+            Error::Usage(format!("unknown preset '{name}' (known: {})", names.join(", ")))
+        })
+    }
+
+    pub fn config(&self, n_vocab: u64) -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Qwen3Moe,
+            n_layers: self.n_layers,
+            dim: self.dim,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            n_vocab,
+            n_experts: self.n_experts,
+            n_experts_used: self.n_experts_used,
+            expert_ffn_dim: self.expert_ffn_dim,
+            shared_ffn_dim: 0,
+            context_length: CONTEXT,
+            rope_theta: ROPE_THETA,
+            rope_dims: self.head_dim,
+            rms_eps: RMS_EPS,
+            n_nextn_layers: 0,
+            ssm: None,
+        }
+    }
+}
+
+/// Which type each tensor gets, as llama.cpp's `llama_tensor_get_type` chooses for the
+/// corresponding `--ftype`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum QuantMix {
+    Q8_0,
+    /// Q4_K, with Q6_K for output, and for attn_v / ffn_down in the "use_more_bits" layers.
+    Q4KM,
+    Q6K,
+    F16,
+}
+
+impl QuantMix {
+    pub fn by_name(name: &str) -> Result<QuantMix> {
+        match name.to_ascii_lowercase().as_str() {
+            "q8_0" => Ok(QuantMix::Q8_0),
+            "q4_k_m" => Ok(QuantMix::Q4KM),
+            "q6_k" => Ok(QuantMix::Q6K),
+            "f16" => Ok(QuantMix::F16),
+            _ => Err(Error::Usage(format!("unknown quant mix '{name}' (q8_0, q4_k_m, q6_k, f16)"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantMix::Q8_0 => "q8_0",
+            QuantMix::Q4KM => "q4_k_m",
+            QuantMix::Q6K => "q6_k",
+            QuantMix::F16 => "f16",
+        }
+    }
+
+    /// llama.cpp's `general.file_type` (enum llama_ftype).
+    pub fn file_type(self) -> u32 {
+        match self {
+            QuantMix::F16 => 1,
+            QuantMix::Q8_0 => 7,
+            QuantMix::Q4KM => 15,
+            QuantMix::Q6K => 18,
+        }
+    }
+
+    pub fn type_for(self, t: &TensorDesc, n_layers: u64) -> GgmlType {
+        // Vectors (norms), routers and the SSM's small parameters stay F32, as llama.cpp keeps
+        // every 1-D tensor and ffn_gate_inp unquantized.
+        if t.dims.len() == 1 || t.role == TensorRole::Router || t.name.contains("ssm_conv1d") {
+            return GgmlType::F32;
+        }
+        match self {
+            QuantMix::F16 => GgmlType::F16,
+            QuantMix::Q8_0 => GgmlType::Q8_0,
+            QuantMix::Q6K => GgmlType::Q6K,
+            QuantMix::Q4KM => q4_k_m_type(t, n_layers),
+        }
+    }
+}
+
+/// llama.cpp `use_more_bits(i, n)`: the first and last eighth, and every third layer between.
+fn use_more_bits(i: u64, n: u64) -> bool {
+    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+}
+
+fn q4_k_m_type(t: &TensorDesc, n_layers: u64) -> GgmlType {
+    if t.role == TensorRole::Output {
+        return GgmlType::Q6K;
+    }
+    let more_bits = t.layer.is_some_and(|l| use_more_bits(l, n_layers));
+    let bumped = t.name.ends_with("attn_v.weight") || t.name.contains("ffn_down");
+    if bumped && more_bits {
+        GgmlType::Q6K
+    } else {
+        GgmlType::Q4K
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vocabulary
+
+/// GPT-2's byte → printable-char map (the alphabet of byte-level BPE vocabularies).
+pub fn byte_to_unicode() -> [char; 256] {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).collect();
+    printable.extend(0xA1..=0xAC);
+    printable.extend(0xAE..=0xFF);
+    let mut map = ['\0'; 256];
+    let mut extra = 0;
+    for b in 0..256u32 {
+        let c = if printable.contains(&b) {
+            b
+        } else {
+            extra += 1;
+            255 + extra
+        };
+        map[b as usize] = char::from_u32(c).expect("valid code point");
+    }
+    map
+}
+
+/// Qwen3's special tokens and their ids (models.md §5).
+pub const QWEN3_SPECIALS: [(u32, &str); 26] = [
+    (151643, "<|endoftext|>"), (151644, "<|im_start|>"), (151645, "<|im_end|>"),
+    (151646, "<|object_ref_start|>"), (151647, "<|object_ref_end|>"), (151648, "<|box_start|>"),
+    (151649, "<|box_end|>"), (151650, "<|quad_start|>"), (151651, "<|quad_end|>"),
+    (151652, "<|vision_start|>"), (151653, "<|vision_end|>"), (151654, "<|vision_pad|>"),
+    (151655, "<|image_pad|>"), (151656, "<|video_pad|>"), (151657, "<tool_call>"),
+    (151658, "</tool_call>"), (151659, "<|fim_prefix|>"), (151660, "<|fim_middle|>"),
+    (151661, "<|fim_suffix|>"), (151662, "<|fim_pad|>"), (151663, "<|repo_name|>"),
+    (151664, "<|file_sep|>"), (151665, "<tool_response>"), (151666, "</tool_response>"),
+    (151667, "<think>"), (151668, "</think>"),
+];
+
+/// A minimal ChatML template (the real Qwen template comes with a vocab source).
+const CHATML_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n\
+{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>\
+assistant\n{% endif %}";
+
+/// The tokenizer metadata of a byte-level vocabulary laid out like Qwen3's: the 256 byte
+/// tokens first, Qwen3's specials at their real ids, `[PADn]` fillers elsewhere. It encodes any
+/// text (one token per byte) and keeps every id of the real model meaningful.
+pub fn byte_level_vocab(n_vocab: u64) -> Vec<(String, Value)> {
+    let mut tokens: Vec<String> = byte_to_unicode().iter().map(|c| c.to_string()).collect();
+    let mut types = vec![1i32; 256];
+    for id in 256..n_vocab as u32 {
+        match QWEN3_SPECIALS.iter().find(|s| s.0 == id) {
+            Some((_, text)) => {
+                tokens.push(text.to_string());
+                types.push(3); // control
+            }
+            None => {
+                tokens.push(format!("[PAD{id}]"));
+                types.push(4); // user-defined, as in llama.cpp's qwen2 vocab
+            }
+        }
+    }
+    vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(Array::String(tokens))),
+        ("tokenizer.ggml.token_type".into(), Value::Array(Array::I32(types))),
+        ("tokenizer.ggml.merges".into(), Value::Array(Array::String(vec![]))),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(151643)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(151645)),
+        ("tokenizer.ggml.padding_token_id".into(), Value::U32(151643)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+        ("tokenizer.chat_template".into(), Value::String(CHATML_TEMPLATE.into())),
+    ]
+}
+
+/// The tokenizer metadata of another GGUF (`tokenizer.*` keys), e.g. llama.cpp's
+/// `ggml-vocab-qwen2.gguf` or a real model; the model's vocabulary is sized to its tokens.
+pub fn vocab_from_gguf(path: &Path) -> Result<(Vec<(String, Value)>, u64)> {
+    let src = gguf::Gguf::open(path)?;
+    let n_tokens = match src.get_str_array("tokenizer.ggml.tokens") {
+        Ok(Some(t)) => t.len() as u64,
+        Ok(None) => {
+            let e = Error::MissingKey { key: "tokenizer.ggml.tokens".into() };
+            return Err(e.in_file(path));
+        }
+        Err(e) => return Err(e.in_file(path)),
+    };
+    let keys = src.kvs.iter().filter(|(k, _)| k.starts_with("tokenizer."));
+    Ok((keys.cloned().collect(), n_tokens))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random tensor data
+
+/// SplitMix64: seeds one independent stream per (seed, tensor, chunk).
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// xorshift64*: fast, good enough for random weights.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64, tensor: u64, chunk: u64) -> Rng {
+        let s = splitmix(seed ^ splitmix(tensor.wrapping_mul(0x1_0000_0001) ^ splitmix(chunk)));
+        Rng(s | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn fill(&mut self, out: &mut [u8]) {
+        let mut chunks = out.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next().to_le_bytes());
+        }
+        let rest = chunks.into_remainder();
+        let last = self.next().to_le_bytes();
+        rest.copy_from_slice(&last[..rest.len()]);
+    }
+
+    /// Uniform in [-1, 1).
+    fn symmetric(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+
+    /// Uniform integer in lo..=hi.
+    fn range(&mut self, lo: u32, hi: u32) -> u32 {
+        lo + ((self.next() >> 32) % (hi - lo + 1) as u64) as u32
+    }
+}
+
+/// How the values of a tensor are distributed: symmetric around `center` with std `sigma`.
+#[derive(Copy, Clone, Debug)]
+struct Dist {
+    center: f32,
+    sigma: f32,
+}
+
+fn dist_for(t: &TensorDesc) -> Dist {
+    let fan_in = t.dims[0] as f32;
+    let dist = |center, sigma| Dist { center, sigma };
+    match t.role {
+        TensorRole::Norm => dist(1.0, 0.05),
+        TensorRole::Embedding => dist(0.0, 1.0),
+        _ if t.name.ends_with("ssm_a") => dist(-1.0, 0.3), // −exp(A_log): negative decay rates
+        _ if t.name.ends_with("ssm_dt.bias") => dist(0.0, 0.5),
+        _ => dist(0.0, 1.0 / fan_in.sqrt()),
+    }
+}
+
+const SQRT3: f32 = 1.732_050_8;
+/// RMS of a uniform integer scale drawn from 32..=63 (√E[sc²]).
+const SC_RMS: f32 = 48.3;
+
+/// Fill `out` (a whole number of blocks of `ty`) with random weights of distribution `d`.
+fn fill_blocks(ty: GgmlType, d: Dist, rng: &mut Rng, out: &mut [u8]) {
+    let a = d.sigma * SQRT3; // half-width of a uniform with std σ
+    match ty {
+        GgmlType::F32 => out.chunks_exact_mut(4).for_each(|c| {
+            c.copy_from_slice(&(d.center + a * rng.symmetric()).to_le_bytes())
+        }),
+        GgmlType::F16 => out.chunks_exact_mut(2).for_each(|c| {
+            c.copy_from_slice(&f16::from_f32(d.center + a * rng.symmetric()).to_le_bytes())
+        }),
+        GgmlType::BF16 => out.chunks_exact_mut(2).for_each(|c| {
+            c.copy_from_slice(&bf16::from_f32(d.center + a * rng.symmetric()).to_le_bytes())
+        }),
+        _ => {
+            rng.fill(out); // random quant codes; the block headers are overwritten below
+            assert!(d.center == 0.0, "quantized synth tensors are zero-centred");
+            out.chunks_exact_mut(ty.block_bytes()).for_each(|b| set_block_scales(ty, d, rng, b));
+        }
+    }
+}
+
+/// Overwrite the scale fields of one block of random codes so the block's weights are
+/// zero-mean with std `d.sigma` (see the module comment).
+fn set_block_scales(ty: GgmlType, d: Dist, rng: &mut Rng, b: &mut [u8]) {
+    // Std of a uniform code q on 0..n-1 around its mean: √((n²-1)/12).
+    let std_u = |n: f32| ((n * n - 1.0) / 12.0).sqrt();
+    match ty {
+        // w = d·q, q uniform int8.
+        GgmlType::Q8_0 => b[0..2].copy_from_slice(&f16::from_f32(d.sigma / 73.6).to_le_bytes()),
+        // w = d·(q − 8), q in 0..16.
+        GgmlType::Q4_0 => {
+            b[0..2].copy_from_slice(&f16::from_f32(d.sigma / std_u(16.0)).to_le_bytes())
+        }
+        // w = d·sc·q − dmin·m with m = sc and dmin = d·(n−1)/2: zero-mean codes.
+        GgmlType::Q4K | GgmlType::Q5K => {
+            let n = if ty == GgmlType::Q4K { 16.0 } else { 32.0 };
+            let scale = d.sigma / (SC_RMS * std_u(n));
+            b[0..2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
+            b[2..4].copy_from_slice(&f16::from_f32(scale * (n - 1.0) / 2.0).to_le_bytes());
+            let sc: [u8; 8] = std::array::from_fn(|_| rng.range(32, 63) as u8);
+            b[4..16].copy_from_slice(&pack_k_scales(&sc, &sc));
+        }
+        // w = d·sc·(q − 32), q in 0..64, sc int8 (here 32..63); d is the last 2 bytes.
+        GgmlType::Q6K => {
+            let scale = d.sigma / (SC_RMS * std_u(64.0));
+            for s in &mut b[192..208] {
+                *s = rng.range(32, 63) as u8;
+            }
+            b[208..210].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
+        }
+        other => unreachable!("synth does not write {other}"),
+    }
+}
+
+/// Pack eight 6-bit scales and mins the way ggml's `get_scale_min_k4` unpacks them.
+pub fn pack_k_scales(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+    let mut q = [0u8; 12];
+    for j in 0..4 {
+        assert!(sc[j] < 64 && m[j] < 64 && sc[j + 4] < 64 && m[j + 4] < 64);
+        q[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        q[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
+        q[j + 8] = (sc[j + 4] & 0x0F) | ((m[j + 4] & 0x0F) << 4);
+    }
+    q
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+pub struct SynthOptions {
+    pub preset: Preset,
+    pub mix: QuantMix,
+    pub seed: u64,
+    /// Tokenizer metadata and vocabulary size (from `vocab_from_gguf` or `byte_level_vocab`).
+    pub vocab: Vec<(String, Value)>,
+    pub n_vocab: u64,
+}
+
+impl SynthOptions {
+    pub fn new(preset: Preset, mix: QuantMix, seed: u64) -> SynthOptions {
+        SynthOptions { preset, mix, seed, vocab: byte_level_vocab(VOCAB), n_vocab: VOCAB }
+    }
+}
+
+/// The GGUF writer for a preset: all metadata and tensor infos, ready to stream data.
+pub fn plan(opts: &SynthOptions) -> Result<(Writer, Vec<TensorDesc>)> {
+    let p = &opts.preset;
+    let cfg = p.config(opts.n_vocab);
+    cfg.validate()?;
+    let a = cfg.arch.name();
+    let mut w = Writer::new();
+    w.kv("general.architecture", Value::String(a.into()));
+    let name = format!("rotary-synth {} {} seed {}", p.name, opts.mix.name(), opts.seed);
+    w.kv("general.name", Value::String(name));
+    w.kv("general.file_type", Value::U32(opts.mix.file_type()));
+    w.kv("general.quantization_version", Value::U32(2));
+    let u = |v: u64| Value::U32(v as u32);
+    w.kv(&format!("{a}.block_count"), u(cfg.n_layers));
+    w.kv(&format!("{a}.context_length"), u(cfg.context_length));
+    w.kv(&format!("{a}.embedding_length"), u(cfg.dim));
+    w.kv(&format!("{a}.feed_forward_length"), u(3 * cfg.dim));
+    w.kv(&format!("{a}.attention.head_count"), u(cfg.n_heads));
+    w.kv(&format!("{a}.attention.head_count_kv"), u(cfg.n_kv_heads));
+    w.kv(&format!("{a}.attention.key_length"), u(cfg.head_dim));
+    w.kv(&format!("{a}.attention.value_length"), u(cfg.head_dim));
+    w.kv(&format!("{a}.rope.freq_base"), Value::F32(cfg.rope_theta as f32));
+    w.kv(&format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_eps as f32));
+    w.kv(&format!("{a}.expert_count"), u(cfg.n_experts));
+    w.kv(&format!("{a}.expert_used_count"), u(cfg.n_experts_used));
+    w.kv(&format!("{a}.expert_feed_forward_length"), u(cfg.expert_ffn_dim));
+    for (k, v) in &opts.vocab {
+        w.kv(k, v.clone());
+    }
+    let table = cfg.tensor_table();
+    for t in &table {
+        w.tensor(&t.name, &t.dims, opts.mix.type_for(t, cfg.n_layers));
+    }
+    Ok((w, table))
+}
+
+/// Bytes generated per work item: large enough to amortise the channel, small enough that the
+/// two in flight stay cheap.
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// One chunk of tensor data, in file order.
+struct Chunk {
+    tensor: usize,
+    bytes: Vec<u8>,
+}
+
+/// Generate tensor `i`'s data in chunks and hand them to `send` in order.
+fn generate_tensor(
+    i: usize,
+    ty: GgmlType,
+    t: &TensorDesc,
+    n_bytes: u64,
+    seed: u64,
+    send: &mut dyn FnMut(Chunk) -> bool,
+) {
+    let block = ty.block_bytes();
+    let chunk_bytes = CHUNK_BYTES / block * block;
+    let dist = dist_for(t);
+    let mut done = 0u64;
+    let mut chunk_index = 0u64;
+    while done < n_bytes {
+        let len = (n_bytes - done).min(chunk_bytes as u64) as usize;
+        let mut bytes = vec![0u8; len];
+        let mut rng = Rng::new(seed, i as u64, chunk_index);
+        fill_blocks(ty, dist, &mut rng, &mut bytes);
+        if !send(Chunk { tensor: i, bytes }) {
+            return; // the writer stopped (an I/O error); it reports why
+        }
+        done += len as u64;
+        chunk_index += 1;
+    }
+}
+
+/// What `write` did.
+#[derive(Clone, Debug)]
+pub struct SynthStats {
+    pub file_bytes: u64,
+    pub n_tensors: usize,
+    pub seconds: f64,
+}
+
+/// Stream the preset to `out` (any writer); returns the bytes written. Data is generated on a
+/// second thread while this one writes, with two chunks in flight at most.
+pub fn write_to(
+    opts: &SynthOptions,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64> {
+    let (writer, table) = plan(opts)?;
+    let layout = writer.layout()?;
+    let io_err = |e| Error::io("<synth output>", e);
+    out.write_all(&layout.header).map_err(io_err)?;
+    let mut written = layout.header.len() as u64;
+    progress(written, layout.file_bytes);
+    let types: Vec<GgmlType> = writer.tensors().iter().map(|t| t.ty).collect();
+    let sizes = layout.tensor_bytes.clone();
+    let seed = opts.seed;
+    let (tx, rx) = mpsc::sync_channel::<Chunk>(2);
+    std::thread::scope(|s| -> Result<()> {
+        s.spawn(move || {
+            for (i, t) in table.iter().enumerate() {
+                generate_tensor(i, types[i], t, sizes[i], seed, &mut |c| tx.send(c).is_ok());
+            }
+        });
+        let mut tensor_written = vec![0u64; layout.tensor_bytes.len()];
+        for chunk in rx {
+            out.write_all(&chunk.bytes).map_err(io_err)?;
+            tensor_written[chunk.tensor] += chunk.bytes.len() as u64;
+            written += chunk.bytes.len() as u64;
+            if tensor_written[chunk.tensor] == layout.tensor_bytes[chunk.tensor] {
+                let pad = gguf::padding(tensor_written[chunk.tensor], layout.alignment);
+                out.write_all(&vec![0u8; pad as usize]).map_err(io_err)?;
+                written += pad;
+            }
+            progress(written, layout.file_bytes);
+        }
+        Ok(()) // dropping rx on error stops the generator at its next send
+    })?;
+    // Zero-byte tensors produce no chunk; a mismatch here is a bug, not bad input.
+    assert_eq!(written, layout.file_bytes, "synth wrote exactly the planned layout");
+    Ok(written)
+}
+
+/// Write the preset to `path` (through `path.partial`, renamed when complete, so an
+/// interrupted run never leaves a file that looks finished).
+pub fn write(opts: &SynthOptions, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<SynthStats> {
+    let start = std::time::Instant::now();
+    let partial = path.with_extension("gguf.partial");
+    let file = std::fs::File::create(&partial).map_err(|e| Error::io(&partial, e))?;
+    let mut buffered = std::io::BufWriter::with_capacity(4 << 20, file);
+    let file_bytes = write_to(opts, &mut buffered, progress).map_err(|e| match e {
+        Error::Io { source, .. } => Error::io(&partial, source),
+        other => other,
+    })?;
+    let file = buffered.into_inner().map_err(|e| Error::io(&partial, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io(&partial, e))?;
+    std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))?;
+    let n_tensors = plan(opts)?.1.len();
+    Ok(SynthStats { file_bytes, n_tensors, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// Synthesize into memory (the embedded default model; tests).
+pub fn to_bytes(opts: &SynthOptions) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    write_to(opts, &mut out, &mut |_, _| {})?;
+    Ok(out)
+}
