@@ -197,7 +197,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .parse()
         .map_err(|_| Error::Usage(format!("bad size '{s}': '{num}' is not a number")))?;
     let bytes = v * mult;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > 1e18 {
+    if !bytes.is_finite() || !(0.0..=1e18).contains(&bytes) {
         return Err(Error::Usage(format!("bad size '{s}': out of range")));
     }
     Ok(bytes.round() as u64)

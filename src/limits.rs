@@ -26,6 +26,8 @@ pub const SAFETENSORS_SHARDS_MAX: usize = 4096;
 /// Largest config.json / tokenizer_config.json we parse (tokenizer.json is larger: 64 MiB).
 pub const JSON_CONFIG_BYTES_MAX: u64 = 4 << 20;
 pub const JSON_TOKENIZER_BYTES_MAX: u64 = 64 << 20;
+/// Largest model.safetensors.index.json (Qwen3-30B-A3B's lists 18k tensors in ~1.5 MB).
+pub const JSON_INDEX_BYTES_MAX: u64 = 64 << 20;
 
 /// Model hyperparameter sanity bounds: anything beyond is a corrupt file, not a model.
 pub const VOCAB_MAX: u64 = 1 << 22;

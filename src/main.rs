@@ -1,7 +1,7 @@
 //! The `rotary` command line: clap for flags, indicatif for progress. Everything else lives in
 //! the library; this file only parses, reports progress and prints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -10,7 +10,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rotary::format::gguf::Gguf;
 use rotary::inspect::{self, Report};
 use rotary::synth::{self, Preset, QuantMix, SynthOptions};
-use rotary::{Error, Result};
+use rotary::format::hf::HfDir;
+use rotary::tokenizer::{Tokenizer, VocabSpec};
+use rotary::Result;
 
 const VERSION: &str =
     concat!(env!("CARGO_PKG_VERSION"), "\ncuda: ", env!("ROTARY_CUDA_STATUS"));
@@ -59,6 +61,19 @@ enum Command {
         #[arg(long)]
         tensors: bool,
     },
+    /// Print the token ids of TEXT.
+    Tokenize {
+        /// A GGUF file, an HF model directory, or a tokenizer.json; default: the embedded model.
+        #[arg(short = 'm', long = "model")]
+        model: Option<PathBuf>,
+        /// Print {"ids": [...]}.
+        #[arg(long)]
+        json: bool,
+        /// Treat special-token text such as <|im_start|> as plain text.
+        #[arg(long)]
+        no_parse_special: bool,
+        text: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +95,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { file, vram_budget, kv, tensors } => {
             cmd_inspect(file, vram_budget.as_deref(), kv, tensors)
         }
+        Command::Tokenize { model, json, no_parse_special, text } => {
+            cmd_tokenize(model, json, !no_parse_special, &text)
+        }
     }
 }
 
@@ -100,7 +118,7 @@ fn cmd_synth(
     quant: &str,
     seed: u64,
     vocab: Option<PathBuf>,
-    output: &PathBuf,
+    output: &Path,
 ) -> Result<()> {
     let mut opts = SynthOptions::new(Preset::by_name(preset)?, QuantMix::by_name(quant)?, seed);
     if let Some(path) = vocab {
@@ -108,7 +126,7 @@ fn cmd_synth(
         opts.vocab = keys;
         opts.n_vocab = n_tokens;
     }
-    let (_, total) = (0, synth::plan(&opts)?.0.layout()?.file_bytes);
+    let total = synth::plan(&opts)?.0.layout()?.file_bytes;
     let bar = bytes_bar(total, &format!("synth {preset} {quant}"));
     let stats = synth::write(&opts, output, &mut |done, _| bar.set_position(done))?;
     bar.finish_and_clear();
@@ -157,7 +175,35 @@ fn cmd_inspect(file: Option<PathBuf>, budget: Option<&str>, kv: bool, tensors: b
     Ok(())
 }
 
-#[allow(dead_code)]
-fn usage(msg: String) -> Error {
-    Error::Usage(msg)
+/// The tokenizer of a GGUF, an HF directory, or a tokenizer.json.
+fn load_tokenizer(model: Option<PathBuf>) -> Result<Tokenizer> {
+    let Some(path) = model else {
+        return Tokenizer::from_spec(&VocabSpec::from_gguf(&embedded_default()?.header)?);
+    };
+    if path.is_dir() {
+        let dir = HfDir::open(&path)?;
+        let json = dir.tokenizer_json().ok_or_else(|| {
+            rotary::Error::MissingKey { key: "tokenizer.json".into() }.in_file(&path)
+        })?;
+        return Tokenizer::from_tokenizer_json(json);
+    }
+    if path.extension().is_some_and(|e| e == "json") {
+        return Tokenizer::from_tokenizer_json(&path);
+    }
+    let g = Gguf::open(&path)?;
+    let spec = VocabSpec::from_gguf(&g).map_err(|e| e.in_file(&path))?;
+    Tokenizer::from_spec(&spec).map_err(|e| e.in_file(&path))
+}
+
+fn cmd_tokenize(model: Option<PathBuf>, json: bool, parse_special: bool, text: &str) -> Result<()> {
+    let tok = load_tokenizer(model)?;
+    let ids = tok.encode(text, parse_special)?;
+    if json {
+        let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        println!("{{\"ids\": [{}]}}", list.join(", "));
+    } else {
+        let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        println!("{}", list.join(" "));
+    }
+    Ok(())
 }

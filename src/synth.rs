@@ -142,7 +142,8 @@ impl QuantMix {
 
 /// llama.cpp `use_more_bits(i, n)`: the first and last eighth, and every third layer between.
 fn use_more_bits(i: u64, n: u64) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    // i < n/8 is tested first, so i - n/8 cannot underflow in the last clause.
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 fn q4_k_m_type(t: &TensorDesc, n_layers: u64) -> GgmlType {
@@ -198,9 +199,9 @@ const CHATML_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ messa
 {{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>\
 assistant\n{% endif %}";
 
-/// The tokenizer metadata of a byte-level vocabulary laid out like Qwen3's: the 256 byte
-/// tokens first, Qwen3's specials at their real ids, `[PADn]` fillers elsewhere. It encodes any
-/// text (one token per byte) and keeps every id of the real model meaningful.
+/// The tokenizer metadata of a byte-level vocabulary: token id b < 256 is byte b (as GPT-2's
+/// byte-to-unicode character), Qwen3's specials sit at their real ids, `[PADn]` fillers
+/// elsewhere. It encodes any text (one token per byte) with no merges.
 pub fn byte_level_vocab(n_vocab: u64) -> Vec<(String, Value)> {
     let mut tokens: Vec<String> = byte_to_unicode().iter().map(|c| c.to_string()).collect();
     let mut types = vec![1i32; 256];
@@ -333,8 +334,24 @@ fn fill_blocks(ty: GgmlType, d: Dist, rng: &mut Rng, out: &mut [u8]) {
         _ => {
             rng.fill(out); // random quant codes; the block headers are overwritten below
             assert!(d.center == 0.0, "quantized synth tensors are zero-centred");
-            out.chunks_exact_mut(ty.block_bytes()).for_each(|b| set_block_scales(ty, d, rng, b));
+            out.chunks_exact_mut(ty.block_bytes()).for_each(|b| {
+                center_codes(ty, b);
+                set_block_scales(ty, d, rng, b)
+            });
         }
+    }
+}
+
+/// Codes on an even-sized range have one value without a mirror (int8 −128, Q4_0's −8), which
+/// biases the mean by half a code; map it to 0. (Q6_K keeps its −0.5-code offset, −σ/37.)
+fn center_codes(ty: GgmlType, b: &mut [u8]) {
+    match ty {
+        GgmlType::Q8_0 => b[2..].iter_mut().filter(|q| **q == 0x80).for_each(|q| *q = 0),
+        GgmlType::Q4_0 => b[2..].iter_mut().for_each(|q| {
+            let (lo, hi) = (*q & 0x0F, *q >> 4);
+            *q = (if lo == 0 { 8 } else { lo }) | (if hi == 0 { 8 } else { hi }) << 4;
+        }),
+        _ => {}
     }
 }
 

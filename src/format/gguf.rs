@@ -811,6 +811,25 @@ impl Writer {
         &self.tensors
     }
 
+    /// Edit the tensor list before `layout` (tests build malformed models this way).
+    pub fn tensors_mut(&mut self) -> &mut Vec<TensorSpec> {
+        &mut self.tensors
+    }
+
+    pub fn remove_kv(&mut self, key: &str) -> &mut Writer {
+        self.kvs.retain(|(k, _)| k != key);
+        self
+    }
+
+    /// Encode a whole file with every tensor's data zero-filled.
+    pub fn to_bytes_zeroed(&self) -> Result<Vec<u8>> {
+        let layout = self.layout()?;
+        let zeros: Vec<Vec<u8>> =
+            layout.tensor_bytes.iter().map(|&n| vec![0u8; n as usize]).collect();
+        let slices: Vec<&[u8]> = zeros.iter().map(|v| v.as_slice()).collect();
+        self.to_bytes(&slices)
+    }
+
     pub fn layout(&self) -> Result<Layout> {
         let alignment = match self.kvs.iter().find(|(k, _)| k == KEY_ALIGNMENT) {
             Some((_, Value::U32(a))) if a.is_power_of_two() => *a as u64,

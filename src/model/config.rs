@@ -161,7 +161,7 @@ impl ModelConfig {
         };
         let cfg = ModelConfig {
             arch,
-            n_layers: n_layers_file.checked_sub(n_nextn_layers).unwrap_or(0),
+            n_layers: n_layers_file.saturating_sub(n_nextn_layers),
             dim,
             n_heads,
             n_kv_heads,
@@ -309,10 +309,8 @@ impl ModelConfig {
 
 impl SsmConfig {
     fn from_gguf(h: &Header, a: &str) -> Result<SsmConfig> {
-        let interval = match h.get_u64(&format!("{a}.full_attention_interval"))? {
-            Some(v) => v,
-            None => 4, // llama.cpp's default for qwen35moe when the key is absent
-        };
+        // 4 is llama.cpp's default for qwen35moe when the key is absent.
+        let interval = h.get_u64(&format!("{a}.full_attention_interval"))?.unwrap_or(4);
         Ok(SsmConfig {
             conv_kernel: hparam(h, a, "ssm.conv_kernel", 16)?,
             inner_size: hparam(h, a, "ssm.inner_size", limits::DIM_MAX)?,

@@ -3,7 +3,25 @@
 //! with: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K (one file per format, layouts exactly as
 //! ggml's `ggml-common.h`).
 
+mod block;
+mod float;
+mod kquant;
+mod q4_0;
+mod q4_k;
+mod q5_k;
+mod q6_k;
+mod q8_0;
+
+pub use block::QuantBlock;
+pub use float::{bf16_to_f32, f32_to_bf16};
+pub use q4_0::{BlockQ4_0, QK4_0};
+pub use q4_k::BlockQ4K;
+pub use q5_k::BlockQ5K;
+pub use q6_k::BlockQ6K;
+pub use q8_0::{BlockQ8_0, QK8_0};
+
 use crate::error::{Error, Result};
+use block::{dequantize_blocks, quantize_blocks};
 
 /// A ggml type id as stored in GGUF tensor infos. Ids 4, 5, 31-33 and 36-38 were removed from
 /// ggml and are rejected as unknown.
@@ -11,7 +29,7 @@ use crate::error::{Error, Result};
 pub enum GgmlType {
     F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K,
     IQ2XXS, IQ2XS, IQ3XXS, IQ1S, IQ4NL, IQ3S, IQ2S, IQ4XS, I8, I16, I32, I64, F64, IQ1M, BF16,
-    TQ1_0, TQ2_0, MXFP4,
+    TQ1_0, TQ2_0, MXFP4, NVFP4, Q1_0,
 }
 
 /// Elements per block for the K-quants (ggml's QK_K).
@@ -20,7 +38,7 @@ pub const QK_K: usize = 256;
 /// (type, ggml id, name, elements per block, bytes per block). The single source of truth;
 /// `tests/fixtures/quant/type_sizes.json` (written by the gguf Python package) is checked
 /// against it.
-const TYPE_TABLE: [(GgmlType, u32, &str, usize, usize); 32] = [
+const TYPE_TABLE: [(GgmlType, u32, &str, usize, usize); 34] = [
     (GgmlType::F32, 0, "F32", 1, 4),
     (GgmlType::F16, 1, "F16", 1, 2),
     (GgmlType::Q4_0, 2, "Q4_0", 32, 18),
@@ -53,6 +71,8 @@ const TYPE_TABLE: [(GgmlType, u32, &str, usize, usize); 32] = [
     (GgmlType::TQ1_0, 34, "TQ1_0", QK_K, 54),
     (GgmlType::TQ2_0, 35, "TQ2_0", QK_K, 66),
     (GgmlType::MXFP4, 39, "MXFP4", 32, 17),
+    (GgmlType::NVFP4, 40, "NVFP4", 64, 36),
+    (GgmlType::Q1_0, 41, "Q1_0", 128, 18),
 ];
 
 impl GgmlType {
@@ -124,5 +144,72 @@ pub fn check_len(ty: GgmlType, bytes: usize, n_elems: usize) -> Result<()> {
             reason: format!("want {want:?} bytes for {n_elems} elements"),
         });
     }
+    Ok(())
+}
+
+/// How one computable type turns its bytes into f32 and back. The one dispatch table of the
+/// module; `GgmlType::is_supported` lists the same types (a test checks they agree).
+struct Codec {
+    ty: GgmlType,
+    dequantize: fn(&[u8], &mut [f32]),
+    quantize: fn(&[f32], &mut [u8]),
+}
+
+const CODECS: [Codec; 8] = [
+    Codec { ty: GgmlType::F32, dequantize: float::dequantize_f32, quantize: float::quantize_f32 },
+    Codec { ty: GgmlType::F16, dequantize: float::dequantize_f16, quantize: float::quantize_f16 },
+    Codec {
+        ty: GgmlType::BF16,
+        dequantize: float::dequantize_bf16,
+        quantize: float::quantize_bf16,
+    },
+    Codec {
+        ty: GgmlType::Q8_0,
+        dequantize: dequantize_blocks::<BlockQ8_0>,
+        quantize: quantize_blocks::<BlockQ8_0>,
+    },
+    Codec {
+        ty: GgmlType::Q4_0,
+        dequantize: dequantize_blocks::<BlockQ4_0>,
+        quantize: quantize_blocks::<BlockQ4_0>,
+    },
+    Codec {
+        ty: GgmlType::Q4K,
+        dequantize: dequantize_blocks::<BlockQ4K>,
+        quantize: quantize_blocks::<BlockQ4K>,
+    },
+    Codec {
+        ty: GgmlType::Q5K,
+        dequantize: dequantize_blocks::<BlockQ5K>,
+        quantize: quantize_blocks::<BlockQ5K>,
+    },
+    Codec {
+        ty: GgmlType::Q6K,
+        dequantize: dequantize_blocks::<BlockQ6K>,
+        quantize: quantize_blocks::<BlockQ6K>,
+    },
+];
+
+fn codec(ty: GgmlType, op: &str) -> Result<&'static Codec> {
+    CODECS.iter().find(|c| c.ty == ty).ok_or_else(|| Error::UnsupportedType {
+        name: format!("<{op} buffer>"),
+        ty: ty.name().to_string(),
+    })
+}
+
+/// Expand `src` (whole blocks of `ty`) into `dst.len()` floats, bit for bit as ggml's
+/// `dequantize_row_*`. Errors: `QuantLength` when `src` does not hold exactly `dst.len()`
+/// elements, `UnsupportedType` for a type the engine does not compute with.
+pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    check_len(ty, src.len(), dst.len())?;
+    (codec(ty, "dequantize")?.dequantize)(src, dst);
+    Ok(())
+}
+
+/// Quantize `src` into `dst` (whole blocks of `ty`) with llama.cpp's reference quantizers
+/// (`quantize_row_*_ref`). Errors as `dequantize`.
+pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
+    check_len(ty, dst.len(), src.len())?;
+    (codec(ty, "quantize")?.quantize)(src, dst);
     Ok(())
 }

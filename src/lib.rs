@@ -1,0 +1,15 @@
+//! Rotary: a kernel-first inference engine for Mixture-of-Experts LLMs on GPUs smaller than the
+//! model. Data flows one way: file → weights → plan → forward → kernels → tokens.
+//!
+//! This crate is the library; `src/main.rs` is the CLI (clap + indicatif only).
+
+pub mod error;
+pub mod format;
+pub mod inspect;
+pub mod limits;
+pub mod model;
+pub mod quant;
+pub mod synth;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
