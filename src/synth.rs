@@ -471,6 +471,7 @@ fn generate_tensor(
     t: &TensorDesc,
     n_bytes: u64,
     seed: u64,
+    pool: &mpsc::Receiver<Vec<u8>>,
     send: &mut dyn FnMut(Chunk) -> bool,
 ) {
     let block = ty.block_bytes();
@@ -480,7 +481,9 @@ fn generate_tensor(
     let mut chunk_index = 0u64;
     while done < n_bytes {
         let len = (n_bytes - done).min(chunk_bytes as u64) as usize;
-        let mut bytes = vec![0u8; len];
+        // Reuse a buffer the writer returned: fresh 8 MiB allocations page-fault on every write.
+        let mut bytes = pool.try_recv().unwrap_or_default();
+        bytes.resize(len, 0);
         let mut rng = Rng::new(seed, i as u64, chunk_index);
         fill_blocks(ty, dist, &mut rng, &mut bytes);
         if !send(Chunk { tensor: i, bytes }) {
@@ -516,10 +519,14 @@ pub fn write_to(
     let sizes = layout.tensor_bytes.clone();
     let seed = opts.seed;
     let (tx, rx) = mpsc::sync_channel::<Chunk>(2);
+    // Written buffers go back to the generator; at most 4 exist (2 queued, 1 being written,
+    // 1 being filled).
+    let (pool_tx, pool_rx) = mpsc::sync_channel::<Vec<u8>>(4);
     std::thread::scope(|s| -> Result<()> {
         s.spawn(move || {
             for (i, t) in table.iter().enumerate() {
-                generate_tensor(i, types[i], t, sizes[i], seed, &mut |c| tx.send(c).is_ok());
+                let send = &mut |c| tx.send(c).is_ok();
+                generate_tensor(i, types[i], t, sizes[i], seed, &pool_rx, send);
             }
         });
         let mut tensor_written = vec![0u64; layout.tensor_bytes.len()];
@@ -533,6 +540,7 @@ pub fn write_to(
                 written += pad;
             }
             progress(written, layout.file_bytes);
+            let _ = pool_tx.try_send(chunk.bytes); // a full pool just frees the buffer
         }
         Ok(()) // dropping rx on error stops the generator at its next send
     })?;

@@ -3,11 +3,12 @@
 //! The BPE itself is the `tokenizers` crate (the reference implementation of HF tokenizers);
 //! this file only assembles it. Two sources:
 //! - GGUF metadata (`tokenizer.ggml.*`) → [`VocabSpec`] → [`Tokenizer::from_spec`], which
-//!   builds the same pipeline as Qwen's tokenizer.json: NFC, the split regex named by
-//!   `tokenizer.ggml.pre`, ByteLevel, BPE without unk or byte fallback. Control tokens (type 3)
-//!   become special added tokens; user-defined tokens (type 4) plain added tokens that always
-//!   match, as in llama.cpp. llama.cpp itself never normalizes ([`Normalization::Off`]); the
-//!   two agree on all text that is already NFC.
+//!   builds Qwen's pipeline: the split regex named by `tokenizer.ggml.pre`, ByteLevel, BPE
+//!   without unk or byte fallback. Control tokens (type 3) become special added tokens;
+//!   user-defined tokens (type 4) plain added tokens that always match, as in llama.cpp. Like
+//!   llama.cpp on the same file, it does not normalize ([`Normalization::Off`]), so our ids
+//!   equal llama.cpp's on every input; Qwen's tokenizer.json applies NFC first
+//!   ([`Normalization::Nfc`]), and the two agree on all text that is already NFC.
 //! - an HF `tokenizer.json` → [`Tokenizer::from_tokenizer_json`].
 //!
 //! Special tokens are parsed in the text only when asked (`parse_special`), as llama.cpp does:
@@ -217,10 +218,10 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Build the Qwen pipeline from GGUF vocabulary metadata (validated first), with NFC as in
-    /// Qwen's tokenizer.json.
+    /// Build the Qwen pipeline from GGUF vocabulary metadata (validated first), without
+    /// normalization, as llama.cpp tokenizes the same file.
     pub fn from_spec(spec: &VocabSpec) -> Result<Tokenizer> {
-        Tokenizer::from_spec_with(spec, Normalization::Nfc)
+        Tokenizer::from_spec_with(spec, Normalization::Off)
     }
 
     /// [`Tokenizer::from_spec`] with a choice of normalization. `Off` is llama.cpp's behaviour

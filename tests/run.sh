@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 tests/fetch_data.py
-cargo test --all-targets "$@" 2>&1 | tee /tmp/rotary-test.log
+# --nocapture: a passing test that skipped still shows its "SKIP <reason>" line.
+cargo test --all-targets "$@" -- --nocapture 2>&1 | tee /tmp/rotary-test.log
 echo "--- skipped (missing data or device):"
 grep -h '^SKIP' /tmp/rotary-test.log || echo "none"
