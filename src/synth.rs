@@ -17,7 +17,8 @@ use half::{bf16, f16};
 use crate::error::{Error, Result};
 use crate::format::gguf::{self, Array, Value, Writer};
 use crate::model::{Arch, ModelConfig, TensorDesc, TensorRole};
-use crate::quant::GgmlType;
+use crate::quant::{self, GgmlType};
+use crate::tokenizer::byte_to_unicode;
 
 /// Named model shapes. All use Qwen3's vocabulary size, context, RoPE θ and RMS ε.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -161,25 +162,6 @@ fn q4_k_m_type(t: &TensorDesc, n_layers: u64) -> GgmlType {
 
 // ---------------------------------------------------------------------------------------------
 // Vocabulary
-
-/// GPT-2's byte → printable-char map (the alphabet of byte-level BPE vocabularies).
-pub fn byte_to_unicode() -> [char; 256] {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).collect();
-    printable.extend(0xA1..=0xAC);
-    printable.extend(0xAE..=0xFF);
-    let mut map = ['\0'; 256];
-    let mut extra = 0;
-    for b in 0..256u32 {
-        let c = if printable.contains(&b) {
-            b
-        } else {
-            extra += 1;
-            255 + extra
-        };
-        map[b as usize] = char::from_u32(c).expect("valid code point");
-    }
-    map
-}
 
 /// Qwen3's special tokens and their ids (models.md §5).
 pub const QWEN3_SPECIALS: [(u32, &str); 26] = [
@@ -374,7 +356,7 @@ fn set_block_scales(ty: GgmlType, d: Dist, rng: &mut Rng, b: &mut [u8]) {
             b[0..2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
             b[2..4].copy_from_slice(&f16::from_f32(scale * (n - 1.0) / 2.0).to_le_bytes());
             let sc: [u8; 8] = std::array::from_fn(|_| rng.range(32, 63) as u8);
-            b[4..16].copy_from_slice(&pack_k_scales(&sc, &sc));
+            b[4..16].copy_from_slice(&quant::pack_scale_min_k4(&sc, &sc));
         }
         // w = d·sc·(q − 32), q in 0..64, sc int8 (here 32..63); d is the last 2 bytes.
         GgmlType::Q6K => {
@@ -386,18 +368,6 @@ fn set_block_scales(ty: GgmlType, d: Dist, rng: &mut Rng, b: &mut [u8]) {
         }
         other => unreachable!("synth does not write {other}"),
     }
-}
-
-/// Pack eight 6-bit scales and mins the way ggml's `get_scale_min_k4` unpacks them.
-pub fn pack_k_scales(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
-    let mut q = [0u8; 12];
-    for j in 0..4 {
-        assert!(sc[j] < 64 && m[j] < 64 && sc[j + 4] < 64 && m[j + 4] < 64);
-        q[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
-        q[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
-        q[j + 8] = (sc[j + 4] & 0x0F) | ((m[j + 4] & 0x0F) << 4);
-    }
-    q
 }
 
 // ---------------------------------------------------------------------------------------------

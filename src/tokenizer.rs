@@ -261,7 +261,7 @@ impl Tokenizer {
     /// BOS policy come from a `tokenizer_config.json` beside it, when there is one.
     pub fn from_tokenizer_json(path: impl AsRef<Path>) -> Result<Tokenizer> {
         let path = path.as_ref();
-        let bytes = read_capped(path, limits::JSON_TOKENIZER_BYTES_MAX)?;
+        let bytes = crate::format::read_capped(path, limits::JSON_TOKENIZER_BYTES_MAX)?;
         let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| tokenizer_error(e).in_file(path))?;
         drop(bytes);
@@ -619,17 +619,27 @@ struct ByteMap {
     byte_of: [Option<u8>; 0x144],
 }
 
+/// GPT-2's byte → char map (the alphabet of byte-level BPE vocabularies): printable Latin-1
+/// bytes stand for themselves, the other 68 move to U+0100.. in byte order.
+pub fn byte_to_unicode() -> [char; 256] {
+    let mut map = ['\0'; 256];
+    let mut next_moved = 0x100;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
+        let c = if printable { u32::from(b) } else { next_moved };
+        next_moved += u32::from(!printable);
+        map[b as usize] = char::from_u32(c).expect("U+0000..U+0143 are chars");
+    }
+    assert_eq!(next_moved, 0x144, "GPT-2 moves exactly 68 bytes");
+    map
+}
+
 impl ByteMap {
     fn new() -> ByteMap {
         let mut byte_of = [None; 0x144];
-        let mut next_moved = 0x100;
-        for b in 0..=255u8 {
-            let printable = matches!(b, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
-            let c = if printable { u32::from(b) } else { next_moved };
-            next_moved += u32::from(!printable);
-            byte_of[c as usize] = Some(b);
+        for (b, c) in byte_to_unicode().into_iter().enumerate() {
+            byte_of[c as usize] = Some(b as u8);
         }
-        assert_eq!(next_moved, 0x144, "GPT-2 moves exactly 68 bytes");
         ByteMap { byte_of }
     }
 
@@ -640,26 +650,6 @@ impl ByteMap {
 
 // ---------------------------------------------------------------------------------------------
 // Files
-
-/// Read a whole file, refusing one larger than `bytes_max` (checked before reading, and the
-/// read itself is capped in case the file grows).
-fn read_capped(path: &Path, bytes_max: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let too_large = |n: u64| {
-        tokenizer_error(format!("file is {n} bytes, more than the limit {bytes_max}")).in_file(path)
-    };
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len > bytes_max {
-        return Err(too_large(len));
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    file.take(bytes_max + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > bytes_max {
-        return Err(too_large(bytes.len() as u64));
-    }
-    Ok(bytes)
-}
 
 /// The parts of an HF `tokenizer_config.json` the engine uses. Absent file: all defaults.
 #[derive(Default)]
@@ -675,7 +665,7 @@ impl TokenizerConfig {
         if !path.is_file() {
             return Ok(TokenizerConfig::default());
         }
-        let bytes = read_capped(path, limits::JSON_CONFIG_BYTES_MAX)?;
+        let bytes = crate::format::read_capped(path, limits::JSON_CONFIG_BYTES_MAX)?;
         let json: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Json { what: path.display().to_string(), reason: e.to_string() })?;
         // A token is "text" or {"content": "text", ...} (AddedToken form).

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::format::FileBytes;
 use crate::limits;
 use crate::quant::GgmlType;
 
@@ -687,15 +688,10 @@ impl Header {
 // ---------------------------------------------------------------------------------------------
 // A GGUF file: storage + validated header
 
-enum Storage {
-    Mmap(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
 /// A validated GGUF file. Tensor data is borrowed straight from the mapping (zero copy).
 pub struct Gguf {
     path: PathBuf,
-    storage: Storage,
+    storage: FileBytes,
     pub header: Header,
 }
 
@@ -703,21 +699,15 @@ impl Gguf {
     /// Map and validate `path`. Errors name the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf> {
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: a file-backed mapping is only sound while nobody modifies or truncates the
-        // file. We map model files read-only and treat them as immutable for the life of the
-        // process (as llama.cpp does); a concurrent writer could make reads see changed bytes or
-        // raise SIGBUS, which is documented in the README. The header is validated right here,
-        // before any tensor view is handed out.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let header = parse(&mmap).map_err(|e| e.in_file(path))?;
-        Ok(Gguf { path: path.to_path_buf(), storage: Storage::Mmap(mmap), header })
+        let storage = FileBytes::map(path)?;
+        let header = parse(storage.as_slice()).map_err(|e| e.in_file(path))?;
+        Ok(Gguf { path: path.to_path_buf(), storage, header })
     }
 
     /// Validate an in-memory GGUF image (tests, fuzzing, the embedded default model).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Gguf> {
         let header = parse(&bytes).map_err(|e| e.in_file("<memory>"))?;
-        Ok(Gguf { path: PathBuf::from("<memory>"), storage: Storage::Owned(bytes), header })
+        Ok(Gguf { path: PathBuf::from("<memory>"), storage: FileBytes::Owned(bytes), header })
     }
 
     pub fn path(&self) -> &Path {
@@ -725,10 +715,7 @@ impl Gguf {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        match &self.storage {
-            Storage::Mmap(m) => m,
-            Storage::Owned(v) => v,
-        }
+        self.storage.as_slice()
     }
 
     pub fn file_bytes(&self) -> u64 {

@@ -14,7 +14,6 @@
 //! name the key in every error.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -236,20 +235,7 @@ fn type_error(key: &str, expected: &str, found: &Value) -> Error {
 /// Read a text file of at most `max` bytes; the size is checked before anything is allocated,
 /// and the read itself is bounded (the file may grow in between).
 fn read_text_capped(path: &Path, max: u64) -> Result<String> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_bytes = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let too_large = |count: u64| {
-        let what = "file size in bytes".to_string();
-        Error::CountTooLarge { what, offset: 0, count, max }.in_file(path)
-    };
-    if file_bytes > max {
-        return Err(too_large(file_bytes));
-    }
-    let mut buf = Vec::with_capacity(file_bytes as usize);
-    file.take(max + 1).read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
-    if buf.len() as u64 > max {
-        return Err(too_large(buf.len() as u64));
-    }
+    let buf = crate::format::read_capped(path, max)?;
     String::from_utf8(buf).map_err(|e| {
         let offset = e.utf8_error().valid_up_to() as u64;
         Error::InvalidUtf8 { what: "JSON text".into(), offset }.in_file(path)

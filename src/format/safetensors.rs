@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::format::FileBytes;
 use crate::limits;
 
 /// Bytes of the little-endian u64 header length that opens every file.
@@ -568,15 +569,10 @@ pub(crate) fn json_type(value: &Value) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // A safetensors file
 
-enum Storage {
-    Mmap(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
 /// A validated safetensors file. Tensor data is borrowed straight from the mapping (zero copy).
 pub struct SafetensorsFile {
     path: PathBuf,
-    storage: Storage,
+    storage: FileBytes,
     header: SafetensorsHeader,
 }
 
@@ -584,23 +580,16 @@ impl SafetensorsFile {
     /// Map and validate `path`. Errors name the file.
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: a file-backed mapping is only sound while nobody modifies or truncates the
-        // file: a concurrent writer would change bytes behind our `&[u8]` (undefined behaviour)
-        // or raise SIGBUS. We map model files read-only and treat them as immutable for the
-        // life of the process (as llama.cpp and the safetensors crate do); this read-only
-        // assumption is documented for users. The header is validated right here, before any
-        // view is handed out, and views never outlive `self`.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let header = Safetensors::parse(&mmap).map_err(|e| e.in_file(path))?;
-        Ok(SafetensorsFile { path: path.to_path_buf(), storage: Storage::Mmap(mmap), header })
+        let storage = FileBytes::map(path)?;
+        let header = Safetensors::parse(storage.as_slice()).map_err(|e| e.in_file(path))?;
+        Ok(SafetensorsFile { path: path.to_path_buf(), storage, header })
     }
 
     /// Validate an in-memory image (tests, fuzzing).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<SafetensorsFile> {
         let header = Safetensors::parse(&bytes).map_err(|e| e.in_file("<memory>"))?;
         let path = PathBuf::from("<memory>");
-        Ok(SafetensorsFile { path, storage: Storage::Owned(bytes), header })
+        Ok(SafetensorsFile { path, storage: FileBytes::Owned(bytes), header })
     }
 
     pub fn path(&self) -> &Path {
@@ -612,10 +601,7 @@ impl SafetensorsFile {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        match &self.storage {
-            Storage::Mmap(m) => m,
-            Storage::Owned(v) => v,
-        }
+        self.storage.as_slice()
     }
 
     /// A tensor by name (`Error::MissingTensor` when absent).

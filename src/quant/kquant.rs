@@ -32,7 +32,7 @@ pub(super) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
 }
 
 /// The inverse of `scale_min_k4` for eight 6-bit (scale, min) pairs.
-pub(super) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
+pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
     let mut q = [0u8; 12];
     for j in 0..8 {
         if j < 4 {

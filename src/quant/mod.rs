@@ -6,6 +6,7 @@
 mod block;
 mod float;
 mod kquant;
+pub(crate) use kquant::pack_scale_min_k4;
 mod q4_0;
 mod q4_k;
 mod q5_k;
