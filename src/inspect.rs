@@ -2,12 +2,13 @@
 //! hyperparameters, tensors by type, dense vs expert bytes, expert bytes read per token, and
 //! (with a VRAM budget) how much is left for the expert cache.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::format::gguf::{Gguf, Value};
-use crate::model::{ModelConfig, TensorRole};
+use crate::format::hf::HfDir;
+use crate::model::{ModelConfig, TensorDesc, TensorRole};
 
 /// Bytes a CUDA context and the cuBLAS-free kernel images take before any allocation of ours
 /// (typical for a driver 5xx context on Ada/Hopper; the rotary issue measures it instead).
@@ -25,14 +26,15 @@ pub struct TypeCount {
 pub struct Report {
     pub path: String,
     pub file_bytes: u64,
-    pub version: u32,
-    pub alignment: u32,
-    pub n_kv: usize,
+    /// "GGUF v3, alignment 32, 27 keys" or "HF directory, 2 safetensors shard(s)".
+    pub format: String,
     pub architecture: Option<String>,
     pub name: Option<String>,
     pub config: Option<ModelConfig>,
     /// Why the file is not runnable, when it is not (unsupported arch, bad tensors).
     pub problem: Option<String>,
+    /// Other things a user should know (remote code ignored, ...).
+    pub notes: Vec<String>,
     pub by_type: BTreeMap<String, TypeCount>,
     pub n_tensors: usize,
     pub tensor_bytes: u64,
@@ -59,35 +61,74 @@ pub struct BudgetPlan {
     pub n_experts_total: u64,
 }
 
+/// One tensor as the report sees it: name, type name, bytes.
+struct TensorEntry {
+    name: String,
+    ty: String,
+    n_bytes: u64,
+}
+
 impl Report {
+    /// Report on a GGUF file.
     pub fn new(g: &Gguf, budget_bytes: Option<u64>) -> Result<Report> {
         let h = &g.header;
+        let tensors = h.tensors.iter().map(|t| TensorEntry {
+            name: t.name.clone(),
+            ty: t.ty.name().to_string(),
+            n_bytes: t.n_bytes,
+        });
+        let checked = ModelConfig::from_gguf(h)
+            .and_then(|c| c.check_tensors(h).map(|_| (c.tensor_table(), c)));
+        let format = format!("GGUF v{}, alignment {}, {} keys", h.version, h.alignment, h.kvs.len());
+        let mut r = Report::build(g.path().display().to_string(), format, tensors.collect(), checked);
+        r.file_bytes = g.file_bytes();
+        r.architecture = h.get_str("general.architecture")?.map(str::to_string);
+        r.name = h.get_str("general.name")?.map(str::to_string);
+        r.with_plan(budget_bytes)
+    }
+
+    /// Report on an HF model directory (config.json + safetensors shards).
+    pub fn from_hf(dir: &HfDir, budget_bytes: Option<u64>) -> Result<Report> {
+        let tensors = dir.tensor_names().filter_map(|name| dir.tensor_info(name)).map(|t| {
+            TensorEntry { name: t.name.clone(), ty: t.dtype.to_string(), n_bytes: t.n_bytes() }
+        });
+        let tied = dir.config_bool_opt("tie_word_embeddings")?.unwrap_or(false);
+        let checked = ModelConfig::from_hf(dir)
+            .and_then(|c| c.check_hf_tensors(dir).map(|_| (c.hf_tensor_table(tied), c)));
+        let format = format!("HF directory, {} safetensors shard(s)", dir.shards().len());
+        let mut r = Report::build(dir.dir().display().to_string(), format, tensors.collect(), checked);
+        r.file_bytes = dir.shards().iter().map(|s| s.bytes().len() as u64).sum();
+        r.architecture = dir.config_str_opt("model_type")?.map(str::to_string);
+        if dir.config_has_remote_code() {
+            r.notes.push("config.json asks for remote code (auto_map): ignored".into());
+        }
+        r.with_plan(budget_bytes)
+    }
+
+    fn build(
+        path: String,
+        format: String,
+        tensors: Vec<TensorEntry>,
+        checked: Result<(Vec<TensorDesc>, ModelConfig)>,
+    ) -> Report {
         let mut by_type: BTreeMap<String, TypeCount> = BTreeMap::new();
-        for t in &h.tensors {
-            let e = by_type.entry(t.ty.name().to_string()).or_default();
+        for t in &tensors {
+            let e = by_type.entry(t.ty.clone()).or_default();
             e.tensors += 1;
             e.bytes += t.n_bytes;
         }
-        let architecture = h.get_str("general.architecture")?.map(str::to_string);
-        let name = h.get_str("general.name")?.map(str::to_string);
-        let config = ModelConfig::from_gguf(h).and_then(|c| c.check_tensors(h).map(|_| c));
-        let (config, problem) = match config {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(e.to_string())),
-        };
         let mut r = Report {
-            path: g.path().display().to_string(),
-            file_bytes: g.file_bytes(),
-            version: h.version,
-            alignment: h.alignment,
-            n_kv: h.kvs.len(),
-            architecture,
-            name,
-            config,
-            problem,
+            path,
+            file_bytes: 0,
+            format,
+            architecture: None,
+            name: None,
+            config: None,
+            problem: None,
+            notes: vec![],
             by_type,
-            n_tensors: h.tensors.len(),
-            tensor_bytes: h.tensors.iter().map(|t| t.n_bytes).sum(),
+            n_tensors: tensors.len(),
+            tensor_bytes: tensors.iter().map(|t| t.n_bytes).sum(),
             expert_bytes: 0,
             embedding_bytes: 0,
             output_bytes: 0,
@@ -95,25 +136,36 @@ impl Report {
             expert_bytes_avg: 0,
             plan: None,
         };
-        if let Some(cfg) = r.config.clone() {
-            r.account_roles(g, &cfg);
-            if let Some(budget) = budget_bytes {
-                r.plan = Some(r.budget_plan(&cfg, budget)?);
+        match checked {
+            Ok((table, cfg)) => {
+                r.account_roles(&tensors, &table, &cfg);
+                r.config = Some(cfg);
             }
-        } else if budget_bytes.is_some() {
-            let why = r.problem.clone().unwrap_or_default();
-            return Err(Error::Usage(format!("cannot plan a VRAM budget: {why}")));
+            Err(e) => r.problem = Some(e.to_string()),
         }
-        Ok(r)
+        r
     }
 
-    fn account_roles(&mut self, g: &Gguf, cfg: &ModelConfig) {
-        for want in cfg.tensor_table() {
-            let Some(t) = g.header.tensor(&want.name) else { continue };
+    fn with_plan(mut self, budget_bytes: Option<u64>) -> Result<Report> {
+        let Some(budget) = budget_bytes else { return Ok(self) };
+        match self.config.clone() {
+            Some(cfg) => self.plan = Some(self.budget_plan(&cfg, budget)?),
+            None => {
+                let why = self.problem.clone().unwrap_or_default();
+                return Err(Error::Usage(format!("cannot plan a VRAM budget: {why}")));
+            }
+        }
+        Ok(self)
+    }
+
+    fn account_roles(&mut self, tensors: &[TensorEntry], table: &[TensorDesc], cfg: &ModelConfig) {
+        let bytes: HashMap<&str, u64> = tensors.iter().map(|t| (t.name.as_str(), t.n_bytes)).collect();
+        for want in table {
+            let Some(&n_bytes) = bytes.get(want.name.as_str()) else { continue };
             match want.role {
-                TensorRole::Expert => self.expert_bytes += t.n_bytes,
-                TensorRole::Embedding => self.embedding_bytes += t.n_bytes,
-                TensorRole::Output => self.output_bytes += t.n_bytes,
+                TensorRole::Expert => self.expert_bytes += n_bytes,
+                TensorRole::Embedding => self.embedding_bytes += n_bytes,
+                TensorRole::Output => self.output_bytes += n_bytes,
                 _ => {}
             }
         }
@@ -230,8 +282,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hb = human_bytes;
         writeln!(f, "file          {} ({}, {} bytes)", self.path, hb(self.file_bytes), self.file_bytes)?;
-        writeln!(f, "format        GGUF v{}, alignment {}, {} keys, {} tensors",
-            self.version, self.alignment, self.n_kv, self.n_tensors)?;
+        writeln!(f, "format        {}, {} tensors", self.format, self.n_tensors)?;
         if let Some(name) = &self.name {
             writeln!(f, "name          {name}")?;
         }
@@ -250,6 +301,9 @@ impl fmt::Display for Report {
         }
         if let Some(p) = &self.problem {
             writeln!(f, "not runnable  {p}")?;
+        }
+        for note in &self.notes {
+            writeln!(f, "note          {note}")?;
         }
         writeln!(f, "tensors by type:")?;
         for (ty, c) in &self.by_type {

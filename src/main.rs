@@ -49,7 +49,7 @@ enum Command {
     },
     /// Architecture, hyperparameters, tensors and byte costs of a model file.
     Inspect {
-        /// A GGUF file; default: the embedded tiny model.
+        /// A GGUF file or an HF model directory; default: the embedded tiny model.
         file: Option<PathBuf>,
         /// Plan a VRAM budget (8GiB, 6.3GiB, 512MiB): what is left for the expert cache.
         #[arg(long)]
@@ -150,6 +150,18 @@ fn embedded_default() -> Result<Gguf> {
 
 fn cmd_inspect(file: Option<PathBuf>, budget: Option<&str>, kv: bool, tensors: bool) -> Result<()> {
     let budget_bytes = budget.map(inspect::parse_size).transpose()?;
+    if let Some(dir) = file.as_ref().filter(|p| p.is_dir()) {
+        let hf = HfDir::open(dir)?;
+        print!("{}", Report::from_hf(&hf, budget_bytes).map_err(|e| e.in_file(dir))?);
+        if tensors {
+            let mut names: Vec<&str> = hf.tensor_names().collect();
+            names.sort();
+            for t in names.iter().filter_map(|n| hf.tensor_info(n)) {
+                println!("  {:<48} {:<5} {:?} {} bytes", t.name, t.dtype, t.shape, t.n_bytes());
+            }
+        }
+        return Ok(());
+    }
     let g = match &file {
         Some(path) => Gguf::open(path)?,
         None => {

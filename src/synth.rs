@@ -73,6 +73,7 @@ impl Preset {
             n_vocab,
             n_experts: self.n_experts,
             n_experts_used: self.n_experts_used,
+            norm_topk_prob: true,
             expert_ffn_dim: self.expert_ffn_dim,
             shared_ffn_dim: 0,
             context_length: CONTEXT,

@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::gguf::{Header, TensorInfo};
+use crate::format::hf::HfDir;
 use crate::limits;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -62,6 +63,9 @@ pub struct ModelConfig {
     pub n_vocab: u64,
     pub n_experts: u64,
     pub n_experts_used: u64,
+    /// Renormalise the top-k router weights to sum to 1 (llama.cpp hard-codes it for both
+    /// Qwen MoE archs; HF reads `norm_topk_prob`, whose class default is false).
+    pub norm_topk_prob: bool,
     /// Routed expert FFN width (`expert_feed_forward_length`).
     pub expert_ffn_dim: u64,
     /// Shared expert FFN width (qwen35moe), 0 when absent.
@@ -169,6 +173,7 @@ impl ModelConfig {
             n_vocab,
             n_experts: hparam(h, a, "expert_count", limits::EXPERTS_MAX)?,
             n_experts_used: hparam(h, a, "expert_used_count", limits::EXPERTS_USED_MAX)?,
+            norm_topk_prob: true,
             expert_ffn_dim: hparam(h, a, "expert_feed_forward_length", limits::DIM_MAX)?,
             shared_ffn_dim: match arch {
                 Arch::Qwen3Moe => 0,
@@ -367,4 +372,124 @@ fn shape_err(found: &TensorInfo, expected: &[u64]) -> Error {
         expected: expected.to_vec(),
         found: found.dims.clone(),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HF directories (config.json + safetensors)
+
+/// A positive integer from config.json within 1..=max, named on error.
+fn hf_int(dir: &HfDir, key: &str, max: u64) -> Result<u64> {
+    let v = dir.config_u64(key)?;
+    if v == 0 || v > max {
+        return Err(Error::BadValue { key: key.into(), reason: format!("{v} is not in 1..={max}") });
+    }
+    Ok(v)
+}
+
+impl ModelConfig {
+    /// Hyperparameters of an HF `Qwen3MoeForCausalLM` directory (`model_type` qwen3_moe).
+    /// Only `config.json` is read: `auto_map` and remote code are never consulted.
+    pub fn from_hf(dir: &HfDir) -> Result<ModelConfig> {
+        let model_type = dir.config_str("model_type")?;
+        if model_type != "qwen3_moe" {
+            let reason = format!("'{model_type}' is not supported from HF files (supported: \
+                qwen3_moe; use a GGUF for qwen3_5_moe)");
+            return Err(Error::BadValue { key: "model_type".into(), reason });
+        }
+        // Dense layers between MoE layers are not part of any Qwen3 MoE checkpoint.
+        if dir.config_u64_opt("decoder_sparse_step")?.unwrap_or(1) != 1 {
+            let reason = "only decoder_sparse_step = 1 (every layer MoE) is supported".into();
+            return Err(Error::BadValue { key: "decoder_sparse_step".into(), reason });
+        }
+        let dim = hf_int(dir, "hidden_size", limits::DIM_MAX)?;
+        let n_heads = hf_int(dir, "num_attention_heads", limits::HEADS_MAX)?;
+        let head_dim = match dir.config_u64_opt("head_dim")? {
+            Some(_) => hf_int(dir, "head_dim", limits::DIM_MAX)?,
+            None => dim / n_heads,
+        };
+        let cfg = ModelConfig {
+            arch: Arch::Qwen3Moe,
+            n_layers: hf_int(dir, "num_hidden_layers", limits::LAYERS_MAX)?,
+            dim,
+            n_heads,
+            n_kv_heads: hf_int(dir, "num_key_value_heads", limits::HEADS_MAX)?,
+            head_dim,
+            n_vocab: hf_int(dir, "vocab_size", limits::VOCAB_MAX)?,
+            n_experts: hf_int(dir, "num_experts", limits::EXPERTS_MAX)?,
+            n_experts_used: hf_int(dir, "num_experts_per_tok", limits::EXPERTS_USED_MAX)?,
+            norm_topk_prob: dir.config_bool_opt("norm_topk_prob")?.unwrap_or(false),
+            expert_ffn_dim: hf_int(dir, "moe_intermediate_size", limits::DIM_MAX)?,
+            shared_ffn_dim: 0,
+            context_length: hf_int(dir, "max_position_embeddings", limits::CONTEXT_MAX)?,
+            rope_theta: positive(dir.config_f64_opt("rope_theta")?.unwrap_or(10_000.0), "rope_theta")?,
+            rope_dims: head_dim,
+            rms_eps: positive(dir.config_f64_opt("rms_norm_eps")?.unwrap_or(1e-6), "rms_norm_eps")?,
+            n_nextn_layers: 0,
+            ssm: None,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// HF tensor names with their safetensors (row-major, numpy-order) shapes, each paired with
+    /// the role it plays. Qwen3 stores one 2-D tensor per expert.
+    pub fn hf_tensor_table(&self, tied_embeddings: bool) -> Vec<TensorDesc> {
+        assert_eq!(self.arch, Arch::Qwen3Moe, "HF tables exist for qwen3_moe only");
+        let (dim, hd, ff) = (self.dim, self.head_dim, self.expert_ffn_dim);
+        let mut table = vec![
+            desc("model.embed_tokens.weight", &[self.n_vocab, dim], TensorRole::Embedding, None),
+            desc("model.norm.weight", &[dim], TensorRole::Norm, None),
+        ];
+        if !tied_embeddings {
+            table.push(desc("lm_head.weight", &[self.n_vocab, dim], TensorRole::Output, None));
+        }
+        for l in 0..self.n_layers {
+            let mut t = |suffix: &str, dims: &[u64], role| {
+                table.push(desc(&format!("model.layers.{l}.{suffix}"), dims, role, Some(l)))
+            };
+            use TensorRole::*;
+            t("input_layernorm.weight", &[dim], Norm);
+            t("self_attn.q_proj.weight", &[self.n_heads * hd, dim], Attention);
+            t("self_attn.k_proj.weight", &[self.n_kv_heads * hd, dim], Attention);
+            t("self_attn.v_proj.weight", &[self.n_kv_heads * hd, dim], Attention);
+            t("self_attn.o_proj.weight", &[dim, self.n_heads * hd], Attention);
+            t("self_attn.q_norm.weight", &[hd], Norm);
+            t("self_attn.k_norm.weight", &[hd], Norm);
+            t("post_attention_layernorm.weight", &[dim], Norm);
+            t("mlp.gate.weight", &[self.n_experts, dim], Router);
+            for e in 0..self.n_experts {
+                t(&format!("mlp.experts.{e}.gate_proj.weight"), &[ff, dim], Expert);
+                t(&format!("mlp.experts.{e}.up_proj.weight"), &[ff, dim], Expert);
+                t(&format!("mlp.experts.{e}.down_proj.weight"), &[dim, ff], Expert);
+            }
+        }
+        table
+    }
+
+    /// Every tensor of an HF directory present, shaped as config.json implies, in a dtype
+    /// the engine computes with (F32, F16, BF16).
+    pub fn check_hf_tensors(&self, dir: &HfDir) -> Result<()> {
+        let tied = dir.config_bool_opt("tie_word_embeddings")?.unwrap_or(false);
+        for want in self.hf_tensor_table(tied) {
+            let Some(found) = dir.tensor_info(&want.name) else {
+                return Err(Error::MissingTensor { name: want.name });
+            };
+            if found.shape != want.dims {
+                let (expected, found) = (want.dims, found.shape.clone());
+                return Err(Error::TensorShape { name: want.name, expected, found });
+            }
+            use crate::format::safetensors::Dtype;
+            if !matches!(found.dtype, Dtype::F32 | Dtype::F16 | Dtype::Bf16) {
+                return Err(Error::UnsupportedType { name: want.name, ty: found.dtype.to_string() });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn positive(v: f64, key: &str) -> Result<f64> {
+    if v > 0.0 && v.is_finite() {
+        return Ok(v);
+    }
+    Err(Error::BadValue { key: key.into(), reason: format!("{v} is not a positive number") })
 }
