@@ -133,19 +133,29 @@ impl HfDir {
 // ---------------------------------------------------------------------------------------------
 // Typed config getters
 
+/// Follow a dotted key through nested objects; `null` counts as absent.
+fn walk<'a>(root: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    let mut parts = key.split('.');
+    let mut v = root.get(parts.next()?)?;
+    for part in parts {
+        v = v.as_object()?.get(part)?;
+    }
+    Some(v).filter(|v| !v.is_null())
+}
+
 impl HfDir {
     /// The value of `key` at the top level, else in `text_config`, with its qualified name.
+    /// A dotted key walks nested objects (`rope_parameters.rope_theta`, transformers 5).
     /// A `null` value counts as absent (HF configs write `"sliding_window": null`).
     fn lookup(&self, key: &str) -> Result<Option<(String, &Value)>> {
-        if let Some(v) = self.config.get(key).filter(|v| !v.is_null()) {
+        if let Some(v) = walk(&self.config, key) {
             return Ok(Some((key.to_string(), v)));
         }
         match self.config.get(TEXT_CONFIG_KEY) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(text)) => Ok(text
-                .get(key)
-                .filter(|v| !v.is_null())
-                .map(|v| (format!("{TEXT_CONFIG_KEY}.{key}"), v))),
+            Some(Value::Object(text)) => {
+                Ok(walk(text, key).map(|v| (format!("{TEXT_CONFIG_KEY}.{key}"), v)))
+            }
             Some(other) => Err(Error::KeyType {
                 key: TEXT_CONFIG_KEY.into(),
                 expected: "object".into(),

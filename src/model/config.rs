@@ -380,6 +380,29 @@ fn shape_err(found: &TensorInfo, expected: &[u64]) -> Error {
 /// A positive integer from config.json within 1..=max, named on error.
 fn hf_int(dir: &HfDir, key: &str, max: u64) -> Result<u64> {
     let v = dir.config_u64(key)?;
+    hf_check(key, v, max)
+}
+
+/// The first of several spellings that is present (transformers renamed keys across versions).
+fn hf_int_any(dir: &HfDir, keys: &[&str], max: u64) -> Result<u64> {
+    for key in keys {
+        if let Some(v) = dir.config_u64_opt(key)? {
+            return hf_check(key, v, max);
+        }
+    }
+    Err(Error::MissingKey { key: keys.join(" or ") })
+}
+
+fn hf_f64_any(dir: &HfDir, keys: &[&str]) -> Result<Option<f64>> {
+    for key in keys {
+        if let Some(v) = dir.config_f64_opt(key)? {
+            return positive(v, key).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+fn hf_check(key: &str, v: u64, max: u64) -> Result<u64> {
     if v == 0 || v > max {
         return Err(Error::BadValue { key: key.into(), reason: format!("{v} is not in 1..={max}") });
     }
@@ -415,13 +438,14 @@ impl ModelConfig {
             n_kv_heads: hf_int(dir, "num_key_value_heads", limits::HEADS_MAX)?,
             head_dim,
             n_vocab: hf_int(dir, "vocab_size", limits::VOCAB_MAX)?,
-            n_experts: hf_int(dir, "num_experts", limits::EXPERTS_MAX)?,
+            n_experts: hf_int_any(dir, &["num_experts", "num_local_experts"], limits::EXPERTS_MAX)?,
             n_experts_used: hf_int(dir, "num_experts_per_tok", limits::EXPERTS_USED_MAX)?,
             norm_topk_prob: dir.config_bool_opt("norm_topk_prob")?.unwrap_or(false),
             expert_ffn_dim: hf_int(dir, "moe_intermediate_size", limits::DIM_MAX)?,
             shared_ffn_dim: 0,
             context_length: hf_int(dir, "max_position_embeddings", limits::CONTEXT_MAX)?,
-            rope_theta: positive(dir.config_f64_opt("rope_theta")?.unwrap_or(10_000.0), "rope_theta")?,
+            rope_theta: hf_f64_any(dir, &["rope_theta", "rope_parameters.rope_theta"])?
+                .unwrap_or(10_000.0),
             rope_dims: head_dim,
             rms_eps: positive(dir.config_f64_opt("rms_norm_eps")?.unwrap_or(1e-6), "rms_norm_eps")?,
             n_nextn_layers: 0,
