@@ -29,13 +29,16 @@ fn transformers_fixture_config_and_tensors() {
     assert_eq!(report.expert_bytes, 3 * 8 * 3 * 32 * 64 * 4);
 }
 
+type Config = serde_json::Map<String, serde_json::Value>;
+type Edit = Box<dyn FnOnce(&mut Config)>;
+
 /// A copy of the fixture with config.json edited by `edit`.
-fn edited(tag: &str, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> PathBuf {
+fn edited(tag: &str, edit: impl FnOnce(&mut Config)) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rotary-hfmodel-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(fixture().join("model.safetensors"), dir.join("model.safetensors")).unwrap();
     let text = std::fs::read_to_string(fixture().join("config.json")).unwrap();
-    let mut config: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let mut config: Config = serde_json::from_str(&text).unwrap();
     edit(&mut config);
     std::fs::write(dir.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
     dir
@@ -48,7 +51,7 @@ fn check(dir: &Path) -> rotary::Result<()> {
 
 #[test]
 fn edited_configs_are_rejected_by_name() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>, &str)> = vec![
+    let cases: Vec<(&str, Edit, &str)> = vec![
         ("topk", Box::new(|c| { c.insert("num_experts_per_tok".into(), 9.into()); }), "expert_used_count"),
         ("type", Box::new(|c| { c.insert("model_type".into(), "llama".into()); }), "model_type"),
         ("ffn", Box::new(|c| { c.insert("moe_intermediate_size".into(), 16.into()); }), "gate_proj"),
