@@ -61,6 +61,10 @@ pub enum Error {
     /// A buffer length that is not a whole number of blocks for the type.
     QuantLength { ty: String, len: usize, reason: String },
 
+    // --- running a model ------------------------------------------------------------------------
+    /// More tokens than the context holds (prompt + generated, or a prompt alone).
+    ContextOverflow { n_tokens: usize, n_ctx: usize },
+
     // --- usage / devices ----------------------------------------------------------------------
     /// Bad command-line input (flag value, size string, preset name).
     Usage(String),
@@ -145,6 +149,10 @@ impl fmt::Display for Error {
             Refused { reason } => write!(f, "refused: {reason}"),
             Tokenizer { reason } => write!(f, "tokenizer: {reason}"),
             QuantLength { ty, len, reason } => write!(f, "{ty} buffer of {len}: {reason}"),
+            ContextOverflow { n_tokens, n_ctx } => write!(
+                f,
+                "{n_tokens} tokens do not fit the context of {n_ctx} (raise -c, or shorten the prompt)"
+            ),
             Usage(msg) => write!(f, "{msg}"),
             CudaNotCompiled => write!(f, "built without CUDA (nvcc was not found at build time)"),
         }

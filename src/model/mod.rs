@@ -2,5 +2,7 @@
 //! CPU-engine issue on) weights and one forward() per architecture.
 
 pub mod config;
+pub mod qwen3moe;
+pub mod weights;
 
 pub use config::{Arch, ModelConfig, TensorDesc, TensorRole};

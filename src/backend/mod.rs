@@ -1,0 +1,72 @@
+//! Backends: where the heavy arithmetic runs. The forward pass (src/model/) is written once and
+//! calls a `Backend` for every matrix product; everything else is O(dim) per token and stays in
+//! plain scalar code beside it.
+//!
+//! - `cpu_ref`: scalar f32, obviously correct. The oracle every other backend is tested against.
+//! - `cpu`: fast: activations quantized the way ggml does, SIMD dot products, threads.
+//! - `cuda` (CUDA issue): the same trait on the GPU; a stub returns `Error::CudaNotCompiled`.
+
+pub mod cpu_ref;
+
+use crate::error::{Error, Result};
+use crate::quant::GgmlType;
+
+/// A weight matrix as the file stores it: `rows` rows of `cols` elements, row-major, each row
+/// `ty.row_bytes(cols)` bytes (a whole number of blocks). GGUF `ne = {cols, rows}`; safetensors
+/// `[rows, cols]` (F32/F16/BF16 share ggml's byte layout). Borrowed from the file mapping.
+#[derive(Copy, Clone, Debug)]
+pub struct Mat<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> Mat<'a> {
+    /// A matrix view, checking that `data` holds exactly rows x cols elements of `ty`.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8], name: &str) -> Result<Mat<'a>> {
+        let row_bytes = ty.row_bytes(cols as u64);
+        let want = row_bytes.and_then(|r| r.checked_mul(rows as u64));
+        if want != Some(data.len() as u64) {
+            return Err(Error::BadTensor {
+                name: name.to_string(),
+                offset: 0,
+                reason: format!("{} bytes do not hold {rows} x {cols} {ty}", data.len()),
+            });
+        }
+        Ok(Mat { ty, rows, cols, data })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.data.len() / self.rows.max(1)
+    }
+
+    /// Bytes of row `r`.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        assert!(r < self.rows, "row {r} of {}", self.rows);
+        let n = self.row_bytes();
+        &self.data[r * n..(r + 1) * n]
+    }
+
+    /// Rows `start..start + count` as a matrix of their own (an expert of a stacked tensor).
+    pub fn rows_slice(&self, start: usize, count: usize) -> Mat<'a> {
+        assert!(start + count <= self.rows, "rows {start}+{count} of {}", self.rows);
+        let n = self.row_bytes();
+        Mat { ty: self.ty, rows: count, cols: self.cols, data: &self.data[start * n..(start + count) * n] }
+    }
+}
+
+/// The operations the forward pass hands to a backend.
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// `y[t, i] = Σ_j w[i, j] · x[t, j]` for `n` tokens: x is `[n, w.cols]`, y is `[n, w.rows]`,
+    /// both row-major f32. The hot operation: every projection and expert goes through it.
+    fn matmul(&self, w: &Mat, x: &[f32], n: usize, y: &mut [f32]) -> Result<()>;
+}
+
+/// Check matmul operand sizes (every backend calls this first: a mismatch is a caller bug).
+pub fn check_matmul(w: &Mat, x: &[f32], n: usize, y: &[f32]) {
+    assert_eq!(x.len(), n * w.cols, "x is [n, cols]");
+    assert_eq!(y.len(), n * w.rows, "y is [n, rows]");
+}
