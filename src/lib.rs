@@ -10,6 +10,8 @@ pub mod inspect;
 pub mod limits;
 pub mod model;
 pub mod quant;
+pub mod run;
+pub mod sample;
 pub mod synth;
 pub mod tokenizer;
 

@@ -10,8 +10,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rotary::format::gguf::Gguf;
 use rotary::inspect::{self, Report};
 use rotary::synth::{self, Preset, QuantMix, SynthOptions};
+
 use rotary::format::hf::HfDir;
 use rotary::tokenizer::{Tokenizer, VocabSpec};
+use std::io::Write;
+
+use rotary::model::qwen3moe::{top_k, Logits, Session};
+use rotary::model::weights::Weights;
+use rotary::run::Generation;
 use rotary::Result;
 
 const VERSION: &str =
@@ -25,6 +31,23 @@ struct Cli {
     verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Flags shared by the commands that run a model.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// A GGUF file or an HF model directory; default: the embedded tiny model.
+    #[arg(short = 'm', long = "model")]
+    model: Option<PathBuf>,
+    /// Context size in tokens (default: the model's, at most 4096).
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx: Option<usize>,
+    /// Threads (default: physical cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// cpu (fast) or cpu-ref (scalar reference).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +84,35 @@ enum Command {
         #[arg(long)]
         tensors: bool,
     },
+    /// Generate text from a prompt, streaming it as it is produced.
+    Run {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The prompt.
+        #[arg(short = 'p', long, default_value = "Once upon a time")]
+        prompt: String,
+        /// Tokens to generate at most.
+        #[arg(short = 'n', long = "n-predict", default_value_t = 64)]
+        n_predict: usize,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temp: f32,
+    },
+    /// Evaluate a prompt and print the top logits at every position.
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(short = 'p', long)]
+        prompt: String,
+        /// How many of the largest logits to print per position.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Also print the whole logit vector of the last position.
+        #[arg(long)]
+        full_last: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the token ids of TEXT.
     Tokenize {
         /// A GGUF file, an HF model directory, or a tokenizer.json; default: the embedded model.
@@ -94,6 +146,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Inspect { file, vram_budget, kv, tensors } => {
             cmd_inspect(file, vram_budget.as_deref(), kv, tensors)
+        }
+        Command::Run { model, prompt, n_predict, temp } => cmd_run(&model, &prompt, n_predict, temp),
+        Command::Logits { model, prompt, top, full_last, json } => {
+            cmd_logits(&model, &prompt, top, full_last, json)
         }
         Command::Tokenize { model, json, no_parse_special, text } => {
             cmd_tokenize(model, json, !no_parse_special, &text)
@@ -142,11 +198,7 @@ fn cmd_synth(
     Ok(())
 }
 
-/// The embedded default: the tiny preset, synthesized in memory (no file needed).
-fn embedded_default() -> Result<Gguf> {
-    let opts = SynthOptions::new(Preset::by_name("tiny")?, QuantMix::Q8_0, 0);
-    Gguf::from_bytes(synth::to_bytes(&opts)?)
-}
+use rotary::run::embedded_default;
 
 fn cmd_inspect(file: Option<PathBuf>, budget: Option<&str>, kv: bool, tensors: bool) -> Result<()> {
     let budget_bytes = budget.map(inspect::parse_size).transpose()?;
@@ -218,4 +270,87 @@ fn cmd_tokenize(model: Option<PathBuf>, json: bool, parse_special: bool, text: &
         println!("{}", list.join(" "));
     }
     Ok(())
+}
+
+/// The model, its weights, tokenizer and a session: what run and logits start from.
+fn with_session<T>(
+    args: &ModelArgs,
+    f: impl FnOnce(&mut Session, &Tokenizer) -> Result<T>,
+) -> Result<T> {
+    if args.model.is_none() {
+        eprintln!("no model given (-m): using the embedded tiny model with random weights");
+    }
+    let file = rotary::run::open_model(args.model.as_deref())?;
+    let weights = Weights::load(&file)?;
+    let tok = rotary::run::tokenizer_for(&file)?;
+    let backend = rotary::backend::by_name(&args.backend, args.threads)?;
+    let n_ctx = args.ctx.unwrap_or(weights.cfg.context_length.min(4096) as usize);
+    let mut session = Session::new(&weights, backend.as_ref(), n_ctx)?;
+    f(&mut session, &tok)
+}
+
+fn cmd_run(args: &ModelArgs, prompt: &str, n_predict: usize, temp: f32) -> Result<()> {
+    if temp != 0.0 {
+        return Err(rotary::Error::Usage("sampling with --temp arrives with the sampler; use --temp 0".into()));
+    }
+    with_session(args, |session, tok| {
+        let ids = tok.encode(prompt, true)?;
+        print!("{prompt}");
+        let mut out = std::io::stdout();
+        let stats = rotary::run::generate(session, tok, &ids, Generation {
+            n_predict,
+            sample: &mut |logits, _| Ok(rotary::run::argmax(logits)),
+            on_text: &mut |text| {
+                print!("{text}");
+                let _ = out.flush();
+                false
+            },
+            cancelled: &|| false,
+        })?;
+        println!();
+        let rss = rotary::run::peak_rss_bytes().map_or("?".into(), inspect::human_bytes);
+        eprintln!(
+            "prompt: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s ({}) | peak RSS {rss}",
+            stats.prompt_tokens, stats.prompt_tok_s(), stats.generated_tokens, stats.decode_tok_s(),
+            stats.stop_reason
+        );
+        Ok(())
+    })
+}
+
+fn cmd_logits(args: &ModelArgs, prompt: &str, top: usize, full_last: bool, json: bool) -> Result<()> {
+    with_session(args, |session, tok| {
+        let ids = tok.encode(prompt, true)?;
+        let logits = session.forward(&ids, Logits::All)?; // [n, vocab]
+        let n_vocab = logits.len() / ids.len();
+        let rows: Vec<&[f32]> = logits.chunks_exact(n_vocab).collect();
+        let tops: Vec<Vec<(usize, f32)>> = rows.iter().map(|r| top_k(r, top)).collect();
+        if json {
+            let positions: Vec<String> = tops
+                .iter()
+                .map(|t| {
+                    let pairs: Vec<String> = t.iter().map(|(i, v)| format!("[{i}, {v}]")).collect();
+                    format!("{{\"top\": [{}]}}", pairs.join(", "))
+                })
+                .collect();
+            let tokens: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+            print!("{{\"tokens\": [{}], \"positions\": [{}]", tokens.join(", "), positions.join(", "));
+            if full_last {
+                let last: Vec<String> = rows[rows.len() - 1].iter().map(|v| v.to_string()).collect();
+                print!(", \"last_logits\": [{}]", last.join(", "));
+            }
+            println!("}}");
+            return Ok(());
+        }
+        for (pos, (id, t)) in ids.iter().zip(&tops).enumerate() {
+            let piece = String::from_utf8_lossy(tok.token_bytes(*id)).into_owned();
+            let list: Vec<String> = t.iter().map(|(i, v)| format!("{i}:{v:.4}")).collect();
+            println!("{pos:>4} {id:>7} {piece:<12?} top: {}", list.join("  "));
+        }
+        if full_last {
+            let last: Vec<String> = rows[rows.len() - 1].iter().map(|v| v.to_string()).collect();
+            println!("last_logits: {}", last.join(" "));
+        }
+        Ok(())
+    })
 }

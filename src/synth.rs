@@ -182,9 +182,31 @@ const CHATML_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ messa
 {{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>\
 assistant\n{% endif %}";
 
+/// A distinct pronounceable word for filler token `n` (" ba", " kotu", " zipelo", ...): base-70
+/// digits of n, each a consonant-vowel syllable, after a space (GPT-2's 'Ġ'). A random model
+/// then streams readable pseudo-words instead of `[PAD123]` markers.
+fn pseudo_word(n: u32) -> String {
+    const CONSONANTS: &[u8] = b"bdfgklmnprstvz";
+    const VOWELS: &[u8] = b"aeiou";
+    let base = (CONSONANTS.len() * VOWELS.len()) as u32;
+    let mut syllables = Vec::new();
+    let mut rest = n;
+    loop {
+        let d = (rest % base) as usize;
+        syllables.push([CONSONANTS[d / VOWELS.len()], VOWELS[d % VOWELS.len()]]);
+        rest /= base;
+        if rest == 0 {
+            break;
+        }
+    }
+    let word: String = syllables.iter().rev().flatten().map(|&b| b as char).collect();
+    format!("\u{120}{word}")
+}
+
 /// The tokenizer metadata of a byte-level vocabulary: token id b < 256 is byte b (as GPT-2's
-/// byte-to-unicode character), Qwen3's specials sit at their real ids, `[PADn]` fillers
-/// elsewhere. It encodes any text (one token per byte) with no merges.
+/// byte-to-unicode character), Qwen3's specials sit at their real ids, pseudo-words fill the
+/// ids between, `[PADn]` the unused ids after the specials. It encodes any text (one token
+/// per byte, no merges) and decodes the model's choices to readable text.
 pub fn byte_level_vocab(n_vocab: u64) -> Vec<(String, Value)> {
     let mut tokens: Vec<String> = byte_to_unicode().iter().map(|c| c.to_string()).collect();
     let mut types = vec![1i32; 256];
@@ -194,9 +216,14 @@ pub fn byte_level_vocab(n_vocab: u64) -> Vec<(String, Value)> {
                 tokens.push(text.to_string());
                 types.push(3); // control
             }
-            None => {
+            // Ids the real vocabulary leaves unused stay padding, as in Qwen3's GGUFs.
+            None if id > QWEN3_SPECIALS[QWEN3_SPECIALS.len() - 1].0 => {
                 tokens.push(format!("[PAD{id}]"));
                 types.push(4); // user-defined, as in llama.cpp's qwen2 vocab
+            }
+            None => {
+                tokens.push(pseudo_word(id - 256));
+                types.push(1); // normal; no merges reach it, so only the model emits it
             }
         }
     }

@@ -65,6 +65,15 @@ pub trait Backend: Send + Sync {
     fn matmul(&self, w: &Mat, x: &[f32], n: usize, y: &mut [f32]) -> Result<()>;
 }
 
+/// A backend by its CLI name.
+pub fn by_name(name: &str, threads: Option<usize>) -> Result<Box<dyn Backend>> {
+    let _ = threads;
+    match name {
+        "cpu-ref" => Ok(Box::new(cpu_ref::CpuRef)),
+        _ => Err(Error::Usage(format!("unknown backend '{name}' (cpu-ref)"))),
+    }
+}
+
 /// Check matmul operand sizes (every backend calls this first: a mismatch is a caller bug).
 pub fn check_matmul(w: &Mat, x: &[f32], n: usize, y: &[f32]) {
     assert_eq!(x.len(), n * w.cols, "x is [n, cols]");
