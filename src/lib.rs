@@ -4,6 +4,7 @@
 //! This crate is the library; `src/main.rs` is the CLI (clap + indicatif only).
 
 pub mod backend;
+pub mod chat;
 pub mod error;
 pub mod format;
 pub mod inspect;

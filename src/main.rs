@@ -17,7 +17,9 @@ use std::io::Write;
 
 use rotary::model::qwen3moe::{top_k, Logits, Session};
 use rotary::model::weights::Weights;
+use rotary::chat::Message;
 use rotary::run::Generation;
+use rotary::sample::{Sampler, SamplerParams, StopStrings};
 use rotary::Result;
 
 const VERSION: &str =
@@ -31,6 +33,40 @@ struct Cli {
     verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Sampling flags, with llama.cpp's names and defaults.
+#[derive(clap::Args)]
+struct SamplingArgs {
+    /// Temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplerParams {
+        SamplerParams {
+            temp: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+        }
+    }
 }
 
 /// Flags shared by the commands that run a model.
@@ -94,9 +130,17 @@ enum Command {
         /// Tokens to generate at most.
         #[arg(short = 'n', long = "n-predict", default_value_t = 64)]
         n_predict: usize,
-        /// Sampling temperature (0 = greedy).
-        #[arg(long, default_value_t = 0.0)]
-        temp: f32,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Wrap the prompt in the model's chat template as a user turn.
+        #[arg(long)]
+        chat: bool,
+        /// With --chat: thinking on or off (the template's enable_thinking).
+        #[arg(long, value_parser = ["on", "off"])]
+        think: Option<String>,
+        /// Stop when the output contains this text (repeatable).
+        #[arg(long = "stop")]
+        stops: Vec<String>,
     },
     /// Evaluate a prompt and print the top logits at every position.
     Logits {
@@ -110,6 +154,22 @@ enum Command {
         /// Also print the whole logit vector of the last position.
         #[arg(long)]
         full_last: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prompt-processing and generation speed, like llama-bench.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt tokens.
+        #[arg(short = 'p', long = "n-prompt", default_value_t = 64)]
+        n_prompt: usize,
+        /// Generated tokens.
+        #[arg(short = 'n', long = "n-gen", default_value_t = 32)]
+        n_gen: usize,
+        /// Repetitions after one warm-up.
+        #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+        reps: usize,
         #[arg(long)]
         json: bool,
     },
@@ -147,9 +207,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { file, vram_budget, kv, tensors } => {
             cmd_inspect(file, vram_budget.as_deref(), kv, tensors)
         }
-        Command::Run { model, prompt, n_predict, temp } => cmd_run(&model, &prompt, n_predict, temp),
+        Command::Run { model, prompt, n_predict, sampling, chat, think, stops } => {
+            let think = think.map(|t| t == "on");
+            let opts = RunOptions { n_predict, sampling, chat, think, stops };
+            cmd_run(&model, &prompt, opts)
+        }
         Command::Logits { model, prompt, top, full_last, json } => {
             cmd_logits(&model, &prompt, top, full_last, json)
+        }
+        Command::Bench { model, n_prompt, n_gen, reps, json } => {
+            cmd_bench(&model, n_prompt, n_gen, reps, json)
         }
         Command::Tokenize { model, json, no_parse_special, text } => {
             cmd_tokenize(model, json, !no_parse_special, &text)
@@ -289,24 +356,53 @@ fn with_session<T>(
     f(&mut session, &tok)
 }
 
-fn cmd_run(args: &ModelArgs, prompt: &str, n_predict: usize, temp: f32) -> Result<()> {
-    if temp != 0.0 {
-        return Err(rotary::Error::Usage("sampling with --temp arrives with the sampler; use --temp 0".into()));
+struct RunOptions {
+    n_predict: usize,
+    sampling: SamplingArgs,
+    chat: bool,
+    think: Option<bool>,
+    stops: Vec<String>,
+}
+
+/// The prompt as token ids: raw text, or a user turn in the model's chat template.
+fn prompt_ids(tok: &Tokenizer, prompt: &str, chat: bool, think: Option<bool>) -> Result<Vec<u32>> {
+    if !chat {
+        if think.is_some() {
+            return Err(rotary::Error::Usage("--think needs --chat".into()));
+        }
+        return tok.encode(prompt, true);
     }
+    let template = tok.chat_template().ok_or_else(|| {
+        rotary::Error::Usage("--chat: the model has no chat template".into())
+    })?;
+    let text = rotary::chat::render(template, &[Message::new("user", prompt)], think)?;
+    tok.encode(&text, true)
+}
+
+fn cmd_run(args: &ModelArgs, prompt: &str, o: RunOptions) -> Result<()> {
+    let mut sampler = Sampler::new(o.sampling.params())?;
+    let mut stops = StopStrings::new(o.stops.clone());
+    cancel::install();
     with_session(args, |session, tok| {
-        let ids = tok.encode(prompt, true)?;
-        print!("{prompt}");
+        let ids = prompt_ids(tok, prompt, o.chat, o.think)?;
+        if !o.chat {
+            print!("{prompt}");
+        }
         let mut out = std::io::stdout();
         let stats = rotary::run::generate(session, tok, &ids, Generation {
-            n_predict,
-            sample: &mut |logits, _| Ok(rotary::run::argmax(logits)),
+            n_predict: o.n_predict,
+            sample: &mut |logits, history| sampler.sample(logits, history),
             on_text: &mut |text| {
-                print!("{text}");
+                let (emit, stopped) = stops.push(text);
+                print!("{emit}");
                 let _ = out.flush();
-                false
+                stopped
             },
-            cancelled: &|| false,
+            cancelled: &cancel::requested,
         })?;
+        if !stops.is_stopped() {
+            print!("{}", stops.flush());
+        }
         println!();
         let rss = rotary::run::peak_rss_bytes().map_or("?".into(), inspect::human_bytes);
         eprintln!(
@@ -316,6 +412,39 @@ fn cmd_run(args: &ModelArgs, prompt: &str, n_predict: usize, temp: f32) -> Resul
         );
         Ok(())
     })
+}
+
+/// Ctrl-C during generation: the first press stops after the current token (stats are still
+/// printed); the handler then restores the default, so a second press ends the process.
+mod cancel {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+    pub fn requested() -> bool {
+        REQUESTED.load(Ordering::Relaxed)
+    }
+
+    #[cfg(unix)]
+    pub fn install() {
+        const SIGINT: i32 = 2;
+        const SIG_DFL: usize = 0;
+        extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        extern "C" fn on_sigint(_: i32) {
+            REQUESTED.store(true, Ordering::Relaxed);
+            // SAFETY: signal() is async-signal-safe; restoring the default disposition makes
+            // a second Ctrl-C terminate as usual.
+            unsafe { signal(SIGINT, SIG_DFL) };
+        }
+        // SAFETY: installs a handler that only stores to an atomic and calls signal(), both
+        // async-signal-safe; libc's signal() is linked by std on every unix target.
+        unsafe { signal(SIGINT, on_sigint as extern "C" fn(i32) as usize) };
+    }
+
+    #[cfg(not(unix))]
+    pub fn install() {}
 }
 
 fn cmd_logits(args: &ModelArgs, prompt: &str, top: usize, full_last: bool, json: bool) -> Result<()> {
@@ -350,6 +479,33 @@ fn cmd_logits(args: &ModelArgs, prompt: &str, top: usize, full_last: bool, json:
         if full_last {
             let last: Vec<String> = rows[rows.len() - 1].iter().map(|v| v.to_string()).collect();
             println!("last_logits: {}", last.join(" "));
+        }
+        Ok(())
+    })
+}
+
+fn cmd_bench(args: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) -> Result<()> {
+    if reps == 0 {
+        return Err(rotary::Error::Usage("-r must be at least 1".into()));
+    }
+    let model = args.model.as_ref().map_or("<embedded tiny>".into(), |p| p.display().to_string());
+    with_session(args, |session, tok| {
+        let threads = session.backend().threads();
+        let r = rotary::run::bench(session, tok.n_vocab(), n_prompt, n_gen, reps)?;
+        if json {
+            println!(
+                "{{\"model\": {model:?}, \"backend\": {:?}, \"threads\": {threads}, \
+                 \"n_prompt\": {n_prompt}, \"n_gen\": {n_gen}, \"repetitions\": {reps}, \
+                 \"pp_tok_s\": {:.3}, \"pp_tok_s_sd\": {:.3}, \"tg_tok_s\": {:.3}, \
+                 \"tg_tok_s_sd\": {:.3}}}",
+                args.backend, r.pp_tok_s, r.pp_tok_s_sd, r.tg_tok_s, r.tg_tok_s_sd
+            );
+        } else {
+            println!("| model | backend | threads | test | t/s |");
+            println!("| --- | --- | ---: | --- | ---: |");
+            let b = &args.backend;
+            println!("| {model} | {b} | {threads} | pp{n_prompt} | {:.2} ± {:.2} |", r.pp_tok_s, r.pp_tok_s_sd);
+            println!("| {model} | {b} | {threads} | tg{n_gen} | {:.2} ± {:.2} |", r.tg_tok_s, r.tg_tok_s_sd);
         }
         Ok(())
     })

@@ -141,3 +141,73 @@ pub fn argmax(logits: &[f32]) -> u32 {
     }
     best as u32
 }
+
+/// llama-bench-style results: tok/s mean and standard deviation over repetitions.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub pp_tok_s: f64,
+    pub pp_tok_s_sd: f64,
+    pub tg_tok_s: f64,
+    pub tg_tok_s_sd: f64,
+    pub pp_tok_s_all: Vec<f64>,
+    pub tg_tok_s_all: Vec<f64>,
+}
+
+/// Prompt processing of `n_prompt` tokens and generation of `n_gen` tokens, each from an
+/// empty context, `reps` times after one warm-up, as llama-bench does. Tokens are fixed
+/// pseudo-random ids (the speed of a forward pass does not depend on which tokens).
+pub fn bench(
+    session: &mut Session,
+    n_vocab: usize,
+    n_prompt: usize,
+    n_gen: usize,
+    reps: usize,
+) -> Result<BenchResult> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next_id = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n_vocab.min(151_643) as u64) as u32
+    };
+    let prompt: Vec<u32> = (0..n_prompt).map(|_| next_id()).collect();
+    let gen: Vec<u32> = (0..n_gen).map(|_| next_id()).collect();
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for rep in 0..=reps {
+        session.reset();
+        let start = Instant::now();
+        if n_prompt > 0 {
+            session.forward(&prompt, Logits::Last)?;
+        }
+        let pp_s = start.elapsed().as_secs_f64();
+        session.reset();
+        let start = Instant::now();
+        for &t in &gen {
+            session.forward(&[t], Logits::Last)?;
+        }
+        let tg_s = start.elapsed().as_secs_f64();
+        if rep > 0 {
+            pp.push(n_prompt as f64 / pp_s.max(1e-9));
+            tg.push(n_gen as f64 / tg_s.max(1e-9));
+        }
+    }
+    let (pp_mean, pp_sd) = mean_sd(&pp);
+    let (tg_mean, tg_sd) = mean_sd(&tg);
+    Ok(BenchResult {
+        pp_tok_s: pp_mean,
+        pp_tok_s_sd: pp_sd,
+        tg_tok_s: tg_mean,
+        tg_tok_s_sd: tg_sd,
+        pp_tok_s_all: pp,
+        tg_tok_s_all: tg,
+    })
+}
+
+fn mean_sd(x: &[f64]) -> (f64, f64) {
+    if x.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mean = x.iter().sum::<f64>() / x.len() as f64;
+    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (x.len().max(2) - 1) as f64;
+    (mean, var.sqrt())
+}

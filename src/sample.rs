@@ -177,7 +177,10 @@ impl Sampler {
             return Err(Error::Usage("sampler: the logits are empty".into()));
         }
         if u32::try_from(logits.len()).is_err() {
-            return Err(Error::Usage(format!("sampler: {} logits, more than u32 ids", logits.len())));
+            return Err(Error::Usage(format!(
+                "sampler: {} logits, more than u32 ids",
+                logits.len()
+            )));
         }
         self.collect_penalized(history, logits.len());
         if self.params.temp <= 0.0 {
@@ -219,13 +222,16 @@ impl Sampler {
 
     /// Argmax of the penalized logits; the first (lowest id) of equal maxima.
     fn greedy(&self, logits: &[f32]) -> Result<u32> {
-        let mut best: Option<Candidate> = None;
+        let mut best = Candidate { id: 0, logit: f32::NEG_INFINITY };
         for_each_logit(logits, &self.penalized, self.params.repeat_penalty, |id, logit| {
-            if best.is_none_or(|b| logit > b.logit) {
-                best = Some(Candidate { id, logit });
+            if logit > best.logit {
+                best = Candidate { id, logit };
             }
         });
-        best.map(|b| b.id).ok_or_else(|| all_non_finite(logits.len()))
+        if best.logit == f32::NEG_INFINITY {
+            return Err(all_non_finite(logits.len())); // for_each_logit passes no -inf
+        }
+        Ok(best.id)
     }
 
     fn fill_candidates(&mut self, logits: &[f32]) {
@@ -295,20 +301,30 @@ impl Sampler {
     }
 }
 
-/// Calls `f(id, logit)` for every token whose logit, after the NaN/inf policy and the penalty,
-/// is not -inf. `penalized` is sorted and deduplicated, so one merge pass finds its ids.
+/// Calls `f(id, logit)`, in id order, for every token whose logit, after the NaN/inf policy and
+/// the penalty, is not -inf. `penalized` is sorted, distinct and in range: the runs between its
+/// ids are tight loops.
 fn for_each_logit(logits: &[f32], penalized: &[u32], penalty: f32, mut f: impl FnMut(u32, f32)) {
-    let mut next_penalized = penalized.iter().copied().peekable();
-    for (i, &raw) in logits.iter().enumerate() {
-        let id = i as u32;
-        let mut logit = sanitize(raw);
-        if next_penalized.peek() == Some(&id) {
-            next_penalized.next();
-            // llama.cpp: the sign decides, so the penalty always makes the token less likely.
-            logit = sanitize(if logit <= 0.0 { logit * penalty } else { logit / penalty });
-        }
+    let mut start = 0;
+    for &id in penalized {
+        for_each_in_run(logits, start, id as usize, &mut f);
+        let logit = sanitize(logits[id as usize]);
+        // llama.cpp: the sign decides, so the penalty always makes the token less likely.
+        let logit = sanitize(if logit <= 0.0 { logit * penalty } else { logit / penalty });
         if logit != f32::NEG_INFINITY {
             f(id, logit);
+        }
+        start = id as usize + 1;
+    }
+    for_each_in_run(logits, start, logits.len(), &mut f);
+}
+
+/// The unpenalized part of [`for_each_logit`], over `logits[start..end]`.
+fn for_each_in_run(logits: &[f32], start: usize, end: usize, f: &mut impl FnMut(u32, f32)) {
+    for (i, &raw) in logits[start..end].iter().enumerate() {
+        let logit = sanitize(raw);
+        if logit != f32::NEG_INFINITY {
+            f((start + i) as u32, logit);
         }
     }
 }

@@ -60,6 +60,11 @@ impl<'a> Mat<'a> {
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
 
+    /// Threads the backend computes with.
+    fn threads(&self) -> usize {
+        1
+    }
+
     /// `y[t, i] = Σ_j w[i, j] · x[t, j]` for `n` tokens: x is `[n, w.cols]`, y is `[n, w.rows]`,
     /// both row-major f32. The hot operation: every projection and expert goes through it.
     fn matmul(&self, w: &Mat, x: &[f32], n: usize, y: &mut [f32]) -> Result<()>;
@@ -72,6 +77,25 @@ pub fn by_name(name: &str, threads: Option<usize>) -> Result<Box<dyn Backend>> {
         "cpu-ref" => Ok(Box::new(cpu_ref::CpuRef)),
         _ => Err(Error::Usage(format!("unknown backend '{name}' (cpu-ref)"))),
     }
+}
+
+/// The thread count a backend uses: the flag, else the physical cores.
+pub fn threads_or_default(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(physical_cores).max(1)
+}
+
+/// Physical cores (Linux: distinct core_cpus_list entries), else the logical CPU count.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut cores = std::collections::HashSet::new();
+    for cpu in 0..logical {
+        let path = format!("/sys/devices/system/cpu/cpu{cpu}/topology/core_cpus_list");
+        match std::fs::read_to_string(path) {
+            Ok(list) => cores.insert(list.trim().to_string()),
+            Err(_) => return logical,
+        };
+    }
+    cores.len().max(1)
 }
 
 /// Check matmul operand sizes (every backend calls this first: a mismatch is a caller bug).

@@ -57,6 +57,10 @@ impl<'w> Session<'w> {
         })
     }
 
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend
+    }
+
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
     }
