@@ -1,0 +1,163 @@
+//! The forward pass against llama.cpp (tests/make_llama_fixtures.py, llama-cpp-python 0.3.36)
+//! on `rotary synth --preset tiny --seed 1` files at q8_0 and q4_k_m: the same token ids give
+//! the same logits within tolerance (full rows NMSE ≤ 5e-4, llama.cpp's top-64 within 0.1) and
+//! the same top-1 wherever llama.cpp's top-1 margin exceeds 0.02. llama.cpp rounds activations
+//! to 8 bits, so the comparison is by tolerance, not exact tokens.
+
+use std::path::{Path, PathBuf};
+
+use rotary::backend::{self, Backend};
+use rotary::format::gguf::Gguf;
+use rotary::model::qwen3moe::{Logits, Session};
+use rotary::model::weights::{ModelFile, Weights};
+use rotary::synth::{self, Preset, QuantMix, SynthOptions};
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama")
+}
+
+struct Fixture {
+    sha256: String,
+    tokens: Vec<u32>,
+    top: Vec<Vec<(u32, f32)>>, // per position, llama.cpp's top-64
+    full_positions: Vec<usize>,
+    full: Vec<f32>, // [3, vocab]
+}
+
+fn load(mix: &str) -> Fixture {
+    let text = std::fs::read_to_string(fixture_dir().join(format!("{mix}.json"))).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let u = |x: &serde_json::Value| x.as_u64().unwrap();
+    let top = v["positions"].as_array().unwrap().iter().map(|p| {
+        p["top"].as_array().unwrap().iter().map(|e| (u(&e[0]) as u32, e[1].as_f64().unwrap() as f32)).collect()
+    });
+    let bytes = std::fs::read(fixture_dir().join(format!("{mix}.full.f16"))).unwrap();
+    let full = bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32());
+    Fixture {
+        sha256: v["gguf_sha256"].as_str().unwrap().to_string(),
+        tokens: v["tokens"].as_array().unwrap().iter().map(|x| u(x) as u32).collect(),
+        top: top.collect(),
+        full_positions: v["full_positions"].as_array().unwrap().iter().map(|x| u(x) as usize).collect(),
+        full: full.collect(),
+    }
+}
+
+fn nmse(reference: &[f32], ours: &[f32]) -> f64 {
+    let num: f64 = reference.iter().zip(ours).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    num / reference.iter().map(|&a| (a as f64).powi(2)).sum::<f64>()
+}
+
+fn check(mix: QuantMix, backend: &dyn Backend) {
+    let f = load(mix.name());
+    let opts = SynthOptions::new(Preset::by_name("tiny").unwrap(), mix, 1);
+    let bytes = synth::to_bytes(&opts).unwrap();
+    assert_eq!(
+        sha256::hex(&bytes),
+        f.sha256,
+        "synth output changed: regenerate with tests/make_llama_fixtures.py"
+    );
+    let file = ModelFile::Gguf(Gguf::from_bytes(bytes).unwrap());
+    let w = Weights::load(&file).unwrap();
+    let n_vocab = w.cfg.n_vocab as usize;
+    let mut s = Session::new(&w, backend, 64).unwrap();
+    let logits = s.forward(&f.tokens, Logits::All).unwrap();
+    let row = |t: usize| &logits[t * n_vocab..(t + 1) * n_vocab];
+    let what = format!("{} on {}", mix.name(), backend.name());
+    for (i, &t) in f.full_positions.iter().enumerate() {
+        let e = nmse(&f.full[i * n_vocab..(i + 1) * n_vocab], row(t));
+        println!("{what}: position {t} NMSE vs llama.cpp {e:.3e}");
+        assert!(e <= 5e-4, "{what}: position {t} NMSE {e}");
+    }
+    let mut checked = 0;
+    for (t, top) in f.top.iter().enumerate() {
+        let ours = row(t);
+        for &(id, v) in top {
+            let d = (ours[id as usize] - v).abs();
+            assert!(d <= 0.1, "{what}: pos {t} id {id}: ours {} llama.cpp {v}", ours[id as usize]);
+        }
+        let margin = top[0].1 - top[1].1;
+        let argmax = (0..n_vocab).max_by(|&a, &b| ours[a].total_cmp(&ours[b])).unwrap() as u32;
+        if margin > 0.02 {
+            assert_eq!(argmax, top[0].0, "{what}: pos {t}: top-1 (llama.cpp margin {margin})");
+            checked += 1;
+        }
+    }
+    println!("{what}: top-1 agrees at all {checked} positions with margin > 0.02");
+}
+
+fn backends() -> Vec<Box<dyn Backend>> {
+    ["cpu-ref", "cpu"].iter().filter_map(|n| backend::by_name(n, Some(2)).ok()).collect()
+}
+
+#[test]
+fn q8_0_matches_llama_cpp() {
+    for b in backends() {
+        check(QuantMix::Q8_0, b.as_ref());
+    }
+}
+
+#[test]
+fn q4_k_m_matches_llama_cpp() {
+    for b in backends() {
+        check(QuantMix::Q4KM, b.as_ref());
+    }
+}
+
+/// SHA-256 (FIPS 180-4), only to tell whether a fixture was made from these bytes.
+mod sha256 {
+    const K: [u32; 64] = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0xc67178f2,
+    ];
+
+    pub fn hex(data: &[u8]) -> String {
+        let mut h: [u32; 8] = [
+            0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+            0x5be0cd19,
+        ];
+        let mut msg = data.to_vec();
+        msg.push(0x80);
+        while msg.len() % 64 != 56 {
+            msg.push(0);
+        }
+        msg.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
+        for block in msg.chunks_exact(64) {
+            let mut w = [0u32; 64];
+            for i in 0..16 {
+                w[i] = u32::from_be_bytes(block[i * 4..i * 4 + 4].try_into().unwrap());
+            }
+            for i in 16..64 {
+                let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+                let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+                w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
+            }
+            let mut v = h;
+            for i in 0..64 {
+                let s1 = v[4].rotate_right(6) ^ v[4].rotate_right(11) ^ v[4].rotate_right(25);
+                let ch = (v[4] & v[5]) ^ (!v[4] & v[6]);
+                let t1 = v[7].wrapping_add(s1).wrapping_add(ch).wrapping_add(K[i]).wrapping_add(w[i]);
+                let s0 = v[0].rotate_right(2) ^ v[0].rotate_right(13) ^ v[0].rotate_right(22);
+                let maj = (v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]);
+                let t2 = s0.wrapping_add(maj);
+                v = [t1.wrapping_add(t2), v[0], v[1], v[2], v[3].wrapping_add(t1), v[4], v[5], v[6]];
+            }
+            for (a, b) in h.iter_mut().zip(v) {
+                *a = a.wrapping_add(b);
+            }
+        }
+        h.iter().map(|x| format!("{x:08x}")).collect()
+    }
+
+    #[test]
+    fn known_vector() {
+        assert_eq!(hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
