@@ -367,9 +367,6 @@ struct RunOptions {
 /// The prompt as token ids: raw text, or a user turn in the model's chat template.
 fn prompt_ids(tok: &Tokenizer, prompt: &str, chat: bool, think: Option<bool>) -> Result<Vec<u32>> {
     if !chat {
-        if think.is_some() {
-            return Err(rotary::Error::Usage("--think needs --chat".into()));
-        }
         return tok.encode(prompt, true);
     }
     let template = tok.chat_template().ok_or_else(|| {
@@ -380,6 +377,10 @@ fn prompt_ids(tok: &Tokenizer, prompt: &str, chat: bool, think: Option<bool>) ->
 }
 
 fn cmd_run(args: &ModelArgs, prompt: &str, o: RunOptions) -> Result<()> {
+    // Flags are checked before the model loads.
+    if o.think.is_some() && !o.chat {
+        return Err(rotary::Error::Usage("--think needs --chat".into()));
+    }
     let mut sampler = Sampler::new(o.sampling.params())?;
     let mut stops = StopStrings::new(o.stops.clone());
     cancel::install();

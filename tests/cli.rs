@@ -108,3 +108,67 @@ fn tokenize_with_llama_cpp_vocab() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "9707 11 1879 0");
 }
+
+#[test]
+fn run_streams_and_reports_speeds() {
+    let o = rotary(&["run", "--backend", "cpu-ref", "-p", "Hello", "-n", "6", "--temp", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("Hello"), "{out}");
+    assert!(out.len() > "Hello".len() + 6, "six tokens were generated: {out}");
+    let err = stderr(&o);
+    for needle in ["prompt: 5 tokens", "decode: 6 tokens", "tok/s", "peak RSS"] {
+        assert!(err.contains(needle), "missing '{needle}' in: {err}");
+    }
+    // Same seed, same text; greedy ignores the seed.
+    let a = rotary(&["run", "--backend", "cpu-ref", "-n", "5", "--seed", "7"]);
+    let b = rotary(&["run", "--backend", "cpu-ref", "-n", "5", "--seed", "7"]);
+    assert_eq!(stdout(&a), stdout(&b));
+}
+
+#[test]
+fn run_rejects_bad_input_clearly() {
+    let o = rotary(&["run", "--backend", "cpu-ref", "-c", "4", "-p", "a long prompt"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("13 tokens do not fit the context of 4"), "{}", stderr(&o));
+    let o = rotary(&["run", "--backend", "cpu-ref", "--top-p", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("top_p"), "{}", stderr(&o));
+    let o = rotary(&["run", "--backend", "gpu9000"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("unknown backend 'gpu9000'"), "{}", stderr(&o));
+    let o = rotary(&["run", "--think", "on"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--think needs --chat"), "{}", stderr(&o));
+}
+
+#[test]
+fn logits_json_schema() {
+    let o = rotary(&["logits", "--backend", "cpu-ref", "-p", "Hi!", "--top", "3", "--json", "--full-last"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["tokens"], serde_json::json!([72, 105, 33]));
+    let positions = v["positions"].as_array().unwrap();
+    assert_eq!(positions.len(), 3);
+    assert_eq!(positions[0]["top"].as_array().unwrap().len(), 3);
+    assert_eq!(v["last_logits"].as_array().unwrap().len(), 151_936);
+}
+
+#[test]
+fn bench_json_fields() {
+    let o = rotary(&["bench", "--backend", "cpu-ref", "-p", "4", "-n", "2", "-r", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    for key in ["pp_tok_s", "tg_tok_s", "pp_tok_s_sd", "tg_tok_s_sd", "threads", "backend", "model"] {
+        assert!(!v[key].is_null(), "missing {key} in {v}");
+    }
+    assert!(v["tg_tok_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn run_with_hf_directory_without_tokenizer_is_a_clear_error() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-qwen3moe-tiny");
+    let o = rotary(&["run", "--backend", "cpu-ref", "-m", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("tokenizer.json"), "{}", stderr(&o));
+}
