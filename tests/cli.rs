@@ -172,3 +172,23 @@ fn run_with_hf_directory_without_tokenizer_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("tokenizer.json"), "{}", stderr(&o));
 }
+
+/// `synth --vocab`: the real Qwen tokenizer from llama.cpp's vocab GGUF ends up in the model.
+#[test]
+fn synth_with_real_vocab() {
+    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama-vocab/ggml-vocab-qwen2.gguf");
+    if !vocab.exists() {
+        println!("SKIP synth_with_real_vocab: {} missing (run tests/fetch_data.py)", vocab.display());
+        return;
+    }
+    let dir = temp_dir("vocab");
+    let out = dir.join("tiny-qwen-vocab.gguf");
+    let (v, o) = (vocab.to_str().unwrap(), out.to_str().unwrap());
+    let r = rotary(&["synth", "--preset", "tiny", "--quant", "q8_0", "--vocab", v, "-o", o]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let r = rotary(&["tokenize", "-m", o, "Hello, world!"]);
+    assert_eq!(stdout(&r).trim(), "9707 11 1879 0");
+    let r = rotary(&["inspect", o, "--kv"]);
+    assert!(stdout(&r).contains("\"qwen2\""), "{}", stdout(&r));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
