@@ -12,6 +12,10 @@ impl Backend for CpuRef {
         "cpu-ref"
     }
 
+    fn is_reference(&self) -> bool {
+        true
+    }
+
     fn matmul(&self, w: &Mat, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
         check_matmul(w, x, n, y);
         let mut row = vec![0f32; w.cols]; // [cols]

@@ -6,6 +6,7 @@
 //! - `cpu`: fast: activations quantized the way ggml does, SIMD dot products, threads.
 //! - `cuda` (CUDA issue): the same trait on the GPU; a stub returns `Error::CudaNotCompiled`.
 
+pub mod cpu;
 pub mod cpu_ref;
 
 use crate::error::{Error, Result};
@@ -65,6 +66,12 @@ pub trait Backend: Send + Sync {
         1
     }
 
+    /// Whether this is the f32 oracle (sessions then keep an f32 KV cache; others use f16,
+    /// as llama.cpp does).
+    fn is_reference(&self) -> bool {
+        false
+    }
+
     /// `y[t, i] = Σ_j w[i, j] · x[t, j]` for `n` tokens: x is `[n, w.cols]`, y is `[n, w.rows]`,
     /// both row-major f32. The hot operation: every projection and expert goes through it.
     fn matmul(&self, w: &Mat, x: &[f32], n: usize, y: &mut [f32]) -> Result<()>;
@@ -72,10 +79,10 @@ pub trait Backend: Send + Sync {
 
 /// A backend by its CLI name.
 pub fn by_name(name: &str, threads: Option<usize>) -> Result<Box<dyn Backend>> {
-    let _ = threads;
     match name {
+        "cpu" => Ok(Box::new(cpu::CpuBackend::new(threads)?)),
         "cpu-ref" => Ok(Box::new(cpu_ref::CpuRef)),
-        _ => Err(Error::Usage(format!("unknown backend '{name}' (cpu-ref)"))),
+        _ => Err(Error::Usage(format!("unknown backend '{name}' (cpu, cpu-ref)"))),
     }
 }
 

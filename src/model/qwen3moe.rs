@@ -6,6 +6,8 @@
 //! or one token (decode); both run the same code, so decode reproduces prefill. Every matrix
 //! product goes to the `Backend`; the O(dim) steps are plain scalar code here.
 
+use half::f16;
+
 use crate::backend::{Backend, Mat};
 use crate::error::{Error, Result};
 use crate::model::weights::{Layer, Weights};
@@ -20,6 +22,70 @@ pub enum Logits {
     All,
 }
 
+/// How the KV cache stores keys and values.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum KvType {
+    /// Exact: the reference backend's choice (logits match HF to 1e-12).
+    F32,
+    /// Half the memory; q and the attention weights are rounded to f16 for the dot products,
+    /// as llama.cpp's default f16 cache does.
+    F16,
+}
+
+/// The KV cache of one layer: `[n_ctx, n_kv_heads * head_dim]` in the session's KvType.
+enum KvCache {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl KvCache {
+    fn new(kv: KvType, len: usize) -> KvCache {
+        match kv {
+            KvType::F32 => KvCache::F32(vec![0f32; len]),
+            KvType::F16 => KvCache::F16(vec![f16::ZERO; len]),
+        }
+    }
+
+    fn store(&mut self, at: usize, values: &[f32]) {
+        match self {
+            KvCache::F32(c) => c[at..at + values.len()].copy_from_slice(values),
+            KvCache::F16(c) => c[at..at + values.len()]
+                .iter_mut()
+                .zip(values)
+                .for_each(|(c, &v)| *c = f16::from_f32(v)),
+        }
+    }
+
+    /// Σ a[i] · cache[at + i], with `a` already rounded to the cache's precision.
+    fn dot(&self, at: usize, a: &[f32]) -> f32 {
+        match self {
+            KvCache::F32(c) => dot(a, &c[at..at + a.len()]),
+            KvCache::F16(c) => a.iter().zip(&c[at..at + a.len()]).map(|(&a, b)| a * b.to_f32()).sum(),
+        }
+    }
+
+    /// out[i] += s · cache[at + i].
+    fn axpy(&self, at: usize, s: f32, out: &mut [f32]) {
+        let n = out.len();
+        match self {
+            KvCache::F32(c) => {
+                out.iter_mut().zip(&c[at..at + n]).for_each(|(o, &v)| *o += s * v)
+            }
+            KvCache::F16(c) => {
+                out.iter_mut().zip(&c[at..at + n]).for_each(|(o, v)| *o += s * v.to_f32())
+            }
+        }
+    }
+
+    /// Round `x` to what the cache's dot products see.
+    fn round(&self, x: f32) -> f32 {
+        match self {
+            KvCache::F32(_) => x,
+            KvCache::F16(_) => f16::from_f32(x).to_f32(),
+        }
+    }
+}
+
 /// A model in use: weights, a backend, and the KV cache of one sequence.
 pub struct Session<'w> {
     w: &'w Weights<'w>,
@@ -27,15 +93,26 @@ pub struct Session<'w> {
     n_ctx: usize,
     /// Tokens already in the cache (the position of the next token).
     pub n_past: usize,
-    k_cache: Vec<Vec<f32>>, // [n_layers][n_ctx, n_kv_heads * head_dim]
-    v_cache: Vec<Vec<f32>>, // [n_layers][n_ctx, n_kv_heads * head_dim]
+    k_cache: Vec<KvCache>, // [n_layers][n_ctx, n_kv_heads * head_dim]
+    v_cache: Vec<KvCache>, // [n_layers][n_ctx, n_kv_heads * head_dim]
     /// RoPE inverse frequencies θ^(-2i/rot), i < rot/2.
     inv_freq: Vec<f32>,
 }
 
 impl<'w> Session<'w> {
-    /// A session with room for `n_ctx` tokens (at most the model's context length).
+    /// A session with room for `n_ctx` tokens (at most the model's context length), with an
+    /// f32 KV cache for the reference backend and f16 otherwise.
     pub fn new(w: &'w Weights<'w>, backend: &'w dyn Backend, n_ctx: usize) -> Result<Session<'w>> {
+        let kv = if backend.is_reference() { KvType::F32 } else { KvType::F16 };
+        Session::with_kv_type(w, backend, n_ctx, kv)
+    }
+
+    pub fn with_kv_type(
+        w: &'w Weights<'w>,
+        backend: &'w dyn Backend,
+        n_ctx: usize,
+        kv: KvType,
+    ) -> Result<Session<'w>> {
         let c = &w.cfg;
         if n_ctx == 0 || n_ctx as u64 > c.context_length {
             let max = c.context_length;
@@ -51,8 +128,8 @@ impl<'w> Session<'w> {
             backend,
             n_ctx,
             n_past: 0,
-            k_cache: (0..c.n_layers).map(|_| vec![0f32; n_ctx * kv_width]).collect(),
-            v_cache: (0..c.n_layers).map(|_| vec![0f32; n_ctx * kv_width]).collect(),
+            k_cache: (0..c.n_layers).map(|_| KvCache::new(kv, n_ctx * kv_width)).collect(),
+            v_cache: (0..c.n_layers).map(|_| KvCache::new(kv, n_ctx * kv_width)).collect(),
             inv_freq,
         })
     }
@@ -128,34 +205,36 @@ impl<'w> Session<'w> {
         // Per-head RMSNorm of q and k (before RoPE), then NeoX RoPE at each token's position.
         rmsnorm_rows(&mut q, &layer.q_norm, eps);
         rmsnorm_rows(&mut k, &layer.k_norm, eps);
+        let mut cos_sin = vec![(0f32, 0f32); self.inv_freq.len()]; // [rot / 2]
         for t in 0..n {
-            let pos = self.n_past + t;
-            q[t * q_width..(t + 1) * q_width].chunks_exact_mut(hd).for_each(|h| self.rope(h, pos));
-            k[t * kv_width..(t + 1) * kv_width].chunks_exact_mut(hd).for_each(|h| self.rope(h, pos));
+            self.rope_angles(self.n_past + t, &mut cos_sin);
+            let rope = |h: &mut [f32]| rope(h, &cos_sin);
+            q[t * q_width..(t + 1) * q_width].chunks_exact_mut(hd).for_each(rope);
+            k[t * kv_width..(t + 1) * kv_width].chunks_exact_mut(hd).for_each(rope);
         }
         // Append this batch's k, v to the cache.
         let at = self.n_past * kv_width;
-        self.k_cache[l][at..at + n * kv_width].copy_from_slice(&k);
-        self.v_cache[l][at..at + n * kv_width].copy_from_slice(&v);
+        self.k_cache[l].store(at, &k);
+        self.v_cache[l].store(at, &v);
 
         // Causal GQA attention: token t sees cache positions 0..=n_past + t.
         let mut o = vec![0f32; n * q_width]; // [n, n_heads * head_dim]
         let scale = 1.0 / (hd as f32).sqrt();
         let mut scores = vec![0f32; self.n_past + n]; // [n_seen]
+        let (kc, vc) = (&self.k_cache[l], &self.v_cache[l]);
+        q.iter_mut().for_each(|x| *x = kc.round(*x)); // q meets k at k's precision
         for t in 0..n {
             let n_seen = self.n_past + t + 1;
             for head in 0..n_heads {
                 let kv_head = head / (n_heads / n_kv_heads);
                 let qh = &q[t * q_width + head * hd..][..hd];
                 for (p, s) in scores[..n_seen].iter_mut().enumerate() {
-                    let kp = &self.k_cache[l][p * kv_width + kv_head * hd..][..hd];
-                    *s = dot(qh, kp) * scale;
+                    *s = kc.dot(p * kv_width + kv_head * hd, qh) * scale;
                 }
                 softmax(&mut scores[..n_seen]);
                 let oh = &mut o[t * q_width + head * hd..][..hd];
                 for (p, &s) in scores[..n_seen].iter().enumerate() {
-                    let vp = &self.v_cache[l][p * kv_width + kv_head * hd..][..hd];
-                    oh.iter_mut().zip(vp).for_each(|(o, &v)| *o += s * v);
+                    vc.axpy(p * kv_width + kv_head * hd, vc.round(s), oh);
                 }
             }
         }
@@ -165,14 +244,11 @@ impl<'w> Session<'w> {
         Ok(())
     }
 
-    /// Rotate pairs (i, i + rot/2) of one head by pos·θ_i (NeoX / HF rotate_half).
-    fn rope(&self, head: &mut [f32], pos: usize) {
-        let half = self.inv_freq.len();
-        for (i, &f) in self.inv_freq.iter().enumerate() {
+    /// (cos, sin) of each rotary pair's angle at `pos`.
+    fn rope_angles(&self, pos: usize, out: &mut [(f32, f32)]) {
+        for (o, &f) in out.iter_mut().zip(&self.inv_freq) {
             let (sin, cos) = (pos as f32 * f).sin_cos();
-            let (a, b) = (head[i], head[i + half]);
-            head[i] = a * cos - b * sin;
-            head[i + half] = a * sin + b * cos;
+            *o = (cos, sin);
         }
     }
 
@@ -217,6 +293,16 @@ impl<'w> Session<'w> {
             }
         }
         Ok(())
+    }
+}
+
+/// Rotate pairs (i, i + rot/2) of one head by the given angles (NeoX / HF rotate_half).
+fn rope(head: &mut [f32], cos_sin: &[(f32, f32)]) {
+    let half = cos_sin.len();
+    for (i, &(cos, sin)) in cos_sin.iter().enumerate() {
+        let (a, b) = (head[i], head[i + half]);
+        head[i] = a * cos - b * sin;
+        head[i + half] = a * sin + b * cos;
     }
 }
 

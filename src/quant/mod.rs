@@ -12,6 +12,7 @@ mod q4_k;
 mod q5_k;
 mod q6_k;
 mod q8_0;
+mod q8_k;
 
 pub use block::QuantBlock;
 pub use float::{bf16_to_f32, f32_to_bf16};
@@ -20,6 +21,7 @@ pub use q4_k::BlockQ4K;
 pub use q5_k::BlockQ5K;
 pub use q6_k::BlockQ6K;
 pub use q8_0::{BlockQ8_0, QK8_0};
+pub use q8_k::BlockQ8K;
 
 use crate::error::{Error, Result};
 use block::{dequantize_blocks, quantize_blocks};

@@ -1,0 +1,369 @@
+//! The fast CPU backend: ggml's recipe for a matrix-vector product on the CPU. Each activation
+//! row is quantized once to the weight type's `vec_dot_type` (Q8_0 for Q8_0/Q4_0, Q8_K for the
+//! K-quants, f32 for float weights); every weight row is then dotted with it in integer
+//! arithmetic per block, the block scales applied in f32 as ggml does. Rows are split into
+//! chunks over a persistent thread pool.
+//!
+//! - `act`: the quantized activation buffers.
+//! - `scalar`: portable kernels, always compiled (ROTARY_CPU_SIMD=off selects them).
+//! - `avx2`: AVX2 + FMA + F16C kernels, chosen at run time by feature detection.
+//! - `pool`: the workers; a job starts with one atomic store (and an unpark if they slept).
+//!
+//! Results do not depend on the thread count: each output element is computed by exactly one
+//! task, with the same kernel and the same arithmetic order whichever thread runs it.
+
+mod act;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod pool;
+mod scalar;
+
+use std::sync::{Mutex, PoisonError};
+
+use super::{check_matmul, threads_or_default, Backend, Mat};
+use crate::error::{Error, Result};
+use crate::quant::{BlockQ8K, GgmlType};
+use act::{ActFormat, ActQ8_0, Scratch};
+use pool::Pool;
+
+/// Which family of dot kernels runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    /// Portable Rust, any target.
+    Scalar,
+    /// AVX2 + FMA + F16C (x86_64).
+    Avx2,
+}
+
+impl Simd {
+    /// Every family, best last.
+    pub const ALL: [Simd; 2] = [Simd::Scalar, Simd::Avx2];
+
+    /// The families this CPU can run.
+    pub fn available() -> impl Iterator<Item = Simd> {
+        Simd::ALL.into_iter().filter(|s| s.is_available())
+    }
+
+    /// The best kernels this CPU can run.
+    pub fn detect() -> Simd {
+        Simd::available().last().unwrap_or(Simd::Scalar)
+    }
+
+    /// Whether this CPU has the instructions these kernels need.
+    pub fn is_available(self) -> bool {
+        match self {
+            Simd::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Simd::Avx2 => false,
+        }
+    }
+
+    /// The kernels `ROTARY_CPU_SIMD` asks for: `off` or `scalar`, `avx2`, or `auto` (the
+    /// default when unset: `detect()`).
+    pub fn from_env() -> Result<Simd> {
+        let value = std::env::var("ROTARY_CPU_SIMD").unwrap_or_default();
+        match value.to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Simd::detect()),
+            "off" | "scalar" => Ok(Simd::Scalar),
+            "avx2" => Ok(Simd::Avx2),
+            other => Err(Error::Usage(format!(
+                "ROTARY_CPU_SIMD={other}: want off, scalar, avx2 or auto"
+            ))),
+        }
+    }
+}
+
+/// One weight type's dot product of a row with one token's activations, by the activation
+/// format it takes. `unsafe`: the SIMD kernels need their CPU features (checked when the
+/// backend is built).
+#[derive(Clone, Copy)]
+enum Dot {
+    F32(unsafe fn(&[u8], &[f32]) -> f32),
+    Q8_0(unsafe fn(&[u8], &[ActQ8_0]) -> f32),
+    Q8K(unsafe fn(&[u8], &[BlockQ8K]) -> f32),
+}
+
+impl Dot {
+    fn act_format(self) -> ActFormat {
+        match self {
+            Dot::F32(_) => ActFormat::F32,
+            Dot::Q8_0(_) => ActFormat::Q8_0,
+            Dot::Q8K(_) => ActFormat::Q8K,
+        }
+    }
+}
+
+/// Every kernel of one SIMD family: the dot product per weight type (the one table the
+/// weight type is looked up in) and the activation quantizers.
+struct Kernels {
+    dots: [(GgmlType, Dot); 8],
+    quantize_q8_0: unsafe fn(&[f32], &mut [ActQ8_0]),
+    quantize_q8_k: unsafe fn(&[f32], &mut [BlockQ8K]),
+}
+
+const SCALAR: Kernels = Kernels {
+    dots: [
+        (GgmlType::F32, Dot::F32(scalar::dot_f32)),
+        (GgmlType::F16, Dot::F32(scalar::dot_f16)),
+        (GgmlType::BF16, Dot::F32(scalar::dot_bf16)),
+        (GgmlType::Q8_0, Dot::Q8_0(scalar::dot_q8_0)),
+        (GgmlType::Q4_0, Dot::Q8_0(scalar::dot_q4_0)),
+        (GgmlType::Q4K, Dot::Q8K(scalar::dot_q4_k)),
+        (GgmlType::Q5K, Dot::Q8K(scalar::dot_q5_k)),
+        (GgmlType::Q6K, Dot::Q8K(scalar::dot_q6_k)),
+    ],
+    quantize_q8_0: scalar::quantize_q8_0,
+    quantize_q8_k: scalar::quantize_q8_k,
+};
+
+#[cfg(target_arch = "x86_64")]
+const AVX2: Kernels = Kernels {
+    dots: [
+        (GgmlType::F32, Dot::F32(avx2::dot_f32)),
+        (GgmlType::F16, Dot::F32(avx2::dot_f16)),
+        (GgmlType::BF16, Dot::F32(avx2::dot_bf16)),
+        (GgmlType::Q8_0, Dot::Q8_0(avx2::dot_q8_0)),
+        (GgmlType::Q4_0, Dot::Q8_0(avx2::dot_q4_0)),
+        (GgmlType::Q4K, Dot::Q8K(avx2::dot_q4_k)),
+        (GgmlType::Q5K, Dot::Q8K(avx2::dot_q5_k)),
+        (GgmlType::Q6K, Dot::Q8K(avx2::dot_q6_k)),
+    ],
+    quantize_q8_0: avx2::quantize_q8_0,
+    quantize_q8_k: avx2::quantize_q8_k,
+};
+
+impl Simd {
+    fn kernels(self) -> &'static Kernels {
+        match self {
+            Simd::Scalar => &SCALAR,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => &AVX2,
+            #[cfg(not(target_arch = "x86_64"))]
+            Simd::Avx2 => unreachable!("{self:?} is never available off x86_64"),
+        }
+    }
+}
+
+/// What one call may reuse from the last: the workers and the activation buffers.
+struct State {
+    pool: Pool,
+    scratch: Scratch,
+}
+
+pub struct CpuBackend {
+    simd: Simd,
+    threads: usize,
+    /// Locked for a whole matmul: concurrent callers take turns on the one pool.
+    state: Mutex<State>,
+}
+
+impl CpuBackend {
+    /// `threads` threads (default: the physical cores); kernels from `ROTARY_CPU_SIMD`, else
+    /// the best this CPU has. Errors: a bad `ROTARY_CPU_SIMD`, a thread that cannot start.
+    pub fn new(threads: Option<usize>) -> Result<CpuBackend> {
+        CpuBackend::with_simd(threads, Simd::from_env()?)
+    }
+
+    /// As `new`, with the kernels named. Errors: `simd` not available on this CPU.
+    pub fn with_simd(threads: Option<usize>, simd: Simd) -> Result<CpuBackend> {
+        if !simd.is_available() {
+            return Err(Error::Usage(format!("cpu backend: this CPU cannot run {simd:?} kernels")));
+        }
+        let threads = threads_or_default(threads);
+        let pool = Pool::new(threads)?;
+        assert_eq!(pool.threads(), threads);
+        let state = Mutex::new(State { pool, scratch: Scratch::default() });
+        Ok(CpuBackend { simd, threads, state })
+    }
+
+    pub fn simd(&self) -> Simd {
+        self.simd
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn matmul(&self, w: &Mat, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
+        check_matmul(w, x, n, y);
+        let kernels = self.simd.kernels();
+        let Some(&(_, dot)) = kernels.dots.iter().find(|(ty, _)| *ty == w.ty) else {
+            let ty = w.ty.name().to_string();
+            return Err(Error::UnsupportedType { name: "<cpu matmul weight>".to_string(), ty });
+        };
+        check_weight(w, dot.act_format())?;
+        if w.cols == 0 {
+            y.fill(0.0); // empty sums
+        }
+        if w.rows == 0 || w.cols == 0 || n == 0 {
+            return Ok(());
+        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let State { pool, scratch } = &mut *state;
+        let out = OutPtr::new(y);
+        // Quantized activations: [n, cols / block elements].
+        let blocks = x.len() / dot.act_format().block_elems();
+        match dot {
+            Dot::F32(f) => run_rows(pool, w, x, n, f, &out),
+            Dot::Q8_0(f) => {
+                let act = scratch.q8_0(blocks);
+                // SAFETY: a kernel of `self.simd`, whose CPU features `with_simd` checked.
+                unsafe { (kernels.quantize_q8_0)(x, act) };
+                run_rows(pool, w, act, n, f, &out);
+            }
+            Dot::Q8K(f) => {
+                let act = scratch.q8_k(blocks);
+                // SAFETY: a kernel of `self.simd`, whose CPU features `with_simd` checked.
+                unsafe { (kernels.quantize_q8_k)(x, act) };
+                run_rows(pool, w, act, n, f, &out);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `w.data` holds exactly rows x cols of its type, in whole activation blocks too (a
+/// `Mat` built with `Mat::new` always does; its fields are public, so check again).
+fn check_weight(w: &Mat, act: ActFormat) -> Result<()> {
+    let row_bytes = w.ty.row_bytes(w.cols as u64);
+    let want = row_bytes.and_then(|r| r.checked_mul(w.rows as u64));
+    if want != Some(w.data.len() as u64) || w.cols % act.block_elems() != 0 {
+        return Err(Error::QuantLength {
+            ty: w.ty.name().to_string(),
+            len: w.data.len(),
+            reason: format!("want {want:?} bytes for a {} x {} matrix", w.rows, w.cols),
+        });
+    }
+    Ok(())
+}
+
+/// Weight bytes (times tokens) a task streams at least, so that claiming it (one contended
+/// atomic) is small beside its work; a matmul smaller than this runs on the caller alone.
+const TASK_BYTES_MIN: usize = 32 << 10;
+/// Tasks per thread at most: enough that a thread that starts late, or shares its core, still
+/// ends with a fair share.
+const TASKS_PER_THREAD: usize = 8;
+/// Rows per task are a multiple of this, so two tasks never write one cache line of y.
+const TASK_ROWS_ALIGN: usize = 64 / std::mem::size_of::<f32>();
+
+fn rows_per_task(rows: usize, row_bytes: usize, n: usize, threads: usize) -> usize {
+    let by_work = TASK_BYTES_MIN / (row_bytes * n).max(1);
+    let by_balance = rows.div_ceil(TASKS_PER_THREAD * threads);
+    by_work.max(by_balance).max(1).next_multiple_of(TASK_ROWS_ALIGN)
+}
+
+/// `y[t, i] = dot(w row i, act[t])` for every row i and token t, tasks of whole rows.
+/// act: [n, blocks per row]; y: [n, w.rows].
+fn run_rows<A: Sync>(
+    pool: &mut Pool,
+    w: &Mat,
+    act: &[A],
+    n: usize,
+    dot: unsafe fn(&[u8], &[A]) -> f32,
+    y: &OutPtr,
+) {
+    let rows = w.rows;
+    let row_bytes = w.data.len() / rows;
+    let act_per_token = act.len() / n;
+    assert_eq!(act_per_token * n, act.len(), "act is [n, blocks]");
+    assert_eq!(y.len, n * rows, "y is [n, rows]");
+    let rows_per_task = rows_per_task(rows, row_bytes, n, pool.threads());
+    pool.run(rows.div_ceil(rows_per_task), &|task| {
+        let start = task * rows_per_task;
+        for i in start..(start + rows_per_task).min(rows) {
+            let row = &w.data[i * row_bytes..(i + 1) * row_bytes];
+            for (t, a) in act.chunks_exact(act_per_token).enumerate() {
+                // SAFETY: `dot` comes from `self.simd.kernels()`, and `with_simd` refused to build
+                // a backend whose kernels' CPU features `Simd::is_available` did not detect.
+                let value = unsafe { dot(row, a) };
+                y.write(t * rows + i, value);
+            }
+        }
+    });
+}
+
+/// The output matrix shared by the tasks of one matmul, each writing only its own rows.
+struct OutPtr {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks write disjoint elements (task k owns rows k*rows_per_task.., for every token),
+// and `Pool::run` returns only after every task is done, while the `&mut [f32]` is borrowed.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn new(y: &mut [f32]) -> OutPtr {
+        OutPtr { ptr: y.as_mut_ptr(), len: y.len() }
+    }
+
+    fn write(&self, index: usize, value: f32) {
+        assert!(index < self.len, "y index {index} of {}", self.len);
+        // SAFETY: in bounds (checked above) of a live `&mut [f32]`; no other task writes
+        // `index` and nobody reads y until the matmul returns.
+        unsafe { self.ptr.add(index).write(value) }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Random blocks, an all-zero block, exact .5 ties, and a magnitude tie of both signs.
+    fn inputs() -> Vec<f32> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut x: Vec<f32> = (0..4 * 256)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 22) as f32 - 2.0
+            })
+            .collect();
+        x[256..512].fill(0.0);
+        // Block 2: amax 127, so d = 1 and every half-integer is a tie.
+        for (i, v) in x[512..768].iter_mut().enumerate() {
+            *v = (i as f32 - 128.0) / 2.0 + 0.25 * (i % 2) as f32;
+        }
+        x[512] = -127.0;
+        x[768 + 3] = -5.0;
+        x[768 + 9] = 5.0;
+        x
+    }
+
+    #[test]
+    fn avx2_quantizers_match_scalar_bit_for_bit() {
+        if !Simd::Avx2.is_available() {
+            return;
+        }
+        let x = inputs();
+        let (mut a, mut b) = (vec![ActQ8_0::ZERO; x.len() / 32], vec![ActQ8_0::ZERO; x.len() / 32]);
+        scalar::quantize_q8_0(&x, &mut a);
+        // SAFETY: AVX2 + FMA + F16C detected just above.
+        unsafe { avx2::quantize_q8_0(&x, &mut b) };
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert_eq!((a.d.to_bits(), a.qs), (b.d.to_bits(), b.qs), "Q8_0 block {i}");
+        }
+        let (mut a, mut b) =
+            (vec![BlockQ8K::ZERO; x.len() / 256], vec![BlockQ8K::ZERO; x.len() / 256]);
+        scalar::quantize_q8_k(&x, &mut a);
+        // SAFETY: as above.
+        unsafe { avx2::quantize_q8_k(&x, &mut b) };
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(a.d.to_bits(), b.d.to_bits(), "Q8_K block {i} d");
+            assert_eq!((a.qs, a.bsums), (b.qs, b.bsums), "Q8_K block {i}");
+        }
+    }
+}
