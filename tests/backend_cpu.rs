@@ -216,6 +216,30 @@ fn thread_count_does_not_change_bits_for(simd: Simd) {
 }
 
 #[test]
+fn tokens_together_match_tokens_alone() {
+    // Kernels that take several tokens per pass over a weight row must give, bit for bit, what
+    // each token alone gives, whatever the token count (full passes and every remainder).
+    for simd in Simd::available() {
+        let cpu = backend(2, simd);
+        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+            let (rows, cols) = (37, 1024);
+            let data = weights(ty, rows, cols, 41);
+            let w = Mat::new(ty, rows, cols, &data, "w").unwrap();
+            for n in 1..=9 {
+                let x = activations(n, cols, 42 + n as u64);
+                let together = matmul(&cpu, &w, &x, n);
+                for (t, xt) in x.chunks_exact(cols).enumerate() {
+                    let alone = matmul(&cpu, &w, xt, 1);
+                    let got = &together[t * rows..(t + 1) * rows];
+                    let same = alone.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{ty} n={n} token {t} {simd:?}: together != alone");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn unsupported_types_are_errors() {
     let cpu = backend(2, Simd::detect());
     for ty in GgmlType::all().filter(|t| !TYPES.contains(t)) {

@@ -79,22 +79,30 @@ impl Simd {
     }
 }
 
+/// Tokens a multi-token kernel dots with one weight row per pass.
+const TOKENS_PER_PASS: usize = 4;
+
+/// A kernel that dots one weight row with 1 to `TOKENS_PER_PASS` tokens' activations
+/// ([out.len(), blocks]) into `out`, unpacking each weight block once: bit for bit the
+/// one-token kernel per token.
+type MultiDot<A> = unsafe fn(&[u8], &[A], &mut [f32]);
+
 /// One weight type's dot product of a row with one token's activations, by the activation
-/// format it takes. `unsafe`: the SIMD kernels need their CPU features (checked when the
-/// backend is built).
+/// format it takes, and where a family has one, its multi-token kernel. `unsafe`: the SIMD
+/// kernels need their CPU features (checked when the backend is built).
 #[derive(Clone, Copy)]
 enum Dot {
     F32(unsafe fn(&[u8], &[f32]) -> f32),
-    Q8_0(unsafe fn(&[u8], &[ActQ8_0]) -> f32),
-    Q8K(unsafe fn(&[u8], &[BlockQ8K]) -> f32),
+    Q8_0(unsafe fn(&[u8], &[ActQ8_0]) -> f32, Option<MultiDot<ActQ8_0>>),
+    Q8K(unsafe fn(&[u8], &[BlockQ8K]) -> f32, Option<MultiDot<BlockQ8K>>),
 }
 
 impl Dot {
     fn act_format(self) -> ActFormat {
         match self {
             Dot::F32(_) => ActFormat::F32,
-            Dot::Q8_0(_) => ActFormat::Q8_0,
-            Dot::Q8K(_) => ActFormat::Q8K,
+            Dot::Q8_0(..) => ActFormat::Q8_0,
+            Dot::Q8K(..) => ActFormat::Q8K,
         }
     }
 }
@@ -112,11 +120,11 @@ const SCALAR: Kernels = Kernels {
         (GgmlType::F32, Dot::F32(scalar::dot_f32)),
         (GgmlType::F16, Dot::F32(scalar::dot_f16)),
         (GgmlType::BF16, Dot::F32(scalar::dot_bf16)),
-        (GgmlType::Q8_0, Dot::Q8_0(scalar::dot_q8_0)),
-        (GgmlType::Q4_0, Dot::Q8_0(scalar::dot_q4_0)),
-        (GgmlType::Q4K, Dot::Q8K(scalar::dot_q4_k)),
-        (GgmlType::Q5K, Dot::Q8K(scalar::dot_q5_k)),
-        (GgmlType::Q6K, Dot::Q8K(scalar::dot_q6_k)),
+        (GgmlType::Q8_0, Dot::Q8_0(scalar::dot_q8_0, None)),
+        (GgmlType::Q4_0, Dot::Q8_0(scalar::dot_q4_0, None)),
+        (GgmlType::Q4K, Dot::Q8K(scalar::dot_q4_k, None)),
+        (GgmlType::Q5K, Dot::Q8K(scalar::dot_q5_k, None)),
+        (GgmlType::Q6K, Dot::Q8K(scalar::dot_q6_k, None)),
     ],
     quantize_q8_0: scalar::quantize_q8_0,
     quantize_q8_k: scalar::quantize_q8_k,
@@ -128,11 +136,11 @@ const AVX2: Kernels = Kernels {
         (GgmlType::F32, Dot::F32(avx2::dot_f32)),
         (GgmlType::F16, Dot::F32(avx2::dot_f16)),
         (GgmlType::BF16, Dot::F32(avx2::dot_bf16)),
-        (GgmlType::Q8_0, Dot::Q8_0(avx2::dot_q8_0)),
-        (GgmlType::Q4_0, Dot::Q8_0(avx2::dot_q4_0)),
-        (GgmlType::Q4K, Dot::Q8K(avx2::dot_q4_k)),
-        (GgmlType::Q5K, Dot::Q8K(avx2::dot_q5_k)),
-        (GgmlType::Q6K, Dot::Q8K(avx2::dot_q6_k)),
+        (GgmlType::Q8_0, Dot::Q8_0(avx2::dot_q8_0, None)),
+        (GgmlType::Q4_0, Dot::Q8_0(avx2::dot_q4_0, None)),
+        (GgmlType::Q4K, Dot::Q8K(avx2::dot_q4_k, Some(avx2::dot_q4_k_tokens))),
+        (GgmlType::Q5K, Dot::Q8K(avx2::dot_q5_k, None)),
+        (GgmlType::Q6K, Dot::Q8K(avx2::dot_q6_k, Some(avx2::dot_q6_k_tokens))),
     ],
     quantize_q8_0: avx2::quantize_q8_0,
     quantize_q8_k: avx2::quantize_q8_k,
@@ -216,18 +224,18 @@ impl Backend for CpuBackend {
         // Quantized activations: [n, cols / block elements].
         let blocks = x.len() / dot.act_format().block_elems();
         match dot {
-            Dot::F32(f) => run_rows(pool, w, x, n, f, &out),
-            Dot::Q8_0(f) => {
+            Dot::F32(f) => run_rows(pool, w, x, n, f, None, &out),
+            Dot::Q8_0(f, multi) => {
                 let act = scratch.q8_0(blocks);
                 // SAFETY: a kernel of `self.simd`, whose CPU features `with_simd` checked.
                 unsafe { (kernels.quantize_q8_0)(x, act) };
-                run_rows(pool, w, act, n, f, &out);
+                run_rows(pool, w, act, n, f, multi, &out);
             }
-            Dot::Q8K(f) => {
+            Dot::Q8K(f, multi) => {
                 let act = scratch.q8_k(blocks);
                 // SAFETY: a kernel of `self.simd`, whose CPU features `with_simd` checked.
                 unsafe { (kernels.quantize_q8_k)(x, act) };
-                run_rows(pool, w, act, n, f, &out);
+                run_rows(pool, w, act, n, f, multi, &out);
             }
         }
         Ok(())
@@ -264,7 +272,8 @@ fn rows_per_task(rows: usize, row_bytes: usize, n: usize, threads: usize) -> usi
     by_work.max(by_balance).max(1).next_multiple_of(TASK_ROWS_ALIGN)
 }
 
-/// `y[t, i] = dot(w row i, act[t])` for every row i and token t, tasks of whole rows.
+/// `y[t, i] = dot(w row i, act[t])` for every row i and token t, tasks of whole rows; with a
+/// `multi` kernel, tokens `TOKENS_PER_PASS` at a time (the last pass takes what is left).
 /// act: [n, blocks per row]; y: [n, w.rows].
 fn run_rows<A: Sync>(
     pool: &mut Pool,
@@ -272,6 +281,7 @@ fn run_rows<A: Sync>(
     act: &[A],
     n: usize,
     dot: unsafe fn(&[u8], &[A]) -> f32,
+    multi: Option<MultiDot<A>>,
     y: &OutPtr,
 ) {
     let rows = w.rows;
@@ -284,6 +294,20 @@ fn run_rows<A: Sync>(
         let start = task * rows_per_task;
         for i in start..(start + rows_per_task).min(rows) {
             let row = &w.data[i * row_bytes..(i + 1) * row_bytes];
+            // One token (decode) takes the one-token kernel: nothing to share.
+            if let Some(multi) = multi.filter(|_| n > 1) {
+                let pass = TOKENS_PER_PASS * act_per_token;
+                for (p, a) in act.chunks(pass).enumerate() {
+                    let mut values = [0f32; TOKENS_PER_PASS];
+                    let values = &mut values[..a.len() / act_per_token];
+                    // SAFETY: as for `dot` below; `multi` comes from the same family.
+                    unsafe { multi(row, a, values) };
+                    for (k, &value) in values.iter().enumerate() {
+                        y.write((p * TOKENS_PER_PASS + k) * rows + i, value);
+                    }
+                }
+                continue;
+            }
             for (t, a) in act.chunks_exact(act_per_token).enumerate() {
                 // SAFETY: `dot` comes from `self.simd.kernels()`, and `with_simd` refused to build
                 // a backend whose kernels' CPU features `Simd::is_available` did not detect.
@@ -364,6 +388,36 @@ mod tests {
         for (i, (a, b)) in a.iter().zip(&b).enumerate() {
             assert_eq!(a.d.to_bits(), b.d.to_bits(), "Q8_K block {i} d");
             assert_eq!((a.qs, a.bsums), (b.qs, b.bsums), "Q8_K block {i}");
+        }
+    }
+
+    #[test]
+    fn avx2_multi_token_kernels_match_one_token_bit_for_bit() {
+        if !Simd::Avx2.is_available() {
+            return;
+        }
+        let x = inputs(); // 4 tokens of 256, or 1 token of 1024
+        let mut act = vec![BlockQ8K::ZERO; x.len() / 256];
+        scalar::quantize_q8_k(&x, &mut act);
+        type Kernels = (GgmlType, unsafe fn(&[u8], &[BlockQ8K]) -> f32, MultiDot<BlockQ8K>);
+        let kernels: [Kernels; 2] = [
+            (GgmlType::Q4K, avx2::dot_q4_k, avx2::dot_q4_k_tokens),
+            (GgmlType::Q6K, avx2::dot_q6_k, avx2::dot_q6_k_tokens),
+        ];
+        for (ty, one, multi) in kernels {
+            let mut row = vec![0u8; ty.row_bytes(256).unwrap() as usize];
+            let w: Vec<f32> = x[..256].iter().rev().map(|v| v * 0.37 - 0.1).collect();
+            crate::quant::quantize(ty, &w, &mut row).unwrap();
+            for n in 1..=TOKENS_PER_PASS {
+                let mut got = [0f32; TOKENS_PER_PASS];
+                // SAFETY: AVX2 + FMA + F16C detected above.
+                unsafe { multi(&row, &act[..n], &mut got[..n]) };
+                for t in 0..n {
+                    // SAFETY: as above.
+                    let want = unsafe { one(&row, &act[t..t + 1]) };
+                    assert_eq!(want.to_bits(), got[t].to_bits(), "{ty} n={n} token {t}");
+                }
+            }
         }
     }
 }

@@ -389,6 +389,146 @@ pub(super) unsafe fn dot_q6_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
     hsum_ps(acc)
 }
 
+/// Dots one row with `out.len()` (1 to 4) tokens' activations ([tokens, blocks]) through the
+/// multi-token kernel monomorphized for that count.
+macro_rules! dot_tokens {
+    ($name:ident, $multi:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(super) unsafe fn $name(row: &[u8], act: &[BlockQ8K], out: &mut [f32]) {
+            match out.len() {
+                1 => out.copy_from_slice(&$multi::<1>(row, act)),
+                2 => out.copy_from_slice(&$multi::<2>(row, act)),
+                3 => out.copy_from_slice(&$multi::<3>(row, act)),
+                4 => out.copy_from_slice(&$multi::<4>(row, act)),
+                n => panic!("{n} tokens in one pass: want 1 to 4"),
+            }
+        }
+    };
+}
+
+dot_tokens!(dot_q4_k_tokens, dot_q4_k_multi);
+dot_tokens!(dot_q6_k_tokens, dot_q6_k_multi);
+
+/// The tokens' activation rows of `act` ([T, blocks], token-major) as pointers to their first
+/// block, after checking that `act` holds exactly T rows of `blocks`.
+#[inline]
+fn token_rows<const T: usize>(act: &[BlockQ8K], blocks: usize) -> [*const BlockQ8K; T] {
+    assert_eq!(act.len(), T * blocks, "act is [{T}, blocks] of Q8_K");
+    std::array::from_fn(|t| act[t * blocks..].as_ptr())
+}
+
+/// Q4_K · Q8_K for T tokens at once: `dot_q4_k` for each token, bit for bit (the same integer
+/// sums and, per token, the same f32 operations in the same order), with each weight block
+/// unpacked once for all T. act: [T, blocks].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; T] {
+    let blocks = row.len() / 144;
+    assert_eq!(row.len(), blocks * 144, "row is [blocks] of Q4_K");
+    let rows = token_rows::<T>(act, blocks);
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut acc_m = [_mm_setzero_ps(); T];
+    for (b, w) in row.chunks_exact(144).enumerate() {
+        let wp = w.as_ptr();
+        prefetch(wp, 144);
+        // SAFETY: b < blocks, and each token's row holds `blocks` blocks (`token_rows`).
+        let a: [&BlockQ8K; T] = std::array::from_fn(|t| &*rows[t].add(b));
+        let [s0, s1, m0, m1] = unpack_scales_k4(&w[4..16]).map(|w| w as i32);
+        let mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(m1, m0, s1, s0));
+        let mins = _mm256_extracti128_si256::<1>(mins_and_scales);
+        let sc128 = _mm256_castsi256_si128(mins_and_scales);
+        let scales = _mm256_set_m128i(sc128, sc128);
+        let dmin_w = f16_splat4(wp.add(2));
+        for t in 0..T {
+            let q8sums = _mm256_loadu_si256(a[t].bsums.as_ptr().cast());
+            let lo = _mm256_castsi256_si128(q8sums);
+            let q8s = _mm_hadd_epi16(lo, _mm256_extracti128_si256::<1>(q8sums));
+            let prod = _mm_madd_epi16(mins, q8s);
+            let dmin = _mm_mul_ps(dmin_w, _mm_set1_ps(-a[t].d));
+            acc_m[t] = _mm_fmadd_ps(dmin, _mm_cvtepi32_ps(prod), acc_m[t]);
+        }
+        let q4 = wp.add(16);
+        let mut sumi = [_mm256_setzero_si256(); T];
+        for j in 0..4 {
+            let scale_l = _mm256_shuffle_epi8(scales, load(&SHUFFLE_K4[2 * j]));
+            let scale_h = _mm256_shuffle_epi8(scales, load(&SHUFFLE_K4[2 * j + 1]));
+            let bits = _mm256_loadu_si256(q4.add(32 * j).cast());
+            let q4l = _mm256_and_si256(bits, m4);
+            let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+            for t in 0..T {
+                let q8 = a[t].qs.as_ptr();
+                let q8l = _mm256_loadu_si256(q8.add(64 * j).cast());
+                let q8h = _mm256_loadu_si256(q8.add(64 * j + 32).cast());
+                let pl = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, q8l));
+                let ph = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, q8h));
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(pl, ph));
+            }
+        }
+        let d_w = f16_splat(wp);
+        for t in 0..T {
+            let d = _mm256_mul_ps(d_w, _mm256_set1_ps(a[t].d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum_ps(acc[t]) + hsum_ps128(acc_m[t]))
+}
+
+/// Q6_K · Q8_K for T tokens at once: `dot_q6_k` for each token, bit for bit, with each weight
+/// block unpacked once for all T. act: [T, blocks].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; T] {
+    let blocks = row.len() / 210;
+    assert_eq!(row.len(), blocks * 210, "row is [blocks] of Q6_K");
+    let rows = token_rows::<T>(act, blocks);
+    let (m4, m3, m32) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (b, w) in row.chunks_exact(210).enumerate() {
+        let wp = w.as_ptr();
+        prefetch(wp, 210);
+        // SAFETY: b < blocks, and each token's row holds `blocks` blocks (`token_rows`).
+        let a: [&BlockQ8K; T] = std::array::from_fn(|t| &*rows[t].add(b));
+        let scales = _mm_loadu_si128(wp.add(192).cast());
+        let mut sumi = [_mm256_setzero_si256(); T];
+        for half in 0..2 {
+            let ql = wp.add(64 * half);
+            let ql0 = _mm256_loadu_si256(ql.cast());
+            let ql1 = _mm256_loadu_si256(ql.add(32).cast());
+            let qh = _mm256_loadu_si256(wp.add(128 + 32 * half).cast());
+            let levels = [
+                _mm256_and_si256(ql0, m4),
+                _mm256_and_si256(ql1, m4),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+            ];
+            let highs = [
+                _mm256_and_si256(qh, m3),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m3),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(qh), m3),
+                _mm256_and_si256(_mm256_srli_epi16::<6>(qh), m3),
+            ];
+            for k in 0..4 {
+                let q6 = _mm256_or_si256(levels[k], _mm256_slli_epi16::<4>(highs[k]));
+                let sc = _mm_shuffle_epi8(scales, load128(&SHUFFLE_Q6[4 * half + k]));
+                let sc = _mm256_cvtepi8_epi16(sc);
+                for t in 0..T {
+                    let y = _mm256_loadu_si256(a[t].qs.as_ptr().add(128 * half + 32 * k).cast());
+                    let p =
+                        _mm256_sub_epi16(_mm256_maddubs_epi16(q6, y), _mm256_maddubs_epi16(m32, y));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(sc, p));
+                }
+            }
+        }
+        let d_w = f16_splat(wp.add(208));
+        for t in 0..T {
+            let d = _mm256_mul_ps(d_w, _mm256_set1_ps(a[t].d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum_ps(acc[t]))
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load(bytes: &[u8; 32]) -> __m256i {
