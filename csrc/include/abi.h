@@ -1,0 +1,223 @@
+/* The one header shared by the Rust host and the CUDA kernels (the only bindgen input).
+ *
+ * Plain C: one parameter struct per op (flash-attention's params-struct pattern), enums for
+ * every variant, and the extern "C" entry points. Every entry point returns a cudaError_t as
+ * an int (0 = success) and never exits or prints. Pointers are device pointers unless a
+ * field says host; `stream` is a cudaStream_t (NULL = the legacy default stream).
+ * Shapes are written [outer, inner], row-major. */
+#ifndef ROTARY_ABI_H
+#define ROTARY_ABI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Weight formats, numbered as ggml's `enum ggml_type` (and src/quant/GgmlType). */
+typedef enum RotaryQuant {
+    ROTARY_QUANT_F32 = 0,
+    ROTARY_QUANT_F16 = 1,
+    ROTARY_QUANT_Q4_0 = 2,
+    ROTARY_QUANT_Q8_0 = 8,
+    ROTARY_QUANT_Q4_K = 12,
+    ROTARY_QUANT_Q5_K = 13,
+    ROTARY_QUANT_Q6_K = 14,
+    ROTARY_QUANT_BF16 = 30,
+} RotaryQuant;
+
+/* How the router's top-k weights are finished (Qwen3's `norm_topk_prob`). */
+typedef enum RotaryTopkNorm {
+    ROTARY_TOPK_SOFTMAX = 0,  /* the softmax probabilities of the chosen experts */
+    ROTARY_TOPK_RENORM = 1,   /* the same, divided by their sum */
+} RotaryTopkNorm;
+
+typedef enum RotaryCopyKind {
+    ROTARY_COPY_H2D = 1,
+    ROTARY_COPY_D2H = 2,
+    ROTARY_COPY_D2D = 3,
+} RotaryCopyKind;
+
+/* y[t, r] = Σ_c W[r, c] · x[t, c]. W is `rows` rows of the quant's row bytes, 16-byte aligned. */
+typedef struct RotaryGemv {
+    RotaryQuant quant;
+    const void *w;      /* [rows, cols] quantized */
+    const float *x;     /* [n_tokens, cols] */
+    float *y;           /* [n_tokens, rows] */
+    int32_t rows;
+    int32_t cols;       /* a multiple of the quant's block */
+    int32_t n_tokens;
+} RotaryGemv;
+
+/* Router: p = softmax(logits[t]); ids[t] = top-k of p (largest first, lower id on ties);
+ * weights[t] = p[ids] (renormalised by RENORM). */
+typedef struct RotaryTopkMoe {
+    const float *logits;  /* [n_tokens, n_experts] */
+    int32_t *ids;         /* [n_tokens, k] */
+    float *weights;       /* [n_tokens, k] */
+    int32_t n_tokens;
+    int32_t n_experts;    /* <= ROTARY_MAX_EXPERTS */
+    int32_t k;            /* <= ROTARY_MAX_EXPERTS_USED */
+    RotaryTopkNorm norm;
+} RotaryTopkMoe;
+
+#define ROTARY_MAX_EXPERTS 512
+#define ROTARY_MAX_EXPERTS_USED 16
+#define ROTARY_MAX_HEAD_DIM 256
+
+/* Routed SwiGLU experts for n_tokens tokens, k experts each (a "pair" is p = t * k + j):
+ *   act[p] = silu(gate[e] · x[t]) * (up[e] · x[t])      e = ids[p]
+ *   out[p] = down[e] · act[p]
+ *   residual[t] += Σ_j weights[t * k + j] · out[t * k + j]   (j in order: deterministic)
+ * The experts' matrices are reached through per-expert pointer tables, so an expert can live
+ * anywhere in VRAM (a resident tensor or a cache slot). Few tokens (decode) run one block row
+ * per pair; many tokens (prefill) are first grouped by expert (`group_offsets`, `group_pairs`)
+ * and each expert's weights are read once per tile of tokens (a batched expert GEMM). */
+typedef struct RotaryMoe {
+    RotaryQuant quant_gate_up;       /* gate and up share a format */
+    RotaryQuant quant_down;
+    const void *const *gate;         /* [n_experts] → [ffn, dim] */
+    const void *const *up;           /* [n_experts] → [ffn, dim] */
+    const void *const *down;         /* [n_experts] → [dim, ffn] */
+    const int32_t *ids;              /* [n_tokens, k] */
+    const float *weights;            /* [n_tokens, k] */
+    const float *x;                  /* [n_tokens, dim] the normed hidden state */
+    float *act;                      /* [n_tokens * k, ffn] scratch */
+    float *out;                      /* [n_tokens * k, dim] scratch */
+    int32_t *group_offsets;          /* [n_experts + 1] scratch */
+    int32_t *group_pairs;            /* [n_tokens * k] scratch */
+    float *residual;                 /* [n_tokens, dim] */
+    int32_t dim;
+    int32_t ffn;
+    int32_t n_tokens;
+    int32_t k;
+    int32_t n_experts;
+} RotaryMoe;
+
+/* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for `rows` rows of `width` (in place allowed).
+ * Also the per-head q/k norm: rows = n_tokens * n_heads, width = head_dim. */
+typedef struct RotaryRmsNorm {
+    const float *x;   /* [rows, width] */
+    const float *w;   /* [width] */
+    float *y;         /* [rows, width] */
+    int32_t rows;
+    int32_t width;
+    float eps;
+} RotaryRmsNorm;
+
+/* NeoX RoPE in place: in each head, pairs (i, i + rope_dims/2) for i < rope_dims/2 rotate by
+ * (pos0 + t) * inv_freq[i]. */
+typedef struct RotaryRope {
+    float *x;               /* [n_tokens, n_heads, head_dim] */
+    const float *inv_freq;  /* [rope_dims / 2] */
+    int32_t n_tokens;
+    int32_t n_heads;
+    int32_t head_dim;
+    int32_t rope_dims;
+    int32_t pos0;
+} RotaryRope;
+
+/* The paged KV cache of one layer: pages of `page_size` positions, each [page_size, kv_width]
+ * f16; position p lives in page page_table[p / page_size] at row p % page_size. */
+typedef struct RotaryKvCache {
+    uint16_t *k;                /* [n_pages, page_size, kv_width] f16 bits */
+    uint16_t *v;                /* [n_pages, page_size, kv_width] f16 bits */
+    const int32_t *page_table;  /* [n_ctx / page_size] */
+    int32_t page_size;
+    int32_t kv_width;           /* n_kv_heads * head_dim */
+} RotaryKvCache;
+
+/* Store k, v (rounded to f16) at positions pos0 .. pos0 + n_tokens. */
+typedef struct RotaryKvStore {
+    RotaryKvCache cache;
+    const float *k;   /* [n_tokens, kv_width] */
+    const float *v;   /* [n_tokens, kv_width] */
+    int32_t n_tokens;
+    int32_t pos0;
+} RotaryKvStore;
+
+/* Causal GQA attention over the paged cache: token t (at position pos0 + t) of head h sees
+ * positions 0 ..= pos0 + t of kv head h / (n_heads / n_kv_heads); q is rounded to f16 before
+ * the dot products, as the f16 cache's values are; o = softmax(q·k * scale) · v. One kernel
+ * serves decode (n_tokens = 1) and prefill. */
+typedef struct RotaryAttention {
+    RotaryKvCache cache;
+    const float *q;   /* [n_tokens, n_heads, head_dim] */
+    float *o;         /* [n_tokens, n_heads, head_dim] */
+    int32_t n_tokens;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;  /* a multiple of 32, <= ROTARY_MAX_HEAD_DIM */
+    int32_t pos0;
+    float scale;
+} RotaryAttention;
+
+/* x[t] = dequantize(table[tokens[t]]). */
+typedef struct RotaryEmbed {
+    RotaryQuant quant;
+    const void *table;       /* [n_vocab, dim] quantized */
+    const int32_t *tokens;   /* [n_tokens] (checked < n_vocab by the host) */
+    float *x;                /* [n_tokens, dim] */
+    int32_t n_tokens;
+    int32_t dim;
+} RotaryEmbed;
+
+/* y[i] += x[i]. */
+typedef struct RotaryAdd {
+    float *y;
+    const float *x;
+    int64_t n;
+} RotaryAdd;
+
+typedef struct RotaryDeviceInfo {
+    char name[256];
+    int32_t cc_major;
+    int32_t cc_minor;
+    int32_t sm_count;
+    uint64_t total_bytes;
+    int32_t driver_version;
+    int32_t runtime_version;
+} RotaryDeviceInfo;
+
+/* Kernels (csrc/<op>.cu, dispatch generated by gen/). */
+int rotary_gemv(const RotaryGemv *p, void *stream);
+int rotary_topk_moe(const RotaryTopkMoe *p, void *stream);
+int rotary_moe(const RotaryMoe *p, void *stream);
+int rotary_rmsnorm(const RotaryRmsNorm *p, void *stream);
+int rotary_rope_neox(const RotaryRope *p, void *stream);
+int rotary_kv_store(const RotaryKvStore *p, void *stream);
+int rotary_attention(const RotaryAttention *p, void *stream);
+int rotary_embed(const RotaryEmbed *p, void *stream);
+int rotary_add(const RotaryAdd *p, void *stream);
+/* Whether the build has kernels for this quant (1) or not (0). */
+int rotary_quant_supported(RotaryQuant q);
+
+/* The runtime, thinly (csrc/runtime.cu). */
+int rotary_device_count(int32_t *count);
+int rotary_device_info(int32_t ordinal, RotaryDeviceInfo *info);
+int rotary_set_device(int32_t ordinal);
+int rotary_mem_info(uint64_t *free_bytes, uint64_t *total_bytes);
+int rotary_malloc(void **ptr, uint64_t bytes);
+int rotary_free(void *ptr);
+int rotary_host_alloc_pinned(void **ptr, uint64_t bytes);
+int rotary_host_free_pinned(void *ptr);
+int rotary_memcpy_async(void *dst, const void *src, uint64_t bytes, RotaryCopyKind kind,
+                        void *stream);
+int rotary_memset_async(void *ptr, int32_t value, uint64_t bytes, void *stream);
+int rotary_stream_create(void **stream);
+int rotary_stream_destroy(void *stream);
+int rotary_stream_synchronize(void *stream);
+int rotary_event_create(void **event);
+int rotary_event_destroy(void *event);
+int rotary_event_record(void *event, void *stream);
+int rotary_stream_wait_event(void *stream, void *event);
+int rotary_event_synchronize(void *event);
+int rotary_event_elapsed_ms(float *ms, void *start, void *end);
+const char *rotary_error_name(int code);
+const char *rotary_error_string(int code);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ROTARY_ABI_H */

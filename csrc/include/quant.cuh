@@ -1,0 +1,214 @@
+// Weight formats on the device: ggml's block layouts (src/quant/ is the byte-exact CPU twin),
+// with static_asserts on their sizes, and for each format a `Quant` trait struct:
+//   BLOCK_ELEMS, BLOCK_BYTES   one block
+//   CHUNK                      elements one thread dequantizes at a time (divides BLOCK_ELEMS,
+//                              a multiple of 32, elements contiguous in the row)
+//   dequant(row, c, v)         v[0..CHUNK) = elements c*CHUNK .. (c+1)*CHUNK of the row
+// Kernels (gemv, moe, embed) are templates over these structs; gen/ instantiates them.
+#pragma once
+
+#include "common.cuh"
+
+#define QK_K 256
+
+struct block_q8_0 { uint16_t d; int8_t qs[32]; };
+struct block_q4_0 { uint16_t d; uint8_t qs[16]; };
+struct block_q4_K { uint16_t d; uint16_t dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; };
+struct block_q5_K {
+    uint16_t d; uint16_t dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2];
+};
+struct block_q6_K { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; };
+
+static_assert(sizeof(block_q8_0) == 34, "block_q8_0 is 34 bytes");
+static_assert(sizeof(block_q4_0) == 18, "block_q4_0 is 18 bytes");
+static_assert(sizeof(block_q4_K) == 144, "block_q4_K is 144 bytes");
+static_assert(sizeof(block_q5_K) == 176, "block_q5_K is 176 bytes");
+static_assert(sizeof(block_q6_K) == 210, "block_q6_K is 210 bytes");
+
+// The 6-bit (scale, min) pair j of a Q4_K/Q5_K block (ggml get_scale_min_k4).
+__device__ __forceinline__ void scale_min_k4(int j, const uint8_t *q, float &sc, float &m) {
+    if (j < 4) {
+        sc = static_cast<float>(q[j] & 63);
+        m = static_cast<float>(q[j + 4] & 63);
+    } else {
+        sc = static_cast<float>((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4));
+        m = static_cast<float>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+struct QuantF32 {
+    static constexpr RotaryQuant ID = ROTARY_QUANT_F32;
+    static constexpr int BLOCK_ELEMS = 1, BLOCK_BYTES = 4, CHUNK = 32;
+    __device__ static void dequant(const uint8_t *row, int c, float *v) {
+        const float4 *p = reinterpret_cast<const float4 *>(row + static_cast<size_t>(c) * 128);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float4 f = p[i];
+            v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
+        }
+    }
+};
+
+struct QuantF16 {
+    static constexpr RotaryQuant ID = ROTARY_QUANT_F16;
+    static constexpr int BLOCK_ELEMS = 1, BLOCK_BYTES = 2, CHUNK = 32;
+    __device__ static void dequant(const uint8_t *row, int c, float *v) {
+        const uint4 *p = reinterpret_cast<const uint4 *>(row + static_cast<size_t>(c) * 64);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint4 u = p[i];
+            const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                v[8 * i + 2 * j] = f16_bits_to_float(static_cast<uint16_t>(w[j] & 0xffff));
+                v[8 * i + 2 * j + 1] = f16_bits_to_float(static_cast<uint16_t>(w[j] >> 16));
+            }
+        }
+    }
+};
+
+struct QuantBF16 {
+    static constexpr RotaryQuant ID = ROTARY_QUANT_BF16;
+    static constexpr int BLOCK_ELEMS = 1, BLOCK_BYTES = 2, CHUNK = 32;
+    __device__ static void dequant(const uint8_t *row, int c, float *v) {
+        const uint4 *p = reinterpret_cast<const uint4 *>(row + static_cast<size_t>(c) * 64);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint4 u = p[i];
+            const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                v[8 * i + 2 * j] = bf16_bits_to_float(static_cast<uint16_t>(w[j] & 0xffff));
+                v[8 * i + 2 * j + 1] = bf16_bits_to_float(static_cast<uint16_t>(w[j] >> 16));
+            }
+        }
+    }
+};
+
+// Q8_0: x = d * q, 32 per block. Blocks are 34 bytes: only 2-byte alignment.
+struct QuantQ8_0 {
+    static constexpr RotaryQuant ID = ROTARY_QUANT_Q8_0;
+    static constexpr int BLOCK_ELEMS = 32, BLOCK_BYTES = 34, CHUNK = 32;
+    __device__ static void dequant(const uint8_t *row, int c, float *v) {
+        const uint8_t *b = row + static_cast<size_t>(c) * BLOCK_BYTES;
+        const float d = load_f16(b);
+        const uint16_t *q = reinterpret_cast<const uint16_t *>(b + 2);
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            uint16_t two = q[i];
+            v[2 * i] = d * static_cast<float>(static_cast<int8_t>(two & 0xff));
+            v[2 * i + 1] = d * static_cast<float>(static_cast<int8_t>(two >> 8));
+        }
+    }
+};
+
+// Q4_0: x = d * (q - 8); byte i holds element i (low nibble) and i + 16 (high nibble).
+struct QuantQ4_0 {
+    static constexpr RotaryQuant ID = ROTARY_QUANT_Q4_0;
+    static constexpr int BLOCK_ELEMS = 32, BLOCK_BYTES = 18, CHUNK = 32;
+    __device__ static void dequant(const uint8_t *row, int c, float *v) {
+        const uint8_t *b = row + static_cast<size_t>(c) * BLOCK_BYTES;
+        const float d = load_f16(b);
+        const uint16_t *q = reinterpret_cast<const uint16_t *>(b + 2);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            uint16_t two = q[i];
+            v[2 * i] = d * static_cast<float>((two & 0x0f) - 8);
+            v[2 * i + 1] = d * static_cast<float>(((two >> 8) & 0x0f) - 8);
+            v[2 * i + 16] = d * static_cast<float>(((two >> 4) & 0x0f) - 8);
+            v[2 * i + 17] = d * static_cast<float>((two >> 12) - 8);
+        }
+    }
+};
+
+// Q4_K: 256 per block in 4 groups of 64; group g takes its 32 bytes qs[32g..32g+32]: low nibbles
+// are elements 64g + i (sub-block 2g), high nibbles 64g + 32 + i (sub-block 2g + 1);
+// x = d*sc*q - dmin*m. One chunk is one group (16-byte aligned: blocks are 144 = 9 * 16 bytes).
+struct QuantQ4_K {
+    static constexpr RotaryQuant ID = ROTARY_QUANT_Q4_K;
+    static constexpr int BLOCK_ELEMS = QK_K, BLOCK_BYTES = 144, CHUNK = 64;
+    __device__ static void dequant(const uint8_t *row, int c, float *v) {
+        const int g = c & 3;
+        const block_q4_K *b = reinterpret_cast<const block_q4_K *>(row) + (c >> 2);
+        const float d = f16_bits_to_float(b->d), dmin = f16_bits_to_float(b->dmin);
+        float sc1, m1, sc2, m2;
+        scale_min_k4(2 * g, b->scales, sc1, m1);
+        scale_min_k4(2 * g + 1, b->scales, sc2, m2);
+        const float d1 = d * sc1, mm1 = dmin * m1, d2 = d * sc2, mm2 = dmin * m2;
+        const uint4 *q = reinterpret_cast<const uint4 *>(b->qs + 32 * g);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            uint4 u = q[i];
+            const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                const uint32_t byte = (w[j / 4] >> (8 * (j % 4))) & 0xff;
+                v[16 * i + j] = d1 * static_cast<float>(byte & 0x0f) - mm1;
+                v[32 + 16 * i + j] = d2 * static_cast<float>(byte >> 4) - mm2;
+            }
+        }
+    }
+};
+
+// Q5_K: Q4_K plus a fifth bit: element 64g + i takes bit 2g of qh[i], 64g + 32 + i bit 2g + 1.
+struct QuantQ5_K {
+    static constexpr RotaryQuant ID = ROTARY_QUANT_Q5_K;
+    static constexpr int BLOCK_ELEMS = QK_K, BLOCK_BYTES = 176, CHUNK = 64;
+    __device__ static void dequant(const uint8_t *row, int c, float *v) {
+        const int g = c & 3;
+        const block_q5_K *b = reinterpret_cast<const block_q5_K *>(row) + (c >> 2);
+        const float d = f16_bits_to_float(b->d), dmin = f16_bits_to_float(b->dmin);
+        float sc1, m1, sc2, m2;
+        scale_min_k4(2 * g, b->scales, sc1, m1);
+        scale_min_k4(2 * g + 1, b->scales, sc2, m2);
+        const float d1 = d * sc1, mm1 = dmin * m1, d2 = d * sc2, mm2 = dmin * m2;
+        const uint4 *q = reinterpret_cast<const uint4 *>(b->qs + 32 * g);
+        const uint4 *h = reinterpret_cast<const uint4 *>(b->qh);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            uint4 u = q[i], hu = h[i];
+            const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+            const uint32_t hw[4] = {hu.x, hu.y, hu.z, hu.w};
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                const uint32_t byte = (w[j / 4] >> (8 * (j % 4))) & 0xff;
+                const uint32_t hb = (hw[j / 4] >> (8 * (j % 4))) & 0xff;
+                const uint32_t lo = (byte & 0x0f) | (((hb >> (2 * g)) & 1) << 4);
+                const uint32_t hi = (byte >> 4) | (((hb >> (2 * g + 1)) & 1) << 4);
+                v[16 * i + j] = d1 * static_cast<float>(lo) - mm1;
+                v[32 + 16 * i + j] = d2 * static_cast<float>(hi) - mm2;
+            }
+        }
+    }
+};
+
+// Q6_K: 256 per block in two halves of 128; within half h, quarter k (elements 128h + 32k + l,
+// l < 32) takes the low (k < 2) or high (k >= 2) nibble of ql[64h + 32(k & 1) + l], bits
+// 2k..2k+1 of qh[32h + l], and scale scales[8h + 2k + l/16]; x = d * sc * (q - 32).
+// Blocks are 210 bytes: only 2-byte alignment, so bytes are read one at a time.
+struct QuantQ6_K {
+    static constexpr RotaryQuant ID = ROTARY_QUANT_Q6_K;
+    static constexpr int BLOCK_ELEMS = QK_K, BLOCK_BYTES = 210, CHUNK = 32;
+    __device__ static void dequant(const uint8_t *row, int c, float *v) {
+        const block_q6_K *b = reinterpret_cast<const block_q6_K *>(row) + (c >> 3);
+        const int h = (c >> 2) & 1, k = c & 3;
+        const float d = f16_bits_to_float(b->d);
+        const float s0 = d * static_cast<float>(b->scales[8 * h + 2 * k]);
+        const float s1 = d * static_cast<float>(b->scales[8 * h + 2 * k + 1]);
+        const uint8_t *ql = b->ql + 64 * h + 32 * (k & 1);
+        const uint8_t *qh = b->qh + 32 * h;
+        const int shift = (k >= 2) ? 4 : 0;
+#pragma unroll
+        for (int l = 0; l < 32; l++) {
+            const int low = (ql[l] >> shift) & 0x0f;
+            const int six = low | (((qh[l] >> (2 * k)) & 3) << 4);
+            v[l] = (l < 16 ? s0 : s1) * static_cast<float>(six - 32);
+        }
+    }
+};
+
+// Bytes of one row of `cols` elements.
+template <class Q>
+__host__ __device__ __forceinline__ size_t row_bytes(int cols) {
+    return static_cast<size_t>(cols / Q::BLOCK_ELEMS) * Q::BLOCK_BYTES;
+}
