@@ -69,6 +69,12 @@ pub enum Error {
     /// Bad command-line input (flag value, size string, preset name).
     Usage(String),
     CudaNotCompiled,
+    /// A CUDA build on a machine without a usable device (no driver, no GPU).
+    NoCudaDevice { reason: String },
+    /// A CUDA runtime call or kernel launch that failed: which, with the runtime's code.
+    Cuda { call: String, code: i32, name: String, message: String },
+    /// Device memory the plan needs and the device does not have.
+    DeviceOutOfMemory { what: String, bytes_requested: u64, bytes_free: u64 },
 }
 
 impl Error {
@@ -154,7 +160,19 @@ impl fmt::Display for Error {
                 "{n_tokens} tokens do not fit the context of {n_ctx} (raise -c, or shorten the prompt)"
             ),
             Usage(msg) => write!(f, "{msg}"),
-            CudaNotCompiled => write!(f, "built without CUDA (nvcc was not found at build time)"),
+            CudaNotCompiled => write!(
+                f,
+                "built without CUDA ({}); run gen/install-cuda.sh and rebuild",
+                env!("ROTARY_CUDA_STATUS")
+            ),
+            NoCudaDevice { reason } => write!(f, "no CUDA device: {reason}"),
+            Cuda { call, code, name, message } => {
+                write!(f, "CUDA error in {call}: {name} ({code}): {message}")
+            }
+            DeviceOutOfMemory { what, bytes_requested, bytes_free } => write!(
+                f,
+                "device memory: {what} needs {bytes_requested} bytes, {bytes_free} bytes are free"
+            ),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod model;
 pub mod quant;
 pub mod run;
 pub mod sample;
+pub mod selftest;
 pub mod synth;
 pub mod tokenizer;
 

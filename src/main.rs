@@ -16,6 +16,7 @@ use rotary::tokenizer::{Tokenizer, VocabSpec};
 use std::io::Write;
 
 use rotary::model::qwen3moe::{top_k, Logits, Session};
+use rotary::model::Engine;
 use rotary::model::weights::Weights;
 use rotary::chat::Message;
 use rotary::run::Generation;
@@ -81,9 +82,12 @@ struct ModelArgs {
     /// Threads (default: physical cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// cpu (fast) or cpu-ref (scalar reference).
+    /// cpu (fast), cpu-ref (scalar reference) or cuda (the whole model in VRAM).
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// CUDA device ordinal (with --backend cuda).
+    #[arg(long, default_value_t = 0)]
+    device: usize,
 }
 
 #[derive(Subcommand)]
@@ -173,6 +177,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check every kernel of a backend against the scalar CPU reference (NMSE per case).
+    Selftest {
+        /// cuda (the GPU kernels) or cpu (the fast CPU kernels).
+        #[arg(long, default_value = "cuda")]
+        backend: String,
+        /// CUDA device ordinal.
+        #[arg(long, default_value_t = 0)]
+        device: usize,
+        /// Threads for --backend cpu (default: physical cores).
+        #[arg(short = 't', long)]
+        threads: Option<usize>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Also large shapes, timed: GB/s per product and the device's copy bandwidth.
+        #[arg(long)]
+        perf: bool,
+    },
     /// Print the token ids of TEXT.
     Tokenize {
         /// A GGUF file, an HF model directory, or a tokenizer.json; default: the embedded model.
@@ -217,6 +239,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { model, n_prompt, n_gen, reps, json } => {
             cmd_bench(&model, n_prompt, n_gen, reps, json)
+        }
+        Command::Selftest { backend, device, threads, json, perf } => {
+            cmd_selftest(&backend, device, threads, json, perf)
         }
         Command::Tokenize { model, json, no_parse_special, text } => {
             cmd_tokenize(model, json, !no_parse_special, &text)
@@ -342,18 +367,58 @@ fn cmd_tokenize(model: Option<PathBuf>, json: bool, parse_special: bool, text: &
 /// The model, its weights, tokenizer and a session: what run and logits start from.
 fn with_session<T>(
     args: &ModelArgs,
-    f: impl FnOnce(&mut Session, &Tokenizer) -> Result<T>,
+    f: impl FnOnce(&mut dyn Engine, &Tokenizer) -> Result<T>,
 ) -> Result<T> {
+    if args.backend == "cuda" && !rotary::backend::cuda::COMPILED {
+        return Err(rotary::Error::CudaNotCompiled);
+    }
     if args.model.is_none() {
         eprintln!("no model given (-m): using the embedded tiny model with random weights");
     }
     let file = rotary::run::open_model(args.model.as_deref())?;
     let weights = Weights::load(&file)?;
     let tok = rotary::run::tokenizer_for(&file)?;
-    let backend = rotary::backend::by_name(&args.backend, args.threads)?;
     let n_ctx = args.ctx.unwrap_or(weights.cfg.context_length.min(4096) as usize);
+    if args.backend == "cuda" {
+        let bar = bytes_bar(0, "upload to VRAM");
+        let mut gpu = rotary::backend::cuda::GpuSession::new(&weights, n_ctx, args.device, &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })?;
+        bar.finish_and_clear();
+        eprintln!("cuda: {} ({} of device memory)", gpu.device(), inspect::human_bytes(gpu.device_bytes));
+        return f(&mut gpu, &tok);
+    }
+    let backend = rotary::backend::by_name(&args.backend, args.threads)?;
     let mut session = Session::new(&weights, backend.as_ref(), n_ctx)?;
     f(&mut session, &tok)
+}
+
+fn cmd_selftest(backend: &str, device: usize, threads: Option<usize>, json: bool, perf: bool) -> Result<()> {
+    use rotary::selftest::{self, OpsBackend, Status};
+    let mut ops: Box<dyn OpsBackend> = match backend {
+        "cuda" => Box::new(rotary::backend::cuda::CudaOps::open(device)?),
+        "cpu" => Box::new(selftest::CpuOps::new(threads)?),
+        other => return Err(rotary::Error::Usage(format!("--backend {other}: want cuda or cpu"))),
+    };
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_message(format!("selftest {backend}"));
+    let results = selftest::run(ops.as_mut(), perf)?;
+    bar.finish_and_clear();
+    let failed = results.iter().filter(|r| r.status == Status::Fail).count();
+    if json {
+        println!("{}", selftest::to_json(&ops.device(), &results));
+    } else {
+        println!("device: {}", ops.device());
+        print!("{}", selftest::table(&results));
+    }
+    let passed = results.iter().filter(|r| r.status == Status::Pass).count();
+    let skipped = results.len() - passed - failed;
+    eprintln!("{passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        return Err(rotary::Error::Usage(format!("selftest: {failed} case(s) failed")));
+    }
+    Ok(())
 }
 
 struct RunOptions {
@@ -491,7 +556,7 @@ fn cmd_bench(args: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json:
     }
     let model = args.model.as_ref().map_or("<embedded tiny>".into(), |p| p.display().to_string());
     with_session(args, |session, tok| {
-        let threads = session.backend().threads();
+        let threads = session.threads();
         let r = rotary::run::bench(session, tok.n_vocab(), n_prompt, n_gen, reps)?;
         if json {
             println!(

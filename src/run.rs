@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::format::gguf::Gguf;
-use crate::model::qwen3moe::{Logits, Session};
+use crate::model::qwen3moe::Logits;
+use crate::model::Engine;
 use crate::model::weights::ModelFile;
 use crate::synth::{self, Preset, QuantMix, SynthOptions};
 use crate::tokenizer::{StreamDecoder, Tokenizer, VocabSpec};
@@ -86,13 +87,13 @@ pub struct Generation<'a> {
 /// `g.on_text`. Stops at an end-of-generation token, the length, a stop string, the context
 /// end, or cancellation; the stats say which.
 pub fn generate(
-    session: &mut Session,
+    session: &mut dyn Engine,
     tok: &Tokenizer,
     prompt: &[u32],
     g: Generation,
 ) -> Result<GenStats> {
     let mut stats = GenStats { prompt_tokens: prompt.len(), ..GenStats::default() };
-    if session.n_past + prompt.len() > session.n_ctx() {
+    if session.n_past() + prompt.len() > session.n_ctx() {
         return Err(Error::ContextOverflow { n_tokens: prompt.len(), n_ctx: session.n_ctx() });
     }
     let start = Instant::now();
@@ -118,7 +119,7 @@ pub fn generate(
             stats.stop_reason = "stop";
             break;
         }
-        if session.n_past >= session.n_ctx() {
+        if session.n_past() >= session.n_ctx() {
             stats.stop_reason = "context";
             break;
         }
@@ -157,7 +158,7 @@ pub struct BenchResult {
 /// empty context, `reps` times after one warm-up, as llama-bench does. Tokens are fixed
 /// pseudo-random ids (the speed of a forward pass does not depend on which tokens).
 pub fn bench(
-    session: &mut Session,
+    session: &mut dyn Engine,
     n_vocab: usize,
     n_prompt: usize,
     n_gen: usize,

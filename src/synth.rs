@@ -571,3 +571,32 @@ pub fn to_bytes(opts: &SynthOptions) -> Result<Vec<u8>> {
     write_to(opts, &mut out, &mut |_, _| {})?;
     Ok(out)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Random operands for op tests (rotary selftest)
+
+/// `rows` x `cols` random weights of `ty` (std `sigma`, zero-mean), built in the quantized
+/// domain as synth's tensors are: fast at any size.
+pub fn random_matrix(ty: GgmlType, rows: usize, cols: usize, sigma: f32, seed: u64) -> Result<Vec<u8>> {
+    let bytes = ty.row_bytes(cols as u64).ok_or_else(|| Error::QuantLength {
+        ty: ty.name().into(),
+        len: cols,
+        reason: "not a whole number of blocks".into(),
+    })? as usize;
+    let mut out = vec![0u8; bytes * rows];
+    let mut rng = Rng::new(seed, 0x5E1F, 0);
+    fill_blocks(ty, Dist { center: 0.0, sigma }, &mut rng, &mut out);
+    Ok(out)
+}
+
+/// `n` values uniform with mean `center` and std `sigma`.
+pub fn random_f32(n: usize, center: f32, sigma: f32, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed, 0xF32, 1);
+    (0..n).map(|_| center + sigma * SQRT3 * rng.symmetric()).collect()
+}
+
+/// `n` integers uniform in lo..=hi.
+pub fn random_ints(n: usize, lo: u32, hi: u32, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed, 0x1D5, 2);
+    (0..n).map(|_| rng.range(lo, hi)).collect()
+}

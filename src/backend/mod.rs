@@ -4,10 +4,17 @@
 //!
 //! - `cpu_ref`: scalar f32, obviously correct. The oracle every other backend is tested against.
 //! - `cpu`: fast: activations quantized the way ggml does, SIMD dot products, threads.
-//! - `cuda` (CUDA issue): the same trait on the GPU; a stub returns `Error::CudaNotCompiled`.
+//! - `cuda`: the GPU (kernels in csrc/, generated instances from gen/), with its own
+//!   GPU-resident forward pass; in a build without nvcc, `cuda_stub` has the same API and
+//!   answers `Error::CudaNotCompiled`.
 
 pub mod cpu;
 pub mod cpu_ref;
+#[cfg(has_cuda)]
+pub mod cuda;
+#[cfg(not(has_cuda))]
+#[path = "cuda_stub.rs"]
+pub mod cuda;
 
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;

@@ -6,3 +6,18 @@ pub mod qwen3moe;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig, TensorDesc, TensorRole};
+
+/// A model in use with the state of one sequence: what generation and benchmarks drive. The
+/// CPU `Session` (any host backend) and the GPU-resident `GpuSession` implement it.
+pub trait Engine {
+    /// Run `tokens` at positions n_past.. and return logits (`[n_vocab]` for the last token,
+    /// or `[tokens.len(), n_vocab]`).
+    fn forward(&mut self, tokens: &[u32], which: qwen3moe::Logits) -> crate::Result<Vec<f32>>;
+    /// Tokens in the cache (the position of the next token).
+    fn n_past(&self) -> usize;
+    fn n_ctx(&self) -> usize;
+    /// Forget the sequence.
+    fn reset(&mut self);
+    fn backend_name(&self) -> &'static str;
+    fn threads(&self) -> usize;
+}

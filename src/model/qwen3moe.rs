@@ -296,8 +296,34 @@ impl<'w> Session<'w> {
     }
 }
 
+impl crate::model::Engine for Session<'_> {
+    fn forward(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        Session::forward(self, tokens, which)
+    }
+
+    fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    fn reset(&mut self) {
+        self.n_past = 0;
+    }
+
+    fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn threads(&self) -> usize {
+        self.backend.threads()
+    }
+}
+
 /// Rotate pairs (i, i + rot/2) of one head by the given angles (NeoX / HF rotate_half).
-fn rope(head: &mut [f32], cos_sin: &[(f32, f32)]) {
+pub fn rope(head: &mut [f32], cos_sin: &[(f32, f32)]) {
     let half = cos_sin.len();
     for (i, &(cos, sin)) in cos_sin.iter().enumerate() {
         let (a, b) = (head[i], head[i + half]);
@@ -333,7 +359,7 @@ pub fn top_k(p: &[f32], k: usize) -> Vec<(usize, f32)> {
     idx.into_iter().take(k).map(|i| (i, p[i])).collect()
 }
 
-fn silu(x: f32) -> f32 {
+pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 

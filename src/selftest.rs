@@ -1,0 +1,657 @@
+//! `rotary selftest`: llama.cpp's test-backend-ops idea. A table of (op, format, shape) cases;
+//! each runs on a backend and on the scalar reference from the same deterministic inputs, and
+//! the outputs are compared by normalised mean squared error (≤ 1e-7 for elementwise ops,
+//! ≤ 5e-4 for matrix products and attention). Any NaN fails; guard values around device
+//! outputs must come back untouched; the router's expert ids are compared as sets.
+//!
+//! The reference here is the `cpu-ref` backend plus the scalar steps of the forward pass
+//! (src/model/qwen3moe.rs), i.e. exactly what the CPU engine computes with.
+
+use half::f16;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu_ref::CpuRef;
+use crate::backend::{Backend, Mat};
+use crate::error::Result;
+use crate::model::qwen3moe::{rmsnorm_rows, rope, silu, softmax, top_k};
+use crate::quant::{self, GgmlType};
+use crate::synth::{random_f32, random_ints, random_matrix};
+
+/// Formats every quantized kernel is tested in.
+pub const FORMATS: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+/// One op with its shape.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// y [n, rows] = W [rows, cols] · x [n, cols].
+    Gemv { ty: GgmlType, rows: usize, cols: usize, n: usize },
+    /// Routed SwiGLU experts added to a residual (RotaryMoe).
+    Moe { ty_gate_up: GgmlType, ty_down: GgmlType, dim: usize, ffn: usize, n_experts: usize, k: usize, n: usize },
+    /// softmax → top-k → optional renormalisation.
+    TopkMoe { n: usize, n_experts: usize, k: usize, renorm: bool },
+    RmsNorm { rows: usize, width: usize },
+    Rope { n: usize, n_heads: usize, head_dim: usize, rope_dims: usize, pos0: usize },
+    /// KV store into a paged f16 cache (shuffled pages), then causal GQA attention.
+    Attention { n: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize, pos0: usize, page_size: usize },
+    Embed { ty: GgmlType, n_vocab: usize, dim: usize, n: usize },
+    Add { len: usize },
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Gemv { .. } => "gemv",
+            Op::Moe { .. } => "moe",
+            Op::TopkMoe { .. } => "topk_moe",
+            Op::RmsNorm { .. } => "rmsnorm",
+            Op::Rope { .. } => "rope_neox",
+            Op::Attention { .. } => "attention",
+            Op::Embed { .. } => "embed",
+            Op::Add { .. } => "add",
+        }
+    }
+
+    pub fn quant(&self) -> String {
+        match self {
+            Op::Gemv { ty, .. } | Op::Embed { ty, .. } => ty.name().to_string(),
+            Op::Moe { ty_gate_up, ty_down, .. } => format!("{}/{}", ty_gate_up.name(), ty_down.name()),
+            Op::Attention { .. } => "f16 kv".into(),
+            _ => "f32".into(),
+        }
+    }
+
+    pub fn shape(&self) -> String {
+        match *self {
+            Op::Gemv { rows, cols, n, .. } => format!("rows={rows} cols={cols} n={n}"),
+            Op::Moe { dim, ffn, n_experts, k, n, .. } => {
+                format!("dim={dim} ffn={ffn} experts={n_experts} k={k} n={n}")
+            }
+            Op::TopkMoe { n, n_experts, k, renorm } => {
+                format!("n={n} experts={n_experts} k={k} {}", if renorm { "renorm" } else { "softmax" })
+            }
+            Op::RmsNorm { rows, width } => format!("rows={rows} width={width}"),
+            Op::Rope { n, n_heads, head_dim, rope_dims, pos0 } => {
+                format!("n={n} heads={n_heads} head_dim={head_dim} rot={rope_dims} pos0={pos0}")
+            }
+            Op::Attention { n, n_heads, n_kv_heads, head_dim, pos0, page_size } => format!(
+                "n={n} heads={n_heads}/{n_kv_heads} head_dim={head_dim} pos0={pos0} page={page_size}"
+            ),
+            Op::Embed { n_vocab, dim, n, .. } => format!("vocab={n_vocab} dim={dim} n={n}"),
+            Op::Add { len } => format!("len={len}"),
+        }
+    }
+
+    /// The NMSE bound: elementwise ops are exact up to rounding; products and attention sum
+    /// in a different order (and attention's softmax runs online).
+    pub fn max_nmse(&self) -> f64 {
+        match self {
+            Op::Gemv { .. } | Op::Moe { .. } | Op::Attention { .. } => 5e-4,
+            _ => 1e-7,
+        }
+    }
+
+    /// Weight bytes one evaluation reads (for GB/s), if the op is a weight-streaming product.
+    pub fn weight_bytes(&self) -> Option<u64> {
+        let rb = |ty: GgmlType, cols: usize| ty.row_bytes(cols as u64).unwrap_or(0);
+        match *self {
+            Op::Gemv { ty, rows, cols, .. } => Some(rb(ty, cols) * rows as u64),
+            // Decode: the k chosen experts' gate, up and down.
+            Op::Moe { ty_gate_up, ty_down, dim, ffn, k, n: 1, .. } => {
+                Some(k as u64 * (2 * rb(ty_gate_up, dim) * ffn as u64 + rb(ty_down, ffn) * dim as u64))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A case: the op, and whether it only runs with `--perf` (large shapes).
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub op: Op,
+    pub perf_only: bool,
+}
+
+/// The case table. Shapes cover single tokens (decode), odd token counts (tile remainders),
+/// batches past the tile (prefill), every format, GQA, partial RoPE and paged caches.
+pub fn cases(perf: bool) -> Vec<Case> {
+    let mut out = Vec::new();
+    let mut add = |op: Op| out.push(Case { op, perf_only: false });
+    for &ty in FORMATS {
+        for n in [1, 3, 11] {
+            add(Op::Gemv { ty, rows: 96, cols: 512, n });
+        }
+        add(Op::Embed { ty, n_vocab: 50, dim: 512, n: 5 });
+    }
+    for (gu, down) in [
+        (GgmlType::Q4K, GgmlType::Q6K),
+        (GgmlType::Q4K, GgmlType::Q4K),
+        (GgmlType::Q5K, GgmlType::Q8_0),
+        (GgmlType::Q8_0, GgmlType::Q8_0),
+        (GgmlType::F16, GgmlType::BF16),
+        (GgmlType::Q4_0, GgmlType::F32),
+    ] {
+        for n in [1, 2, 9] {
+            add(Op::Moe { ty_gate_up: gu, ty_down: down, dim: 512, ffn: 256, n_experts: 16, k: 4, n });
+        }
+    }
+    for (n_experts, k, renorm) in [(128, 8, true), (256, 8, true), (60, 4, false), (512, 16, true), (8, 2, true)] {
+        add(Op::TopkMoe { n: 5, n_experts, k, renorm });
+    }
+    add(Op::RmsNorm { rows: 5, width: 2048 });
+    add(Op::RmsNorm { rows: 5 * 32, width: 128 });
+    add(Op::RmsNorm { rows: 3, width: 96 });
+    add(Op::Rope { n: 3, n_heads: 8, head_dim: 128, rope_dims: 128, pos0: 17 });
+    add(Op::Rope { n: 2, n_heads: 4, head_dim: 256, rope_dims: 64, pos0: 3000 });
+    for (n, pos0, n_heads, n_kv_heads, head_dim, page_size) in [
+        (1, 0, 4, 4, 64, 16),
+        (1, 37, 8, 2, 128, 16),
+        (6, 0, 8, 2, 128, 16),
+        (5, 21, 32, 4, 128, 8),
+        (1, 300, 16, 2, 256, 32),
+    ] {
+        add(Op::Attention { n, n_heads, n_kv_heads, head_dim, pos0, page_size });
+    }
+    add(Op::Add { len: 10_000 });
+    if perf {
+        // Qwen3-30B-A3B's shapes: attention q projection, the router, one MoE layer's decode.
+        let mut add_perf = |op: Op| out.push(Case { op, perf_only: true });
+        for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q8_0, GgmlType::F16] {
+            add_perf(Op::Gemv { ty, rows: 4096, cols: 2048, n: 1 });
+        }
+        add_perf(Op::Gemv { ty: GgmlType::Q6K, rows: 151_936, cols: 2048, n: 1 });
+        for (gu, down) in [(GgmlType::Q4K, GgmlType::Q6K), (GgmlType::Q4K, GgmlType::Q4K)] {
+            add_perf(Op::Moe { ty_gate_up: gu, ty_down: down, dim: 2048, ffn: 768, n_experts: 128, k: 8, n: 1 });
+        }
+    }
+    out
+}
+
+/// The operands of a case, generated from its index.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Quantized matrices (gemv: [W]; moe: [gate, up, down] stacked over experts; embed: [table]).
+    pub mats: Vec<Vec<u8>>,
+    /// f32 operands in the op's order (see `inputs`).
+    pub f: Vec<Vec<f32>>,
+    /// Integer operands: moe's expert ids, embed's tokens, attention's page table.
+    pub ids: Vec<i32>,
+}
+
+/// The operands of `op`:
+/// - Gemv: mats [W], f [x]. Moe: mats [gate, up, down], f [x, residual, weights], ids [n, k].
+/// - TopkMoe: f [logits]. RmsNorm: f [x, w]. Rope: f [x, inv_freq].
+/// - Attention: f [q, k, v] (k, v: all pos0 + n positions), ids = page table.
+/// - Embed: mats [table], ids = tokens. Add: f [y, x].
+pub fn inputs(op: &Op, seed: u64) -> Result<Inputs> {
+    let mut i = Inputs::default();
+    match *op {
+        Op::Gemv { ty, rows, cols, n } => {
+            i.mats.push(random_matrix(ty, rows, cols, 1.0 / (cols as f32).sqrt(), seed)?);
+            i.f.push(random_f32(n * cols, 0.0, 1.0, seed + 1));
+        }
+        Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n } => {
+            i.mats.push(random_matrix(ty_gate_up, n_experts * ffn, dim, 1.0 / (dim as f32).sqrt(), seed)?);
+            i.mats.push(random_matrix(ty_gate_up, n_experts * ffn, dim, 1.0 / (dim as f32).sqrt(), seed + 1)?);
+            i.mats.push(random_matrix(ty_down, n_experts * dim, ffn, 1.0 / (ffn as f32).sqrt(), seed + 2)?);
+            i.f.push(random_f32(n * dim, 0.0, 1.0, seed + 3));
+            i.f.push(random_f32(n * dim, 0.0, 1.0, seed + 4));
+            i.f.push(random_f32(n * k, 0.5, 0.25, seed + 5));
+            // k distinct experts per token.
+            for t in 0..n {
+                let mut chosen: Vec<i32> = Vec::new();
+                let mut s = seed + 100 + t as u64;
+                while chosen.len() < k {
+                    let e = random_ints(1, 0, n_experts as u32 - 1, s)[0] as i32;
+                    s += 1000;
+                    if !chosen.contains(&e) {
+                        chosen.push(e);
+                    }
+                }
+                i.ids.extend(chosen);
+            }
+        }
+        Op::TopkMoe { n, n_experts, .. } => i.f.push(random_f32(n * n_experts, 0.0, 2.0, seed)),
+        Op::RmsNorm { rows, width } => {
+            i.f.push(random_f32(rows * width, 0.1, 1.0, seed));
+            i.f.push(random_f32(width, 1.0, 0.1, seed + 1));
+        }
+        Op::Rope { n, n_heads, head_dim, rope_dims, .. } => {
+            i.f.push(random_f32(n * n_heads * head_dim, 0.0, 1.0, seed));
+            let theta = 1_000_000f64;
+            i.f.push(
+                (0..rope_dims / 2)
+                    .map(|j| theta.powf(-(2.0 * j as f64) / rope_dims as f64) as f32)
+                    .collect(),
+            );
+        }
+        Op::Attention { n, n_heads, n_kv_heads, head_dim, pos0, page_size } => {
+            let n_pos = pos0 + n;
+            i.f.push(random_f32(n * n_heads * head_dim, 0.0, 1.0, seed));
+            i.f.push(random_f32(n_pos * n_kv_heads * head_dim, 0.0, 1.0, seed + 1));
+            i.f.push(random_f32(n_pos * n_kv_heads * head_dim, 0.0, 1.0, seed + 2));
+            // A shuffled page table: position p lives in page table[p / page_size].
+            let n_pages = n_pos.div_ceil(page_size);
+            let mut table: Vec<i32> = (0..n_pages as i32).collect();
+            let r = random_ints(n_pages, 0, u32::MAX - 1, seed + 3);
+            for j in (1..n_pages).rev() {
+                table.swap(j, r[j] as usize % (j + 1));
+            }
+            i.ids = table;
+        }
+        Op::Embed { ty, n_vocab, dim, n } => {
+            i.mats.push(random_matrix(ty, n_vocab, dim, 1.0, seed)?);
+            i.ids = random_ints(n, 0, n_vocab as u32 - 1, seed + 1).into_iter().map(|t| t as i32).collect();
+        }
+        Op::Add { len } => {
+            i.f.push(random_f32(len, 0.0, 1.0, seed));
+            i.f.push(random_f32(len, 0.0, 1.0, seed + 1));
+        }
+    }
+    Ok(i)
+}
+
+/// What an op produced: f32 values (and, for the router, expert ids), and whether the guard
+/// values around device outputs survived.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    pub values: Vec<f32>,
+    pub ids: Vec<i32>,
+    pub guards_ok: bool,
+}
+
+/// A backend under test.
+pub trait OpsBackend {
+    fn name(&self) -> &'static str;
+    /// The device, in words.
+    fn device(&self) -> String;
+    /// Run one op; `None` when this backend has no implementation of its own for it (the
+    /// case is then reported "skip").
+    fn run(&mut self, op: &Op, input: &Inputs) -> Result<Option<Output>>;
+    /// Seconds per evaluation of `op` (median of repeated timed runs), if measurable.
+    fn time(&mut self, op: &Op, input: &Inputs) -> Result<Option<f64>>;
+    /// The device's measured memory copy bandwidth in GB/s (bytes read + written), if any.
+    fn copy_gbps(&mut self) -> Result<Option<f64>>;
+}
+
+/// A matrix view over a case's bytes.
+fn mat<'a>(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Mat<'a>> {
+    Mat::new(ty, rows, cols, data, "selftest")
+}
+
+/// The reference result of `op` (cpu-ref and the forward pass's scalar steps).
+pub fn reference(op: &Op, i: &Inputs) -> Result<Output> {
+    let values = match *op {
+        Op::Gemv { .. } | Op::Moe { .. } => return products(&CpuRef, op, i),
+        Op::TopkMoe { n, n_experts, k, renorm } => {
+            let (mut ids, mut w) = (Vec::new(), Vec::new());
+            for t in 0..n {
+                let mut p = i.f[0][t * n_experts..(t + 1) * n_experts].to_vec();
+                softmax(&mut p);
+                let top = top_k(&p, k);
+                let sum: f32 = top.iter().map(|&(_, v)| v).sum();
+                for (e, v) in top {
+                    ids.push(e as i32);
+                    w.push(if renorm { v / sum } else { v });
+                }
+            }
+            return Ok(Output { values: w, ids, guards_ok: true });
+        }
+        Op::RmsNorm { width, .. } => {
+            let mut x = i.f[0].clone();
+            rmsnorm_rows(&mut x, &i.f[1][..width], 1e-6);
+            x
+        }
+        Op::Rope { n, n_heads, head_dim, pos0, .. } => {
+            let mut x = i.f[0].clone();
+            for t in 0..n {
+                let cs: Vec<(f32, f32)> = i.f[1]
+                    .iter()
+                    .map(|&f| {
+                        let (s, c) = ((pos0 + t) as f32 * f).sin_cos();
+                        (c, s)
+                    })
+                    .collect();
+                x[t * n_heads * head_dim..(t + 1) * n_heads * head_dim]
+                    .chunks_exact_mut(head_dim)
+                    .for_each(|h| rope(h, &cs));
+            }
+            x
+        }
+        Op::Attention { n, n_heads, n_kv_heads, head_dim, pos0, .. } => {
+            attention_reference(&i.f[0], &i.f[1], &i.f[2], n, n_heads, n_kv_heads, head_dim, pos0)
+        }
+        Op::Embed { ty, n_vocab, dim, .. } => {
+            let table = mat(ty, n_vocab, dim, &i.mats[0])?;
+            let mut x = vec![0f32; i.ids.len() * dim];
+            for (t, &tok) in i.ids.iter().enumerate() {
+                quant::dequantize(ty, table.row(tok as usize), &mut x[t * dim..(t + 1) * dim])?;
+            }
+            x
+        }
+        Op::Add { .. } => i.f[0].iter().zip(&i.f[1]).map(|(y, x)| y + x).collect(),
+    };
+    Ok(Output { values, ids: Vec::new(), guards_ok: true })
+}
+
+/// Gemv and Moe through a host `Backend`'s matmul (the reference, or the fast CPU backend).
+pub fn products(b: &dyn Backend, op: &Op, i: &Inputs) -> Result<Output> {
+    let values = match *op {
+        Op::Gemv { ty, rows, cols, n } => {
+            let mut y = vec![0f32; n * rows];
+            b.matmul(&mat(ty, rows, cols, &i.mats[0])?, &i.f[0], n, &mut y)?;
+            y
+        }
+        Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n } => {
+            let gate = mat(ty_gate_up, n_experts * ffn, dim, &i.mats[0])?;
+            let up = mat(ty_gate_up, n_experts * ffn, dim, &i.mats[1])?;
+            let down = mat(ty_down, n_experts * dim, ffn, &i.mats[2])?;
+            let mut residual = i.f[1].clone();
+            let (mut g, mut u, mut y) = (vec![0f32; ffn], vec![0f32; ffn], vec![0f32; dim]);
+            for t in 0..n {
+                let x = &i.f[0][t * dim..(t + 1) * dim];
+                let mut acc = vec![0f32; dim];
+                for j in 0..k {
+                    let e = i.ids[t * k + j] as usize;
+                    b.matmul(&gate.rows_slice(e * ffn, ffn), x, 1, &mut g)?;
+                    b.matmul(&up.rows_slice(e * ffn, ffn), x, 1, &mut u)?;
+                    g.iter_mut().zip(&u).for_each(|(g, &u)| *g = silu(*g) * u);
+                    b.matmul(&down.rows_slice(e * dim, dim), &g, 1, &mut y)?;
+                    let w = i.f[2][t * k + j];
+                    acc.iter_mut().zip(&y).for_each(|(a, &y)| *a += w * y);
+                }
+                residual[t * dim..(t + 1) * dim].iter_mut().zip(&acc).for_each(|(r, a)| *r += a);
+            }
+            residual
+        }
+        _ => unreachable!("products() is for gemv and moe"),
+    };
+    Ok(Output { values, ids: Vec::new(), guards_ok: true })
+}
+
+/// Causal GQA attention with an f16 cache, as the CPU engine computes it: q, k, v rounded to
+/// f16, scores in f32, softmax, then the weights rounded to f16 before the V sum.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_reference(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    n: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    hd: usize,
+    pos0: usize,
+) -> Vec<f32> {
+    let r = |x: f32| f16::from_f32(x).to_f32();
+    let kv_width = n_kv_heads * hd;
+    let mut o = vec![0f32; n * n_heads * hd];
+    let scale = 1.0 / (hd as f32).sqrt();
+    for t in 0..n {
+        let n_seen = pos0 + t + 1;
+        for h in 0..n_heads {
+            let kvh = h / (n_heads / n_kv_heads);
+            let qh: Vec<f32> = q[(t * n_heads + h) * hd..][..hd].iter().map(|&x| r(x)).collect();
+            let mut s: Vec<f32> = (0..n_seen)
+                .map(|p| {
+                    let kp = &k[p * kv_width + kvh * hd..][..hd];
+                    qh.iter().zip(kp).map(|(a, &b)| a * r(b)).sum::<f32>() * scale
+                })
+                .collect();
+            softmax(&mut s);
+            let oh = &mut o[(t * n_heads + h) * hd..][..hd];
+            for (p, &w) in s.iter().enumerate() {
+                let vp = &v[p * kv_width + kvh * hd..][..hd];
+                oh.iter_mut().zip(vp).for_each(|(o, &x)| *o += r(w) * r(x));
+            }
+        }
+    }
+    o
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Skip => "skip",
+        }
+    }
+}
+
+/// One row of the report.
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    pub op: &'static str,
+    pub quant: String,
+    pub shape: String,
+    pub backend: &'static str,
+    pub nmse: Option<f64>,
+    pub max_nmse: f64,
+    pub status: Status,
+    /// Why it failed or skipped.
+    pub note: String,
+    /// `--perf`: achieved weight bandwidth and its fraction of the device's copy bandwidth.
+    pub gbps: Option<f64>,
+    pub peak_fraction: Option<f64>,
+}
+
+/// Σ(a − b)² / Σ b² (0 when both are all zeros); NaN if either has a NaN.
+pub fn nmse(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "nmse of different lengths");
+    let (mut err, mut norm) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        if x.is_nan() || y.is_nan() {
+            return f64::NAN;
+        }
+        err += (x as f64 - y as f64).powi(2);
+        norm += (y as f64).powi(2);
+    }
+    if norm == 0.0 {
+        if err == 0.0 { 0.0 } else { f64::INFINITY }
+    } else {
+        err / norm
+    }
+}
+
+/// Compare a backend's output with the reference: NaN, guards, ids as sets, then NMSE.
+fn compare(op: &Op, got: &Output, want: &Output) -> (Option<f64>, Status, String) {
+    if !got.guards_ok {
+        return (None, Status::Fail, "guard values around the output were overwritten".into());
+    }
+    if got.values.len() != want.values.len() {
+        let msg = format!("{} values, want {}", got.values.len(), want.values.len());
+        return (None, Status::Fail, msg);
+    }
+    if let Op::TopkMoe { k, .. } = *op {
+        if got.ids.len() != want.ids.len() {
+            return (None, Status::Fail, "wrong number of expert ids".into());
+        }
+        for (t, (g, w)) in got.ids.chunks(k).zip(want.ids.chunks(k)).enumerate() {
+            let (mut g, mut w) = (g.to_vec(), w.to_vec());
+            g.sort_unstable();
+            w.sort_unstable();
+            if g != w {
+                // A tie at the k-th place may pick either expert: compare the weights instead.
+                let gs: f32 = got.values[t * k..(t + 1) * k].iter().sum();
+                let ws: f32 = want.values[t * k..(t + 1) * k].iter().sum();
+                if (gs - ws).abs() > 1e-6 {
+                    return (None, Status::Fail, format!("token {t}: experts {g:?}, want {w:?}"));
+                }
+            }
+        }
+    }
+    let e = nmse(&got.values, &want.values);
+    if e.is_nan() {
+        return (Some(e), Status::Fail, "NaN in the output".into());
+    }
+    if e > op.max_nmse() {
+        return (Some(e), Status::Fail, "NMSE over the bound".into());
+    }
+    (Some(e), Status::Pass, String::new())
+}
+
+/// Run every case on `backend`. `perf`: also the large shapes, and GB/s for the products.
+pub fn run(backend: &mut dyn OpsBackend, perf: bool) -> Result<Vec<CaseResult>> {
+    let copy_gbps = if perf { backend.copy_gbps()? } else { None };
+    let mut results = Vec::new();
+    for (idx, case) in cases(perf).iter().enumerate() {
+        let op = &case.op;
+        let input = inputs(op, 1000 + idx as u64 * 17)?;
+        let mut r = CaseResult {
+            op: op.name(),
+            quant: op.quant(),
+            shape: op.shape(),
+            backend: backend.name(),
+            nmse: None,
+            max_nmse: op.max_nmse(),
+            status: Status::Skip,
+            note: String::new(),
+            gbps: None,
+            peak_fraction: None,
+        };
+        match backend.run(op, &input)? {
+            None => r.note = "same code as cpu-ref on this backend".into(),
+            Some(got) => {
+                let want = reference(op, &input)?;
+                (r.nmse, r.status, r.note) = compare(op, &got, &want);
+            }
+        }
+        if perf && r.status == Status::Pass {
+            if let (Some(bytes), Some(secs)) = (op.weight_bytes(), backend.time(op, &input)?) {
+                let gbps = bytes as f64 / secs / 1e9;
+                r.gbps = Some(gbps);
+                r.peak_fraction = copy_gbps.map(|c| gbps / c);
+            }
+        }
+        results.push(r);
+    }
+    Ok(results)
+}
+
+/// The fast CPU backend under test: its matrix products are its own code (SIMD, threads,
+/// activation quantization); the other ops are the reference's code, reported as skipped.
+pub struct CpuOps {
+    cpu: CpuBackend,
+}
+
+impl CpuOps {
+    pub fn new(threads: Option<usize>) -> Result<CpuOps> {
+        Ok(CpuOps { cpu: CpuBackend::new(threads)? })
+    }
+}
+
+impl OpsBackend for CpuOps {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn device(&self) -> String {
+        format!("CPU ({} threads)", self.cpu.threads())
+    }
+
+    fn run(&mut self, op: &Op, input: &Inputs) -> Result<Option<Output>> {
+        match op {
+            Op::Gemv { .. } | Op::Moe { .. } => products(&self.cpu, op, input).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn time(&mut self, op: &Op, input: &Inputs) -> Result<Option<f64>> {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let start = std::time::Instant::now();
+            products(&self.cpu, op, input)?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(Some(times[times.len() / 2]))
+    }
+
+    fn copy_gbps(&mut self) -> Result<Option<f64>> {
+        let src = vec![1u8; 256 << 20];
+        let mut dst = vec![0u8; 256 << 20];
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let start = std::time::Instant::now();
+            dst.copy_from_slice(&src);
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(&dst);
+        Ok(Some(2.0 * src.len() as f64 / best / 1e9))
+    }
+}
+
+/// The report as JSON: `{"device", "copy_gbps"?, "cases": [{op, quant, shape, backend, nmse,
+/// max_nmse, status, note, gbps?, peak_fraction?}]}`.
+pub fn to_json(device: &str, results: &[CaseResult]) -> String {
+    use serde_json::{json, Value};
+    let cases: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            let mut v = json!({
+                "op": r.op,
+                "quant": r.quant,
+                "shape": r.shape,
+                "backend": r.backend,
+                "nmse": r.nmse.filter(|x| x.is_finite()),
+                "max_nmse": r.max_nmse,
+                "status": r.status.as_str(),
+            });
+            if !r.note.is_empty() {
+                v["note"] = json!(r.note);
+            }
+            if let Some(g) = r.gbps {
+                v["gbps"] = json!(g);
+            }
+            if let Some(f) = r.peak_fraction {
+                v["peak_fraction"] = json!(f);
+            }
+            v
+        })
+        .collect();
+    json!({ "device": device, "cases": cases }).to_string()
+}
+
+/// The report as a table.
+pub fn table(results: &[CaseResult]) -> String {
+    let mut s = format!(
+        "{:<10} {:<10} {:<46} {:>10} {:>8} {:<5} {}\n",
+        "op", "quant", "shape", "nmse", "max", "", "note"
+    );
+    for r in results {
+        let nmse = r.nmse.map_or("-".to_string(), |e| format!("{e:.2e}"));
+        let mut note = r.note.clone();
+        if let Some(g) = r.gbps {
+            note = format!("{g:.1} GB/s");
+            if let Some(f) = r.peak_fraction {
+                note += &format!(" ({:.0}% of copy bandwidth)", 100.0 * f);
+            }
+        }
+        s += &format!(
+            "{:<10} {:<10} {:<46} {:>10} {:>8.0e} {:<5} {}\n",
+            r.op,
+            r.quant,
+            r.shape,
+            nmse,
+            r.max_nmse,
+            r.status.as_str(),
+            note
+        );
+    }
+    s
+}
