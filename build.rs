@@ -5,7 +5,7 @@
 //! turns that into a build error.
 //!
 //! Inputs (environment): NVCC, CUDA_HOME / CUDA_PATH, PATH, ROTARY_CUDA_ARCH ("89", "89;90"),
-//! REQUIRE_CUDA. The toolchain script gen/install-cuda.sh puts nvcc in .cuda/ (found here).
+//! REQUIRE_CUDA, ROTARY_NO_CUDA=1 (a CPU-only build even where nvcc exists). The toolchain script gen/install-cuda.sh puts nvcc in .cuda/ (found here).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -23,11 +23,13 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=gen");
     println!("cargo::rerun-if-changed=csrc");
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "ROTARY_CUDA_ARCH", "REQUIRE_CUDA", "PATH"] {
+    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "ROTARY_CUDA_ARCH", "REQUIRE_CUDA", "ROTARY_NO_CUDA", "PATH"] {
         println!("cargo::rerun-if-env-changed={var}");
     }
     let require = env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1");
-    match build_cuda() {
+    let refuse = env::var("ROTARY_NO_CUDA").is_ok_and(|v| v == "1");
+    let built = if refuse { Err("ROTARY_NO_CUDA=1".to_string()) } else { build_cuda() };
+    match built {
         Ok(status) => {
             println!("cargo::rustc-cfg=has_cuda");
             println!("cargo::rustc-env=ROTARY_CUDA_STATUS={status}");
@@ -36,7 +38,8 @@ fn main() {
             if require {
                 panic!("REQUIRE_CUDA=1 but the CUDA build is impossible: {why}");
             }
-            println!("cargo::warning=building without CUDA: {why} (run gen/install-cuda.sh)");
+            let hint = if why.contains("nvcc not found") { " (run gen/install-cuda.sh)" } else { "" };
+            println!("cargo::warning=building without CUDA: {why}{hint}");
             println!("cargo::rustc-env=ROTARY_CUDA_STATUS=not compiled ({why})");
         }
     }

@@ -6,6 +6,7 @@
 //! - `<op>_<format>.cu`: the explicit instances of one op for one format, every tile;
 //! - `dispatch.cu`: the `extern "C"` entry points of abi.h that pick the instance for the
 //!   weight's format, the batch size and the SM of the device they run on.
+//!
 //! Each file opens with a do-not-edit banner; none is committed.
 
 use std::fmt::Write as _;

@@ -28,7 +28,12 @@ fn version_reports_cuda_status() {
     assert!(o.status.success());
     let out = stdout(&o);
     assert!(out.starts_with("rotary 0."), "{out}");
-    assert!(out.contains("cuda: not compiled"), "{out}");
+    if cfg!(has_cuda) {
+        // The compiled SMs and nvcc's version, e.g. "cuda: sm_89 sm_90 + compute_90 PTX (nvcc 13.0.88)".
+        assert!(out.contains("cuda: sm_") && out.contains("nvcc"), "{out}");
+    } else {
+        assert!(out.contains("cuda: not compiled"), "{out}");
+    }
 }
 
 #[test]
@@ -191,4 +196,46 @@ fn synth_with_real_vocab() {
     let r = rotary(&["inspect", o, "--kv"]);
     assert!(stdout(&r).contains("\"qwen2\""), "{}", stdout(&r));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn selftest_cpu_prints_a_table_and_json() {
+    let o = rotary(&["selftest", "--backend", "cpu", "-t", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("gemv") && out.contains("Q4_K") && out.contains("pass"), "{out}");
+    let o = rotary(&["selftest", "--backend", "cpu", "-t", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(v["device"].as_str().is_some_and(|d| d.starts_with("CPU")));
+    let cases = v["cases"].as_array().expect("cases");
+    for c in cases {
+        for key in ["op", "quant", "shape", "backend", "max_nmse", "status"] {
+            assert!(c.get(key).is_some(), "{key} missing in {c}");
+        }
+        assert_ne!(c["status"], "fail", "{c}");
+    }
+    assert!(cases.iter().any(|c| c["status"] == "pass"));
+}
+
+#[test]
+fn cuda_without_a_device_is_a_clear_error() {
+    // On machines without a GPU (CI), or builds without nvcc: a one-line error, exit 1.
+    if Command::new("nvidia-smi").output().is_ok_and(|o| o.status.success()) {
+        println!("SKIP cuda error test: this machine has a GPU");
+        return;
+    }
+    for args in [&["selftest"][..], &["run", "--backend", "cuda", "-n", "2"][..]] {
+        let o = rotary(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("no CUDA device") || err.contains("built without CUDA"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let o = rotary(&["selftest", "--backend", "tpu"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--backend tpu"), "{}", stderr(&o));
 }

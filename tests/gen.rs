@@ -1,0 +1,74 @@
+//! The kernel-instance generator (gen/kernels.rs, run by build.rs): its format table agrees
+//! with the CPU's (ggml ids, block sizes), every quantized op has an instance for every format
+//! and tile, the dispatch covers them all, and every file carries the do-not-edit banner.
+
+#[path = "../gen/kernels.rs"]
+mod kernels;
+
+use rotary::quant::GgmlType;
+
+#[test]
+fn formats_match_the_cpu_quant_table() {
+    for f in kernels::FORMATS {
+        let ty = GgmlType::from_id(f.ggml_id).unwrap_or_else(|| panic!("{}: unknown ggml id", f.name));
+        assert_eq!(ty.block_elems(), f.block_elems as usize, "{}", f.name);
+        assert_eq!(ty.block_bytes(), f.block_bytes as usize, "{}", f.name);
+        assert_eq!(ty.name().to_lowercase(), f.name, "{}", f.name);
+    }
+    // Every format selftest checks has kernels, and the other way round.
+    let selftest: Vec<u32> = rotary::selftest::FORMATS.iter().map(|t| t.id()).collect();
+    let generated: Vec<u32> = kernels::FORMATS.iter().map(|f| f.ggml_id).collect();
+    assert_eq!(selftest.len(), generated.len());
+    assert!(selftest.iter().all(|id| generated.contains(id)));
+}
+
+#[test]
+fn every_op_has_every_format_and_tile() {
+    let files = kernels::generate();
+    for (name, text) in &files {
+        assert!(text.starts_with(kernels::BANNER), "{name} lacks the banner");
+    }
+    let find = |n: &str| files.iter().find(|(f, _)| f == n).map(|(_, t)| t.clone());
+    for f in kernels::FORMATS {
+        for t in kernels::tiles() {
+            let sfx = format!("w{}_t{}", t.warps, t.tokens);
+            let gemv = find(&format!("gemv_{}.cu", f.name)).expect("gemv file");
+            assert!(gemv.contains(&format!("rotary_gemv_{}_{sfx}(", f.name)));
+            let moe = find(&format!("moe_{}.cu", f.name)).expect("moe file");
+            for stage in ["gate_up", "down"] {
+                assert!(moe.contains(&format!("rotary_moe_{stage}_{}_{sfx}(", f.name)));
+            }
+        }
+        assert!(find(&format!("embed_{}.cu", f.name)).is_some());
+    }
+    let dispatch = find("dispatch.cu").expect("dispatch.cu");
+    for entry in ["rotary_gemv(", "rotary_embed(", "rotary_moe_gate_up_dispatch(", "rotary_moe_down_dispatch(", "rotary_quant_supported("] {
+        assert!(dispatch.contains(entry), "dispatch lacks {entry}");
+    }
+    for f in kernels::FORMATS {
+        // gemv, gate_up, down, embed, supported: one case label each per tile row (or once).
+        let cases = dispatch.matches(&format!("case {}:", f.abi_enum)).count();
+        assert_eq!(cases, 3 * kernels::TILES.len() + 2, "{}", f.name);
+    }
+}
+
+#[test]
+fn tile_table_ends_with_a_fallback() {
+    assert_eq!(kernels::TILES.last().map(|t| t.sm_min), Some(0));
+    assert!(kernels::TILES.windows(2).all(|w| w[0].sm_min > w[1].sm_min), "descending sm_min");
+    for t in kernels::tiles() {
+        assert!(t.warps * 32 <= 1024 && t.tokens >= 1);
+    }
+}
+
+#[test]
+fn generator_writes_only_changed_files() {
+    let dir = std::env::temp_dir().join(format!("rotary-gen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let paths = kernels::write_all(&dir).expect("write");
+    let stamp = std::fs::metadata(&paths[0]).and_then(|m| m.modified()).expect("mtime");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    kernels::write_all(&dir).expect("write again");
+    assert_eq!(std::fs::metadata(&paths[0]).and_then(|m| m.modified()).expect("mtime"), stamp);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,126 @@
+//! The op table of `rotary selftest`: the fast CPU backend's products against the reference,
+//! the reference itself against the forward pass it stands for, the comparison's own rules,
+//! and the CUDA backend where there is a device (else a SKIP line saying why).
+
+use rotary::backend::cpu_ref::CpuRef;
+use rotary::selftest::{self, CpuOps, Op, OpsBackend, Status};
+
+#[test]
+fn cpu_backend_passes_every_case_it_implements() {
+    let mut ops = CpuOps::new(Some(2)).expect("cpu backend");
+    let results = selftest::run(&mut ops, false).expect("selftest");
+    let passed = results.iter().filter(|r| r.status == Status::Pass).count();
+    for r in &results {
+        assert_ne!(r.status, Status::Fail, "{} {} {}: {:?} {}", r.op, r.quant, r.shape, r.nmse, r.note);
+    }
+    // Every gemv and moe case really ran (the CPU backend has its own products).
+    let products = results.iter().filter(|r| r.op == "gemv" || r.op == "moe").count();
+    assert_eq!(passed, products);
+    assert!(products >= 40);
+}
+
+#[test]
+fn every_format_and_op_is_in_the_table() {
+    let cases = selftest::cases(false);
+    for ty in selftest::FORMATS {
+        for op in ["gemv", "embed"] {
+            assert!(
+                cases.iter().any(|c| c.op.name() == op && c.op.quant() == ty.name()),
+                "{op} {ty} missing"
+            );
+        }
+    }
+    for op in ["moe", "topk_moe", "rmsnorm", "rope_neox", "attention", "add"] {
+        assert!(cases.iter().any(|c| c.op.name() == op), "{op} missing");
+    }
+    // Decode (1 token), odd counts and batches past a tile of 8.
+    for n in [1, 3, 11] {
+        assert!(cases.iter().any(|c| matches!(c.op, Op::Gemv { n: m, .. } if m == n)));
+    }
+}
+
+#[test]
+fn a_wrong_result_fails() {
+    // The comparison is not vacuous: perturb the reference and it must fail.
+    struct Wrong;
+    impl OpsBackend for Wrong {
+        fn name(&self) -> &'static str {
+            "wrong"
+        }
+        fn device(&self) -> String {
+            "none".into()
+        }
+        fn run(&mut self, op: &Op, i: &selftest::Inputs) -> rotary::Result<Option<selftest::Output>> {
+            let mut out = selftest::reference(op, i)?;
+            if let Some(v) = out.values.first_mut() {
+                *v += 1.0;
+            }
+            if let Op::TopkMoe { .. } = op {
+                out.ids[0] = (out.ids[0] + 1) % 8;
+            }
+            if let Op::Add { .. } = op {
+                out.guards_ok = false;
+            }
+            Ok(Some(out))
+        }
+        fn time(&mut self, _: &Op, _: &selftest::Inputs) -> rotary::Result<Option<f64>> {
+            Ok(None)
+        }
+        fn copy_gbps(&mut self) -> rotary::Result<Option<f64>> {
+            Ok(None)
+        }
+    }
+    let results = selftest::run(&mut Wrong, false).expect("selftest");
+    let failed: Vec<_> = results.iter().filter(|r| r.status == Status::Fail).collect();
+    // A +1 in one element of a product over hundreds may stay under 5e-4; elementwise cases,
+    // ids and guards always fail.
+    for op in ["rmsnorm", "rope_neox", "embed", "add", "topk_moe"] {
+        assert!(failed.iter().any(|r| r.op == op), "{op} did not fail");
+    }
+    let nan = selftest::nmse(&[f32::NAN], &[1.0]);
+    assert!(nan.is_nan());
+}
+
+#[test]
+fn attention_reference_matches_the_forward_pass_rules() {
+    // One head, two positions, values chosen exactly representable in f16: the reference is
+    // softmax(q·k/√d)·v computed by hand.
+    let hd = 32;
+    let q: Vec<f32> = (0..hd).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+    let mut k = vec![0f32; 2 * hd];
+    k[0] = 0.0;
+    k[hd] = 2.0;
+    let mut v = vec![0f32; 2 * hd];
+    v[1] = 1.0;
+    v[hd + 1] = 3.0;
+    let o = selftest::attention_reference(&q, &k, &v, 1, 1, 1, hd, 1);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (a, b) = (1.0f32, (2.0 * scale).exp());
+    let (wa, wb) = (a / (a + b), b / (a + b));
+    let r = |x: f32| half::f16::from_f32(x).to_f32();
+    let want = r(wa) * 1.0 + r(wb) * 3.0;
+    assert!((o[1] - want).abs() < 1e-6, "{} vs {want}", o[1]);
+    assert_eq!(o[0], 0.0);
+}
+
+#[test]
+fn reference_products_are_the_cpu_ref_backend() {
+    let op = Op::Gemv { ty: rotary::quant::GgmlType::Q4K, rows: 8, cols: 256, n: 2 };
+    let i = selftest::inputs(&op, 7).expect("inputs");
+    let a = selftest::reference(&op, &i).expect("reference");
+    let b = selftest::products(&CpuRef, &op, &i).expect("products");
+    assert_eq!(a.values, b.values);
+}
+
+#[test]
+fn cuda_backend_where_there_is_a_device() {
+    match rotary::backend::cuda::CudaOps::open(0) {
+        Ok(mut ops) => {
+            let results = selftest::run(&mut ops, false).expect("selftest");
+            for r in &results {
+                assert_eq!(r.status, Status::Pass, "{} {} {}: {:?} {}", r.op, r.quant, r.shape, r.nmse, r.note);
+            }
+        }
+        Err(e) => println!("SKIP cuda selftest: {e}"),
+    }
+}
