@@ -403,17 +403,15 @@ fn cmd_selftest(backend: &str, device: usize, threads: Option<usize>, json: bool
     };
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_message(format!("selftest {backend}"));
-    let results = selftest::run(ops.as_mut(), perf)?;
+    let report = selftest::run(ops.as_mut(), perf)?;
     bar.finish_and_clear();
-    let failed = results.iter().filter(|r| r.status == Status::Fail).count();
     if json {
-        println!("{}", selftest::to_json(&ops.device(), &results));
+        println!("{}", selftest::to_json(&report));
     } else {
-        println!("device: {}", ops.device());
-        print!("{}", selftest::table(&results));
+        print!("{}", selftest::table(&report));
     }
-    let passed = results.iter().filter(|r| r.status == Status::Pass).count();
-    let skipped = results.len() - passed - failed;
+    let (passed, failed) = (report.count(Status::Pass), report.count(Status::Fail));
+    let skipped = report.cases.len() - passed - failed;
     eprintln!("{passed} passed, {failed} failed, {skipped} skipped");
     if failed > 0 {
         return Err(rotary::Error::Usage(format!("selftest: {failed} case(s) failed")));

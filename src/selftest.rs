@@ -505,8 +505,22 @@ fn compare(op: &Op, got: &Output, want: &Output) -> (Option<f64>, Status, String
     (Some(e), Status::Pass, String::new())
 }
 
+/// What `run` found: the device's copy bandwidth (with `perf`) and one row per case.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub device: String,
+    pub copy_gbps: Option<f64>,
+    pub cases: Vec<CaseResult>,
+}
+
+impl Report {
+    pub fn count(&self, s: Status) -> usize {
+        self.cases.iter().filter(|r| r.status == s).count()
+    }
+}
+
 /// Run every case on `backend`. `perf`: also the large shapes, and GB/s for the products.
-pub fn run(backend: &mut dyn OpsBackend, perf: bool) -> Result<Vec<CaseResult>> {
+pub fn run(backend: &mut dyn OpsBackend, perf: bool) -> Result<Report> {
     let copy_gbps = if perf { backend.copy_gbps()? } else { None };
     let mut results = Vec::new();
     for (idx, case) in cases(perf).iter().enumerate() {
@@ -540,7 +554,7 @@ pub fn run(backend: &mut dyn OpsBackend, perf: bool) -> Result<Vec<CaseResult>> 
         }
         results.push(r);
     }
-    Ok(results)
+    Ok(Report { device: backend.device(), copy_gbps, cases: results })
 }
 
 /// The fast CPU backend under test: its matrix products are its own code (SIMD, threads,
@@ -598,9 +612,10 @@ impl OpsBackend for CpuOps {
 
 /// The report as JSON: `{"device", "copy_gbps"?, "cases": [{op, quant, shape, backend, nmse,
 /// max_nmse, status, note, gbps?, peak_fraction?}]}`.
-pub fn to_json(device: &str, results: &[CaseResult]) -> String {
+pub fn to_json(report: &Report) -> String {
     use serde_json::{json, Value};
-    let cases: Vec<Value> = results
+    let cases: Vec<Value> = report
+        .cases
         .iter()
         .map(|r| {
             let mut v = json!({
@@ -624,12 +639,17 @@ pub fn to_json(device: &str, results: &[CaseResult]) -> String {
             v
         })
         .collect();
-    json!({ "device": device, "cases": cases }).to_string()
+    json!({ "device": report.device, "copy_gbps": report.copy_gbps, "cases": cases }).to_string()
 }
 
 /// The report as a table.
-pub fn table(results: &[CaseResult]) -> String {
-    let mut s = format!(
+pub fn table(report: &Report) -> String {
+    let results = &report.cases;
+    let mut s = format!("device: {}\n", report.device);
+    if let Some(c) = report.copy_gbps {
+        s += &format!("device copy bandwidth: {c:.1} GB/s (read + write)\n");
+    }
+    s += &format!(
         "{:<10} {:<10} {:<46} {:>10} {:>8} {:<5} {}\n",
         "op", "quant", "shape", "nmse", "max", "", "note"
     );

@@ -8,7 +8,7 @@ use rotary::selftest::{self, CpuOps, Op, OpsBackend, Status};
 #[test]
 fn cpu_backend_passes_every_case_it_implements() {
     let mut ops = CpuOps::new(Some(2)).expect("cpu backend");
-    let results = selftest::run(&mut ops, false).expect("selftest");
+    let results = selftest::run(&mut ops, false).expect("selftest").cases;
     let passed = results.iter().filter(|r| r.status == Status::Pass).count();
     for r in &results {
         assert_ne!(r.status, Status::Fail, "{} {} {}: {:?} {}", r.op, r.quant, r.shape, r.nmse, r.note);
@@ -70,7 +70,7 @@ fn a_wrong_result_fails() {
             Ok(None)
         }
     }
-    let results = selftest::run(&mut Wrong, false).expect("selftest");
+    let results = selftest::run(&mut Wrong, false).expect("selftest").cases;
     let failed: Vec<_> = results.iter().filter(|r| r.status == Status::Fail).collect();
     // A +1 in one element of a product over hundreds may stay under 5e-4; elementwise cases,
     // ids and guards always fail.
@@ -116,7 +116,7 @@ fn reference_products_are_the_cpu_ref_backend() {
 fn cuda_backend_where_there_is_a_device() {
     match rotary::backend::cuda::CudaOps::open(0) {
         Ok(mut ops) => {
-            let results = selftest::run(&mut ops, false).expect("selftest");
+            let results = selftest::run(&mut ops, false).expect("selftest").cases;
             for r in &results {
                 assert_eq!(r.status, Status::Pass, "{} {} {}: {:?} {}", r.op, r.quant, r.shape, r.nmse, r.note);
             }
