@@ -15,7 +15,7 @@ use std::process::Command;
 mod kernels;
 
 /// SMs compiled when neither ROTARY_CUDA_ARCH nor a local GPU says otherwise: the RTX 40
-/// laptops of the benchmark (sm_89) and H100 (sm_90), plus PTX of the newest for later GPUs.
+/// laptops of the benchmark (sm_89) and H100 (sm_90), plus PTX of sm_89 for later GPUs.
 const DEFAULT_SMS: &[u32] = &[89, 90];
 
 fn main() {
@@ -82,8 +82,9 @@ fn build_cuda() -> Result<String, String> {
     for &sm in &sms {
         build.flag("-gencode").flag(format!("arch=compute_{sm},code=sm_{sm}"));
     }
-    let newest = *sms.iter().max().expect("at least one SM");
-    build.flag("-gencode").flag(format!("arch=compute_{newest},code=compute_{newest}"));
+    // PTX of the oldest SM: the driver JIT-compiles it for any newer GPU without SASS here.
+    let oldest = *sms.iter().min().expect("at least one SM");
+    build.flag("-gencode").flag(format!("arch=compute_{oldest},code=compute_{oldest}"));
     build.warnings(false).flag("-Xcompiler").flag("-Wno-unused-function");
     let mut sources: Vec<PathBuf> = std::fs::read_dir(manifest.join("csrc"))
         .map_err(|e| format!("csrc/: {e}"))?
@@ -105,7 +106,7 @@ fn build_cuda() -> Result<String, String> {
         println!("cargo::rustc-link-lib={lib}");
     }
     let sm_list: Vec<String> = sms.iter().map(|s| format!("sm_{s}")).collect();
-    Ok(format!("{} + compute_{newest} PTX (nvcc {version})", sm_list.join(" ")))
+    Ok(format!("{} + compute_{oldest} PTX (nvcc {version})", sm_list.join(" ")))
 }
 
 /// nvcc from $NVCC, $CUDA_HOME, $CUDA_PATH, PATH, /usr/local/cuda, the project's .cuda/ wheel

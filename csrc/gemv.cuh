@@ -43,6 +43,38 @@ __device__ __forceinline__ void warp_row_dot(const uint8_t *row, int cols, const
     for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
 }
 
+// Two rows of the same format against the same x in one pass (the MoE gate and up): each
+// chunk of x is loaded once for both.
+template <class Q, int NT>
+__device__ __forceinline__ void warp_row_dot2(const uint8_t *row_a, const uint8_t *row_b, int cols,
+                                              const float *const *xs, float *acc_a, float *acc_b) {
+    const int lane = threadIdx.x % ROTARY_WARP;
+    const int n_chunks = cols / Q::CHUNK;
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc_a[t] = acc_b[t] = 0.0f;
+    for (int c = lane; c < n_chunks; c += ROTARY_WARP) {
+        float va[Q::CHUNK], vb[Q::CHUNK];
+        Q::dequant(row_a, c, va);
+        Q::dequant(row_b, c, vb);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (xs[t] == nullptr) continue;
+            const float4 *x4 = reinterpret_cast<const float4 *>(xs[t] + c * Q::CHUNK);
+#pragma unroll
+            for (int i = 0; i < Q::CHUNK / 4; i++) {
+                const float4 f = x4[i];
+                acc_a[t] += va[4 * i] * f.x + va[4 * i + 1] * f.y + va[4 * i + 2] * f.z + va[4 * i + 3] * f.w;
+                acc_b[t] += vb[4 * i] * f.x + vb[4 * i + 1] * f.y + vb[4 * i + 2] * f.z + vb[4 * i + 3] * f.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        acc_a[t] = warp_sum(acc_a[t]);
+        acc_b[t] = warp_sum(acc_b[t]);
+    }
+}
+
 template <class Q, int WARPS, int NT>
 __global__ void __launch_bounds__(WARPS *ROTARY_WARP) gemv_kernel(RotaryGemv p) {
     const int row = blockIdx.x * WARPS + threadIdx.x / ROTARY_WARP;

@@ -42,8 +42,7 @@ __device__ __forceinline__ void moe_rows(const RotaryMoe &p, int e, int row, con
         const uint8_t *g = static_cast<const uint8_t *>(p.gate[e]) + rb * row;
         const uint8_t *u = static_cast<const uint8_t *>(p.up[e]) + rb * row;
         float ag[NT], au[NT];
-        warp_row_dot<Q, NT>(g, p.dim, xs, ag);
-        warp_row_dot<Q, NT>(u, p.dim, xs, au);
+        warp_row_dot2<Q, NT>(g, u, p.dim, xs, ag, au);
         if (lane0) {
 #pragma unroll
             for (int t = 0; t < NT; t++) {

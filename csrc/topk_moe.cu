@@ -40,7 +40,7 @@ __global__ void topk_moe_kernel(RotaryTopkMoe p) {
 #pragma unroll
         for (int i = 0; i < TOPK_PER_LANE; i++) {
             const int e = lane + ROTARY_WARP * i;
-            if (v[i] > best || (v[i] == best && e < best_e)) {
+            if (e < p.n_experts && (v[i] > best || (v[i] == best && e < best_e))) {
                 best = v[i];
                 best_e = e;
             }
@@ -53,6 +53,12 @@ __global__ void topk_moe_kernel(RotaryTopkMoe p) {
                 best = ob;
                 best_e = oe;
             }
+        }
+        if (best_e >= p.n_experts) {
+            // Only NaN probabilities (NaN logits) leave no winner: pass the NaN on, as the CPU
+            // forward does, with a valid id so the expert kernels still write every row.
+            best_e = j;
+            best = NAN;
         }
         if (best_e % ROTARY_WARP == lane) {
 #pragma unroll
@@ -73,6 +79,7 @@ __global__ void topk_moe_kernel(RotaryTopkMoe p) {
 }
 
 extern "C" int rotary_topk_moe(const RotaryTopkMoe *p, void *stream) {
+    if (p->n_tokens <= 0) return 0;
     if (p->n_experts <= 0 || p->n_experts > ROTARY_MAX_EXPERTS || p->k <= 0 ||
         p->k > ROTARY_MAX_EXPERTS_USED || p->k > p->n_experts) {
         return static_cast<int>(cudaErrorInvalidValue);

@@ -26,6 +26,14 @@ pub struct Format {
     pub block_bytes: u32,
 }
 
+impl Format {
+    /// What a row length must be a multiple of: whole blocks, and whole 32-element chunks
+    /// (the kernels' unit; 16-byte aligned rows for the vector loads).
+    pub fn row_multiple(&self) -> u32 {
+        self.block_elems.max(32)
+    }
+}
+
 pub const FORMATS: &[Format] = &[
     Format { name: "f32", ggml_id: 0, abi_enum: "ROTARY_QUANT_F32", cuda_struct: "QuantF32", block_elems: 1, block_bytes: 4 },
     Format { name: "f16", ggml_id: 1, abi_enum: "ROTARY_QUANT_F16", cuda_struct: "QuantF16", block_elems: 1, block_bytes: 2 },
@@ -165,8 +173,10 @@ fn dispatch_file() -> String {
             let n = f.name;
             let _ = writeln!(
                 s,
-                "        case {}: return single ? rotary_gemv_{n}_{a}(p, s) : rotary_gemv_{n}_{b}(p, s);",
-                f.abi_enum
+                "        case {}:\n            if (p->cols % {}) return static_cast<int>(cudaErrorInvalidValue);\n            \
+                 return single ? rotary_gemv_{n}_{a}(p, s) : rotary_gemv_{n}_{b}(p, s);",
+                f.abi_enum,
+                f.row_multiple()
             );
         }
         s.push_str("        default: return static_cast<int>(cudaErrorInvalidValue);\n        }\n");
@@ -182,14 +192,17 @@ fn dispatch_file() -> String {
         );
         for (i, c) in TILES.iter().enumerate() {
             let _ = writeln!(s, "    case {i}:\n        switch (p->{field}) {{");
+            let cols = if stage == "gate_up" { "p->dim" } else { "p->ffn" };
             for f in FORMATS {
                 let (a, b) = (tile_suffix(c.single), tile_suffix(c.batch));
                 let n = f.name;
                 let _ = writeln!(
                     s,
-                    "        case {}: return grouped ? rotary_moe_{stage}_{n}_{b}(p, true, s) \
+                    "        case {}:\n            if ({cols} % {}) return static_cast<int>(cudaErrorInvalidValue);\n            \
+                     return grouped ? rotary_moe_{stage}_{n}_{b}(p, true, s) \
                      : rotary_moe_{stage}_{n}_{a}(p, false, s);",
-                    f.abi_enum
+                    f.abi_enum,
+                    f.row_multiple()
                 );
             }
             s.push_str("        default: return static_cast<int>(cudaErrorInvalidValue);\n        }\n");
@@ -204,7 +217,14 @@ fn dispatch_file() -> String {
          if (p->n_tokens <= 0) return 0;\n    switch (p->quant) {\n",
     );
     for f in FORMATS {
-        let _ = writeln!(s, "    case {}: return rotary_embed_{}(p, s);", f.abi_enum, f.name);
+        let _ = writeln!(
+            s,
+            "    case {}:\n        if (p->dim % {}) return static_cast<int>(cudaErrorInvalidValue);\n        \
+             return rotary_embed_{}(p, s);",
+            f.abi_enum,
+            f.row_multiple(),
+            f.name
+        );
     }
     s.push_str("    default: return static_cast<int>(cudaErrorInvalidValue);\n    }\n}\n\n");
     s.push_str("extern \"C\" int rotary_quant_supported(RotaryQuant q) {\n    switch (q) {\n");

@@ -29,7 +29,7 @@ fn version_reports_cuda_status() {
     let out = stdout(&o);
     assert!(out.starts_with("rotary 0."), "{out}");
     if cfg!(has_cuda) {
-        // The compiled SMs and nvcc's version, e.g. "cuda: sm_89 sm_90 + compute_90 PTX (nvcc 13.0.88)".
+        // The compiled SMs and nvcc's version, e.g. "cuda: sm_89 sm_90 + compute_89 PTX (nvcc 13.0.88)".
         assert!(out.contains("cuda: sm_") && out.contains("nvcc"), "{out}");
     } else {
         assert!(out.contains("cuda: not compiled"), "{out}");

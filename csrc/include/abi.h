@@ -4,7 +4,10 @@
  * every variant, and the extern "C" entry points. Every entry point returns a cudaError_t as
  * an int (0 = success) and never exits or prints. Pointers are device pointers unless a
  * field says host; `stream` is a cudaStream_t (NULL = the legacy default stream).
- * Shapes are written [outer, inner], row-major. */
+ * Shapes are written [outer, inner], row-major. Token counts are at most 65535 (grid limits;
+ * the host runs prompts in micro-batches far below that). Weight matrices, and each expert of
+ * the MoE pointer tables, start 16-byte aligned (Q8_0/Q4_0/Q6_K: 2-byte): rows are read with
+ * vector loads. Row lengths are multiples of 32 and of the format's block. */
 #ifndef ROTARY_ABI_H
 #define ROTARY_ABI_H
 
@@ -139,8 +142,9 @@ typedef struct RotaryKvStore {
 
 /* Causal GQA attention over the paged cache: token t (at position pos0 + t) of head h sees
  * positions 0 ..= pos0 + t of kv head h / (n_heads / n_kv_heads); q is rounded to f16 before
- * the dot products, as the f16 cache's values are; o = softmax(q·k * scale) · v. One kernel
- * serves decode (n_tokens = 1) and prefill. */
+ * the dot products, as the f16 cache's values are; o = softmax(q·k * scale) · v with an online
+ * softmax whose weights stay f32 (the CPU engine rounds them to f16: the results agree to
+ * rounding, NMSE ~1e-7). One kernel serves decode (n_tokens = 1) and prefill. */
 typedef struct RotaryAttention {
     RotaryKvCache cache;
     const float *q;   /* [n_tokens, n_heads, head_dim] */

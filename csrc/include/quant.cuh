@@ -195,14 +195,20 @@ struct QuantQ6_K {
         const float d = f16_bits_to_float(b->d);
         const float s0 = d * static_cast<float>(b->scales[8 * h + 2 * k]);
         const float s1 = d * static_cast<float>(b->scales[8 * h + 2 * k + 1]);
-        const uint8_t *ql = b->ql + 64 * h + 32 * (k & 1);
-        const uint8_t *qh = b->qh + 32 * h;
+        // 2-byte loads: the block (210 bytes) and these offsets are even.
+        const uint16_t *ql = reinterpret_cast<const uint16_t *>(b->ql + 64 * h + 32 * (k & 1));
+        const uint16_t *qh = reinterpret_cast<const uint16_t *>(b->qh + 32 * h);
         const int shift = (k >= 2) ? 4 : 0;
 #pragma unroll
-        for (int l = 0; l < 32; l++) {
-            const int low = (ql[l] >> shift) & 0x0f;
-            const int six = low | (((qh[l] >> (2 * k)) & 3) << 4);
-            v[l] = (l < 16 ? s0 : s1) * static_cast<float>(six - 32);
+        for (int i = 0; i < 16; i++) {
+            const uint32_t lo2 = ql[i], hi2 = qh[i];
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const int l = 2 * i + j;
+                const int low = (lo2 >> (8 * j + shift)) & 0x0f;
+                const int six = low | (((hi2 >> (8 * j + 2 * k)) & 3) << 4);
+                v[l] = (l < 16 ? s0 : s1) * static_cast<float>(six - 32);
+            }
         }
     }
 };

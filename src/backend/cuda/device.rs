@@ -143,11 +143,12 @@ impl Device {
     pub fn upload<T: DeviceCopy>(&self, data: &[T], what: &str) -> Result<DevBuf<T>> {
         let mut buf = self.alloc(data.len(), what)?;
         self.write(&mut buf, 0, data)?;
+        self.sync()?;
         Ok(buf)
     }
 
-    /// Copy `data` into `buf` at element `at` (queued on the stream; the host slice is copied
-    /// out before this returns, as for any pageable source).
+    /// Copy `data` into `buf` at element `at`, queued on the stream. From pageable memory the
+    /// runtime has staged the bytes when this returns, so `data` may be reused at once.
     pub fn write<T: DeviceCopy>(&self, buf: &mut DevBuf<T>, at: usize, data: &[T]) -> Result<()> {
         assert!(at + data.len() <= buf.len, "write {}+{} into {}", at, data.len(), buf.len);
         if data.is_empty() {
@@ -164,8 +165,7 @@ impl Device {
                 self.stream,
             )
         };
-        check(code, "cudaMemcpyAsync(H2D)")?;
-        self.sync()
+        check(code, "cudaMemcpyAsync(H2D)")
     }
 
     /// Copy `out.len()` elements of `buf` from element `at` to the host (waits for the stream).

@@ -218,12 +218,12 @@ impl GpuSession {
         unsafe { kernels::rmsnorm(&self.dev, &p) }
     }
 
-    /// One micro-batch of n ≤ UBATCH tokens at positions n_past..; the final hidden state of
-    /// tokens first..n normed and projected into s.logits.
-    fn ubatch(&mut self, tokens: &[u32], first: usize) -> Result<()> {
+    /// One micro-batch of n ≤ UBATCH tokens at positions n_past..; with `first`, the final
+    /// hidden state of tokens first..n normed and projected into s.logits.
+    fn ubatch(&mut self, tokens: &[u32], first: Option<usize>) -> Result<()> {
         let c = &self.cfg;
         let n = tokens.len();
-        assert!(n > 0 && n <= UBATCH && first < n, "ubatch of {n} from {first}");
+        assert!(n > 0 && n <= UBATCH && first.is_none_or(|f| f < n), "ubatch of {n} from {first:?}");
         let (dim, hd) = (c.dim as usize, c.head_dim as usize);
         let (n_heads, n_kv_heads) = (c.n_heads as usize, c.n_kv_heads as usize);
         let (n_experts, k) = (c.n_experts as usize, c.n_experts_used as usize);
@@ -344,13 +344,13 @@ impl GpuSession {
             }
         }
 
+        self.n_past += n;
+        let Some(first) = first else { return Ok(()) };
         // Final norm and output projection for tokens first..n.
         let rows = n - first;
         let x_first = s2.x.ptr_at(first * dim);
         self.rmsnorm(x_first, &self.output_norm, s2.h.mut_ptr(), rows)?;
-        self.gemv(&self.output, s2.h.ptr(), s2.logits.mut_ptr(), rows)?;
-        self.n_past += n;
-        Ok(())
+        self.gemv(&self.output, s2.h.ptr(), s2.logits.mut_ptr(), rows)
     }
 }
 
@@ -371,11 +371,12 @@ impl Engine for GpuSession {
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             let first = match which {
-                Logits::All => 0,
-                Logits::Last => chunk.len() - 1,
+                Logits::All => Some(0),
+                Logits::Last if last => Some(chunk.len() - 1),
+                Logits::Last => None,
             };
             self.ubatch(chunk, first)?;
-            if which == Logits::All || last {
+            if let Some(first) = first {
                 let rows = chunk.len() - first;
                 let at = logits.len();
                 logits.resize(at + rows * n_vocab, 0f32);
