@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod limits;
 pub mod model;
 pub mod quant;
+pub mod rotary;
 pub mod run;
 pub mod sample;
 pub mod selftest;

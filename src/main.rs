@@ -82,12 +82,42 @@ struct ModelArgs {
     /// Threads (default: physical cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// cpu (fast), cpu-ref (scalar reference) or cuda (the whole model in VRAM).
+    /// cpu (fast), cpu-ref (scalar reference), cuda (the GPU) or sim (a simulated GPU).
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// CUDA device ordinal (with --backend cuda).
     #[arg(long, default_value_t = 0)]
     device: usize,
+    #[command(flatten)]
+    rotary: RotaryArgs,
+}
+
+/// The rotary's flags (with --backend cuda or sim).
+#[derive(clap::Args)]
+struct RotaryArgs {
+    /// Device memory this run may use at most, all included (8GiB, 6.3GiB, 512MiB); experts
+    /// that do not fit rotate through a cache. Default: the device's free memory (cuda), no
+    /// limit (sim).
+    #[arg(long)]
+    vram_budget: Option<String>,
+    /// Expert cache eviction: lru, lfru (frequency-aged) or layer (layer-sequential).
+    #[arg(long, default_value = "lru")]
+    cache_policy: String,
+    /// Cache slots shared by all layers (global) or split evenly (layer).
+    #[arg(long, default_value = "global")]
+    cache_alloc: String,
+    /// Do not load the next layer's predicted experts ahead of time.
+    #[arg(long)]
+    no_prefetch: bool,
+    /// Where missed experts run: gpu (load them), cpu (compute on the host) or auto (cost model).
+    #[arg(long, default_value = "auto")]
+    moe_policy: String,
+    /// Host copies of the experts: all pinned, a pinned staging ring, or auto.
+    #[arg(long, default_value = "auto")]
+    pin: String,
+    /// The simulated host link's speed (--backend sim), GB/s.
+    #[arg(long, default_value_t = 12.0)]
+    sim_link_gbps: f64,
 }
 
 #[derive(Subcommand)]
@@ -372,6 +402,24 @@ fn with_session<T>(
     if args.backend == "cuda" && !rotary::backend::cuda::COMPILED {
         return Err(rotary::Error::CudaNotCompiled);
     }
+    let r = &args.rotary;
+    let budget = r.vram_budget.as_deref().map(inspect::parse_size).transpose()?;
+    let opts = rotary::rotary::Options {
+        policy: rotary::rotary::cache::Policy::by_name(&r.cache_policy)?,
+        alloc: rotary::rotary::cache::Allocation::by_name(&r.cache_alloc)?,
+        prefetch: !r.no_prefetch,
+        moe_policy: rotary::rotary::MoePolicy::by_name(&r.moe_policy)?,
+        pin: rotary::rotary::PinMode::by_name(&r.pin)?,
+        link_gbps: r.sim_link_gbps,
+        threads: args.threads,
+    };
+    let device_backend = matches!(args.backend.as_str(), "cuda" | "sim");
+    if budget.is_some() && !device_backend {
+        return Err(rotary::Error::Usage(format!(
+            "--vram-budget needs --backend cuda or sim (not {})",
+            args.backend
+        )));
+    }
     if args.model.is_none() {
         eprintln!("no model given (-m): using the embedded tiny model with random weights");
     }
@@ -379,15 +427,22 @@ fn with_session<T>(
     let weights = Weights::load(&file)?;
     let tok = rotary::run::tokenizer_for(&file)?;
     let n_ctx = args.ctx.unwrap_or(weights.cfg.context_length.min(4096) as usize);
-    if args.backend == "cuda" {
-        let bar = bytes_bar(0, "upload to VRAM");
-        let mut gpu = rotary::backend::cuda::GpuSession::new(&weights, n_ctx, args.device, &mut |done, total| {
+    if device_backend {
+        let dev = rotary::rotary::open_device(&args.backend, args.device, budget, r.sim_link_gbps, args.threads)?;
+        let bar = bytes_bar(0, "place weights");
+        let name: &'static str = if args.backend == "cuda" { "cuda" } else { "sim" };
+        let mut s = rotary::rotary::StreamSession::new(&weights, dev, n_ctx, opts, name, &mut |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         })?;
         bar.finish_and_clear();
-        eprintln!("cuda: {} ({} of device memory)", gpu.device(), inspect::human_bytes(gpu.device_bytes));
-        return f(&mut gpu, &tok);
+        eprintln!("{}: {}", name, s.device());
+        if args.verbose_plan() {
+            eprint!("{}", s.plan);
+        }
+        let out = f(&mut s, &tok)?;
+        eprintln!("{}", s.stats());
+        return Ok(out);
     }
     let backend = rotary::backend::by_name(&args.backend, args.threads)?;
     let mut session = Session::new(&weights, backend.as_ref(), n_ctx)?;
@@ -417,6 +472,13 @@ fn cmd_selftest(backend: &str, device: usize, threads: Option<usize>, json: bool
         return Err(rotary::Error::Usage(format!("selftest: {failed} case(s) failed")));
     }
     Ok(())
+}
+
+impl ModelArgs {
+    /// Print the VRAM plan (always, for now: users of a budget want to see it).
+    fn verbose_plan(&self) -> bool {
+        true
+    }
 }
 
 struct RunOptions {
@@ -528,6 +590,9 @@ fn cmd_logits(args: &ModelArgs, prompt: &str, top: usize, full_last: bool, json:
                 .collect();
             let tokens: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
             print!("{{\"tokens\": [{}], \"positions\": [{}]", tokens.join(", "), positions.join(", "));
+            if let Some(stats) = session.rotary_stats() {
+                print!(", \"stats\": {}", stats.to_json());
+            }
             if full_last {
                 let last: Vec<String> = rows[rows.len() - 1].iter().map(|v| v.to_string()).collect();
                 print!(", \"last_logits\": [{}]", last.join(", "));

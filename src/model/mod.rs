@@ -20,4 +20,8 @@ pub trait Engine {
     fn reset(&mut self);
     fn backend_name(&self) -> &'static str;
     fn threads(&self) -> usize;
+    /// The rotary's measurements (device backends: sim, cuda); None for host backends.
+    fn rotary_stats(&self) -> Option<crate::rotary::Stats> {
+        None
+    }
 }

@@ -5,16 +5,15 @@
 //! - `device`: device, stream, buffers, events; every runtime error becomes `Error::Cuda`.
 //! - `kernels`: one function per kernel entry point.
 //! - `ops`: `rotary selftest --backend cuda`.
-//! - `qwen3moe`: the GPU-resident forward pass (`--backend cuda`).
+//!
+//! The forward pass on the GPU is the rotary's (src/rotary/), through `rotary::cuda`.
 
 pub mod device;
 pub mod ffi;
 pub mod kernels;
 pub mod ops;
-pub mod qwen3moe;
 
 pub use ops::CudaOps;
-pub use qwen3moe::GpuSession;
 
 /// Whether this build has CUDA kernels.
 pub const COMPILED: bool = true;

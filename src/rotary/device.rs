@@ -1,0 +1,181 @@
+//! The small device trait the rotary drives: memory under a budget, copies on their own
+//! streams, events that order them, and the kernels of the forward pass. `SimDevice` (CPU
+//! kernels, threads for the copy engines) and `CudaDevice` (csrc/ through the FFI) implement it,
+//! so everything above it (the streamed forward, the expert cache, prefetch, the CPU fallback)
+//! runs and is tested on machines without a GPU.
+
+use crate::error::Result;
+use crate::quant::GgmlType;
+
+/// A device address: a CUDA device pointer, or for the simulator a host pointer into memory
+/// the simulator owns. Kernels receive addresses, as the CUDA kernels receive pointers.
+pub type Addr = u64;
+
+/// Where work is queued. Work on one stream runs in order; streams are ordered against each
+/// other only by events.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// Kernels, small uploads of tables and activations, downloads.
+    Compute,
+    /// Demand loads of missed experts.
+    Copy,
+    /// Speculative loads; never ahead of the demand loads on the link.
+    Prefetch,
+}
+
+/// An event recorded on a stream: complete when everything queued before it there is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Event(pub u64);
+
+/// The paged f16 KV cache of one layer (RotaryKvCache).
+#[derive(Copy, Clone, Debug)]
+pub struct KvCache {
+    pub k: Addr,          // [n_pages, page_size, kv_width] f16
+    pub v: Addr,          // [n_pages, page_size, kv_width] f16
+    pub page_table: Addr, // [n_pages] i32
+    pub page_size: usize,
+    pub kv_width: usize,
+}
+
+/// The kernels of abi.h, with the same contracts (see csrc/include/abi.h), in Rust terms.
+/// Sizes are element counts; every address is 16-byte aligned.
+#[derive(Clone, Debug)]
+pub enum Kernel {
+    /// y [n, rows] = W [rows, cols] · x [n, cols].
+    Gemv { ty: GgmlType, w: Addr, x: Addr, y: Addr, rows: usize, cols: usize, n: usize },
+    /// logits [n, n_experts] → ids [n, k] i32, weights [n, k].
+    TopkMoe { logits: Addr, ids: Addr, weights: Addr, n: usize, n_experts: usize, k: usize, renorm: bool },
+    /// Routed experts into the residual. A negative id −1−e marks a pair whose `out` row the
+    /// host already wrote (computed on the CPU): the expert stages skip it, the combine adds it.
+    Moe {
+        ty_gate_up: GgmlType,
+        ty_down: GgmlType,
+        gate: Addr,      // [n_experts] u64 addresses of [ffn, dim]
+        up: Addr,        // [n_experts] u64 addresses of [ffn, dim]
+        down: Addr,      // [n_experts] u64 addresses of [dim, ffn]
+        ids: Addr,       // [n, k] i32
+        weights: Addr,   // [n, k] f32
+        x: Addr,         // [n, dim]
+        act: Addr,       // [n * k, ffn]
+        out: Addr,       // [n * k, dim]
+        offsets: Addr,   // [n_experts + 1] i32
+        pairs: Addr,     // [n * k] i32
+        residual: Addr,  // [n, dim]
+        dim: usize,
+        ffn: usize,
+        n: usize,
+        k: usize,
+        n_experts: usize,
+    },
+    RmsNorm { x: Addr, w: Addr, y: Addr, rows: usize, width: usize, eps: f32 },
+    Rope { x: Addr, inv_freq: Addr, n: usize, n_heads: usize, head_dim: usize, rope_dims: usize, pos0: usize },
+    KvStore { cache: KvCache, k: Addr, v: Addr, n: usize, pos0: usize },
+    Attention {
+        cache: KvCache,
+        q: Addr,
+        o: Addr,
+        n: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        scale: f32,
+    },
+    Add { y: Addr, x: Addr, n: usize },
+}
+
+/// Bytes moved over the host link and how long the link was busy moving them.
+#[derive(Copy, Clone, Debug, Default)]
+pub struct LinkStats {
+    pub h2d_bytes: u64,
+    pub busy_seconds: f64,
+}
+
+pub trait Device {
+    /// The device, in words.
+    fn describe(&self) -> String;
+
+    /// `bytes` of device memory (zeroed), 256-byte aligned. Past the budget:
+    /// `Error::DeviceOutOfMemory` naming `what`.
+    fn alloc(&mut self, bytes: u64, what: &str) -> Result<Addr>;
+
+    /// The most device memory in use at once: this process's allocations plus the device's
+    /// own overhead.
+    fn peak_bytes(&self) -> u64;
+
+    /// Device memory in use before any allocation of ours (a CUDA context; 0 simulated).
+    fn overhead_bytes(&self) -> u64 {
+        0
+    }
+
+    /// The cap on `peak_bytes`, if any.
+    fn budget_bytes(&self) -> Option<u64>;
+
+    /// Host memory the copy engines read at full speed (pinned). Lives as long as the device.
+    fn alloc_host(&mut self, bytes: u64, what: &str) -> Result<*mut u8>;
+
+    /// Queue a copy of `bytes` from host `src` to device `dst` on `stream`.
+    ///
+    /// # Safety
+    /// `src..src + bytes` must stay valid and unchanged until the copy completes: for the
+    /// Compute stream until this returns (it copies or stages the bytes), for the copy streams
+    /// until an event recorded after it on that stream completes. `dst` must be an allocation
+    /// of this device with room for `bytes`.
+    unsafe fn h2d(&mut self, stream: Stream, dst: Addr, src: *const u8, bytes: usize) -> Result<()>;
+
+    /// Copy device memory to the host after everything queued on the compute stream.
+    fn d2h(&mut self, src: Addr, dst: &mut [u8]) -> Result<()>;
+
+    fn record(&mut self, stream: Stream) -> Result<Event>;
+
+    /// Later work on `stream` waits for `event`.
+    fn wait(&mut self, stream: Stream, event: Event) -> Result<()>;
+
+    /// Block the host until `event` completes.
+    fn sync_event(&mut self, event: Event) -> Result<()>;
+
+    /// Queue a kernel on the compute stream.
+    fn launch(&mut self, k: &Kernel) -> Result<()>;
+
+    fn link_stats(&self) -> LinkStats;
+
+    /// Seconds the host has waited on the copy streams (compute blocked by loads).
+    fn stall_seconds(&self) -> f64 {
+        0.0
+    }
+}
+
+/// Upload a slice on the compute stream (setup and small per-layer tables).
+pub fn upload<T: Copy>(dev: &mut dyn Device, dst: Addr, data: &[T]) -> Result<()> {
+    let bytes = std::mem::size_of_val(data);
+    // SAFETY: the compute stream consumes the source before h2d returns; dst is the caller's
+    // allocation, sized for data (callers allocate from the same shapes).
+    unsafe { dev.h2d(Stream::Compute, dst, data.as_ptr().cast(), bytes) }
+}
+
+/// Allocate and fill.
+pub fn alloc_upload<T: Copy>(dev: &mut dyn Device, data: &[T], what: &str) -> Result<Addr> {
+    let a = dev.alloc(std::mem::size_of_val(data).max(1) as u64, what)?;
+    upload(dev, a, data)?;
+    Ok(a)
+}
+
+/// Download f32 values.
+pub fn download_f32(dev: &mut dyn Device, src: Addr, out: &mut [f32]) -> Result<()> {
+    let mut bytes = vec![0u8; out.len() * 4];
+    dev.d2h(src, &mut bytes)?;
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    Ok(())
+}
+
+/// Download i32 values.
+pub fn download_i32(dev: &mut dyn Device, src: Addr, out: &mut [i32]) -> Result<()> {
+    let mut bytes = vec![0u8; out.len() * 4];
+    dev.d2h(src, &mut bytes)?;
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+        *o = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    Ok(())
+}

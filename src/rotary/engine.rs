@@ -1,0 +1,1002 @@
+//! The rotary: the Qwen3-MoE forward pass on a `Device` with the dense weights resident and
+//! the routed experts rotating through a VRAM cache. Step for step the same as
+//! src/model/qwen3moe.rs (the specification); what differs is where the experts come from.
+//!
+//! Per layer, after the router's top-k ran on the device, the expert ids come to the host in
+//! one small copy (with the next layer's predicted ids, when prefetching). Each needed expert
+//! is a cache hit, a demand load (copied into a slot on the copy stream; the compute stream
+//! waits on one event per layer), or (CPU fallback) computed on the host from host memory, its
+//! output row uploaded: activations cross the link instead of weights. The MoE kernel then
+//! reads the experts through a per-layer pointer table. When every expert fits (no budget, or
+//! a large one) they are all loaded at start and no id ever comes to the host.
+//!
+//! All device memory is allocated at start from the plan (src/rotary/plan.rs); nothing is
+//! allocated per token.
+
+use std::time::Instant;
+
+use super::cache::{Allocation, ExpertCache, Policy};
+use super::device::{alloc_upload, download_f32, download_i32, upload, Addr, Device, Event, Kernel, KvCache, Stream};
+use super::plan::{align, Plan, LOGITS_ROWS, PAGE_SIZE, UBATCH};
+use super::sim::expert_forward;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, Mat};
+use crate::error::{Error, Result};
+use crate::model::qwen3moe::Logits;
+use crate::model::weights::{Expert, Weights};
+use crate::model::{Engine, ModelConfig};
+use crate::quant::{self, GgmlType};
+
+/// Where missed experts are computed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum MoePolicy {
+    /// Always load them into VRAM.
+    Gpu,
+    /// Always compute them on the CPU (hits still run on the device).
+    Cpu,
+    /// Per layer, whichever the cost model predicts finishes first (both sides work at once).
+    Auto,
+}
+
+impl MoePolicy {
+    pub fn by_name(s: &str) -> Result<MoePolicy> {
+        match s {
+            "gpu" => Ok(MoePolicy::Gpu),
+            "cpu" => Ok(MoePolicy::Cpu),
+            "auto" => Ok(MoePolicy::Auto),
+            _ => Err(Error::Usage(format!("--moe-policy {s}: want gpu, cpu or auto"))),
+        }
+    }
+}
+
+/// Where the copy engine reads experts from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PinMode {
+    /// Every expert copied once into pinned host memory, packed (gate|up|down): one copy each.
+    All,
+    /// A bounded ring of pinned staging buffers filled from the file mapping by loader threads.
+    Ring,
+    /// All when it fits comfortably in available RAM, else Ring.
+    Auto,
+}
+
+impl PinMode {
+    pub fn by_name(s: &str) -> Result<PinMode> {
+        match s {
+            "all" => Ok(PinMode::All),
+            "ring" => Ok(PinMode::Ring),
+            "auto" => Ok(PinMode::Auto),
+            _ => Err(Error::Usage(format!("--pin {s}: want all, ring or auto"))),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub policy: Policy,
+    pub alloc: Allocation,
+    pub prefetch: bool,
+    pub moe_policy: MoePolicy,
+    pub pin: PinMode,
+    /// The host link's speed before any copy was measured (cost model), GB/s.
+    pub link_gbps: f64,
+    pub threads: Option<usize>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            policy: Policy::Lru,
+            alloc: Allocation::Global,
+            prefetch: true,
+            moe_policy: MoePolicy::Gpu,
+            pin: PinMode::Auto,
+            link_gbps: 12.0,
+            threads: None,
+        }
+    }
+}
+
+/// What a run measured (`rotary logits --json` "stats", and the end-of-run line).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub tokens: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub per_layer_hits: Vec<u64>,
+    pub per_layer_misses: Vec<u64>,
+    pub h2d_bytes: u64,
+    pub link_busy_seconds: f64,
+    pub stall_seconds: f64,
+    pub prefetch_predicted: u64,
+    pub prefetch_correct: u64,
+    pub prefetch_loads: u64,
+    pub cpu_experts: u64,
+    pub gpu_experts: u64,
+    pub peak_vram_bytes: u64,
+    pub vram_budget_bytes: Option<u64>,
+    pub n_layers: u64,
+}
+
+impl Stats {
+    pub fn hit_rate(&self) -> f64 {
+        self.hits as f64 / (self.hits + self.misses).max(1) as f64
+    }
+    pub fn misses_per_layer_token(&self) -> f64 {
+        self.misses as f64 / (self.n_layers * self.tokens).max(1) as f64
+    }
+    pub fn h2d_bytes_per_token(&self) -> f64 {
+        self.h2d_bytes as f64 / self.tokens.max(1) as f64
+    }
+    /// Achieved link speed while it was busy.
+    pub fn link_gbps(&self) -> f64 {
+        if self.link_busy_seconds > 0.0 { self.h2d_bytes as f64 / self.link_busy_seconds / 1e9 } else { 0.0 }
+    }
+    pub fn prefetch_recall(&self) -> Option<f64> {
+        (self.prefetch_predicted > 0).then(|| self.prefetch_correct as f64 / self.prefetch_predicted as f64)
+    }
+    pub fn cpu_expert_share(&self) -> f64 {
+        self.cpu_experts as f64 / (self.cpu_experts + self.gpu_experts).max(1) as f64
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "peak_vram_bytes": self.peak_vram_bytes,
+            "vram_budget_bytes": self.vram_budget_bytes,
+            "hit_rate": self.hit_rate(),
+            "hit_rate_per_layer": self.per_layer_hits.iter().zip(&self.per_layer_misses)
+                .map(|(&h, &m)| h as f64 / (h + m).max(1) as f64).collect::<Vec<_>>(),
+            "misses_per_layer_token": self.misses_per_layer_token(),
+            "h2d_bytes_per_token": self.h2d_bytes_per_token(),
+            "link_gbps": self.link_gbps(),
+            "stall_seconds": self.stall_seconds,
+            "prefetch_recall": self.prefetch_recall(),
+            "cpu_expert_share": self.cpu_expert_share(),
+            "tokens": self.tokens,
+        })
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let budget = self.vram_budget_bytes.map_or("none".into(), crate::inspect::human_bytes);
+        write!(
+            f,
+            "experts: hit {:.1}%, {:.2} misses/layer/token, {:.2} MB H2D/token at {:.1} GB/s, \
+             prefetch recall {}, CPU share {:.1}% | peak VRAM {} of budget {budget}",
+            100.0 * self.hit_rate(),
+            self.misses_per_layer_token(),
+            self.h2d_bytes_per_token() / 1e6,
+            self.link_gbps(),
+            self.prefetch_recall().map_or("-".into(), |r| format!("{:.1}%", 100.0 * r)),
+            100.0 * self.cpu_expert_share(),
+            crate::inspect::human_bytes(self.peak_vram_bytes),
+        )
+    }
+}
+
+/// A matrix in device memory.
+#[derive(Copy, Clone)]
+struct DMat {
+    addr: Addr,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+}
+
+struct DLayer {
+    attn_norm: Addr, // [dim]
+    wq: DMat,        // [n_heads * head_dim, dim]
+    wk: DMat,        // [n_kv_heads * head_dim, dim]
+    wv: DMat,        // [n_kv_heads * head_dim, dim]
+    wo: DMat,        // [dim, n_heads * head_dim]
+    q_norm: Addr,    // [head_dim]
+    k_norm: Addr,    // [head_dim]
+    ffn_norm: Addr,  // [dim]
+    router: DMat,    // [n_experts, dim]
+    cache: KvCache,
+    tables: Addr,       // [3, n_experts] u64: gate, up, down addresses
+    ty_gate_up: GgmlType,
+    ty_down: GgmlType,
+    gate_bytes: usize, // one expert's gate (= up) bytes
+    down_bytes: usize,
+}
+
+/// Workspaces of one micro-batch of n ≤ UBATCH tokens (plan::scratch_bytes mirrors this).
+#[derive(Copy, Clone)]
+struct Scratch {
+    x: Addr,       // [UBATCH, dim] the residual stream
+    h: Addr,       // [UBATCH, dim] normed input / projection output
+    q: Addr,       // [UBATCH, n_heads * head_dim]
+    k: Addr,       // [UBATCH, n_kv_heads * head_dim]
+    v: Addr,       // [UBATCH, n_kv_heads * head_dim]
+    o: Addr,       // [UBATCH, n_heads * head_dim]
+    router: Addr,  // [UBATCH, n_experts]
+    weights: Addr, // [2, UBATCH, k]: this layer's, then the next layer's predicted
+    act: Addr,     // [UBATCH * k, ffn]
+    out: Addr,     // [UBATCH * k, dim]
+    logits: Addr,  // [LOGITS_ROWS, n_vocab]
+    ids: Addr,     // [2, UBATCH, k] i32: this layer's, then the next layer's predicted
+    offsets: Addr, // [n_experts + 1] i32
+    pairs: Addr,   // [UBATCH * k] i32
+}
+
+/// Where the copy engine reads experts.
+enum HostExperts {
+    /// Pinned, packed gate|up|down per expert; offsets[l][e].
+    Packed { base: *mut u8, offsets: Vec<Vec<usize>> },
+    /// Pinned staging buffers filled from the mapping; the copy that last read each.
+    Ring { staging: Vec<*mut u8>, last_copy: Vec<Option<Event>>, next: usize },
+    /// Every expert is resident: no host source needed after load.
+    None,
+}
+
+/// Staging buffers of the ring: two layers' worth of misses.
+fn ring_len(k: usize) -> usize {
+    2 * k + 2
+}
+
+pub struct StreamSession<'w> {
+    w: &'w Weights<'w>,
+    dev: Box<dyn Device + 'w>,
+    cfg: ModelConfig,
+    pub plan: Plan,
+    opts: Options,
+    n_past: usize,
+    layers: Vec<DLayer>,
+    output_norm: Addr,
+    output: DMat,
+    inv_freq: Addr,
+    s: Scratch,
+    slots: Addr,
+    cache: ExpertCache,
+    host: HostExperts,
+    /// Host mirror of each layer's pointer table.
+    tables: Vec<Vec<u64>>,
+    resident: bool,
+    /// The previous layer's prediction of each layer's experts, per token.
+    predicted: Vec<Option<Vec<Vec<usize>>>>,
+    cpu: CpuBackend,
+    /// Measured seconds per byte of expert weights computed on the CPU (cost model).
+    cpu_s_per_byte: f64,
+    /// Slots the current layer's experts occupy (protected from eviction while it runs).
+    used_slots: Vec<usize>,
+    stats: Stats,
+    backend_name: &'static str,
+}
+
+/// Bytes of the resident matrices and vectors (each allocation aligned), as allocated below.
+pub fn dense_bytes(w: &Weights) -> u64 {
+    let m = |m: &Mat| align(m.data.len() as u64);
+    let v = |v: &[f32]| align(v.len() as u64 * 4);
+    let mut total = m(&w.output) + v(&w.output_norm);
+    for l in &w.layers {
+        total += m(&l.wq) + m(&l.wk) + m(&l.wv) + m(&l.wo) + m(&l.router);
+        total += v(&l.attn_norm) + v(&l.q_norm) + v(&l.k_norm) + v(&l.ffn_norm);
+    }
+    total
+}
+
+fn expert_bytes(e: &Expert) -> (usize, usize) {
+    assert_eq!(e.gate.data.len(), e.up.data.len(), "gate and up have one shape");
+    (e.gate.data.len(), e.down.data.len())
+}
+
+/// Bytes of one slot: the largest expert of any layer.
+pub fn slot_bytes(w: &Weights) -> u64 {
+    w.layers
+        .iter()
+        .filter_map(|l| l.experts.first())
+        .map(|e| {
+            let (g, d) = expert_bytes(e);
+            (2 * g + d) as u64
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Available RAM (Linux MemAvailable), if known.
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+impl<'w> StreamSession<'w> {
+    /// Plan, allocate and upload. `progress(done, total)` reports bytes of weights placed.
+    pub fn new(
+        w: &'w Weights<'w>,
+        mut dev: Box<dyn Device + 'w>,
+        n_ctx: usize,
+        opts: Options,
+        backend_name: &'static str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<StreamSession<'w>> {
+        let c = w.cfg.clone();
+        check_shapes(&c)?;
+        if n_ctx == 0 || n_ctx as u64 > c.context_length {
+            let max = c.context_length;
+            return Err(Error::Usage(format!("context size {n_ctx} is not in 1..={max}")));
+        }
+        let budget = dev.budget_bytes();
+        let plan = Plan::new(&c, n_ctx, dense_bytes(w), slot_bytes(w), dev.overhead_bytes(), budget)?;
+        let k = c.n_experts_used as usize;
+        let resident = plan.all_resident();
+        let per_layer = match opts.alloc {
+            Allocation::Global => plan.n_slots,
+            Allocation::PerLayer => plan.n_slots / c.n_layers.max(1) as usize,
+        };
+        if !resident && opts.moe_policy != MoePolicy::Cpu && per_layer < k {
+            return Err(Error::Usage(format!(
+                "VRAM budget: {} expert slots fit after the dense part ({per_layer} per layer), a \
+                 layer needs {k} (raise --vram-budget, use --cache-alloc global, or --moe-policy \
+                 cpu to compute missed experts on the CPU)",
+                plan.n_slots
+            )));
+        }
+        let total_bytes = dense_bytes(w) + w.layers.iter().flat_map(|l| &l.experts).map(|e| {
+            let (g, d) = expert_bytes(e);
+            (2 * g + d) as u64
+        }).sum::<u64>();
+        let mut done = 0u64;
+        let d = dev.as_mut();
+        let mut mat = |d: &mut dyn Device, m: &Mat, what: &str, done: &mut u64| -> Result<DMat> {
+            let addr = alloc_upload(d, m.data, what)?;
+            *done += m.data.len() as u64;
+            progress(*done, total_bytes);
+            Ok(DMat { addr, ty: m.ty, rows: m.rows, cols: m.cols })
+        };
+        let output = mat(d, &w.output, "output.weight", &mut done)?;
+        let kv_width = (c.n_kv_heads * c.head_dim) as usize;
+        let n_pages = n_ctx.div_ceil(PAGE_SIZE);
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for (l, layer) in w.layers.iter().enumerate() {
+            let name = |s: &str| format!("blk.{l}.{s}");
+            let first = layer.experts.first().ok_or_else(|| Error::MissingTensor { name: name("ffn_gate_exps.weight") })?;
+            if first.gate.ty != first.up.ty {
+                return Err(Error::UnsupportedType {
+                    name: name("ffn_up_exps.weight"),
+                    ty: format!("{} (gate and up must share a format; gate is {})", first.up.ty, first.gate.ty),
+                });
+            }
+            let (gate_bytes, down_bytes) = expert_bytes(first);
+            let wq = mat(d, &layer.wq, &name("attn_q"), &mut done)?;
+            let wk = mat(d, &layer.wk, &name("attn_k"), &mut done)?;
+            let wv = mat(d, &layer.wv, &name("attn_v"), &mut done)?;
+            let wo = mat(d, &layer.wo, &name("attn_output"), &mut done)?;
+            let router = mat(d, &layer.router, &name("ffn_gate_inp"), &mut done)?;
+            let cache_bytes = (n_pages * PAGE_SIZE * kv_width * 2) as u64;
+            layers.push(DLayer {
+                attn_norm: alloc_upload(d, &layer.attn_norm, &name("attn_norm"))?,
+                wq,
+                wk,
+                wv,
+                wo,
+                q_norm: alloc_upload(d, &layer.q_norm, &name("attn_q_norm"))?,
+                k_norm: alloc_upload(d, &layer.k_norm, &name("attn_k_norm"))?,
+                ffn_norm: alloc_upload(d, &layer.ffn_norm, &name("ffn_norm"))?,
+                router,
+                cache: KvCache {
+                    k: d.alloc(cache_bytes, &name("k cache"))?,
+                    v: d.alloc(cache_bytes, &name("v cache"))?,
+                    page_table: 0,
+                    page_size: PAGE_SIZE,
+                    kv_width,
+                },
+                tables: d.alloc(3 * c.n_experts * 8, &name("expert pointer table"))?,
+                ty_gate_up: first.gate.ty,
+                ty_down: first.down.ty,
+                gate_bytes,
+                down_bytes,
+            });
+        }
+        let d = dev.as_mut();
+        let output_norm = alloc_upload(d, &w.output_norm, "output_norm")?;
+        let page_ids: Vec<i32> = (0..n_pages as i32).collect();
+        let page_table = alloc_upload(d, &page_ids, "KV page table")?;
+        layers.iter_mut().for_each(|l| l.cache.page_table = page_table);
+        let rot = c.rope_dims as usize;
+        let inv_freq: Vec<f32> =
+            (0..rot / 2).map(|i| c.rope_theta.powf(-(2.0 * i as f64) / rot as f64) as f32).collect();
+        let inv_freq = alloc_upload(d, &inv_freq, "rope frequencies")?;
+        let s = Scratch::new(d, &c)?;
+        let slots = d.alloc((plan.n_slots as u64 * plan.slot_bytes).max(1), "expert cache")?;
+        let n_experts = c.n_experts as usize;
+        let cache = ExpertCache::new(plan.n_slots, c.n_layers as usize, opts.policy, opts.alloc);
+        let mut session = StreamSession {
+            w,
+            dev,
+            plan,
+            opts: opts.clone(),
+            n_past: 0,
+            layers,
+            output_norm,
+            output,
+            inv_freq,
+            s,
+            slots,
+            cache,
+            host: HostExperts::None,
+            tables: vec![vec![0u64; 3 * n_experts]; c.n_layers as usize],
+            resident,
+            predicted: vec![None; c.n_layers as usize],
+            cpu: CpuBackend::new(opts.threads)?,
+            cpu_s_per_byte: 0.0,
+            used_slots: Vec::new(),
+            stats: Stats { n_layers: c.n_layers, vram_budget_bytes: budget, ..Stats::default() },
+            backend_name,
+            cfg: c,
+        };
+        session.stats.per_layer_hits = vec![0; session.layers.len()];
+        session.stats.per_layer_misses = vec![0; session.layers.len()];
+        session.place_experts(&mut done, total_bytes, progress)?;
+        session.calibrate_cpu()?;
+        Ok(session)
+    }
+
+    /// Resident: every expert into its slot now. Streaming: the host source of the copies.
+    fn place_experts(&mut self, done: &mut u64, total: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        let w = self.w;
+        if self.resident {
+            let mut slot = 0;
+            for (l, layer) in w.layers.iter().enumerate() {
+                for (e, x) in layer.experts.iter().enumerate() {
+                    let at = self.slot_addr(slot);
+                    let (g, d) = (self.layers[l].gate_bytes, self.layers[l].down_bytes);
+                    upload(self.dev.as_mut(), at, x.gate.data)?;
+                    upload(self.dev.as_mut(), at + g as u64, x.up.data)?;
+                    upload(self.dev.as_mut(), at + 2 * g as u64, x.down.data)?;
+                    self.cache.insert(slot, l, e);
+                    self.set_table(l, e, slot);
+                    slot += 1;
+                    *done += (2 * g + d) as u64;
+                }
+                progress(*done, total);
+                let t = self.tables[l].clone();
+                upload(self.dev.as_mut(), self.layers[l].tables, &t)?;
+            }
+            return Ok(());
+        }
+        let packed: u64 = self.layers.iter().map(|l| (2 * l.gate_bytes + l.down_bytes) as u64 * self.cfg.n_experts).sum();
+        let pin_all = match self.opts.pin {
+            PinMode::All => true,
+            PinMode::Ring => false,
+            PinMode::Auto => mem_available().is_some_and(|m| packed < m / 2),
+        };
+        if pin_all {
+            let base = self.dev.alloc_host(packed, "pinned experts")?;
+            let mut offsets = Vec::with_capacity(self.layers.len());
+            let mut at = 0usize;
+            for (l, layer) in w.layers.iter().enumerate() {
+                let mut offs = Vec::with_capacity(layer.experts.len());
+                for x in &layer.experts {
+                    offs.push(at);
+                    for part in [x.gate.data, x.up.data, x.down.data] {
+                        // SAFETY: base holds `packed` bytes; the parts of all experts sum to it.
+                        unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), base.add(at), part.len()) };
+                        at += part.len();
+                    }
+                    let dl = &self.layers[l];
+                    *done += (2 * dl.gate_bytes + dl.down_bytes) as u64;
+                }
+                progress(*done, total);
+                offsets.push(offs);
+            }
+            self.host = HostExperts::Packed { base, offsets };
+        } else {
+            let n = ring_len(self.cfg.n_experts_used as usize);
+            let staging = (0..n).map(|_| self.dev.alloc_host(self.plan.slot_bytes, "pinned staging")).collect::<Result<Vec<_>>>()?;
+            self.host = HostExperts::Ring { staging, last_copy: vec![None; n], next: 0 };
+            progress(total, total);
+        }
+        Ok(())
+    }
+
+    /// Time one expert on the CPU: the cost model's CPU speed.
+    fn calibrate_cpu(&mut self) -> Result<()> {
+        let x = &self.w.layers[0].experts[0];
+        let input = vec![0.5f32; self.cfg.dim as usize];
+        let mm = |m: &Mat, v: &[f32]| -> Result<Vec<f32>> {
+            let mut y = vec![0f32; m.rows];
+            self.cpu.matmul(m, v, 1, &mut y)?;
+            Ok(y)
+        };
+        expert_forward(&mm, &x.gate, &x.up, &x.down, &input)?; // warm
+        let start = Instant::now();
+        expert_forward(&mm, &x.gate, &x.up, &x.down, &input)?;
+        let (g, d) = expert_bytes(x);
+        self.cpu_s_per_byte = start.elapsed().as_secs_f64() / (2 * g + d) as f64;
+        Ok(())
+    }
+
+    fn slot_addr(&self, slot: usize) -> Addr {
+        assert!(slot < self.cache.len(), "slot {slot} of {}", self.cache.len());
+        self.slots + slot as u64 * self.plan.slot_bytes
+    }
+
+    fn set_table(&mut self, l: usize, e: usize, slot: usize) {
+        let n = self.cfg.n_experts as usize;
+        let at = self.slot_addr(slot);
+        let g = self.layers[l].gate_bytes as u64;
+        self.tables[l][e] = at;
+        self.tables[l][n + e] = at + g;
+        self.tables[l][2 * n + e] = at + 2 * g;
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        let link = self.dev.link_stats();
+        s.h2d_bytes = link.h2d_bytes;
+        s.link_busy_seconds = link.busy_seconds;
+        s.stall_seconds = self.dev.stall_seconds();
+        s.peak_vram_bytes = self.dev.peak_bytes();
+        for (l, c) in self.cache.per_layer.iter().enumerate() {
+            s.per_layer_hits[l] = c.hits;
+            s.per_layer_misses[l] = c.misses;
+        }
+        let t = self.cache.totals();
+        (s.hits, s.misses) = (t.hits, t.misses);
+        s
+    }
+
+    pub fn device(&self) -> String {
+        self.dev.describe()
+    }
+
+    fn launch(&mut self, k: Kernel) -> Result<()> {
+        self.dev.launch(&k)
+    }
+
+    fn gemv(&mut self, m: DMat, x: Addr, y: Addr, n: usize) -> Result<()> {
+        self.launch(Kernel::Gemv { ty: m.ty, w: m.addr, x, y, rows: m.rows, cols: m.cols, n })
+    }
+
+    fn rmsnorm(&mut self, x: Addr, w: Addr, y: Addr, rows: usize, width: usize) -> Result<()> {
+        self.launch(Kernel::RmsNorm { x, w, y, rows, width, eps: self.cfg.rms_eps as f32 })
+    }
+
+    /// One micro-batch of n ≤ UBATCH tokens at positions n_past.. through every layer.
+    fn ubatch(&mut self, tokens: &[u32]) -> Result<()> {
+        let c = self.cfg.clone();
+        let n = tokens.len();
+        assert!(n > 0 && n <= UBATCH, "ubatch of {n}");
+        let (dim, hd) = (c.dim as usize, c.head_dim as usize);
+        let (n_heads, n_kv_heads) = (c.n_heads as usize, c.n_kv_heads as usize);
+        let s = self.s;
+
+        // Embedding: gathered on the host (the table stays in host memory), then uploaded.
+        let mut x = vec![0f32; n * dim]; // [n, dim]
+        for (t, &tok) in tokens.iter().enumerate() {
+            let row = self.w.token_embd.row(tok as usize);
+            quant::dequantize(self.w.token_embd.ty, row, &mut x[t * dim..(t + 1) * dim])?;
+        }
+        upload(self.dev.as_mut(), s.x, &x)?;
+
+        for l in 0..self.layers.len() {
+            let ly = &self.layers[l];
+            let (attn_norm, wq, wk, wv, wo, q_norm, k_norm, cache) =
+                (ly.attn_norm, ly.wq, ly.wk, ly.wv, ly.wo, ly.q_norm, ly.k_norm, ly.cache);
+            // Attention: h = rmsnorm(x); q, k, v; per-head norm; RoPE; cache; attend; x += Wo o.
+            self.rmsnorm(s.x, attn_norm, s.h, n, dim)?;
+            self.gemv(wq, s.h, s.q, n)?;
+            self.gemv(wk, s.h, s.k, n)?;
+            self.gemv(wv, s.h, s.v, n)?;
+            self.rmsnorm(s.q, q_norm, s.q, n * n_heads, hd)?;
+            self.rmsnorm(s.k, k_norm, s.k, n * n_kv_heads, hd)?;
+            for (buf, heads) in [(s.q, n_heads), (s.k, n_kv_heads)] {
+                let rope = Kernel::Rope {
+                    x: buf,
+                    inv_freq: self.inv_freq,
+                    n,
+                    n_heads: heads,
+                    head_dim: hd,
+                    rope_dims: c.rope_dims as usize,
+                    pos0: self.n_past,
+                };
+                self.launch(rope)?;
+            }
+            self.launch(Kernel::KvStore { cache, k: s.k, v: s.v, n, pos0: self.n_past })?;
+            let scale = 1.0 / (hd as f32).sqrt();
+            let (pos0, o) = (self.n_past, s.o);
+            self.launch(Kernel::Attention { cache, q: s.q, o, n, n_heads, n_kv_heads, head_dim: hd, pos0, scale })?;
+            self.gemv(wo, s.o, s.h, n)?;
+            self.launch(Kernel::Add { y: s.x, x: s.h, n: n * dim })?;
+            self.moe(l, n, &s)?;
+        }
+        self.n_past += n;
+        self.stats.tokens += n as u64;
+        Ok(())
+    }
+
+    /// Final norm and output projection of tokens first..n of the last micro-batch, appended
+    /// to `logits` LOGITS_ROWS rows at a time.
+    fn project(&mut self, n: usize, first: usize, logits: &mut Vec<f32>) -> Result<()> {
+        let (dim, n_vocab) = (self.cfg.dim as usize, self.cfg.n_vocab as usize);
+        let s = self.s;
+        let mut t = first;
+        while t < n {
+            let rows = LOGITS_ROWS.min(n - t);
+            self.rmsnorm(s.x + (t * dim * 4) as u64, self.output_norm, s.h, rows, dim)?;
+            self.gemv(self.output, s.h, s.logits, rows)?;
+            let at = logits.len();
+            logits.resize(at + rows * n_vocab, 0f32);
+            download_f32(self.dev.as_mut(), s.logits, &mut logits[at..])?;
+            t += rows;
+        }
+        Ok(())
+    }
+
+    /// x += Σ_j w_j · expert_j(h), h = rmsnorm(x): router and top-k on the device, experts
+    /// from the cache, loaded, or computed on the CPU.
+    fn moe(&mut self, l: usize, n: usize, s: &Scratch) -> Result<()> {
+        let c = self.cfg.clone();
+        let (dim, k, n_experts) = (c.dim as usize, c.n_experts_used as usize, c.n_experts as usize);
+        let renorm = c.norm_topk_prob;
+        let (ffn_norm, router) = (self.layers[l].ffn_norm, self.layers[l].router);
+        self.rmsnorm(s.x, ffn_norm, s.h, n, dim)?;
+        self.gemv(router, s.h, s.router, n)?;
+        self.launch(Kernel::TopkMoe { logits: s.router, ids: s.ids, weights: s.weights, n, n_experts, k, renorm })?;
+        let predict = !self.resident && self.opts.prefetch && l + 1 < self.layers.len();
+        if predict {
+            // The next layer's router on this layer's state: its likely experts, early.
+            let next = &self.layers[l + 1];
+            let (ffn_norm1, router1) = (next.ffn_norm, next.router);
+            self.rmsnorm(s.x, ffn_norm1, s.act, n, dim)?;
+            self.gemv(router1, s.act, s.router, n)?;
+            let (ids, weights) = (s.ids + (UBATCH * k * 4) as u64, s.weights + (UBATCH * k * 4) as u64);
+            self.launch(Kernel::TopkMoe { logits: s.router, ids, weights, n, n_experts, k, renorm })?;
+        }
+        let mut ids = vec![0i32; n * k];
+        let mut pred = Vec::new();
+        if !self.resident {
+            // The one device-to-host copy of the layer: this layer's ids (and the prediction).
+            if predict {
+                let mut both = vec![0i32; UBATCH * k + n * k];
+                download_i32(self.dev.as_mut(), s.ids, &mut both)?;
+                ids.copy_from_slice(&both[..n * k]);
+                pred = both[UBATCH * k..].to_vec();
+            } else {
+                download_i32(self.dev.as_mut(), s.ids, &mut ids)?;
+            }
+            self.resolve(l, n, &ids, s)?;
+        } else {
+            // Resident: every lookup hits (counted per token and expert, no ids on the host).
+            self.cache.per_layer[l].hits += (n * k) as u64;
+            self.stats.gpu_experts += (n * k) as u64;
+        }
+        let ly = &self.layers[l];
+        let moe = Kernel::Moe {
+            ty_gate_up: ly.ty_gate_up,
+            ty_down: ly.ty_down,
+            gate: ly.tables,
+            up: ly.tables + (n_experts * 8) as u64,
+            down: ly.tables + (2 * n_experts * 8) as u64,
+            ids: s.ids,
+            weights: s.weights,
+            x: s.h,
+            act: s.act,
+            out: s.out,
+            offsets: s.offsets,
+            pairs: s.pairs,
+            residual: s.x,
+            dim,
+            ffn: c.expert_ffn_dim as usize,
+            n,
+            k,
+            n_experts,
+        };
+        self.launch(moe)?;
+        if !self.resident {
+            let ev = self.dev.record(Stream::Compute)?;
+            for &slot in &self.used_slots {
+                self.cache.slots[slot].last_read = Some(ev);
+            }
+        }
+        if predict {
+            self.prefetch(l + 1, n, &pred)?;
+        }
+        Ok(())
+    }
+}
+
+/// The shapes the kernels accept, checked once against the model.
+fn check_shapes(c: &ModelConfig) -> Result<()> {
+    let bad = |what: String| Err(Error::Usage(format!("the device engine cannot run this model: {what}")));
+    if c.head_dim % 32 != 0 || c.head_dim > 256 {
+        return bad(format!("head_dim {} is not a multiple of 32 up to 256", c.head_dim));
+    }
+    if c.n_experts > 512 || c.n_experts_used > 16 {
+        return bad(format!("{} experts, {} used (at most 512 and 16)", c.n_experts, c.n_experts_used));
+    }
+    if c.dim % 32 != 0 || c.expert_ffn_dim % 32 != 0 {
+        return bad(format!("dim {} and ffn {} must be multiples of 32", c.dim, c.expert_ffn_dim));
+    }
+    Ok(())
+}
+
+impl Scratch {
+    fn new(d: &mut dyn Device, c: &ModelConfig) -> Result<Scratch> {
+        let (dim, q_width) = (c.dim as usize, (c.n_heads * c.head_dim) as usize);
+        let kv_width = (c.n_kv_heads * c.head_dim) as usize;
+        let (e, k, ffn) = (c.n_experts as usize, c.n_experts_used as usize, c.expert_ffn_dim as usize);
+        let u = UBATCH;
+        let mut f = |n: usize, what: &str| d.alloc((n * 4) as u64, what);
+        Ok(Scratch {
+            x: f(u * dim, "scratch x")?,
+            h: f(u * dim, "scratch h")?,
+            q: f(u * q_width, "scratch q")?,
+            k: f(u * kv_width, "scratch k")?,
+            v: f(u * kv_width, "scratch v")?,
+            o: f(u * q_width, "scratch o")?,
+            router: f(u * e, "scratch router")?,
+            weights: f(2 * u * k, "scratch expert weights")?,
+            act: f(u * k * ffn, "scratch expert activations")?,
+            out: f(u * k * dim, "scratch expert outputs")?,
+            logits: f(LOGITS_ROWS * c.n_vocab as usize, "scratch logits")?,
+            ids: f(2 * u * k, "scratch expert ids")?,
+            offsets: f(e + 1, "scratch expert offsets")?,
+            pairs: f(u * k, "scratch expert pairs")?,
+        })
+    }
+
+}
+
+impl Engine for StreamSession<'_> {
+    fn forward(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        let n_vocab = self.cfg.n_vocab as usize;
+        if tokens.is_empty() {
+            return Err(Error::Usage("no tokens to evaluate".into()));
+        }
+        if self.n_past + tokens.len() > self.plan.n_ctx {
+            return Err(Error::ContextOverflow { n_tokens: self.n_past + tokens.len(), n_ctx: self.plan.n_ctx });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(Error::Usage(format!("token id {bad} is not below n_vocab {n_vocab}")));
+        }
+        let mut logits = Vec::new();
+        let chunks: Vec<&[u32]> = tokens.chunks(UBATCH).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let first = match which {
+                Logits::All => Some(0),
+                Logits::Last if i + 1 == chunks.len() => Some(chunk.len() - 1),
+                Logits::Last => None,
+            };
+            self.ubatch(chunk)?;
+            if let Some(first) = first {
+                self.project(chunk.len(), first, &mut logits)?;
+            }
+        }
+        Ok(logits)
+    }
+
+    fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.plan.n_ctx
+    }
+
+    fn reset(&mut self) {
+        self.n_past = 0;
+    }
+
+    fn backend_name(&self) -> &'static str {
+        self.backend_name
+    }
+
+    fn threads(&self) -> usize {
+        self.cpu.threads()
+    }
+
+    fn rotary_stats(&self) -> Option<Stats> {
+        Some(self.stats())
+    }
+}
+
+
+impl StreamSession<'_> {
+    /// Make layer `l`'s experts for these ids available: hits, demand loads into slots, CPU
+    /// fallback (output rows uploaded, ids marked). Updates the layer's pointer table.
+    fn resolve(&mut self, l: usize, n: usize, ids: &[i32], s: &Scratch) -> Result<()> {
+        let (dim, k) = (self.cfg.dim as usize, self.cfg.n_experts_used as usize);
+        if let Some(pred) = self.predicted[l].take() {
+            for (t, p) in pred.iter().enumerate().take(n) {
+                let truth = &ids[t * k..(t + 1) * k];
+                self.stats.prefetch_correct += p.iter().filter(|&&e| truth.contains(&(e as i32))).count() as u64;
+                self.stats.prefetch_predicted += k as u64;
+            }
+        }
+        let mut needed: Vec<usize> = Vec::with_capacity(n * k);
+        for &e in ids {
+            assert!(e >= 0 && (e as u64) < self.cfg.n_experts, "router id {e}");
+            if !needed.contains(&(e as usize)) {
+                needed.push(e as usize);
+            }
+        }
+        self.used_slots.clear();
+        let mut misses = Vec::new();
+        for &e in &needed {
+            match self.cache.lookup(l, e) {
+                Some(slot) => {
+                    if let Some(ev) = self.cache.slots[slot].ready.take() {
+                        self.dev.wait(Stream::Compute, ev)?; // a prefetch still in flight
+                    }
+                    self.used_slots.push(slot);
+                    self.set_table(l, e, slot);
+                }
+                None => misses.push(e),
+            }
+        }
+        let (gpu, cpu) = self.split(l, &misses);
+        for &e in &gpu {
+            let slot = self.cache.victim(l, &self.used_slots).expect("split() keeps loads within capacity");
+            if let Some(ev) = self.cache.slots[slot].last_read {
+                self.dev.wait(Stream::Copy, ev)?; // the slot's last reader is done
+            }
+            self.copy_expert(Stream::Copy, l, e, slot)?;
+            self.cache.insert(slot, l, e);
+            self.used_slots.push(slot);
+            self.set_table(l, e, slot);
+        }
+        if !gpu.is_empty() {
+            let ev = self.dev.record(Stream::Copy)?;
+            self.ring_copied(ev);
+            self.dev.wait(Stream::Compute, ev)?;
+        }
+        let table = std::mem::take(&mut self.tables[l]);
+        upload(self.dev.as_mut(), self.layers[l].tables, &table)?;
+        self.tables[l] = table;
+        if !cpu.is_empty() {
+            // Activations cross the link instead of weights: h down, output rows up.
+            let mut h = vec![0f32; n * dim]; // [n, dim]
+            download_f32(self.dev.as_mut(), s.h, &mut h)?;
+            let mut marked = ids.to_vec();
+            for (pair, id) in marked.iter_mut().enumerate() {
+                let e = *id as usize;
+                if !cpu.contains(&e) {
+                    continue;
+                }
+                let x = &self.w.layers[l].experts[e];
+                let cpu = &self.cpu;
+                let mm = |m: &Mat, v: &[f32]| -> Result<Vec<f32>> {
+                    let mut y = vec![0f32; m.rows];
+                    cpu.matmul(m, v, 1, &mut y)?;
+                    Ok(y)
+                };
+                let t = pair / k;
+                let y = expert_forward(&mm, &x.gate, &x.up, &x.down, &h[t * dim..(t + 1) * dim])?;
+                upload(self.dev.as_mut(), s.out + (pair * dim * 4) as u64, &y)?;
+                *id = -1 - e as i32;
+            }
+            upload(self.dev.as_mut(), s.ids, &marked)?;
+        }
+        self.stats.cpu_experts += cpu.len() as u64;
+        self.stats.gpu_experts += (needed.len() - cpu.len()) as u64;
+        Ok(())
+    }
+
+    /// Which misses load into VRAM and which run on the CPU. Loads never exceed the slots the
+    /// layer may use beside its hits; what does not fit runs on the CPU whatever the policy.
+    fn split(&self, l: usize, misses: &[usize]) -> (Vec<usize>, Vec<usize>) {
+        let room = self.cache.capacity(l).saturating_sub(self.used_slots.len());
+        let (mut gpu, mut cpu) = (Vec::new(), Vec::new());
+        let bytes = (2 * self.layers[l].gate_bytes + self.layers[l].down_bytes) as f64;
+        let link = self.stats_link_bytes_per_s();
+        let (mut t_link, mut t_cpu) = (0.0f64, 0.0f64);
+        for &e in misses {
+            let to_gpu = gpu.len() < room
+                && match self.opts.moe_policy {
+                    MoePolicy::Gpu => true,
+                    MoePolicy::Cpu => false,
+                    // Both sides work at once: give each miss to the side that finishes first.
+                    MoePolicy::Auto => t_link + bytes / link <= t_cpu + bytes * self.cpu_s_per_byte,
+                };
+            if to_gpu {
+                t_link += bytes / link;
+                gpu.push(e);
+            } else {
+                t_cpu += bytes * self.cpu_s_per_byte;
+                cpu.push(e);
+            }
+        }
+        (gpu, cpu)
+    }
+
+    /// The link's measured speed (bytes/s), or the configured estimate before any copy.
+    fn stats_link_bytes_per_s(&self) -> f64 {
+        let s = self.dev.link_stats();
+        if s.busy_seconds > 0.01 {
+            s.h2d_bytes as f64 / s.busy_seconds
+        } else {
+            self.opts.link_gbps * 1e9
+        }
+    }
+
+    /// Queue the copy of expert (l, e) into `slot` on `stream` (packed: one copy; ring: the
+    /// loader fills a staging buffer from the mapping first).
+    fn copy_expert(&mut self, stream: Stream, l: usize, e: usize, slot: usize) -> Result<()> {
+        let dst = self.slot_addr(slot);
+        let dl = &self.layers[l];
+        let bytes = 2 * dl.gate_bytes + dl.down_bytes;
+        let x = &self.w.layers[l].experts[e];
+        match &mut self.host {
+            HostExperts::Packed { base, offsets } => {
+                // SAFETY: the packed buffer lives as long as the device and is never written
+                // after load; offsets[l][e] + bytes lies inside it.
+                let src = unsafe { base.add(offsets[l][e]) };
+                // SAFETY: dst is a slot of slot_bytes >= bytes; src stays valid (above).
+                unsafe { self.dev.h2d(stream, dst, src, bytes) }
+            }
+            HostExperts::Ring { staging, last_copy, next } => {
+                let i = *next;
+                *next = (i + 1) % staging.len();
+                if let Some(ev) = last_copy[i].take() {
+                    self.dev.sync_event(ev)?; // the copy that last read this buffer is done
+                }
+                // The loader: page faults on the mapping happen here, on the host, while the
+                // device works through what is already queued.
+                let buf = staging[i];
+                let mut at = 0;
+                for part in [x.gate.data, x.up.data, x.down.data] {
+                    // SAFETY: the staging buffer holds slot_bytes >= bytes; no copy reads it
+                    // (its last copy completed above).
+                    unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), buf.add(at), part.len()) };
+                    at += part.len();
+                }
+                last_copy[i] = None;
+                // SAFETY: buf stays unchanged until the event recorded after this copy
+                // completes (ring_copied stores it; reuse waits for it).
+                unsafe { self.dev.h2d(stream, dst, buf, bytes) }
+            }
+            HostExperts::None => unreachable!("resident sessions never load experts"),
+        }
+    }
+
+    /// Staging buffers filled since the last event are free once `ev` completes.
+    fn ring_copied(&mut self, ev: Event) {
+        if let HostExperts::Ring { last_copy, .. } = &mut self.host {
+            last_copy.iter_mut().filter(|c| c.is_none()).for_each(|c| *c = Some(ev));
+        }
+    }
+
+    /// Speculatively load layer `l`'s predicted experts on the prefetch stream, behind every
+    /// demand load; remember the prediction to measure its recall.
+    fn prefetch(&mut self, l: usize, n: usize, pred: &[i32]) -> Result<()> {
+        let k = self.cfg.n_experts_used as usize;
+        let per_token: Vec<Vec<usize>> = (0..n).map(|t| pred[t * k..(t + 1) * k].iter().map(|&e| e as usize).collect()).collect();
+        let mut want: Vec<usize> = Vec::new();
+        for e in per_token.iter().flatten() {
+            if !want.contains(e) {
+                want.push(*e);
+            }
+        }
+        self.predicted[l] = Some(per_token);
+        // Only as many as the layer can hold without evicting its own predicted experts.
+        let mut protected: Vec<usize> = want.iter().filter_map(|&e| self.cache.peek(l, e)).collect();
+        let mut loaded = Vec::new();
+        for &e in &want {
+            if self.cache.peek(l, e).is_some() || protected.len() >= self.cache.capacity(l) {
+                continue;
+            }
+            let Some(slot) = self.cache.victim(l, &protected) else { break };
+            if let Some(ev) = self.cache.slots[slot].last_read {
+                self.dev.wait(Stream::Prefetch, ev)?;
+            }
+            self.copy_expert(Stream::Prefetch, l, e, slot)?;
+            self.cache.insert(slot, l, e);
+            self.set_table(l, e, slot);
+            protected.push(slot);
+            loaded.push(slot);
+        }
+        if !loaded.is_empty() {
+            let ev = self.dev.record(Stream::Prefetch)?;
+            self.ring_copied(ev);
+            for slot in loaded {
+                self.cache.slots[slot].ready = Some(ev);
+                self.stats.prefetch_loads += 1;
+            }
+        }
+        Ok(())
+    }
+}
