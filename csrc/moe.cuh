@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(WARPS *ROTARY_WARP) moe_pair_kernel(RotaryMoe 
     if (row >= rows) return;
     const int pair = blockIdx.y;
     const int e = p.ids[pair];
-    if (e < 0 || e >= p.n_experts) return;  // the router never writes one; be safe anyway
+    if (e < 0 || e >= p.n_experts) return;  // -1-e: computed on the host (abi.h)
     moe_rows<Q, S, 1>(p, e, row, &pair, 1);
 }
 

@@ -45,20 +45,12 @@ pub struct Report {
     pub expert_bytes_per_token: u64,
     /// Bytes of one expert (gate + up + down), averaged over layers.
     pub expert_bytes_avg: u64,
-    pub plan: Option<BudgetPlan>,
-}
-
-/// A first VRAM plan: dense weights (without token_embd, which stays in host memory: one row
-/// is gathered per token), KV cache at PLAN_CONTEXT, the CUDA context; the rest caches experts.
-#[derive(Clone, Debug)]
-pub struct BudgetPlan {
-    pub budget_bytes: u64,
-    pub dense_bytes: u64,
-    pub kv_bytes: u64,
-    pub context_bytes: u64,
-    pub expert_cache_bytes: u64,
-    pub expert_slots: u64,
-    pub n_experts_total: u64,
+    /// With --vram-budget: the rotary's plan (the same numbers the engine allocates).
+    pub plan: Option<crate::rotary::plan::Plan>,
+    /// Resident tensors' bytes, each rounded to the device allocation granularity.
+    pub dense_aligned_bytes: u64,
+    /// The largest expert (gate + up + down) of any layer: one cache slot.
+    pub expert_slot_bytes: u64,
 }
 
 /// One tensor as the report sees it: name, type name, bytes.
@@ -135,6 +127,8 @@ impl Report {
             expert_bytes_per_token: 0,
             expert_bytes_avg: 0,
             plan: None,
+            dense_aligned_bytes: 0,
+            expert_slot_bytes: 0,
         };
         match checked {
             Ok((table, cfg)) => {
@@ -160,15 +154,24 @@ impl Report {
 
     fn account_roles(&mut self, tensors: &[TensorEntry], table: &[TensorDesc], cfg: &ModelConfig) {
         let bytes: HashMap<&str, u64> = tensors.iter().map(|t| (t.name.as_str(), t.n_bytes)).collect();
+        let mut per_layer_experts: HashMap<u64, u64> = HashMap::new();
         for want in table {
             let Some(&n_bytes) = bytes.get(want.name.as_str()) else { continue };
             match want.role {
-                TensorRole::Expert => self.expert_bytes += n_bytes,
+                TensorRole::Expert => {
+                    self.expert_bytes += n_bytes;
+                    *per_layer_experts.entry(want.layer.unwrap_or(0)).or_default() += n_bytes;
+                }
                 TensorRole::Embedding => self.embedding_bytes += n_bytes,
-                TensorRole::Output => self.output_bytes += n_bytes,
-                _ => {}
+                role => {
+                    if role == TensorRole::Output {
+                        self.output_bytes += n_bytes;
+                    }
+                    self.dense_aligned_bytes += crate::rotary::plan::align(n_bytes);
+                }
             }
         }
+        self.expert_slot_bytes = per_layer_experts.values().max().copied().unwrap_or(0) / cfg.n_experts.max(1);
         // Every layer reads n_experts_used experts; expert e of a layer is 1/n_experts of it.
         let per_layer_all = self.expert_bytes / cfg.n_layers;
         self.expert_bytes_avg = per_layer_all / cfg.n_experts;
@@ -180,34 +183,16 @@ impl Report {
         self.tensor_bytes - self.expert_bytes - self.embedding_bytes
     }
 
-    fn budget_plan(&self, cfg: &ModelConfig, budget_bytes: u64) -> Result<BudgetPlan> {
-        let n_attn_layers = (0..cfg.n_layers).filter(|&l| cfg.is_full_attention(l)).count() as u64;
-        // K and V in f16 for every full-attention layer.
-        let kv_bytes = n_attn_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2 * PLAN_CONTEXT;
-        let dense_bytes = self.dense_resident_bytes();
-        let fixed = dense_bytes + kv_bytes + CUDA_CONTEXT_BYTES_ESTIMATE;
-        if fixed > budget_bytes {
-            return Err(Error::Usage(format!(
-                "VRAM budget {} is too small: dense weights {} + KV cache {} + CUDA context {} \
-                 need {} before any expert is cached",
-                human_bytes(budget_bytes),
-                human_bytes(dense_bytes),
-                human_bytes(kv_bytes),
-                human_bytes(CUDA_CONTEXT_BYTES_ESTIMATE),
-                human_bytes(fixed)
-            )));
-        }
-        let expert_cache_bytes = budget_bytes - fixed;
-        let expert_slots = expert_cache_bytes / self.expert_bytes_avg.max(1);
-        Ok(BudgetPlan {
-            budget_bytes,
-            dense_bytes,
-            kv_bytes,
-            context_bytes: CUDA_CONTEXT_BYTES_ESTIMATE,
-            expert_cache_bytes,
-            expert_slots: expert_slots.min(cfg.n_layers * cfg.n_experts),
-            n_experts_total: cfg.n_layers * cfg.n_experts,
-        })
+    fn budget_plan(&self, cfg: &ModelConfig, budget_bytes: u64) -> Result<crate::rotary::plan::Plan> {
+        let n_ctx = PLAN_CONTEXT.min(cfg.context_length) as usize;
+        crate::rotary::plan::Plan::new(
+            cfg,
+            n_ctx,
+            self.dense_aligned_bytes,
+            self.expert_slot_bytes,
+            CUDA_CONTEXT_BYTES_ESTIMATE,
+            Some(budget_bytes),
+        )
     }
 }
 
@@ -329,13 +314,8 @@ impl Report {
         writeln!(f, "  expert bytes / token  {:>12}  ({} bytes, no cache hits)",
             hb(self.expert_bytes_per_token), self.expert_bytes_per_token)?;
         if let Some(p) = &self.plan {
-            writeln!(f, "VRAM budget {} (plan estimate; context {} tokens):", hb(p.budget_bytes), PLAN_CONTEXT)?;
-            writeln!(f, "  dense weights         {:>12}", hb(p.dense_bytes))?;
-            writeln!(f, "  KV cache (f16)        {:>12}", hb(p.kv_bytes))?;
-            writeln!(f, "  CUDA context (est.)   {:>12}", hb(p.context_bytes))?;
-            let pct = 100.0 * p.expert_slots as f64 / p.n_experts_total.max(1) as f64;
-            writeln!(f, "  expert cache          {:>12}  = {} of {} experts ({pct:.1}%)",
-                hb(p.expert_cache_bytes), p.expert_slots, p.n_experts_total)?;
+            write!(f, "{p}")?;
+            writeln!(f, "  (device overhead: a CUDA context estimate; --backend cuda measures it)")?;
         }
         Ok(())
     }

@@ -239,3 +239,41 @@ fn cuda_without_a_device_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--backend tpu"), "{}", stderr(&o));
 }
+
+#[test]
+fn sim_backend_streams_under_a_budget_with_identical_logits() {
+    // The command: tiny q8_0 (the embedded default) under 64MiB vs no budget; and a
+    // budget small enough that experts really rotate (-c 256, 47MiB: 5 slots for 32 experts).
+    let prompt = "Once upon a time there was a little girl";
+    let run = |extra: &[&str]| {
+        let mut args = vec!["logits", "--backend", "sim", "-p", prompt, "--json"];
+        args.extend_from_slice(extra);
+        let o = rotary(&args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json")
+    };
+    let resident = run(&[]);
+    let budget64 = run(&["--vram-budget", "64MiB"]);
+    let streamed = run(&["-c", "256", "--vram-budget", "47MiB"]);
+    let small_ctx = run(&["-c", "256"]);
+    assert_eq!(resident["positions"], budget64["positions"]);
+    assert_eq!(small_ctx["positions"], streamed["positions"]);
+    assert_eq!(resident["positions"], streamed["positions"]);
+    let stats = &streamed["stats"];
+    for key in ["peak_vram_bytes", "vram_budget_bytes", "hit_rate", "misses_per_layer_token",
+        "h2d_bytes_per_token", "link_gbps", "prefetch_recall", "cpu_expert_share"] {
+        assert!(stats.get(key).is_some(), "stats lack {key}: {stats}");
+    }
+    assert!(stats["misses_per_layer_token"].as_f64().unwrap() > 0.0, "{stats}");
+    assert!(stats["peak_vram_bytes"].as_u64().unwrap() <= 47 << 20, "{stats}");
+    assert!(stats["vram_budget_bytes"].as_u64() == Some(47 << 20));
+    // A budget below the dense part, and a budget without a device backend: clear errors.
+    let o = rotary(&["logits", "--backend", "sim", "-p", "hi", "--vram-budget", "16MiB"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("too small"), "{}", stderr(&o));
+    let o = rotary(&["run", "--vram-budget", "1GiB", "-n", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--backend cuda or sim"), "{}", stderr(&o));
+    let o = rotary(&["run", "--backend", "sim", "--cache-policy", "fifo", "-n", "1"]);
+    assert!(stderr(&o).contains("--cache-policy fifo"), "{}", stderr(&o));
+}

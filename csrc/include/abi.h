@@ -74,7 +74,9 @@ typedef struct RotaryTopkMoe {
  *   out[p] = down[e] · act[p]
  *   residual[t] += Σ_j weights[t * k + j] · out[t * k + j]   (j in order: deterministic)
  * The experts' matrices are reached through per-expert pointer tables, so an expert can live
- * anywhere in VRAM (a resident tensor or a cache slot). Few tokens (decode) run one block row
+ * anywhere in VRAM (a resident tensor or a cache slot). A negative id -1-e marks a pair the
+ * host computed itself (the rotary's CPU fallback): its `out` row is already written, the
+ * expert stages skip it and the combine adds it. Few tokens (decode) run one block row
  * per pair; many tokens (prefill) are first grouped by expert (`group_offsets`, `group_pairs`)
  * and each expert's weights are read once per tile of tokens (a batched expert GEMM). */
 typedef struct RotaryMoe {

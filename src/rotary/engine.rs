@@ -831,9 +831,7 @@ impl StreamSession<'_> {
         let (gpu, cpu) = self.split(l, &misses);
         for &e in &gpu {
             let slot = self.cache.victim(l, &self.used_slots).expect("split() keeps loads within capacity");
-            if let Some(ev) = self.cache.slots[slot].last_read {
-                self.dev.wait(Stream::Copy, ev)?; // the slot's last reader is done
-            }
+            self.before_refill(Stream::Copy, slot)?;
             self.copy_expert(Stream::Copy, l, e, slot)?;
             self.cache.insert(slot, l, e);
             self.used_slots.push(slot);
@@ -841,7 +839,6 @@ impl StreamSession<'_> {
         }
         if !gpu.is_empty() {
             let ev = self.dev.record(Stream::Copy)?;
-            self.ring_copied(ev);
             self.dev.wait(Stream::Compute, ev)?;
         }
         let table = std::mem::take(&mut self.tables[l]);
@@ -944,20 +941,27 @@ impl StreamSession<'_> {
                     unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), buf.add(at), part.len()) };
                     at += part.len();
                 }
-                last_copy[i] = None;
-                // SAFETY: buf stays unchanged until the event recorded after this copy
-                // completes (ring_copied stores it; reuse waits for it).
-                unsafe { self.dev.h2d(stream, dst, buf, bytes) }
+                // SAFETY: buf stays unchanged until the event recorded right after this copy
+                // completes (the buffer's next use waits for it).
+                unsafe { self.dev.h2d(stream, dst, buf, bytes)? };
+                last_copy[i] = Some(self.dev.record(stream)?);
+                Ok(())
             }
             HostExperts::None => unreachable!("resident sessions never load experts"),
         }
     }
 
-    /// Staging buffers filled since the last event are free once `ev` completes.
-    fn ring_copied(&mut self, ev: Event) {
-        if let HostExperts::Ring { last_copy, .. } = &mut self.host {
-            last_copy.iter_mut().filter(|c| c.is_none()).for_each(|c| *c = Some(ev));
+    /// Order a refill of `slot` on `stream` after everything that touches the slot: the
+    /// compute that last read it, and a prefetch still filling it (two copies into one slot on
+    /// two streams would land in either order).
+    fn before_refill(&mut self, stream: Stream, slot: usize) -> Result<()> {
+        if let Some(ev) = self.cache.slots[slot].last_read {
+            self.dev.wait(stream, ev)?;
         }
+        if let Some(ev) = self.cache.slots[slot].ready.take() {
+            self.dev.wait(stream, ev)?;
+        }
+        Ok(())
     }
 
     /// Speculatively load layer `l`'s predicted experts on the prefetch stream, behind every
@@ -980,9 +984,7 @@ impl StreamSession<'_> {
                 continue;
             }
             let Some(slot) = self.cache.victim(l, &protected) else { break };
-            if let Some(ev) = self.cache.slots[slot].last_read {
-                self.dev.wait(Stream::Prefetch, ev)?;
-            }
+            self.before_refill(Stream::Prefetch, slot)?;
             self.copy_expert(Stream::Prefetch, l, e, slot)?;
             self.cache.insert(slot, l, e);
             self.set_table(l, e, slot);
@@ -991,7 +993,6 @@ impl StreamSession<'_> {
         }
         if !loaded.is_empty() {
             let ev = self.dev.record(Stream::Prefetch)?;
-            self.ring_copied(ev);
             for slot in loaded {
                 self.cache.slots[slot].ready = Some(ev);
                 self.stats.prefetch_loads += 1;

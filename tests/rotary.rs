@@ -1,0 +1,224 @@
+//! The rotary on the simulated GPU: the central invariant (streamed execution gives logits
+//! bit-identical to fully resident execution, whatever the cache policy, allocation, host
+//! mode, prefetch or CPU fallback), the VRAM budget as a promise, the cache policies, and the
+//! simulator's own rules (bounds-checked memory, ordered copies).
+
+use rotary::model::qwen3moe::Logits;
+use rotary::model::weights::{ModelFile, Weights};
+use rotary::model::Engine;
+use rotary::rotary::cache::{Allocation, ExpertCache, Policy};
+use rotary::rotary::device::{upload, Device, Stream};
+use rotary::rotary::sim::SimDevice;
+use rotary::rotary::{MoePolicy, Options, PinMode, StreamSession};
+use rotary::Error;
+
+const N_CTX: usize = 256;
+
+fn tiny() -> ModelFile {
+    ModelFile::Gguf(rotary::run::embedded_default().expect("tiny"))
+}
+
+fn session<'w>(w: &'w Weights<'w>, budget: Option<u64>, opts: Options) -> rotary::Result<StreamSession<'w>> {
+    let dev = SimDevice::new(budget, 50.0, Some(2))?;
+    StreamSession::new(w, Box::new(dev), N_CTX, opts, "sim", &mut |_, _| {})
+}
+
+/// Prompt logits (all positions) then 12 greedy decode steps' logits.
+fn trace(s: &mut dyn Engine, prompt: &[u32]) -> Vec<Vec<f32>> {
+    let mut out = vec![s.forward(prompt, Logits::All).expect("prefill")];
+    for _ in 0..12 {
+        let last = &out.last().expect("logits")[..];
+        let n_vocab = 151_936;
+        let row = &last[last.len() - n_vocab..];
+        let next = rotary::run::argmax(row);
+        out.push(s.forward(&[next], Logits::Last).expect("decode"));
+    }
+    out
+}
+
+fn prompt() -> Vec<u32> {
+    (0..37).map(|i| (i * 7919 + 13) % 151_000).collect()
+}
+
+#[test]
+fn streamed_logits_are_bit_identical_to_resident() {
+    let file = tiny();
+    let w = Weights::load(&file).expect("weights");
+    let mut resident = session(&w, None, Options::default()).expect("resident");
+    assert!(resident.plan.all_resident());
+    let want = trace(&mut resident, &prompt());
+    let fixed = resident.plan.fixed_bytes();
+    let slot = resident.plan.slot_bytes;
+    let k = w.cfg.n_experts_used;
+    let configs: Vec<(&str, u64, Options)> = vec![
+        ("lru global auto pinned", 5, Options { pin: PinMode::All, moe_policy: MoePolicy::Auto, ..Options::default() }),
+        ("lru gpu-only", 3, Options { moe_policy: MoePolicy::Gpu, ..Options::default() }),
+        ("cpu for every miss", 3, Options { moe_policy: MoePolicy::Cpu, ..Options::default() }),
+        ("lfru ring", 6, Options { policy: Policy::Lfru, pin: PinMode::Ring, moe_policy: MoePolicy::Gpu, ..Options::default() }),
+        (
+            "layer-aware per-layer no prefetch",
+            4 * k,
+            Options { policy: Policy::LayerAware, alloc: Allocation::PerLayer, prefetch: false, moe_policy: MoePolicy::Gpu, ..Options::default() },
+        ),
+        ("no CPU, roomy", 20, Options { moe_policy: MoePolicy::Gpu, ..Options::default() }),
+    ];
+    for (name, slots, opts) in configs {
+        let budget = fixed + slots * slot;
+        let mut s = session(&w, Some(budget), opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(s.plan.n_slots as u64, slots, "{name}");
+        let got = trace(&mut s, &prompt());
+        for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g.len() == w.len() && g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: step {step} differs");
+        }
+        let st = s.stats();
+        assert!(st.misses > 0, "{name}: nothing streamed");
+        assert!(st.peak_vram_bytes <= budget, "{name}: peak {} over budget {budget}", st.peak_vram_bytes);
+        if name.starts_with("cpu") {
+            // Misses run on the host; only prefetches cross the link.
+            assert!(st.cpu_expert_share() > 0.0);
+        } else if opts_gpu_only(name) {
+            assert!(st.h2d_bytes > 0, "{name}: no expert crossed the link");
+        }
+        println!("{name}: {st}");
+    }
+}
+
+fn opts_gpu_only(name: &str) -> bool {
+    !name.contains("auto")
+}
+
+#[test]
+fn prefetch_recall_and_stats_are_reported() {
+    let file = tiny();
+    let w = Weights::load(&file).expect("weights");
+    let resident = session(&w, None, Options::default()).expect("resident");
+    let budget = resident.plan.fixed_bytes() + 6 * resident.plan.slot_bytes;
+    drop(resident);
+    let mut s = session(&w, Some(budget), Options { moe_policy: MoePolicy::Gpu, ..Options::default() }).expect("streamed");
+    trace(&mut s, &prompt());
+    let st = s.stats();
+    let recall = st.prefetch_recall().expect("recall measured");
+    assert!((0.0..=1.0).contains(&recall));
+    assert!(st.prefetch_loads > 0);
+    assert!(st.hits + st.misses > 0 && st.tokens == 37 + 12);
+    let j = st.to_json();
+    for key in ["peak_vram_bytes", "vram_budget_bytes", "hit_rate", "misses_per_layer_token", "h2d_bytes_per_token", "link_gbps", "prefetch_recall", "cpu_expert_share"] {
+        assert!(j.get(key).is_some(), "stats lack {key}");
+    }
+}
+
+#[test]
+fn budgets_too_small_are_refused_clearly() {
+    let file = tiny();
+    let w = Weights::load(&file).expect("weights");
+    let resident = session(&w, None, Options::default()).expect("resident");
+    let (fixed, slot) = (resident.plan.fixed_bytes(), resident.plan.slot_bytes);
+    drop(resident);
+    let e = session(&w, Some(fixed / 2), Options::default()).err().expect("refused");
+    let msg = e.to_string();
+    assert!(msg.contains("too small") && msg.contains("dense weights"), "{msg}");
+    // One slot: a layer needs k = 2 on the device.
+    let gpu = Options { moe_policy: MoePolicy::Gpu, ..Options::default() };
+    let e = session(&w, Some(fixed + slot), gpu).err().expect("refused");
+    assert!(e.to_string().contains("a layer needs 2"), "{e}");
+    // ... unless every miss runs on the CPU.
+    let cpu = Options { moe_policy: MoePolicy::Cpu, ..Options::default() };
+    assert!(session(&w, Some(fixed + slot), cpu).is_ok());
+}
+
+#[test]
+fn lru_evicts_the_least_recently_used() {
+    let mut c = ExpertCache::new(2, 4, Policy::Lru, Allocation::Global);
+    c.insert(0, 0, 1);
+    c.insert(1, 0, 2);
+    assert_eq!(c.lookup(0, 1), Some(0)); // 1 is now newer than 2
+    assert_eq!(c.victim(0, &[]), Some(1));
+    assert_eq!(c.victim(0, &[1]), Some(0), "protected slots are never victims");
+    assert_eq!(c.victim(0, &[0, 1]), None);
+    assert_eq!(c.lookup(0, 3), None);
+    let t = c.totals();
+    assert_eq!((t.hits, t.misses), (1, 1));
+}
+
+#[test]
+fn lfru_keeps_the_frequent_expert() {
+    let mut c = ExpertCache::new(2, 4, Policy::Lfru, Allocation::Global);
+    c.insert(0, 0, 1);
+    for _ in 0..5 {
+        c.lookup(0, 1);
+    }
+    c.insert(1, 0, 2); // newer, but used once
+    assert_eq!(c.victim(0, &[]), Some(1), "LFRU evicts the rarely used one");
+    let mut lru = ExpertCache::new(2, 4, Policy::Lru, Allocation::Global);
+    lru.insert(0, 0, 1);
+    for _ in 0..5 {
+        lru.lookup(0, 1);
+    }
+    lru.insert(1, 0, 2);
+    assert_eq!(lru.victim(0, &[]), Some(0), "LRU evicts the older one");
+}
+
+#[test]
+fn layer_aware_evicts_the_layer_that_returns_last() {
+    let mut c = ExpertCache::new(3, 4, Policy::LayerAware, Allocation::Global);
+    c.insert(0, 1, 0); // layer 1: the next layer when running layer 0... 
+    c.insert(1, 3, 0);
+    c.insert(2, 0, 0); // layer 0: just ran, comes back last
+    assert_eq!(c.victim(0, &[]), Some(2));
+    // Running layer 2: layer 3 comes next, then 0, then 1, then 2.
+    assert_eq!(c.victim(2, &[]), Some(0), "layer 1 returns last after layer 2");
+}
+
+#[test]
+fn per_layer_allocation_partitions_slots() {
+    let c = ExpertCache::new(8, 4, Policy::Lru, Allocation::PerLayer);
+    assert_eq!(c.capacity(0), 2);
+    assert_eq!(c.victim(3, &[]), Some(6));
+}
+
+#[test]
+fn sim_memory_is_capped_and_checked() {
+    let mut d = SimDevice::new(Some(4096), 10.0, Some(1)).expect("sim");
+    let a = d.alloc(1000, "a").expect("fits");
+    match d.alloc(4000, "b") {
+        Err(Error::DeviceOutOfMemory { what, .. }) => assert_eq!(what, "b"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // A kernel reading past an allocation is an error naming it, never a silent read.
+    let k = rotary::rotary::device::Kernel::Add { y: a, x: a, n: 1000 };
+    let e = d.launch(&k).expect_err("out of bounds");
+    assert!(e.to_string().contains("overrun"), "{e}");
+    assert!(d.peak_bytes() <= 4096);
+}
+
+#[test]
+fn sim_copies_are_ordered_by_events() {
+    let mut d = SimDevice::new(None, 2.0, Some(1)).expect("sim");
+    let n = 1 << 20;
+    let dst = d.alloc(n as u64 * 2, "dst").expect("alloc");
+    let a: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    let b: Vec<u8> = (0..n).map(|i| (i % 241) as u8).collect();
+    // A prefetch and a demand copy in flight at once, on different streams.
+    // SAFETY: a and b outlive the event waits below.
+    unsafe {
+        d.h2d(Stream::Prefetch, dst + n as u64, b.as_ptr(), n).expect("prefetch");
+        d.h2d(Stream::Copy, dst, a.as_ptr(), n).expect("copy");
+    }
+    let demand = d.record(Stream::Copy).expect("event");
+    let pre = d.record(Stream::Prefetch).expect("event");
+    d.wait(Stream::Compute, demand).expect("wait");
+    let mut got = vec![0u8; n];
+    d.d2h(dst, &mut got).expect("d2h");
+    assert!(got == a, "the demand copy is complete after its event");
+    d.sync_event(pre).expect("sync");
+    d.d2h(dst + n as u64, &mut got).expect("d2h");
+    assert!(got == b);
+    let link = d.link_stats();
+    assert_eq!(link.h2d_bytes, 2 * n as u64);
+    // 2 MiB at 2 GB/s takes about a millisecond of link time.
+    assert!(link.busy_seconds >= 0.0009, "{}", link.busy_seconds);
+    // Compute-stream uploads are immediate.
+    upload(&mut d, dst, &[7u8; 16]).expect("upload");
+    d.d2h(dst, &mut got[..16]).expect("d2h");
+    assert_eq!(&got[..16], &[7u8; 16]);
+}
