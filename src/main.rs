@@ -622,11 +622,12 @@ fn cmd_bench(args: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json:
         let threads = session.threads();
         let r = rotary::run::bench(session, tok.n_vocab(), n_prompt, n_gen, reps)?;
         if json {
+            let stats = session.rotary_stats().map_or(String::new(), |s| format!(", \"stats\": {}", s.to_json()));
             println!(
                 "{{\"model\": {model:?}, \"backend\": {:?}, \"threads\": {threads}, \
                  \"n_prompt\": {n_prompt}, \"n_gen\": {n_gen}, \"repetitions\": {reps}, \
                  \"pp_tok_s\": {:.3}, \"pp_tok_s_sd\": {:.3}, \"tg_tok_s\": {:.3}, \
-                 \"tg_tok_s_sd\": {:.3}}}",
+                 \"tg_tok_s_sd\": {:.3}{stats}}}",
                 args.backend, r.pp_tok_s, r.pp_tok_s_sd, r.tg_tok_s, r.tg_tok_s_sd
             );
         } else {

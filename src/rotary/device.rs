@@ -139,6 +139,11 @@ pub trait Device {
 
     fn link_stats(&self) -> LinkStats;
 
+    /// The host link's peak for pinned copies (measured at start on a GPU), GB/s.
+    fn link_peak_gbps(&self) -> Option<f64> {
+        None
+    }
+
     /// Seconds the host has waited on the copy streams (compute blocked by loads).
     fn stall_seconds(&self) -> f64 {
         0.0

@@ -115,6 +115,7 @@ pub struct Stats {
     pub gpu_experts: u64,
     pub peak_vram_bytes: u64,
     pub vram_budget_bytes: Option<u64>,
+    pub link_peak_gbps: Option<f64>,
     pub n_layers: u64,
 }
 
@@ -149,6 +150,7 @@ impl Stats {
             "misses_per_layer_token": self.misses_per_layer_token(),
             "h2d_bytes_per_token": self.h2d_bytes_per_token(),
             "link_gbps": self.link_gbps(),
+            "link_peak_gbps": self.link_peak_gbps,
             "stall_seconds": self.stall_seconds,
             "prefetch_recall": self.prefetch_recall(),
             "cpu_expert_share": self.cpu_expert_share(),
@@ -162,12 +164,13 @@ impl std::fmt::Display for Stats {
         let budget = self.vram_budget_bytes.map_or("none".into(), crate::inspect::human_bytes);
         write!(
             f,
-            "experts: hit {:.1}%, {:.2} misses/layer/token, {:.2} MB H2D/token at {:.1} GB/s, \
-             prefetch recall {}, CPU share {:.1}% | peak VRAM {} of budget {budget}",
+            "experts: hit {:.1}%, {:.2} misses/layer/token, {:.2} MB H2D/token at {:.1} GB/s \
+             (peak {}), prefetch recall {}, CPU share {:.1}% | peak VRAM {} of budget {budget}",
             100.0 * self.hit_rate(),
             self.misses_per_layer_token(),
             self.h2d_bytes_per_token() / 1e6,
             self.link_gbps(),
+            self.link_peak_gbps.map_or("?".into(), |g| format!("{g:.1}")),
             self.prefetch_recall().map_or("-".into(), |r| format!("{:.1}%", 100.0 * r)),
             100.0 * self.cpu_expert_share(),
             crate::inspect::human_bytes(self.peak_vram_bytes),
@@ -529,6 +532,7 @@ impl<'w> StreamSession<'w> {
         s.h2d_bytes = link.h2d_bytes;
         s.link_busy_seconds = link.busy_seconds;
         s.stall_seconds = self.dev.stall_seconds();
+        s.link_peak_gbps = self.dev.link_peak_gbps();
         s.peak_vram_bytes = self.dev.peak_bytes();
         for (l, c) in self.cache.per_layer.iter().enumerate() {
             s.per_layer_hits[l] = c.hits;
@@ -906,7 +910,7 @@ impl StreamSession<'_> {
         if s.busy_seconds > 0.01 {
             s.h2d_bytes as f64 / s.busy_seconds
         } else {
-            self.opts.link_gbps * 1e9
+            self.dev.link_peak_gbps().unwrap_or(self.opts.link_gbps) * 1e9
         }
     }
 

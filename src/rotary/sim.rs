@@ -500,6 +500,10 @@ impl Device for SimDevice {
         self.link.state.lock().expect("link lock").stats
     }
 
+    fn link_peak_gbps(&self) -> Option<f64> {
+        Some(self.link.gbps)
+    }
+
     fn stall_seconds(&self) -> f64 {
         self.stall.as_secs_f64()
     }
