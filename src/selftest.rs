@@ -13,7 +13,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu_ref::CpuRef;
 use crate::backend::{Backend, Mat};
 use crate::error::Result;
-use crate::model::qwen3moe::{rmsnorm_rows, rope, silu, softmax, top_k};
+use crate::model::qwen3moe::{rmsnorm_rows, rope_tokens, silu, softmax, top_k};
 use crate::quant::{self, GgmlType};
 use crate::synth::{random_f32, random_ints, random_matrix};
 
@@ -312,18 +312,7 @@ pub fn reference(op: &Op, i: &Inputs) -> Result<Output> {
         }
         Op::Rope { n, n_heads, head_dim, pos0, .. } => {
             let mut x = i.f[0].clone();
-            for t in 0..n {
-                let cs: Vec<(f32, f32)> = i.f[1]
-                    .iter()
-                    .map(|&f| {
-                        let (s, c) = ((pos0 + t) as f32 * f).sin_cos();
-                        (c, s)
-                    })
-                    .collect();
-                x[t * n_heads * head_dim..(t + 1) * n_heads * head_dim]
-                    .chunks_exact_mut(head_dim)
-                    .for_each(|h| rope(h, &cs));
-            }
+            rope_tokens(&mut x, &i.f[1], n, n_heads, head_dim, pos0);
             x
         }
         Op::Attention { n, n_heads, n_kv_heads, head_dim, pos0, .. } => {

@@ -16,17 +16,8 @@ use rotary::backend::{Backend, Mat};
 use rotary::quant::{self, BlockQ8K, BlockQ8_0, GgmlType, QuantBlock};
 use rotary::Error;
 
-/// The types the engine computes with.
-const TYPES: [GgmlType; 8] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
+/// The types the engine computes with (the selftest's list).
+const TYPES: &[GgmlType] = rotary::selftest::FORMATS;
 
 /// (rows, cols): square and expert-like shapes, plus a row count that leaves a partial task.
 const SHAPES: [(usize, usize); 6] =

@@ -36,6 +36,19 @@ __device__ __forceinline__ void scale_min_k4(int j, const uint8_t *q, float &sc,
     }
 }
 
+// Group g of a Q4_K/Q5_K block: x = d1*q - mm1 for its first 32 elements, d2*q - mm2 after.
+__device__ __forceinline__ void group_scales_k4(uint16_t d_bits, uint16_t dmin_bits, const uint8_t *scales,
+                                                int g, float &d1, float &mm1, float &d2, float &mm2) {
+    const float d = f16_bits_to_float(d_bits), dmin = f16_bits_to_float(dmin_bits);
+    float sc1, m1, sc2, m2;
+    scale_min_k4(2 * g, scales, sc1, m1);
+    scale_min_k4(2 * g + 1, scales, sc2, m2);
+    d1 = d * sc1;
+    mm1 = dmin * m1;
+    d2 = d * sc2;
+    mm2 = dmin * m2;
+}
+
 struct QuantF32 {
     static constexpr RotaryQuant ID = ROTARY_QUANT_F32;
     static constexpr int BLOCK_ELEMS = 1, BLOCK_BYTES = 4, CHUNK = 32;
@@ -49,8 +62,17 @@ struct QuantF32 {
     }
 };
 
-struct QuantF16 {
-    static constexpr RotaryQuant ID = ROTARY_QUANT_F16;
+// F16 and BF16: 32 elements (64 bytes, four 16-byte loads) per chunk, widened by CONV.
+struct F16Bits {
+    __device__ static float conv(uint16_t b) { return f16_bits_to_float(b); }
+};
+struct BF16Bits {
+    __device__ static float conv(uint16_t b) { return bf16_bits_to_float(b); }
+};
+
+template <RotaryQuant QID, class CONV>
+struct QuantHalf {
+    static constexpr RotaryQuant ID = QID;
     static constexpr int BLOCK_ELEMS = 1, BLOCK_BYTES = 2, CHUNK = 32;
     __device__ static void dequant(const uint8_t *row, int c, float *v) {
         const uint4 *p = reinterpret_cast<const uint4 *>(row + static_cast<size_t>(c) * 64);
@@ -60,30 +82,15 @@ struct QuantF16 {
             const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                v[8 * i + 2 * j] = f16_bits_to_float(static_cast<uint16_t>(w[j] & 0xffff));
-                v[8 * i + 2 * j + 1] = f16_bits_to_float(static_cast<uint16_t>(w[j] >> 16));
+                v[8 * i + 2 * j] = CONV::conv(static_cast<uint16_t>(w[j] & 0xffff));
+                v[8 * i + 2 * j + 1] = CONV::conv(static_cast<uint16_t>(w[j] >> 16));
             }
         }
     }
 };
 
-struct QuantBF16 {
-    static constexpr RotaryQuant ID = ROTARY_QUANT_BF16;
-    static constexpr int BLOCK_ELEMS = 1, BLOCK_BYTES = 2, CHUNK = 32;
-    __device__ static void dequant(const uint8_t *row, int c, float *v) {
-        const uint4 *p = reinterpret_cast<const uint4 *>(row + static_cast<size_t>(c) * 64);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            uint4 u = p[i];
-            const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                v[8 * i + 2 * j] = bf16_bits_to_float(static_cast<uint16_t>(w[j] & 0xffff));
-                v[8 * i + 2 * j + 1] = bf16_bits_to_float(static_cast<uint16_t>(w[j] >> 16));
-            }
-        }
-    }
-};
+using QuantF16 = QuantHalf<ROTARY_QUANT_F16, F16Bits>;
+using QuantBF16 = QuantHalf<ROTARY_QUANT_BF16, BF16Bits>;
 
 // Q8_0: x = d * q, 32 per block. Blocks are 34 bytes: only 2-byte alignment.
 struct QuantQ8_0 {
@@ -130,11 +137,8 @@ struct QuantQ4_K {
     __device__ static void dequant(const uint8_t *row, int c, float *v) {
         const int g = c & 3;
         const block_q4_K *b = reinterpret_cast<const block_q4_K *>(row) + (c >> 2);
-        const float d = f16_bits_to_float(b->d), dmin = f16_bits_to_float(b->dmin);
-        float sc1, m1, sc2, m2;
-        scale_min_k4(2 * g, b->scales, sc1, m1);
-        scale_min_k4(2 * g + 1, b->scales, sc2, m2);
-        const float d1 = d * sc1, mm1 = dmin * m1, d2 = d * sc2, mm2 = dmin * m2;
+        float d1, mm1, d2, mm2;
+        group_scales_k4(b->d, b->dmin, b->scales, g, d1, mm1, d2, mm2);
         const uint4 *q = reinterpret_cast<const uint4 *>(b->qs + 32 * g);
 #pragma unroll
         for (int i = 0; i < 2; i++) {
@@ -157,11 +161,8 @@ struct QuantQ5_K {
     __device__ static void dequant(const uint8_t *row, int c, float *v) {
         const int g = c & 3;
         const block_q5_K *b = reinterpret_cast<const block_q5_K *>(row) + (c >> 2);
-        const float d = f16_bits_to_float(b->d), dmin = f16_bits_to_float(b->dmin);
-        float sc1, m1, sc2, m2;
-        scale_min_k4(2 * g, b->scales, sc1, m1);
-        scale_min_k4(2 * g + 1, b->scales, sc2, m2);
-        const float d1 = d * sc1, mm1 = dmin * m1, d2 = d * sc2, mm2 = dmin * m2;
+        float d1, mm1, d2, mm2;
+        group_scales_k4(b->d, b->dmin, b->scales, g, d1, mm1, d2, mm2);
         const uint4 *q = reinterpret_cast<const uint4 *>(b->qs + 32 * g);
         const uint4 *h = reinterpret_cast<const uint4 *>(b->qh);
 #pragma unroll

@@ -322,6 +322,21 @@ impl crate::model::Engine for Session<'_> {
     }
 }
 
+/// NeoX RoPE of `n` tokens of `n_heads` heads at positions pos0.., from the inverse
+/// frequencies (the simulator and the selftest reference; the forward pass inlines it).
+pub fn rope_tokens(x: &mut [f32], inv_freq: &[f32], n: usize, n_heads: usize, head_dim: usize, pos0: usize) {
+    for t in 0..n {
+        let cs: Vec<(f32, f32)> = inv_freq
+            .iter()
+            .map(|&f| {
+                let (s, c) = ((pos0 + t) as f32 * f).sin_cos();
+                (c, s)
+            })
+            .collect();
+        x[t * n_heads * head_dim..(t + 1) * n_heads * head_dim].chunks_exact_mut(head_dim).for_each(|h| rope(h, &cs));
+    }
+}
+
 /// Rotate pairs (i, i + rot/2) of one head by the given angles (NeoX / HF rotate_half).
 pub fn rope(head: &mut [f32], cos_sin: &[(f32, f32)]) {
     let half = cos_sin.len();

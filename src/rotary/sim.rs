@@ -18,7 +18,7 @@ use super::device::{Addr, Device, Event, Kernel, KvCache, LinkStats, Stream};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Mat};
 use crate::error::{Error, Result};
-use crate::model::qwen3moe::{rmsnorm_rows, rope, silu, softmax, top_k};
+use crate::model::qwen3moe::{rmsnorm_rows, rope_tokens, silu, softmax, top_k};
 use crate::quant;
 
 /// Prefetch copies move in chunks of this many bytes, so a demand load waits at most one.
@@ -182,18 +182,7 @@ impl SimDevice {
             Kernel::Rope { x, inv_freq, n, n_heads, head_dim, rope_dims, pos0 } => {
                 let mut xs = self.f32s(x, n * n_heads * head_dim, "rope x")?;
                 let f = self.f32s(inv_freq, rope_dims / 2, "rope inv_freq")?;
-                for t in 0..n {
-                    let cs: Vec<(f32, f32)> = f
-                        .iter()
-                        .map(|&f| {
-                            let (s, c) = ((pos0 + t) as f32 * f).sin_cos();
-                            (c, s)
-                        })
-                        .collect();
-                    xs[t * n_heads * head_dim..(t + 1) * n_heads * head_dim]
-                        .chunks_exact_mut(head_dim)
-                        .for_each(|h| rope(h, &cs));
-                }
+                rope_tokens(&mut xs, &f, n, n_heads, head_dim, pos0);
                 self.write(x, &xs, "rope x")
             }
             Kernel::KvStore { cache, k: kk, v, n, pos0 } => {
@@ -243,9 +232,8 @@ impl SimDevice {
         scale: f32,
     ) -> Result<Vec<f32>> {
         let qs = self.f32s(q, n * n_heads * hd, "attention q")?;
-        let r = |x: f32| f16::from_f32(x).to_f32();
         let n_pos = pos0 + n;
-        // Gather the cached rows once: [n_pos, kv_width] each.
+        // Gather the cached rows: [n_pos, kv_width] each, already f16 values.
         let (mut ks, mut vs) = (Vec::with_capacity(n_pos * c.kv_width), Vec::with_capacity(n_pos * c.kv_width));
         for p in 0..n_pos {
             let at = self.kv_row(c, p)? as u64 * 2;
@@ -256,23 +244,8 @@ impl SimDevice {
             ks.extend(load(c.k)?);
             vs.extend(load(c.v)?);
         }
-        let mut o = vec![0f32; n * n_heads * hd];
-        for t in 0..n {
-            for h in 0..n_heads {
-                let kvh = h / (n_heads / n_kv_heads);
-                let qh: Vec<f32> = qs[(t * n_heads + h) * hd..][..hd].iter().map(|&x| r(x)).collect();
-                let mut s: Vec<f32> = (0..pos0 + t + 1)
-                    .map(|p| qh.iter().zip(&ks[p * c.kv_width + kvh * hd..][..hd]).map(|(a, b)| a * b).sum::<f32>() * scale)
-                    .collect();
-                softmax(&mut s);
-                let oh = &mut o[(t * n_heads + h) * hd..][..hd];
-                for (p, &w) in s.iter().enumerate() {
-                    let vp = &vs[p * c.kv_width + kvh * hd..][..hd];
-                    oh.iter_mut().zip(vp).for_each(|(o, &v)| *o += r(w) * v);
-                }
-            }
-        }
-        Ok(o)
+        assert_eq!(scale, 1.0 / (hd as f32).sqrt(), "the engine scales by 1/sqrt(head_dim)");
+        Ok(crate::selftest::attention_reference(&qs, &ks, &vs, n, n_heads, n_kv_heads, hd, pos0))
     }
 
     fn moe(&mut self, k: &Kernel) -> Result<()> {
