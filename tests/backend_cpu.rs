@@ -118,7 +118,7 @@ fn matches_cpu_ref() {
     for simd in Simd::ALL.iter().filter(|s| !names.contains(s)) {
         println!("SKIP {simd:?}: not available on this CPU");
     }
-    for ty in TYPES {
+    for &ty in TYPES {
         let (mut worst_ref, mut worst_exact) = (0f64, 0f64);
         for (s, &(rows, cols)) in SHAPES.iter().enumerate() {
             let data = weights(ty, rows, cols, 1 + s as u64);
@@ -164,7 +164,7 @@ fn scalar_and_simd_kernels_agree() {
     let scalar = backend(1, Simd::Scalar);
     for simd in Simd::available().filter(|s| *s != Simd::Scalar) {
         let fast = backend(1, simd);
-        for ty in TYPES {
+        for &ty in TYPES {
             let (rows, cols) = (64, 2048);
             let data = weights(ty, rows, cols, 7);
             let w = Mat::new(ty, rows, cols, &data, "w").unwrap();
@@ -185,7 +185,7 @@ fn thread_count_does_not_change_bits() {
 
 fn thread_count_does_not_change_bits_for(simd: Simd) {
     let backends: Vec<CpuBackend> = [1, 2, 3].map(|t| backend(t, simd)).into();
-    for ty in TYPES {
+    for &ty in TYPES {
         for (rows, cols) in [(768, 2048), (37, 512)] {
             let data = weights(ty, rows, cols, 11);
             let w = Mat::new(ty, rows, cols, &data, "w").unwrap();
@@ -265,7 +265,7 @@ fn empty_shapes_are_fine() {
     let data = weights(GgmlType::Q8_0, 3, 64, 5);
     let w = Mat::new(GgmlType::Q8_0, 3, 64, &data, "w").unwrap();
     cpu.matmul(&w, &[], 0, &mut []).unwrap();
-    for ty in TYPES {
+    for &ty in TYPES {
         let w = Mat::new(ty, 3, 0, &[], "w").unwrap();
         let mut y = [f32::NAN; 6];
         cpu.matmul(&w, &[], 2, &mut y).unwrap();

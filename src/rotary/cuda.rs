@@ -2,6 +2,7 @@
 //! stream and two copy streams (demand, prefetch), pinned host memory, events, and a hard cap
 //! on the memory this process allocates (the budget minus the context's own overhead).
 
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::ptr;
 
@@ -24,6 +25,12 @@ pub struct CudaDevice {
     events: Vec<*mut c_void>,
     stats: LinkStats,
     link_peak_gbps: Option<f64>,
+    /// Per copy stream (demand, prefetch): the start event and bytes of the copies queued
+    /// since its last recorded event.
+    open_batch: [Option<(*mut c_void, u64)>; 2],
+    /// Batches (start, end, bytes) whose time is not yet known; timed lazily by link_stats.
+    closed: RefCell<Vec<(*mut c_void, *mut c_void, u64)>>,
+    busy_seconds: Cell<f64>,
 }
 
 impl CudaDevice {
@@ -56,6 +63,9 @@ impl CudaDevice {
             events: Vec::new(),
             stats: LinkStats::default(),
             link_peak_gbps: None,
+            open_batch: [None, None],
+            closed: RefCell::new(Vec::new()),
+            busy_seconds: Cell::new(0.0),
         })
         .map(|mut d: CudaDevice| {
             d.link_peak_gbps = d.measure_link().ok();
@@ -163,6 +173,23 @@ impl Device for CudaDevice {
 
     unsafe fn h2d(&mut self, stream: Stream, dst: Addr, src: *const u8, bytes: usize) -> Result<()> {
         let s = self.stream(stream);
+        if stream != Stream::Compute {
+            self.stats.h2d_bytes += bytes as u64;
+            let b = if stream == Stream::Copy { 0 } else { 1 };
+            match &mut self.open_batch[b] {
+                Some((_, n)) => *n += bytes as u64,
+                None => {
+                    // A batch starts: an event before its first copy on the stream.
+                    let mut e = ptr::null_mut();
+                    // SAFETY: valid out-pointer; destroyed in drop (kept in events).
+                    check(unsafe { ffi::rotary_event_create(&mut e) }, "cudaEventCreate")?;
+                    self.events.push(e);
+                    // SAFETY: live event and stream.
+                    check(unsafe { ffi::rotary_event_record(e, s) }, "cudaEventRecord")?;
+                    self.open_batch[b] = Some((e, bytes as u64));
+                }
+            }
+        }
         // SAFETY: the caller's contract (see the trait) keeps src valid until the copy is done.
         let code = unsafe {
             ffi::rotary_memcpy_async(dst as *mut c_void, src.cast(), bytes as u64, ffi::RotaryCopyKind::ROTARY_COPY_H2D, s)
@@ -172,8 +199,6 @@ impl Device for CudaDevice {
             // Pageable sources are staged before the call returns; wait anyway for small
             // uploads so the host may free the slice at once.
             self.gpu.sync()?;
-        } else {
-            self.stats.h2d_bytes += bytes as u64;
         }
         Ok(())
     }
@@ -200,6 +225,14 @@ impl Device for CudaDevice {
         // SAFETY: live event and stream.
         check(unsafe { ffi::rotary_event_record(e, self.stream(stream)) }, "cudaEventRecord")?;
         self.events.push(e);
+        let b = match stream {
+            Stream::Copy => Some(0),
+            Stream::Prefetch => Some(1),
+            Stream::Compute => None,
+        };
+        if let Some((start, bytes)) = b.and_then(|b| self.open_batch[b].take()) {
+            self.closed.borrow_mut().push((start, e, bytes));
+        }
         Ok(Event(self.events.len() as u64 - 1))
     }
 
@@ -217,8 +250,21 @@ impl Device for CudaDevice {
         launch(&self.gpu, k)
     }
 
+    /// Bytes queued on the copy streams, and the time the completed batches took (from the
+    /// event before a batch's first copy to the event after its last; both streams' batches
+    /// are added, so overlapping demand and prefetch batches count twice: an upper bound).
     fn link_stats(&self) -> LinkStats {
-        self.stats
+        let mut closed = self.closed.borrow_mut();
+        closed.retain(|&(start, end, _)| {
+            let mut ms = 0f32;
+            // SAFETY: live events; a batch not finished yet answers cudaErrorNotReady.
+            let code = unsafe { ffi::rotary_event_elapsed_ms(&mut ms, start, end) };
+            if code == 0 {
+                self.busy_seconds.set(self.busy_seconds.get() + ms as f64 / 1e3);
+            }
+            code != 0
+        });
+        LinkStats { h2d_bytes: self.stats.h2d_bytes, busy_seconds: self.busy_seconds.get() }
     }
 
     fn link_peak_gbps(&self) -> Option<f64> {

@@ -234,9 +234,47 @@ enum HostExperts {
     None,
 }
 
-/// Staging buffers of the ring: two layers' worth of misses.
-fn ring_len(k: usize) -> usize {
-    2 * k + 2
+/// Staging buffers of the ring: a full micro-batch's loads for one layer (at most one per
+/// slot a layer may use, at most every expert) and the next layer's prefetches.
+fn ring_len(n_experts: usize) -> usize {
+    2 * n_experts
+}
+
+/// Loader threads per batch of staging fills.
+const LOADERS: usize = 4;
+
+/// One staging fill: the expert's three parts, back to back, into `dst`.
+struct Fill<'a> {
+    dst: *mut u8,
+    parts: [&'a [u8]; 3],
+}
+
+// SAFETY: each Fill writes a distinct staging buffer that no copy reads until it is queued
+// after load_parallel returns; the parts are shared read-only views of the file mapping.
+unsafe impl Send for Fill<'_> {}
+unsafe impl Sync for Fill<'_> {}
+
+/// Fill staging buffers from the mapping, on up to LOADERS threads.
+fn load_parallel(fills: &[Fill]) {
+    let fill = |f: &Fill| {
+        let mut at = 0;
+        for part in f.parts {
+            // SAFETY: dst holds slot_bytes >= the expert's bytes and is not read by any copy
+            // until this returns (see Fill).
+            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), f.dst.add(at), part.len()) };
+            at += part.len();
+        }
+    };
+    if fills.len() <= 1 {
+        fills.iter().for_each(fill);
+        return;
+    }
+    let per = fills.len().div_ceil(LOADERS);
+    std::thread::scope(|s| {
+        for chunk in fills.chunks(per) {
+            s.spawn(move || chunk.iter().for_each(fill));
+        }
+    });
 }
 
 pub struct StreamSession<'w> {
@@ -487,7 +525,7 @@ impl<'w> StreamSession<'w> {
             }
             self.host = HostExperts::Packed { base, offsets };
         } else {
-            let n = ring_len(self.cfg.n_experts_used as usize);
+            let n = ring_len(self.cfg.n_experts as usize).min(2 * self.plan.n_slots.max(1));
             let staging = (0..n).map(|_| self.dev.alloc_host(self.plan.slot_bytes, "pinned staging")).collect::<Result<Vec<_>>>()?;
             self.host = HostExperts::Ring { staging, last_copy: vec![None; n], next: 0 };
             progress(total, total);
@@ -833,15 +871,17 @@ impl StreamSession<'_> {
             }
         }
         let (gpu, cpu) = self.split(l, &misses);
+        let mut jobs = Vec::with_capacity(gpu.len());
         for &e in &gpu {
             let slot = self.cache.victim(l, &self.used_slots).expect("split() keeps loads within capacity");
             self.before_refill(Stream::Copy, slot)?;
-            self.copy_expert(Stream::Copy, l, e, slot)?;
+            jobs.push((l, e, slot));
             self.cache.insert(slot, l, e);
             self.used_slots.push(slot);
             self.set_table(l, e, slot);
         }
         if !gpu.is_empty() {
+            self.copy_experts(Stream::Copy, &jobs)?;
             let ev = self.dev.record(Stream::Copy)?;
             self.dev.wait(Stream::Compute, ev)?;
         }
@@ -914,41 +954,54 @@ impl StreamSession<'_> {
         }
     }
 
-    /// Queue the copy of expert (l, e) into `slot` on `stream` (packed: one copy; ring: the
-    /// loader fills a staging buffer from the mapping first).
-    fn copy_expert(&mut self, stream: Stream, l: usize, e: usize, slot: usize) -> Result<()> {
-        let dst = self.slot_addr(slot);
-        let dl = &self.layers[l];
-        let bytes = 2 * dl.gate_bytes + dl.down_bytes;
-        let x = &self.w.layers[l].experts[e];
+    /// Queue the copies of experts (l, e) into their slots on `stream`: from packed pinned
+    /// memory one copy each; in ring mode loader threads first fill staging buffers from the
+    /// file mapping in parallel (page faults happen there, on the host, while the device works
+    /// through what is already queued).
+    fn copy_experts(&mut self, stream: Stream, jobs: &[(usize, usize, usize)]) -> Result<()> {
+        let w = self.w;
+        let sizes: Vec<(Addr, usize)> = jobs
+            .iter()
+            .map(|&(l, _, slot)| (self.slot_addr(slot), 2 * self.layers[l].gate_bytes + self.layers[l].down_bytes))
+            .collect();
         match &mut self.host {
             HostExperts::Packed { base, offsets } => {
-                // SAFETY: the packed buffer lives as long as the device and is never written
-                // after load; offsets[l][e] + bytes lies inside it.
-                let src = unsafe { base.add(offsets[l][e]) };
-                // SAFETY: dst is a slot of slot_bytes >= bytes; src stays valid (above).
-                unsafe { self.dev.h2d(stream, dst, src, bytes) }
+                for (&(l, e, _), &(dst, bytes)) in jobs.iter().zip(&sizes) {
+                    // SAFETY: the packed buffer lives as long as the device and is never
+                    // written after load; offsets[l][e] + bytes lies inside it.
+                    let src = unsafe { base.add(offsets[l][e]) };
+                    // SAFETY: dst is a slot of slot_bytes >= bytes; src stays valid (above).
+                    unsafe { self.dev.h2d(stream, dst, src, bytes)? };
+                }
+                Ok(())
             }
             HostExperts::Ring { staging, last_copy, next } => {
-                let i = *next;
-                *next = (i + 1) % staging.len();
-                if let Some(ev) = last_copy[i].take() {
-                    self.dev.sync_event(ev)?; // the copy that last read this buffer is done
+                // Take a staging buffer per job (waiting for the copy that last read it).
+                let mut bufs = Vec::with_capacity(jobs.len());
+                for _ in jobs {
+                    let i = *next;
+                    *next = (i + 1) % staging.len();
+                    if let Some(ev) = last_copy[i].take() {
+                        self.dev.sync_event(ev)?;
+                    }
+                    bufs.push(i);
                 }
-                // The loader: page faults on the mapping happen here, on the host, while the
-                // device works through what is already queued.
-                let buf = staging[i];
-                let mut at = 0;
-                for part in [x.gate.data, x.up.data, x.down.data] {
-                    // SAFETY: the staging buffer holds slot_bytes >= bytes; no copy reads it
-                    // (its last copy completed above).
-                    unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), buf.add(at), part.len()) };
-                    at += part.len();
+                assert!(jobs.len() <= staging.len(), "{} loads for {} staging buffers", jobs.len(), staging.len());
+                let fills: Vec<Fill> = jobs
+                    .iter()
+                    .zip(&bufs)
+                    .map(|(&(l, e, _), &i)| {
+                        let x = &w.layers[l].experts[e];
+                        Fill { dst: staging[i], parts: [x.gate.data, x.up.data, x.down.data] }
+                    })
+                    .collect();
+                load_parallel(&fills);
+                for (&i, &(dst, bytes)) in bufs.iter().zip(&sizes) {
+                    // SAFETY: the buffer stays unchanged until the event recorded right after
+                    // this copy completes (its next use waits for it).
+                    unsafe { self.dev.h2d(stream, dst, staging[i], bytes)? };
+                    last_copy[i] = Some(self.dev.record(stream)?);
                 }
-                // SAFETY: buf stays unchanged until the event recorded right after this copy
-                // completes (the buffer's next use waits for it).
-                unsafe { self.dev.h2d(stream, dst, buf, bytes)? };
-                last_copy[i] = Some(self.dev.record(stream)?);
                 Ok(())
             }
             HostExperts::None => unreachable!("resident sessions never load experts"),
@@ -989,13 +1042,15 @@ impl StreamSession<'_> {
             }
             let Some(slot) = self.cache.victim(l, &protected) else { break };
             self.before_refill(Stream::Prefetch, slot)?;
-            self.copy_expert(Stream::Prefetch, l, e, slot)?;
             self.cache.insert(slot, l, e);
             self.set_table(l, e, slot);
             protected.push(slot);
             loaded.push(slot);
         }
         if !loaded.is_empty() {
+            let jobs: Vec<(usize, usize, usize)> =
+                loaded.iter().map(|&slot| (l, self.cache.slots[slot].key.expect("just inserted").1, slot)).collect();
+            self.copy_experts(Stream::Prefetch, &jobs)?;
             let ev = self.dev.record(Stream::Prefetch)?;
             for slot in loaded {
                 self.cache.slots[slot].ready = Some(ev);
