@@ -4,6 +4,7 @@
 //! This crate is the library; `src/main.rs` is the CLI (clap + indicatif only).
 
 pub mod backend;
+pub mod bench;
 pub mod chat;
 pub mod error;
 pub mod format;
@@ -12,6 +13,7 @@ pub mod limits;
 pub mod model;
 pub mod quant;
 pub mod rotary;
+pub mod routing;
 pub mod run;
 pub mod sample;
 pub mod selftest;

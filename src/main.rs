@@ -23,6 +23,9 @@ use rotary::run::Generation;
 use rotary::sample::{Sampler, SamplerParams, StopStrings};
 use rotary::Result;
 
+#[path = "cli/paper.rs"]
+mod paper;
+
 const VERSION: &str =
     concat!(env!("CARGO_PKG_VERSION"), "\ncuda: ", env!("ROTARY_CUDA_STATUS"));
 
@@ -82,9 +85,14 @@ struct ModelArgs {
     /// Threads (default: physical cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// cpu (fast), cpu-ref (scalar reference), cuda (the GPU) or sim (a simulated GPU).
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    /// cpu (fast), cpu-ref (scalar reference), cuda (the GPU) or sim (a simulated GPU);
+    /// default cpu (bench --paper: cuda when there is a GPU, else sim).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Expert routing: model (the router's choice), sticky:P (each layer repeats the previous
+    /// token's experts with probability P) or trace:FILE (replay `run --record-routing`).
+    #[arg(long, default_value = "model")]
+    routing: String,
     /// CUDA device ordinal (with --backend cuda).
     #[arg(long, default_value_t = 0)]
     device: usize,
@@ -175,6 +183,10 @@ enum Command {
         /// Stop when the output contains this text (repeatable).
         #[arg(long = "stop")]
         stops: Vec<String>,
+        /// Write the experts chosen at every layer for every token to FILE (a routing trace
+        /// for `--routing trace:FILE`).
+        #[arg(long)]
+        record_routing: Option<PathBuf>,
     },
     /// Evaluate a prompt and print the top logits at every position.
     Logits {
@@ -198,14 +210,31 @@ enum Command {
         /// Prompt tokens.
         #[arg(short = 'p', long = "n-prompt", default_value_t = 64)]
         n_prompt: usize,
-        /// Generated tokens.
-        #[arg(short = 'n', long = "n-gen", default_value_t = 32)]
-        n_gen: usize,
+        /// Generated tokens (default 32; --paper: 2048).
+        #[arg(short = 'n', long = "n-gen")]
+        n_gen: Option<usize>,
         /// Repetitions after one warm-up.
         #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
         reps: usize,
         #[arg(long)]
         json: bool,
+        /// The 8 GB paper protocol: a fixed prompt, 2048 greedy decode tokens under a VRAM
+        /// budget (8GiB on a GPU; without one, a scaled preset on the simulator).
+        #[arg(long)]
+        paper: bool,
+        /// --paper without -m: the preset to synthesize (cached) and run.
+        #[arg(long)]
+        preset: Option<String>,
+        /// --paper: type mix of the synthesized preset.
+        #[arg(long, default_value = "q4_k_m")]
+        quant: String,
+        /// --paper: repeat over vram=4,5,6.3,8,12GiB (or vram=10%,25%: expert residency),
+        /// policy=lru,lfru,layer, or routing=model,sticky:0.45; a table and an SVG chart.
+        #[arg(long)]
+        sweep: Option<String>,
+        /// Where the sweep's chart goes.
+        #[arg(long, default_value = "rotary-sweep.svg")]
+        plot: PathBuf,
     },
     /// Check every kernel of a backend against the scalar CPU reference (NMSE per case).
     Selftest {
@@ -259,16 +288,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { file, vram_budget, kv, tensors } => {
             cmd_inspect(file, vram_budget.as_deref(), kv, tensors)
         }
-        Command::Run { model, prompt, n_predict, sampling, chat, think, stops } => {
+        Command::Run { model, prompt, n_predict, sampling, chat, think, stops, record_routing } => {
             let think = think.map(|t| t == "on");
-            let opts = RunOptions { n_predict, sampling, chat, think, stops };
+            let opts = RunOptions { record_routing, n_predict, sampling, chat, think, stops };
             cmd_run(&model, &prompt, opts)
         }
         Command::Logits { model, prompt, top, full_last, json } => {
             cmd_logits(&model, &prompt, top, full_last, json)
         }
-        Command::Bench { model, n_prompt, n_gen, reps, json } => {
-            cmd_bench(&model, n_prompt, n_gen, reps, json)
+        Command::Bench { model, n_prompt, n_gen, reps, json, paper, preset, quant, sweep, plot } => {
+            if paper || sweep.is_some() {
+                let p = paper::PaperArgs { preset, quant, sweep, plot, n_decode: n_gen, json };
+                paper::cmd_paper(&model, &p)
+            } else {
+                cmd_bench(&model, n_prompt, n_gen.unwrap_or(32), reps, json)
+            }
         }
         Command::Selftest { backend, device, threads, json, perf } => {
             cmd_selftest(&backend, device, threads, json, perf)
@@ -397,9 +431,11 @@ fn cmd_tokenize(model: Option<PathBuf>, json: bool, parse_special: bool, text: &
 /// The model, its weights, tokenizer and a session: what run and logits start from.
 fn with_session<T>(
     args: &ModelArgs,
+    record: Option<&Path>,
     f: impl FnOnce(&mut dyn Engine, &Tokenizer) -> Result<T>,
 ) -> Result<T> {
-    if args.backend == "cuda" && !rotary::backend::cuda::COMPILED {
+    let backend_name = args.backend();
+    if backend_name == "cuda" && !rotary::backend::cuda::COMPILED {
         return Err(rotary::Error::CudaNotCompiled);
     }
     let r = &args.rotary;
@@ -413,11 +449,10 @@ fn with_session<T>(
         link_gbps: r.sim_link_gbps,
         threads: args.threads,
     };
-    let device_backend = matches!(args.backend.as_str(), "cuda" | "sim");
+    let device_backend = matches!(backend_name, "cuda" | "sim");
     if budget.is_some() && !device_backend {
         return Err(rotary::Error::Usage(format!(
-            "--vram-budget needs --backend cuda or sim (not {})",
-            args.backend
+            "--vram-budget needs --backend cuda or sim (not {backend_name})"
         )));
     }
     if args.model.is_none() {
@@ -428,15 +463,18 @@ fn with_session<T>(
     let tok = rotary::run::tokenizer_for(&file)?;
     let n_ctx = args.ctx.unwrap_or(weights.cfg.context_length.min(4096) as usize);
     if device_backend {
-        let dev = rotary::rotary::open_device(&args.backend, args.device, budget, r.sim_link_gbps, args.threads)?;
+        let dev = rotary::rotary::open_device(backend_name, args.device, budget, r.sim_link_gbps, args.threads)?;
         let bar = bytes_bar(0, "place weights");
-        let name: &'static str = if args.backend == "cuda" { "cuda" } else { "sim" };
+        let name: &'static str = if backend_name == "cuda" { "cuda" } else { "sim" };
         let mut s = rotary::rotary::StreamSession::new(&weights, dev, n_ctx, opts, name, &mut |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         })?;
         bar.finish_and_clear();
         eprintln!("{}: {}", name, s.device());
+        if let Some(router) = args.router(&weights.cfg, record)? {
+            s.set_router(router);
+        }
         if args.verbose_plan() {
             eprint!("{}", s.plan);
         }
@@ -444,8 +482,11 @@ fn with_session<T>(
         eprintln!("{}", s.stats());
         return Ok(out);
     }
-    let backend = rotary::backend::by_name(&args.backend, args.threads)?;
+    let backend = rotary::backend::by_name(backend_name, args.threads)?;
     let mut session = Session::new(&weights, backend.as_ref(), n_ctx)?;
+    if let Some(router) = args.router(&weights.cfg, record)? {
+        session.router = Some(router);
+    }
     f(&mut session, &tok)
 }
 
@@ -479,9 +520,28 @@ impl ModelArgs {
     fn verbose_plan(&self) -> bool {
         true
     }
+
+    fn backend(&self) -> &str {
+        self.backend.as_deref().unwrap_or("cpu")
+    }
+
+    /// The router for --routing (and a recorder), if it is not plain model routing.
+    fn router(&self, cfg: &rotary::model::ModelConfig, record: Option<&Path>) -> Result<Option<rotary::routing::Router>> {
+        let mode = rotary::routing::RoutingMode::parse(&self.routing)?;
+        if matches!(mode, rotary::routing::RoutingMode::Model) && record.is_none() {
+            return Ok(None);
+        }
+        let (l, k) = (cfg.n_layers as usize, cfg.n_experts_used as usize);
+        let mut r = rotary::routing::Router::new(mode, l, k, 0x5eed)?;
+        if let Some(path) = record {
+            r.record_to(rotary::routing::Recorder::create(path, l, k)?);
+        }
+        Ok(Some(r))
+    }
 }
 
 struct RunOptions {
+    record_routing: Option<PathBuf>,
     n_predict: usize,
     sampling: SamplingArgs,
     chat: bool,
@@ -509,7 +569,7 @@ fn cmd_run(args: &ModelArgs, prompt: &str, o: RunOptions) -> Result<()> {
     let mut sampler = Sampler::new(o.sampling.params())?;
     let mut stops = StopStrings::new(o.stops.clone());
     cancel::install();
-    with_session(args, |session, tok| {
+    with_session(args, o.record_routing.as_deref(), |session, tok| {
         let ids = prompt_ids(tok, prompt, o.chat, o.think)?;
         if !o.chat {
             print!("{prompt}");
@@ -574,7 +634,7 @@ mod cancel {
 }
 
 fn cmd_logits(args: &ModelArgs, prompt: &str, top: usize, full_last: bool, json: bool) -> Result<()> {
-    with_session(args, |session, tok| {
+    with_session(args, None, |session, tok| {
         let ids = tok.encode(prompt, true)?;
         let logits = session.forward(&ids, Logits::All)?; // [n, vocab]
         let n_vocab = logits.len() / ids.len();
@@ -618,7 +678,7 @@ fn cmd_bench(args: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json:
         return Err(rotary::Error::Usage("-r must be at least 1".into()));
     }
     let model = args.model.as_ref().map_or("<embedded tiny>".into(), |p| p.display().to_string());
-    with_session(args, |session, tok| {
+    with_session(args, None, |session, tok| {
         let threads = session.threads();
         let r = rotary::run::bench(session, tok.n_vocab(), n_prompt, n_gen, reps)?;
         if json {
@@ -628,12 +688,12 @@ fn cmd_bench(args: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json:
                  \"n_prompt\": {n_prompt}, \"n_gen\": {n_gen}, \"repetitions\": {reps}, \
                  \"pp_tok_s\": {:.3}, \"pp_tok_s_sd\": {:.3}, \"tg_tok_s\": {:.3}, \
                  \"tg_tok_s_sd\": {:.3}{stats}}}",
-                args.backend, r.pp_tok_s, r.pp_tok_s_sd, r.tg_tok_s, r.tg_tok_s_sd
+                args.backend(), r.pp_tok_s, r.pp_tok_s_sd, r.tg_tok_s, r.tg_tok_s_sd
             );
         } else {
             println!("| model | backend | threads | test | t/s |");
             println!("| --- | --- | ---: | --- | ---: |");
-            let b = &args.backend;
+            let b = args.backend();
             println!("| {model} | {b} | {threads} | pp{n_prompt} | {:.2} ± {:.2} |", r.pp_tok_s, r.pp_tok_s_sd);
             println!("| {model} | {b} | {threads} | tg{n_gen} | {:.2} ± {:.2} |", r.tg_tok_s, r.tg_tok_s_sd);
         }

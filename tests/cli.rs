@@ -277,3 +277,44 @@ fn sim_backend_streams_under_a_budget_with_identical_logits() {
     let o = rotary(&["run", "--backend", "sim", "--cache-policy", "fifo", "-n", "1"]);
     assert!(stderr(&o).contains("--cache-policy fifo"), "{}", stderr(&o));
 }
+
+#[test]
+fn bench_paper_runs_scaled_on_the_simulator_and_sweeps() {
+    let cache = temp_dir("paper-cache");
+    let paper = |extra: &[&str]| {
+        let mut args = vec!["bench", "--paper", "--preset", "tiny", "--quant", "q8_0", "-n", "12"];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_rotary")).args(&args).env("XDG_CACHE_HOME", &cache).output().expect("run")
+    };
+    let o = paper(&["--json", "--backend", "sim"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    for key in ["decode_tok_s", "prefill_tok_s", "n_decode", "latency_ms_p50", "latency_ms_p99", "peak_vram_bytes",
+        "vram_budget_bytes", "peak_rss_bytes", "pinned_bytes", "hit_rate", "h2d_bytes_per_token", "link_gbps",
+        "prefetch_recall", "cpu_expert_share", "routing", "backend", "device", "model"] {
+        assert!(v.get(key).is_some(), "{key} missing: {v}");
+    }
+    assert_eq!(v["n_decode"], 12);
+    assert_eq!(v["routing"], "model");
+    assert!(v["note"].as_str().unwrap().contains("simulated GPU"), "{v}");
+    assert!(v["laptop_projection"]["label"].as_str().unwrap().contains("projection"));
+    assert!(v["peak_vram_bytes"].as_u64() <= v["vram_budget_bytes"].as_u64());
+    assert!(cache.join("rotary/tiny-q8_0-seed0.gguf").exists(), "the preset is cached");
+    // A sweep over residency and routing modes draws its chart.
+    let plot = cache.join("sweep.svg");
+    let o = paper(&["--backend", "sim", "--routing", "sticky:0.45", "--sweep", "vram=25%,100%", "--plot", plot.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("== bench --paper 25% ==") && out.contains("routing    sticky:0.45"), "{out}");
+    let svg = std::fs::read_to_string(&plot).expect("chart written");
+    assert!(svg.contains("<polyline") && svg.contains("residency"));
+    // The CPU engine runs the protocol too (the llama.cpp CPU peer's counterpart).
+    let o = paper(&["--backend", "cpu", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(v["hit_rate"].is_null() && v["decode_tok_s"].as_f64().unwrap() > 0.0);
+    let o = paper(&["--sweep", "colour=red"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--sweep colour=red"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&cache).ok();
+}

@@ -222,3 +222,23 @@ fn sim_copies_are_ordered_by_events() {
     d.d2h(dst, &mut got[..16]).expect("d2h");
     assert_eq!(&got[..16], &[7u8; 16]);
 }
+
+#[test]
+fn sticky_routing_streams_identically_too() {
+    use rotary::routing::{Router, RoutingMode};
+    let file = tiny();
+    let w = Weights::load(&file).expect("weights");
+    let (l, k) = (w.cfg.n_layers as usize, w.cfg.n_experts_used as usize);
+    let router = || Router::new(RoutingMode::Sticky(0.45), l, k, 9).expect("router");
+    let mut resident = session(&w, None, Options::default()).expect("resident");
+    resident.set_router(router());
+    let want = trace(&mut resident, &prompt());
+    let budget = resident.plan.fixed_bytes() + 5 * resident.plan.slot_bytes;
+    let mut s = session(&w, Some(budget), Options { moe_policy: MoePolicy::Auto, ..Options::default() }).expect("streamed");
+    s.set_router(router());
+    let got = trace(&mut s, &prompt());
+    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "step {step} differs");
+    }
+    assert!(s.stats().misses > 0);
+}

@@ -20,6 +20,8 @@ pub trait Engine {
     fn reset(&mut self);
     fn backend_name(&self) -> &'static str;
     fn threads(&self) -> usize;
+    /// Route experts by a benchmark mode and/or record the routing (see src/routing.rs).
+    fn set_router(&mut self, router: crate::routing::Router);
     /// The rotary's measurements (device backends: sim, cuda); None for host backends.
     fn rotary_stats(&self) -> Option<crate::rotary::Stats> {
         None

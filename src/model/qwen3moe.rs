@@ -97,6 +97,8 @@ pub struct Session<'w> {
     v_cache: Vec<KvCache>, // [n_layers][n_ctx, n_kv_heads * head_dim]
     /// RoPE inverse frequencies θ^(-2i/rot), i < rot/2.
     inv_freq: Vec<f32>,
+    /// Benchmark routing modes and routing traces (None: the router's top-k).
+    pub router: Option<crate::routing::Router>,
 }
 
 impl<'w> Session<'w> {
@@ -131,6 +133,7 @@ impl<'w> Session<'w> {
             k_cache: (0..c.n_layers).map(|_| KvCache::new(kv, n_ctx * kv_width)).collect(),
             v_cache: (0..c.n_layers).map(|_| KvCache::new(kv, n_ctx * kv_width)).collect(),
             inv_freq,
+            router: None,
         })
     }
 
@@ -145,6 +148,9 @@ impl<'w> Session<'w> {
     /// Forget the sequence (the cache is overwritten from position 0).
     pub fn reset(&mut self) {
         self.n_past = 0;
+        if let Some(r) = self.router.as_mut() {
+            r.reset();
+        }
     }
 
     /// Run `tokens` at positions n_past.. and return logits: `[n_vocab]` for `Logits::Last`,
@@ -170,7 +176,7 @@ impl<'w> Session<'w> {
         }
         for l in 0..self.w.layers.len() {
             self.attention(l, &mut x, n)?;
-            self.moe(&self.w.layers[l], &mut x, n)?;
+            self.moe(l, &mut x, n)?;
         }
         self.n_past += n;
 
@@ -253,7 +259,9 @@ impl<'w> Session<'w> {
     }
 
     /// x += Σ_j w_j · expert_j(h), h = rmsnorm(x), experts and weights from the router.
-    fn moe(&self, layer: &Layer, x: &mut [f32], n: usize) -> Result<()> {
+    fn moe(&mut self, l: usize, x: &mut [f32], n: usize) -> Result<()> {
+        let w = self.w;
+        let layer = &w.layers[l];
         let c = &self.w.cfg;
         let (dim, ff) = (c.dim as usize, c.expert_ffn_dim as usize);
         let (n_experts, k) = (c.n_experts as usize, c.n_experts_used as usize);
@@ -262,16 +270,24 @@ impl<'w> Session<'w> {
         let mut router = vec![0f32; n * n_experts]; // [n, n_experts]
         self.backend.matmul(&layer.router, &h, n, &mut router)?;
 
-        // Per token: softmax over experts, top-k, renormalise (norm_topk_prob).
+        // Per token: softmax over experts, top-k, renormalise (norm_topk_prob); or the
+        // benchmark's routing mode, which picks from the same probabilities.
         let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_experts]; // expert → (t, w)
-        for t in 0..n {
-            let p = &mut router[t * n_experts..(t + 1) * n_experts];
-            softmax(p);
-            let top = top_k(p, k);
-            let sum: f32 = top.iter().map(|&(_, v)| v).sum();
-            for (e, v) in top {
-                let weight = if c.norm_topk_prob { v / sum } else { v };
-                chosen[e].push((t, weight));
+        router.chunks_exact_mut(n_experts).for_each(softmax);
+        if let Some(r) = self.router.as_mut() {
+            let (mut ids, mut w) = (vec![0usize; n * k], vec![0f32; n * k]); // [n, k]
+            r.route(l, &router, c.norm_topk_prob, &mut ids, &mut w)?;
+            for (i, (&e, &weight)) in ids.iter().zip(&w).enumerate() {
+                chosen[e].push((i / k, weight));
+            }
+        } else {
+            for t in 0..n {
+                let top = top_k(&router[t * n_experts..(t + 1) * n_experts], k);
+                let sum: f32 = top.iter().map(|&(_, v)| v).sum();
+                for (e, v) in top {
+                    let weight = if c.norm_topk_prob { v / sum } else { v };
+                    chosen[e].push((t, weight));
+                }
             }
         }
         // Each expert runs once over the tokens routed to it (a batch in prefill).
@@ -310,7 +326,11 @@ impl crate::model::Engine for Session<'_> {
     }
 
     fn reset(&mut self) {
-        self.n_past = 0;
+        Session::reset(self);
+    }
+
+    fn set_router(&mut self, router: crate::routing::Router) {
+        self.router = Some(router);
     }
 
     fn backend_name(&self) -> &'static str {

@@ -120,6 +120,25 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The counters accumulated since `before` (peaks and settings stay as they are now).
+    pub fn since(&self, before: &Stats) -> Stats {
+        let mut s = self.clone();
+        s.tokens -= before.tokens;
+        s.hits -= before.hits;
+        s.misses -= before.misses;
+        s.per_layer_hits.iter_mut().zip(&before.per_layer_hits).for_each(|(a, b)| *a -= b);
+        s.per_layer_misses.iter_mut().zip(&before.per_layer_misses).for_each(|(a, b)| *a -= b);
+        s.h2d_bytes -= before.h2d_bytes;
+        s.link_busy_seconds -= before.link_busy_seconds;
+        s.stall_seconds -= before.stall_seconds;
+        s.prefetch_predicted -= before.prefetch_predicted;
+        s.prefetch_correct -= before.prefetch_correct;
+        s.prefetch_loads -= before.prefetch_loads;
+        s.cpu_experts -= before.cpu_experts;
+        s.gpu_experts -= before.gpu_experts;
+        s
+    }
+
     pub fn hit_rate(&self) -> f64 {
         self.hits as f64 / (self.hits + self.misses).max(1) as f64
     }
@@ -302,6 +321,9 @@ pub struct StreamSession<'w> {
     cpu_s_per_byte: f64,
     /// Slots the current layer's experts occupy (protected from eviction while it runs).
     used_slots: Vec<usize>,
+    /// Benchmark routing modes / routing traces: routes on the host from the router's logits.
+    router: Option<crate::routing::Router>,
+    pinned_bytes: u64,
     stats: Stats,
     backend_name: &'static str,
 }
@@ -464,6 +486,8 @@ impl<'w> StreamSession<'w> {
             cpu: CpuBackend::new(opts.threads)?,
             cpu_s_per_byte: 0.0,
             used_slots: Vec::new(),
+            router: None,
+            pinned_bytes: 0,
             stats: Stats { n_layers: c.n_layers, vram_budget_bytes: budget, ..Stats::default() },
             backend_name,
             cfg: c,
@@ -506,6 +530,7 @@ impl<'w> StreamSession<'w> {
         };
         if pin_all {
             let base = self.dev.alloc_host(packed, "pinned experts")?;
+            self.pinned_bytes = packed;
             let mut offsets = Vec::with_capacity(self.layers.len());
             let mut at = 0usize;
             for (l, layer) in w.layers.iter().enumerate() {
@@ -527,6 +552,7 @@ impl<'w> StreamSession<'w> {
         } else {
             let n = ring_len(self.cfg.n_experts as usize).min(2 * self.plan.n_slots.max(1));
             let staging = (0..n).map(|_| self.dev.alloc_host(self.plan.slot_bytes, "pinned staging")).collect::<Result<Vec<_>>>()?;
+            self.pinned_bytes = n as u64 * self.plan.slot_bytes;
             self.host = HostExperts::Ring { staging, last_copy: vec![None; n], next: 0 };
             progress(total, total);
         }
@@ -583,6 +609,24 @@ impl<'w> StreamSession<'w> {
 
     pub fn device(&self) -> String {
         self.dev.describe()
+    }
+
+    /// Bytes one token reads from device memory when every expert hits: the dense weights
+    /// and the k experts of every layer.
+    pub fn read_bytes_per_token(&self) -> u64 {
+        let k = self.cfg.n_experts_used;
+        self.plan.dense_bytes + self.layers.iter().map(|l| k * (2 * l.gate_bytes + l.down_bytes) as u64).sum::<u64>()
+    }
+
+    /// The average bytes of one expert.
+    pub fn expert_bytes_avg(&self) -> f64 {
+        let n = self.layers.len().max(1) as f64;
+        self.layers.iter().map(|l| (2 * l.gate_bytes + l.down_bytes) as f64).sum::<f64>() / n
+    }
+
+    /// Pinned host memory this session holds (packed experts or the staging ring).
+    pub fn pinned_bytes(&self) -> u64 {
+        self.pinned_bytes
     }
 
     fn launch(&mut self, k: Kernel) -> Result<()> {
@@ -678,6 +722,7 @@ impl<'w> StreamSession<'w> {
         self.rmsnorm(s.x, ffn_norm, s.h, n, dim)?;
         self.gemv(router, s.h, s.router, n)?;
         self.launch(Kernel::TopkMoe { logits: s.router, ids: s.ids, weights: s.weights, n, n_experts, k, renorm })?;
+        let host_ids = self.route_on_host(l, n, s)?;
         let predict = !self.resident && self.opts.prefetch && l + 1 < self.layers.len();
         if predict {
             // The next layer's router on this layer's state: its likely experts, early.
@@ -697,8 +742,11 @@ impl<'w> StreamSession<'w> {
                 download_i32(self.dev.as_mut(), s.ids, &mut both)?;
                 ids.copy_from_slice(&both[..n * k]);
                 pred = both[UBATCH * k..].to_vec();
-            } else {
+            } else if host_ids.is_none() {
                 download_i32(self.dev.as_mut(), s.ids, &mut ids)?;
+            }
+            if let Some(h) = &host_ids {
+                ids.copy_from_slice(h);
             }
             self.resolve(l, n, &ids, s)?;
         } else {
@@ -821,6 +869,13 @@ impl Engine for StreamSession<'_> {
 
     fn reset(&mut self) {
         self.n_past = 0;
+        if let Some(r) = self.router.as_mut() {
+            r.reset();
+        }
+    }
+
+    fn set_router(&mut self, router: crate::routing::Router) {
+        self.router = Some(router);
     }
 
     fn backend_name(&self) -> &'static str {
@@ -838,6 +893,27 @@ impl Engine for StreamSession<'_> {
 
 
 impl StreamSession<'_> {
+    /// Benchmark routing / recording: the router's logits come to the host, the Router picks
+    /// the experts from their softmax, and its ids and weights replace the device's top-k.
+    /// None in plain model routing (nothing crosses the link).
+    fn route_on_host(&mut self, l: usize, n: usize, s: &Scratch) -> Result<Option<Vec<i32>>> {
+        let Some(router) = self.router.as_ref() else { return Ok(None) };
+        if router.is_model() && !router.is_recording() {
+            return Ok(None);
+        }
+        let (e, k) = (self.cfg.n_experts as usize, self.cfg.n_experts_used as usize);
+        let mut probs = vec![0f32; n * e]; // [n, n_experts]
+        download_f32(self.dev.as_mut(), s.router, &mut probs)?;
+        probs.chunks_exact_mut(e).for_each(crate::model::qwen3moe::softmax);
+        let (mut ids, mut w) = (vec![0usize; n * k], vec![0f32; n * k]); // [n, k]
+        let renorm = self.cfg.norm_topk_prob;
+        self.router.as_mut().expect("checked").route(l, &probs, renorm, &mut ids, &mut w)?;
+        let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        upload(self.dev.as_mut(), s.ids, &ids)?;
+        upload(self.dev.as_mut(), s.weights, &w)?;
+        Ok(Some(ids))
+    }
+
     /// Make layer `l`'s experts for these ids available: hits, demand loads into slots, CPU
     /// fallback (output rows uploaded, ids marked). Updates the layer's pointer table.
     fn resolve(&mut self, l: usize, n: usize, ids: &[i32], s: &Scratch) -> Result<()> {

@@ -1,0 +1,355 @@
+//! `rotary bench --paper` and `--sweep`: the CLI side (which model, which device, the cached
+//! preset with its progress bar, printing). The protocol and the chart live in
+//! src/bench.rs.
+
+use std::path::{Path, PathBuf};
+
+use rotary::bench::{self, PaperResult, SweepPoint};
+use rotary::inspect::{self, human_bytes};
+use rotary::model::weights::{ModelFile, Weights};
+use rotary::model::Engine;
+use rotary::rotary::cache::{Allocation, Policy};
+use rotary::rotary::{MoePolicy, Options, PinMode, StreamSession};
+use rotary::routing::{Router, RoutingMode};
+use rotary::synth::{self, Preset, QuantMix, SynthOptions};
+use rotary::{Error, Result};
+
+use super::{bytes_bar, ModelArgs};
+
+pub struct PaperArgs {
+    pub preset: Option<String>,
+    pub quant: String,
+    pub sweep: Option<String>,
+    pub plot: PathBuf,
+    pub n_decode: Option<usize>,
+    pub json: bool,
+}
+
+/// The preset's GGUF in the cache folder, synthesized once (progress bar).
+fn cached_preset(name: &str, quant: &str) -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("rotary");
+    std::fs::create_dir_all(&base).map_err(|e| Error::Io { path: base.clone(), source: e })?;
+    let path = base.join(format!("{name}-{quant}-seed0.gguf"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let opts = SynthOptions::new(Preset::by_name(name)?, QuantMix::by_name(quant)?, 0);
+    let total = synth::plan(&opts)?.0.layout()?.file_bytes;
+    let tmp = path.with_extension("gguf.partial");
+    let bar = bytes_bar(total, &format!("synth {name} {quant} (once, cached in {})", base.display()));
+    synth::write(&opts, &tmp, &mut |done, _| bar.set_position(done))?;
+    bar.finish_and_clear();
+    std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+    Ok(path)
+}
+
+/// One configuration of a run: budget, policy, routing.
+#[derive(Clone)]
+struct Config {
+    label: String,
+    budget: Option<u64>,
+    /// Expert residency instead of a byte budget (scaled runs, vram=N% sweeps).
+    residency: Option<f64>,
+    policy: Policy,
+    routing: String,
+}
+
+pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
+    let gpu = rotary::backend::cuda::COMPILED && rotary::backend::cuda::CudaOps::open(args.device).is_ok();
+    let backend = args.backend.clone().unwrap_or_else(|| if gpu { "cuda".into() } else { "sim".into() });
+    if !matches!(backend.as_str(), "cuda" | "sim" | "cpu" | "cpu-ref") {
+        return Err(Error::Usage(format!("bench --paper: unknown --backend {backend}")));
+    }
+    let host = matches!(backend.as_str(), "cpu" | "cpu-ref");
+    if host && p.sweep.is_some() {
+        return Err(Error::Usage("--sweep needs --backend cuda or sim (a VRAM cache to sweep)".into()));
+    }
+    let mut notes = Vec::new();
+    let path = match &args.model {
+        Some(m) => m.clone(),
+        None => {
+            let preset = p.preset.clone().unwrap_or_else(|| if backend == "cuda" { "qwen3-30b-a3b".into() } else { "small".into() });
+            if preset != "qwen3-30b-a3b" {
+                notes.push(format!("scaled preset '{preset}' (not the 30B-A3B shape)"));
+            }
+            cached_preset(&preset, &p.quant)?
+        }
+    };
+    if host {
+        notes.push("CPU engine: every weight in host memory, no VRAM budget".to_string());
+    }
+    if backend == "sim" {
+        notes.push(format!("simulated GPU: CPU kernels, {} GB/s link; tok/s is not a GPU figure", args.rotary.sim_link_gbps));
+    }
+    let file = ModelFile::open(&path)?;
+    let weights = Weights::load(&file)?;
+    let tok = rotary::run::tokenizer_for(&file)?;
+    let prompt = tok.encode(bench::PAPER_PROMPT, true)?;
+    let n_decode = p.n_decode.unwrap_or(bench::PAPER_DECODE);
+    let n_ctx = (prompt.len() + n_decode + 1).div_ceil(256) * 256;
+    let r = &args.rotary;
+    let user_budget = r.vram_budget.as_deref().map(inspect::parse_size).transpose()?;
+    // The budget: the flag; on a GPU 8 GiB; on the simulator the 30B's expert residency at
+    // 8 GiB applied to this model (so the cache is as tight as on the paper's laptop).
+    let base = Config {
+        label: String::new(),
+        budget: user_budget.or(if backend == "cuda" { Some(bench::PAPER_BUDGET) } else { None }),
+        residency: None,
+        policy: Policy::by_name(&r.cache_policy)?,
+        routing: args.routing.clone(),
+    };
+    let mut base = base;
+    if base.budget.is_none() {
+        let ctx = rotary::inspect::CUDA_CONTEXT_BYTES_ESTIMATE;
+        let res = bench::residency("qwen3-30b-a3b", QuantMix::Q4KM, 4096, bench::PAPER_BUDGET, ctx)?;
+        base.residency = Some(res);
+        notes.push(format!("budget scaled: the 30B-A3B's expert residency at 8 GiB ({:.1}%)", 100.0 * res));
+    }
+    let model = path.display().to_string();
+    let configs = match &p.sweep {
+        None => vec![base.clone()],
+        Some(spec) => sweep_configs(spec, &base)?,
+    };
+    let mut results = Vec::new();
+    for c in &configs {
+        let mut res = if host {
+            run_host(args, &weights, &backend, n_ctx, c, &prompt, n_decode)?
+        } else {
+            run_config(args, &weights, &backend, n_ctx, c, &prompt, n_decode)?
+        };
+        res.model = model.clone();
+        res.note = notes.join("; ");
+        if !p.json {
+            print_result(c, &res);
+        }
+        results.push((c.clone(), res));
+    }
+    if p.json {
+        let rows: Vec<serde_json::Value> = results.iter().map(|(c, r)| {
+            let mut v = r.to_json(c.budget);
+            v["label"] = serde_json::json!(c.label);
+            v
+        }).collect();
+        let out = if rows.len() == 1 { rows[0].clone() } else { serde_json::json!({ "sweep": rows }) };
+        println!("{out}");
+    }
+    if let Some(spec) = &p.sweep {
+        let (what, _) = spec.split_once('=').unwrap_or((spec, ""));
+        let points: Vec<SweepPoint> = results
+            .iter()
+            .enumerate()
+            .map(|(i, (c, r))| SweepPoint {
+                label: c.label.clone(),
+                x: match (what, c.budget, c.residency) {
+                    ("vram", Some(b), _) => b as f64 / (1u64 << 30) as f64,
+                    ("vram", None, Some(f)) => 100.0 * f,
+                    _ => i as f64,
+                },
+                decode_tok_s: r.decode_tok_s,
+                hit_rate: r.stats.as_ref().map_or(0.0, |s| s.hit_rate()),
+            })
+            .collect();
+        let x_label = match what {
+            "vram" if configs[0].budget.is_some() => "VRAM budget (GiB)",
+            "vram" => "expert cache residency (% of experts)",
+            "policy" => "cache policy",
+            _ => "routing",
+        };
+        let title = format!("rotary: decode and hit rate, {} ({backend}, routing {})", short(&model), base.routing);
+        let svg = bench::sweep_svg(&title, x_label, &points);
+        std::fs::write(&p.plot, svg).map_err(|e| Error::Io { path: p.plot.clone(), source: e })?;
+        eprintln!("chart: {}", p.plot.display());
+        // The PNG beside it, rendered by librsvg's rsvg-convert when it is installed.
+        let png = p.plot.with_extension("png");
+        match std::process::Command::new("rsvg-convert").arg(&p.plot).arg("-o").arg(&png).status() {
+            Ok(st) if st.success() => eprintln!("chart: {}", png.display()),
+            _ => eprintln!("(no PNG: install rsvg-convert, e.g. apt-get install librsvg2-bin)"),
+        }
+    }
+    Ok(())
+}
+
+fn short(path: &str) -> &str {
+    Path::new(path).file_name().and_then(|f| f.to_str()).unwrap_or(path)
+}
+
+/// `vram=4,5,6.3,8,12GiB` (a unit on the last value applies to all), `vram=10%,25%`,
+/// `policy=lru,lfru,layer`, `routing=model,sticky:0.45`.
+fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
+    let bad = || Error::Usage(format!("--sweep {spec}: want vram=4,6.3,8GiB, vram=10%,25%, policy=lru,lfru,layer or routing=model,sticky:0.45"));
+    let (what, list) = spec.split_once('=').ok_or_else(bad)?;
+    let items: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if items.is_empty() || items.len() > 32 {
+        return Err(bad());
+    }
+    let mut out = Vec::new();
+    match what {
+        "vram" => {
+            let unit: String = items.last().expect("non-empty").chars().skip_while(|c| c.is_ascii_digit() || *c == '.').collect();
+            for it in &items {
+                let mut c = base.clone();
+                c.label = it.to_string();
+                if let Some(pct) = it.strip_suffix('%') {
+                    let f: f64 = pct.parse().map_err(|_| bad())?;
+                    if !(0.0..=100.0).contains(&f) {
+                        return Err(bad());
+                    }
+                    (c.budget, c.residency) = (None, Some(f / 100.0));
+                } else {
+                    let with_unit = if it.chars().any(|ch| ch.is_ascii_alphabetic()) { it.to_string() } else { format!("{it}{unit}") };
+                    (c.budget, c.residency) = (Some(inspect::parse_size(&with_unit)?), None);
+                    c.label = with_unit;
+                }
+                out.push(c);
+            }
+        }
+        "policy" => {
+            for it in &items {
+                let mut c = base.clone();
+                c.policy = Policy::by_name(it)?;
+                c.label = it.to_string();
+                out.push(c);
+            }
+        }
+        "routing" => {
+            for it in &items {
+                RoutingMode::parse(it)?;
+                let mut c = base.clone();
+                c.routing = it.to_string();
+                c.label = it.to_string();
+                out.push(c);
+            }
+        }
+        _ => return Err(bad()),
+    }
+    Ok(out)
+}
+
+fn open_session<'w>(
+    args: &ModelArgs,
+    w: &'w Weights<'w>,
+    backend: &str,
+    n_ctx: usize,
+    budget: Option<u64>,
+    policy: Policy,
+) -> Result<StreamSession<'w>> {
+    let r = &args.rotary;
+    let opts = Options {
+        policy,
+        alloc: Allocation::by_name(&r.cache_alloc)?,
+        prefetch: !r.no_prefetch,
+        moe_policy: MoePolicy::by_name(&r.moe_policy)?,
+        pin: PinMode::by_name(&r.pin)?,
+        link_gbps: r.sim_link_gbps,
+        threads: args.threads,
+    };
+    let dev = rotary::rotary::open_device(backend, args.device, budget, r.sim_link_gbps, args.threads)?;
+    let name: &'static str = if backend == "cuda" { "cuda" } else { "sim" };
+    let bar = bytes_bar(0, "place weights");
+    let s = StreamSession::new(w, dev, n_ctx, opts, name, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    Ok(s)
+}
+
+fn run_config(
+    args: &ModelArgs,
+    w: &Weights,
+    backend: &str,
+    n_ctx: usize,
+    c: &Config,
+    prompt: &[u32],
+    n_decode: usize,
+) -> Result<PaperResult> {
+    // A residency becomes a byte budget through the plan of this model.
+    let budget = match (c.budget, c.residency) {
+        (Some(b), _) => Some(b),
+        (None, Some(f)) => {
+            let probe = open_session(args, w, "sim", n_ctx, None, c.policy)?;
+            let slots = (f * probe.plan.n_experts_total as f64).ceil() as u64;
+            Some(probe.plan.fixed_bytes() + slots * probe.plan.slot_bytes)
+        }
+        (None, None) => None,
+    };
+    let mut s = open_session(args, w, backend, n_ctx, budget, c.policy)?;
+    let mode = RoutingMode::parse(&c.routing)?;
+    if !matches!(mode, RoutingMode::Model) {
+        s.set_router(Router::new(mode, w.cfg.n_layers as usize, w.cfg.n_experts_used as usize, 0x5eed)?);
+    }
+    eprintln!("{}: {} | {} expert slots of {} ({:.1}%)", c.label_or("run"), s.device(), s.plan.n_slots,
+        s.plan.n_experts_total, 100.0 * s.plan.n_slots as f64 / s.plan.n_experts_total.max(1) as f64);
+    let mut r = bench::paper_run(&mut s, prompt, n_decode)?;
+    r.device = s.device();
+    r.routing = c.routing.clone();
+    r.pinned_bytes = s.pinned_bytes();
+    if let Some(st) = &r.stats {
+        let tokens = st.tokens.max(1) as f64;
+        let cpu_bytes = st.cpu_experts as f64 * s.expert_bytes_avg() / tokens;
+        r.projection = Some(bench::project(s.read_bytes_per_token() as f64, st.h2d_bytes_per_token() + cpu_bytes));
+    }
+    Ok(r)
+}
+
+/// The protocol on the CPU engine (no VRAM, no expert stats).
+fn run_host(
+    args: &ModelArgs,
+    w: &Weights,
+    backend: &str,
+    n_ctx: usize,
+    c: &Config,
+    prompt: &[u32],
+    n_decode: usize,
+) -> Result<PaperResult> {
+    let b = rotary::backend::by_name(backend, args.threads)?;
+    let mut s = rotary::model::qwen3moe::Session::new(w, b.as_ref(), n_ctx)?;
+    let mode = RoutingMode::parse(&c.routing)?;
+    if !matches!(mode, RoutingMode::Model) {
+        s.set_router(Router::new(mode, w.cfg.n_layers as usize, w.cfg.n_experts_used as usize, 0x5eed)?);
+    }
+    let mut r = bench::paper_run(&mut s, prompt, n_decode)?;
+    r.device = format!("CPU ({} threads)", s.threads());
+    r.routing = c.routing.clone();
+    Ok(r)
+}
+
+impl Config {
+    fn label_or<'a>(&'a self, d: &'a str) -> &'a str {
+        if self.label.is_empty() { d } else { &self.label }
+    }
+}
+
+fn print_result(c: &Config, r: &PaperResult) {
+    println!("== bench --paper{} ==", if c.label.is_empty() { String::new() } else { format!(" {}", c.label) });
+    println!("model      {}", r.model);
+    println!("device     {} ({})", r.device, r.backend);
+    if !r.note.is_empty() {
+        println!("note       {}", r.note);
+    }
+    println!("routing    {}", r.routing);
+    println!("prefill    {} tokens, {:.1} tok/s", r.n_prompt, r.prefill_tok_s);
+    println!(
+        "decode     {} tokens, {:.2} tok/s (latency p50 {:.1} ms, p99 {:.1} ms)",
+        r.n_decode, r.decode_tok_s, r.latency_ms_p50, r.latency_ms_p99
+    );
+    if let Some(s) = &r.stats {
+        println!("experts    {s}");
+    }
+    println!(
+        "memory     peak RSS {}, pinned {}",
+        r.peak_rss_bytes.map_or("?".into(), human_bytes),
+        human_bytes(r.pinned_bytes)
+    );
+    if let Some(p) = &r.projection {
+        println!(
+            "projection RTX 4060 Laptop (PCIe 4.0 x8, 11.8 GB/s; 256 GB/s VRAM): {:.1} tok/s serial, {:.1} tok/s with full overlap [a projection, not a measurement]",
+            p.serial_tok_s, p.overlap_tok_s
+        );
+        println!("           {}", p.formula);
+    }
+}
