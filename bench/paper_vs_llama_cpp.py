@@ -33,9 +33,15 @@ def llama_round(llm, n):
     t = time.perf_counter()
     llm.eval(prompt)
     prefill = len(prompt) / (time.perf_counter() - t)
+    n_vocab = llm.n_vocab()
+
+    def last_logits():
+        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
     t = time.perf_counter()
     for _ in range(n):
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(last_logits()))
         llm.eval([tok])
     return prefill, n / (time.perf_counter() - t), len(prompt)
 
