@@ -7,6 +7,7 @@
 //! product goes to the `Backend`; the O(dim) steps are plain scalar code here.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::backend::{Backend, Mat};
 use crate::error::{Error, Result};
@@ -56,23 +57,34 @@ impl KvCache {
         }
     }
 
-    /// Σ a[i] · cache[at + i], with `a` already rounded to the cache's precision.
-    fn dot(&self, at: usize, a: &[f32]) -> f32 {
-        match self {
-            KvCache::F32(c) => dot(a, &c[at..at + a.len()]),
-            KvCache::F16(c) => a.iter().zip(&c[at..at + a.len()]).map(|(&a, b)| a * b.to_f32()).sum(),
+    /// Rows 0..rows of one head: out[p, ..] = cache[p * stride + offset ..][..width], widened
+    /// to f32 (exactly) with the CPU's f16 conversion instructions where it has them.
+    fn gather(&self, offset: usize, stride: usize, rows: usize, out: &mut [f32]) {
+        let width = out.len() / rows.max(1);
+        for (p, dst) in out.chunks_exact_mut(width).take(rows).enumerate() {
+            let at = p * stride + offset;
+            match self {
+                KvCache::F32(c) => dst.copy_from_slice(&c[at..at + width]),
+                KvCache::F16(c) => c[at..at + width].convert_to_f32_slice(dst),
+            }
         }
     }
 
-    /// out[i] += s · cache[at + i].
-    fn axpy(&self, at: usize, s: f32, out: &mut [f32]) {
-        let n = out.len();
+    /// Σ a[i] · b[i]: in order for the exact f32 cache (the reference), in 8 lanes for the
+    /// f16 cache (vectorised; the lanes change only the rounding of the sum).
+    fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
         match self {
-            KvCache::F32(c) => {
-                out.iter_mut().zip(&c[at..at + n]).for_each(|(o, &v)| *o += s * v)
-            }
-            KvCache::F16(c) => {
-                out.iter_mut().zip(&c[at..at + n]).for_each(|(o, v)| *o += s * v.to_f32())
+            KvCache::F32(_) => dot(a, b),
+            KvCache::F16(_) => {
+                let mut acc = [0f32; 8];
+                let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+                let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+                for (x, y) in ac.zip(bc) {
+                    for i in 0..8 {
+                        acc[i] += x[i] * y[i];
+                    }
+                }
+                acc.iter().sum::<f32>() + tail
             }
         }
     }
@@ -99,6 +111,9 @@ pub struct Session<'w> {
     inv_freq: Vec<f32>,
     /// Benchmark routing modes and routing traces (None: the router's top-k).
     pub router: Option<crate::routing::Router>,
+    /// Attention workspaces, one per thread, kept between calls (long contexts would
+    /// otherwise fault in fresh pages for every layer of every token).
+    attn_scratch: Vec<Vec<f32>>,
 }
 
 impl<'w> Session<'w> {
@@ -134,6 +149,7 @@ impl<'w> Session<'w> {
             v_cache: (0..c.n_layers).map(|_| KvCache::new(kv, n_ctx * kv_width)).collect(),
             inv_freq,
             router: None,
+            attn_scratch: Vec::new(),
         })
     }
 
@@ -223,26 +239,44 @@ impl<'w> Session<'w> {
         self.k_cache[l].store(at, &k);
         self.v_cache[l].store(at, &v);
 
-        // Causal GQA attention: token t sees cache positions 0..=n_past + t.
-        let mut o = vec![0f32; n * q_width]; // [n, n_heads * head_dim]
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut scores = vec![0f32; self.n_past + n]; // [n_seen]
+        // Causal GQA attention: token t sees cache positions 0..=n_past + t. Each kv head's
+        // cached keys and values are widened to f32 once and serve its whole group of q heads;
+        // long contexts split the kv heads over the backend's threads.
         let (kc, vc) = (&self.k_cache[l], &self.v_cache[l]);
         q.iter_mut().for_each(|x| *x = kc.round(*x)); // q meets k at k's precision
-        for t in 0..n {
-            let n_seen = self.n_past + t + 1;
-            for head in 0..n_heads {
-                let kv_head = head / (n_heads / n_kv_heads);
-                let qh = &q[t * q_width + head * hd..][..hd];
-                for (p, s) in scores[..n_seen].iter_mut().enumerate() {
-                    *s = kc.dot(p * kv_width + kv_head * hd, qh) * scale;
-                }
-                softmax(&mut scores[..n_seen]);
-                let oh = &mut o[t * q_width + head * hd..][..hd];
-                for (p, &s) in scores[..n_seen].iter().enumerate() {
-                    vc.axpy(p * kv_width + kv_head * hd, vc.round(s), oh);
-                }
+        let g = AttnGeometry { n, n_past: self.n_past, n_heads, n_kv_heads, hd };
+        let work = (self.n_past + n) * n * n_heads * hd;
+        let threads = if work >= ATTN_PARALLEL_WORK { self.backend.threads().min(n_kv_heads) } else { 1 };
+        let per = n_kv_heads.div_ceil(threads.max(1));
+        let n_jobs = n_kv_heads.div_ceil(per);
+        let scratch = &mut self.attn_scratch;
+        if scratch.len() < n_jobs {
+            scratch.resize_with(n_jobs, Vec::new);
+        }
+        let parts: Vec<Vec<f32>> = if n_jobs <= 1 {
+            vec![attend_kv_heads(kc, vc, &q, &g, 0..n_kv_heads, &mut scratch[0])]
+        } else {
+            std::thread::scope(|sc| {
+                let jobs: Vec<_> = (0..n_kv_heads)
+                    .step_by(per)
+                    .zip(scratch.iter_mut())
+                    .map(|(h0, buf)| {
+                        let (q, g) = (&q, &g);
+                        sc.spawn(move || attend_kv_heads(kc, vc, q, g, h0..(h0 + per).min(n_kv_heads), buf))
+                    })
+                    .collect();
+                jobs.into_iter().map(|j| j.join().expect("attention thread")).collect()
+            })
+        };
+        // parts[i] is [n, its heads * head_dim]; interleave into o [n, n_heads * head_dim].
+        let mut o = vec![0f32; n * q_width]; // [n, n_heads * head_dim]
+        let mut head0 = 0;
+        for part in &parts {
+            let w = part.len() / n;
+            for t in 0..n {
+                o[t * q_width + head0 * hd..][..w].copy_from_slice(&part[t * w..(t + 1) * w]);
             }
+            head0 += w / hd;
         }
         let mut out = vec![0f32; n * dim]; // [n, dim]
         self.backend.matmul(&layer.wo, &o, n, &mut out)?;
@@ -355,6 +389,64 @@ pub fn rope_tokens(x: &mut [f32], inv_freq: &[f32], n: usize, n_heads: usize, he
             .collect();
         x[t * n_heads * head_dim..(t + 1) * n_heads * head_dim].chunks_exact_mut(head_dim).for_each(|h| rope(h, &cs));
     }
+}
+
+/// Attention work (positions × tokens × q dims) from which the kv heads are split over threads.
+const ATTN_PARALLEL_WORK: usize = 1 << 20;
+
+/// The shape of one attention call.
+struct AttnGeometry {
+    n: usize,
+    n_past: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    hd: usize,
+}
+
+/// Attention for the q heads of kv heads `kv_heads`: returns [n, their q heads * head_dim].
+/// `buf` is this thread's workspace (grown as needed, never shrunk).
+fn attend_kv_heads(
+    kc: &KvCache,
+    vc: &KvCache,
+    q: &[f32],
+    g: &AttnGeometry,
+    kv_heads: std::ops::Range<usize>,
+    buf: &mut Vec<f32>,
+) -> Vec<f32> {
+    let (n, hd) = (g.n, g.hd);
+    let (q_width, kv_width) = (g.n_heads * hd, g.n_kv_heads * hd);
+    let group = g.n_heads / g.n_kv_heads;
+    let n_all = g.n_past + n;
+    let width = kv_heads.len() * group * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; n * width]; // [n, heads here * head_dim]
+    if buf.len() < n_all * (2 * hd + 1) {
+        buf.resize(n_all * (2 * hd + 1), 0.0);
+    }
+    let (kf, rest) = buf.split_at_mut(n_all * hd); // [n_all, head_dim] one kv head's keys
+    let (vf, rest) = rest.split_at_mut(n_all * hd); // [n_all, head_dim] one kv head's values
+    let scores = &mut rest[..n_all]; // [n_seen]
+    for (i, kv_head) in kv_heads.enumerate() {
+        kc.gather(kv_head * hd, kv_width, n_all, kf);
+        vc.gather(kv_head * hd, kv_width, n_all, vf);
+        for t in 0..n {
+            let n_seen = g.n_past + t + 1;
+            for j in 0..group {
+                let head = kv_head * group + j;
+                let qh = &q[t * q_width + head * hd..][..hd];
+                for (p, s) in scores[..n_seen].iter_mut().enumerate() {
+                    *s = kc.dot_f32(qh, &kf[p * hd..(p + 1) * hd]) * scale;
+                }
+                softmax(&mut scores[..n_seen]);
+                let oh = &mut out[t * width + (i * group + j) * hd..][..hd];
+                for (p, &s) in scores[..n_seen].iter().enumerate() {
+                    let w = vc.round(s);
+                    oh.iter_mut().zip(&vf[p * hd..(p + 1) * hd]).for_each(|(o, &v)| *o += w * v);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Rotate pairs (i, i + rot/2) of one head by the given angles (NeoX / HF rotate_half).
