@@ -115,12 +115,9 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         Some(spec) => sweep_configs(spec, &base)?,
     };
     let mut results = Vec::new();
+    let job = Job { args, w: &weights, backend: &backend, n_ctx, prompt: &prompt, n_decode };
     for c in &configs {
-        let mut res = if host {
-            run_host(args, &weights, &backend, n_ctx, c, &prompt, n_decode)?
-        } else {
-            run_config(args, &weights, &backend, n_ctx, c, &prompt, n_decode)?
-        };
+        let mut res = if host { run_host(&job, c)? } else { run_config(&job, c)? };
         res.model = model.clone();
         res.note = notes.join("; ");
         if !p.json {
@@ -258,15 +255,27 @@ fn open_session<'w>(
     Ok(s)
 }
 
-fn run_config(
-    args: &ModelArgs,
-    w: &Weights,
-    backend: &str,
+/// What every configuration of one `bench --paper` shares.
+struct Job<'a> {
+    args: &'a ModelArgs,
+    w: &'a Weights<'a>,
+    backend: &'a str,
     n_ctx: usize,
-    c: &Config,
-    prompt: &[u32],
+    prompt: &'a [u32],
     n_decode: usize,
-) -> Result<PaperResult> {
+}
+
+/// The router of a configuration's --routing mode (None: the model's own top-k).
+fn router_for(c: &Config, w: &Weights) -> Result<Option<Router>> {
+    let mode = RoutingMode::parse(&c.routing)?;
+    if matches!(mode, RoutingMode::Model) {
+        return Ok(None);
+    }
+    Ok(Some(Router::new(mode, w.cfg.n_layers as usize, w.cfg.n_experts_used as usize, 0x5eed)?))
+}
+
+fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
+    let Job { args, w, backend, n_ctx, prompt, n_decode } = *j;
     // A residency becomes a byte budget through the plan of this model.
     let budget = match (c.budget, c.residency) {
         (Some(b), _) => Some(b),
@@ -278,9 +287,8 @@ fn run_config(
         (None, None) => None,
     };
     let mut s = open_session(args, w, backend, n_ctx, budget, c.policy)?;
-    let mode = RoutingMode::parse(&c.routing)?;
-    if !matches!(mode, RoutingMode::Model) {
-        s.set_router(Router::new(mode, w.cfg.n_layers as usize, w.cfg.n_experts_used as usize, 0x5eed)?);
+    if let Some(r) = router_for(c, w)? {
+        s.set_router(r);
     }
     eprintln!("{}: {} | {} expert slots of {} ({:.1}%)", c.label_or("run"), s.device(), s.plan.n_slots,
         s.plan.n_experts_total, 100.0 * s.plan.n_slots as f64 / s.plan.n_experts_total.max(1) as f64);
@@ -297,20 +305,12 @@ fn run_config(
 }
 
 /// The protocol on the CPU engine (no VRAM, no expert stats).
-fn run_host(
-    args: &ModelArgs,
-    w: &Weights,
-    backend: &str,
-    n_ctx: usize,
-    c: &Config,
-    prompt: &[u32],
-    n_decode: usize,
-) -> Result<PaperResult> {
+fn run_host(j: &Job, c: &Config) -> Result<PaperResult> {
+    let Job { args, w, backend, n_ctx, prompt, n_decode } = *j;
     let b = rotary::backend::by_name(backend, args.threads)?;
     let mut s = rotary::model::qwen3moe::Session::new(w, b.as_ref(), n_ctx)?;
-    let mode = RoutingMode::parse(&c.routing)?;
-    if !matches!(mode, RoutingMode::Model) {
-        s.set_router(Router::new(mode, w.cfg.n_layers as usize, w.cfg.n_experts_used as usize, 0x5eed)?);
+    if let Some(r) = router_for(c, w)? {
+        s.set_router(r);
     }
     let mut r = bench::paper_run(&mut s, prompt, n_decode)?;
     r.device = format!("CPU ({} threads)", s.threads());
