@@ -23,6 +23,10 @@ pub struct CudaDevice {
     allocs: Vec<*mut c_void>,
     host: Vec<*mut c_void>,
     events: Vec<*mut c_void>,
+    /// References held on each event, and the events free for reuse (every decode step records
+    /// several: without reuse they would pile up by the hundred thousand).
+    refs: Vec<u32>,
+    free: Vec<usize>,
     stats: LinkStats,
     link_peak_gbps: Option<f64>,
     /// Per copy stream (demand, prefetch): the start event and bytes of the copies queued
@@ -61,6 +65,8 @@ impl CudaDevice {
             allocs: Vec::new(),
             host: Vec::new(),
             events: Vec::new(),
+            refs: Vec::new(),
+            free: Vec::new(),
             stats: LinkStats::default(),
             link_peak_gbps: None,
             open_batch: [None, None],
@@ -184,6 +190,7 @@ impl Device for CudaDevice {
                     // SAFETY: valid out-pointer; destroyed in drop (kept in events).
                     check(unsafe { ffi::rotary_event_create(&mut e) }, "cudaEventCreate")?;
                     self.events.push(e);
+                    self.refs.push(u32::MAX);
                     // SAFETY: live event and stream.
                     check(unsafe { ffi::rotary_event_record(e, s) }, "cudaEventRecord")?;
                     self.open_batch[b] = Some((e, bytes as u64));
@@ -219,21 +226,56 @@ impl Device for CudaDevice {
     }
 
     fn record(&mut self, stream: Stream) -> Result<Event> {
-        let mut e = ptr::null_mut();
-        // SAFETY: valid out-pointer; destroyed in drop.
-        check(unsafe { ffi::rotary_event_create(&mut e) }, "cudaEventCreate")?;
-        // SAFETY: live event and stream.
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                let mut e = ptr::null_mut();
+                // SAFETY: valid out-pointer; destroyed in drop.
+                check(unsafe { ffi::rotary_event_create(&mut e) }, "cudaEventCreate")?;
+                self.events.push(e);
+                self.refs.push(0);
+                self.events.len() - 1
+            }
+        };
+        let e = self.events[id];
+        // SAFETY: live event and stream; nobody references a freed event, so re-recording it
+        // changes no one's ordering.
         check(unsafe { ffi::rotary_event_record(e, self.stream(stream)) }, "cudaEventRecord")?;
-        self.events.push(e);
+        self.refs[id] = 1;
         let b = match stream {
             Stream::Copy => Some(0),
             Stream::Prefetch => Some(1),
             Stream::Compute => None,
         };
         if let Some((start, bytes)) = b.and_then(|b| self.open_batch[b].take()) {
-            self.closed.borrow_mut().push((start, e, bytes));
+            // The batch's end must stay this recording: a private event, never freed.
+            let mut end = ptr::null_mut();
+            // SAFETY: valid out-pointer; kept in `events` (refs never reach 0), destroyed in drop.
+            check(unsafe { ffi::rotary_event_create(&mut end) }, "cudaEventCreate")?;
+            // SAFETY: live event and stream.
+            check(unsafe { ffi::rotary_event_record(end, self.stream(stream)) }, "cudaEventRecord")?;
+            self.events.push(end);
+            self.refs.push(u32::MAX);
+            self.closed.borrow_mut().push((start, end, bytes));
         }
-        Ok(Event(self.events.len() as u64 - 1))
+        Ok(Event(id as u64))
+    }
+
+    fn retain(&mut self, event: Event) {
+        let r = &mut self.refs[event.0 as usize];
+        assert!(*r > 0, "retain of a released event");
+        *r = r.saturating_add(1);
+    }
+
+    fn release(&mut self, event: Event) {
+        let id = event.0 as usize;
+        assert!(self.refs[id] > 0, "release of a released event");
+        if self.refs[id] != u32::MAX {
+            self.refs[id] -= 1;
+            if self.refs[id] == 0 {
+                self.free.push(id);
+            }
+        }
     }
 
     fn wait(&mut self, stream: Stream, event: Event) -> Result<()> {

@@ -126,7 +126,13 @@ pub trait Device {
     /// Copy device memory to the host after everything queued on the compute stream.
     fn d2h(&mut self, src: Addr, dst: &mut [u8]) -> Result<()>;
 
+    /// Record an event on `stream`. The caller holds one reference to it: `retain` adds one,
+    /// `release` drops one; with none left the device may reuse the event.
     fn record(&mut self, stream: Stream) -> Result<Event>;
+
+    fn retain(&mut self, _event: Event) {}
+
+    fn release(&mut self, _event: Event) {}
 
     /// Later work on `stream` waits for `event`.
     fn wait(&mut self, stream: Stream, event: Event) -> Result<()>;

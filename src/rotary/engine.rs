@@ -777,10 +777,15 @@ impl<'w> StreamSession<'w> {
         };
         self.launch(moe)?;
         if !self.resident {
+            // Each slot holds a reference to the compute event of its last reader.
             let ev = self.dev.record(Stream::Compute)?;
             for &slot in &self.used_slots {
-                self.cache.slots[slot].last_read = Some(ev);
+                self.dev.retain(ev);
+                if let Some(old) = self.cache.slots[slot].last_read.replace(ev) {
+                    self.dev.release(old);
+                }
             }
+            self.dev.release(ev);
         }
         if predict {
             self.prefetch(l + 1, n, &pred)?;
@@ -939,6 +944,7 @@ impl StreamSession<'_> {
                 Some(slot) => {
                     if let Some(ev) = self.cache.slots[slot].ready.take() {
                         self.dev.wait(Stream::Compute, ev)?; // a prefetch still in flight
+                        self.dev.release(ev);
                     }
                     self.used_slots.push(slot);
                     self.set_table(l, e, slot);
@@ -960,6 +966,7 @@ impl StreamSession<'_> {
             self.copy_experts(Stream::Copy, &jobs)?;
             let ev = self.dev.record(Stream::Copy)?;
             self.dev.wait(Stream::Compute, ev)?;
+            self.dev.release(ev);
         }
         let table = std::mem::take(&mut self.tables[l]);
         upload(self.dev.as_mut(), self.layers[l].tables, &table)?;
@@ -1059,6 +1066,7 @@ impl StreamSession<'_> {
                     *next = (i + 1) % staging.len();
                     if let Some(ev) = last_copy[i].take() {
                         self.dev.sync_event(ev)?;
+                        self.dev.release(ev);
                     }
                     bufs.push(i);
                 }
@@ -1093,6 +1101,7 @@ impl StreamSession<'_> {
         }
         if let Some(ev) = self.cache.slots[slot].ready.take() {
             self.dev.wait(stream, ev)?;
+            self.dev.release(ev);
         }
         Ok(())
     }
@@ -1129,9 +1138,11 @@ impl StreamSession<'_> {
             self.copy_experts(Stream::Prefetch, &jobs)?;
             let ev = self.dev.record(Stream::Prefetch)?;
             for slot in loaded {
+                self.dev.retain(ev);
                 self.cache.slots[slot].ready = Some(ev);
                 self.stats.prefetch_loads += 1;
             }
+            self.dev.release(ev);
         }
         Ok(())
     }

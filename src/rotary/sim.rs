@@ -66,6 +66,8 @@ pub struct SimDevice {
     link: Arc<Link>,
     worker: Option<JoinHandle<()>>,
     next_event: u64,
+    /// References held on each live event (see Device::record).
+    refs: std::collections::HashMap<u64, u32>,
     stall: Duration,
     cpu: CpuBackend,
 }
@@ -92,6 +94,7 @@ impl SimDevice {
             link,
             worker: Some(worker),
             next_event: 1,
+            refs: std::collections::HashMap::new(),
             stall: Duration::ZERO,
             cpu: CpuBackend::new(threads)?,
         })
@@ -432,6 +435,7 @@ impl Device for SimDevice {
     fn record(&mut self, stream: Stream) -> Result<Event> {
         let ev = self.next_event;
         self.next_event += 1;
+        self.refs.insert(ev, 1);
         let mut st = self.link.state.lock().expect("link lock");
         match stream {
             // The compute stream is synchronous: everything before is done.
@@ -454,7 +458,23 @@ impl Device for SimDevice {
         self.sync_event(event)
     }
 
+    fn retain(&mut self, event: Event) {
+        let r = self.refs.get_mut(&event.0).expect("retain of a released event");
+        *r += 1;
+    }
+
+    fn release(&mut self, event: Event) {
+        let r = self.refs.get_mut(&event.0).expect("release of a released event");
+        *r -= 1;
+        if *r == 0 {
+            self.refs.remove(&event.0);
+            // Forgotten once done (a pending one is marked done later and stays: a few entries).
+            self.link.state.lock().expect("link lock").done.remove(&event.0);
+        }
+    }
+
     fn sync_event(&mut self, event: Event) -> Result<()> {
+        assert!(self.refs.contains_key(&event.0), "wait on a released event {}", event.0);
         let start = Instant::now();
         let mut st = self.link.state.lock().expect("link lock");
         while !st.done.contains(&event.0) {
