@@ -438,17 +438,7 @@ fn with_session<T>(
     if backend_name == "cuda" && !rotary::backend::cuda::COMPILED {
         return Err(rotary::Error::CudaNotCompiled);
     }
-    let r = &args.rotary;
-    let budget = r.vram_budget.as_deref().map(inspect::parse_size).transpose()?;
-    let opts = rotary::rotary::Options {
-        policy: rotary::rotary::cache::Policy::by_name(&r.cache_policy)?,
-        alloc: rotary::rotary::cache::Allocation::by_name(&r.cache_alloc)?,
-        prefetch: !r.no_prefetch,
-        moe_policy: rotary::rotary::MoePolicy::by_name(&r.moe_policy)?,
-        pin: rotary::rotary::PinMode::by_name(&r.pin)?,
-        link_gbps: r.sim_link_gbps,
-        threads: args.threads,
-    };
+    let budget = args.rotary.vram_budget.as_deref().map(inspect::parse_size).transpose()?;
     let device_backend = matches!(backend_name, "cuda" | "sim");
     if budget.is_some() && !device_backend {
         return Err(rotary::Error::Usage(format!(
@@ -462,21 +452,12 @@ fn with_session<T>(
     let weights = Weights::load(&file)?;
     let tok = rotary::run::tokenizer_for(&file)?;
     let n_ctx = args.ctx.unwrap_or(weights.cfg.context_length.min(4096) as usize);
+    let router = router(&args.routing, &weights.cfg, record)?;
     if device_backend {
-        let dev = rotary::rotary::open_device(backend_name, args.device, budget, r.sim_link_gbps, args.threads)?;
-        let bar = bytes_bar(0, "place weights");
-        let name: &'static str = if backend_name == "cuda" { "cuda" } else { "sim" };
-        let mut s = rotary::rotary::StreamSession::new(&weights, dev, n_ctx, opts, name, &mut |done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        })?;
-        bar.finish_and_clear();
-        eprintln!("{}: {}", name, s.device());
-        if let Some(router) = args.router(&weights.cfg, record)? {
+        let mut s = open_stream(args, &weights, backend_name, n_ctx, budget, None)?;
+        eprint!("{}: {}\n{}", backend_name, s.device(), s.plan);
+        if let Some(router) = router {
             s.set_router(router);
-        }
-        if args.verbose_plan() {
-            eprint!("{}", s.plan);
         }
         let out = f(&mut s, &tok)?;
         eprintln!("{}", s.stats());
@@ -484,10 +465,57 @@ fn with_session<T>(
     }
     let backend = rotary::backend::by_name(backend_name, args.threads)?;
     let mut session = Session::new(&weights, backend.as_ref(), n_ctx)?;
-    if let Some(router) = args.router(&weights.cfg, record)? {
-        session.router = Some(router);
-    }
+    session.router = router;
     f(&mut session, &tok)
+}
+
+/// A rotary session on `backend` (cuda | sim) under `budget`, configured by the rotary flags;
+/// `policy` overrides --cache-policy (policy sweeps).
+fn open_stream<'w>(
+    args: &ModelArgs,
+    w: &'w Weights<'w>,
+    backend: &str,
+    n_ctx: usize,
+    budget: Option<u64>,
+    policy: Option<rotary::rotary::cache::Policy>,
+) -> Result<rotary::rotary::StreamSession<'w>> {
+    let r = &args.rotary;
+    let opts = rotary::rotary::Options {
+        policy: policy.map_or_else(|| rotary::rotary::cache::Policy::by_name(&r.cache_policy), Ok)?,
+        alloc: rotary::rotary::cache::Allocation::by_name(&r.cache_alloc)?,
+        prefetch: !r.no_prefetch,
+        moe_policy: rotary::rotary::MoePolicy::by_name(&r.moe_policy)?,
+        pin: rotary::rotary::PinMode::by_name(&r.pin)?,
+        link_gbps: r.sim_link_gbps,
+        threads: args.threads,
+    };
+    let dev = rotary::rotary::open_device(backend, args.device, budget, r.sim_link_gbps, args.threads)?;
+    let name: &'static str = if backend == "cuda" { "cuda" } else { "sim" };
+    let bar = bytes_bar(0, "place weights");
+    let s = rotary::rotary::StreamSession::new(w, dev, n_ctx, opts, name, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    Ok(s)
+}
+
+/// The router for a --routing mode (and a recorder), unless it is plain model routing.
+fn router(
+    routing: &str,
+    cfg: &rotary::model::ModelConfig,
+    record: Option<&Path>,
+) -> Result<Option<rotary::routing::Router>> {
+    let mode = rotary::routing::RoutingMode::parse(routing)?;
+    if matches!(mode, rotary::routing::RoutingMode::Model) && record.is_none() {
+        return Ok(None);
+    }
+    let (l, k) = (cfg.n_layers as usize, cfg.n_experts_used as usize);
+    let mut r = rotary::routing::Router::new(mode, l, k, 0x5eed)?;
+    if let Some(path) = record {
+        r.record_to(rotary::routing::Recorder::create(path, l, k)?);
+    }
+    Ok(Some(r))
 }
 
 fn cmd_selftest(backend: &str, device: usize, threads: Option<usize>, json: bool, perf: bool) -> Result<()> {
@@ -516,27 +544,8 @@ fn cmd_selftest(backend: &str, device: usize, threads: Option<usize>, json: bool
 }
 
 impl ModelArgs {
-    /// Print the VRAM plan (always, for now: users of a budget want to see it).
-    fn verbose_plan(&self) -> bool {
-        true
-    }
-
     fn backend(&self) -> &str {
         self.backend.as_deref().unwrap_or("cpu")
-    }
-
-    /// The router for --routing (and a recorder), if it is not plain model routing.
-    fn router(&self, cfg: &rotary::model::ModelConfig, record: Option<&Path>) -> Result<Option<rotary::routing::Router>> {
-        let mode = rotary::routing::RoutingMode::parse(&self.routing)?;
-        if matches!(mode, rotary::routing::RoutingMode::Model) && record.is_none() {
-            return Ok(None);
-        }
-        let (l, k) = (cfg.n_layers as usize, cfg.n_experts_used as usize);
-        let mut r = rotary::routing::Router::new(mode, l, k, 0x5eed)?;
-        if let Some(path) = record {
-            r.record_to(rotary::routing::Recorder::create(path, l, k)?);
-        }
-        Ok(Some(r))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu_ref::CpuRef;
 use crate::backend::{Backend, Mat};
 use crate::error::Result;
-use crate::model::qwen3moe::{rmsnorm_rows, rope_tokens, silu, softmax, top_k};
+use crate::model::qwen3moe::{expert_forward, rmsnorm_rows, rope_tokens, softmax, top_k};
 use crate::quant::{self, GgmlType};
 use crate::synth::{random_f32, random_ints, random_matrix};
 
@@ -316,7 +316,8 @@ pub fn reference(op: &Op, i: &Inputs) -> Result<Output> {
             x
         }
         Op::Attention { n, n_heads, n_kv_heads, head_dim, pos0, .. } => {
-            attention_reference(&i.f[0], &i.f[1], &i.f[2], n, n_heads, n_kv_heads, head_dim, pos0)
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            attention_reference(&i.f[0], &i.f[1], &i.f[2], n, n_heads, n_kv_heads, head_dim, pos0, scale)
         }
         Op::Embed { ty, n_vocab, dim, .. } => {
             let table = mat(ty, n_vocab, dim, &i.mats[0])?;
@@ -344,16 +345,13 @@ pub fn products(b: &dyn Backend, op: &Op, i: &Inputs) -> Result<Output> {
             let up = mat(ty_gate_up, n_experts * ffn, dim, &i.mats[1])?;
             let down = mat(ty_down, n_experts * dim, ffn, &i.mats[2])?;
             let mut residual = i.f[1].clone();
-            let (mut g, mut u, mut y) = (vec![0f32; ffn], vec![0f32; ffn], vec![0f32; dim]);
             for t in 0..n {
                 let x = &i.f[0][t * dim..(t + 1) * dim];
                 let mut acc = vec![0f32; dim];
                 for j in 0..k {
                     let e = i.ids[t * k + j] as usize;
-                    b.matmul(&gate.rows_slice(e * ffn, ffn), x, 1, &mut g)?;
-                    b.matmul(&up.rows_slice(e * ffn, ffn), x, 1, &mut u)?;
-                    g.iter_mut().zip(&u).for_each(|(g, &u)| *g = silu(*g) * u);
-                    b.matmul(&down.rows_slice(e * dim, dim), &g, 1, &mut y)?;
+                    let (g, u, d) = (gate.rows_slice(e * ffn, ffn), up.rows_slice(e * ffn, ffn), down.rows_slice(e * dim, dim));
+                    let y = expert_forward(b, &g, &u, &d, x)?;
                     let w = i.f[2][t * k + j];
                     acc.iter_mut().zip(&y).for_each(|(a, &y)| *a += w * y);
                 }
@@ -378,11 +376,11 @@ pub fn attention_reference(
     n_kv_heads: usize,
     hd: usize,
     pos0: usize,
+    scale: f32,
 ) -> Vec<f32> {
     let r = |x: f32| f16::from_f32(x).to_f32();
     let kv_width = n_kv_heads * hd;
     let mut o = vec![0f32; n * n_heads * hd];
-    let scale = 1.0 / (hd as f32).sqrt();
     for t in 0..n {
         let n_seen = pos0 + t + 1;
         for h in 0..n_heads {

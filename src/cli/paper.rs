@@ -8,13 +8,12 @@ use rotary::bench::{self, PaperResult, SweepPoint};
 use rotary::inspect::{self, human_bytes};
 use rotary::model::weights::{ModelFile, Weights};
 use rotary::model::Engine;
-use rotary::rotary::cache::{Allocation, Policy};
-use rotary::rotary::{MoePolicy, Options, PinMode, StreamSession};
-use rotary::routing::{Router, RoutingMode};
+use rotary::rotary::cache::Policy;
+use rotary::routing::RoutingMode;
 use rotary::synth::{self, Preset, QuantMix, SynthOptions};
 use rotary::{Error, Result};
 
-use super::{bytes_bar, ModelArgs};
+use super::{bytes_bar, open_stream, router, ModelArgs};
 
 pub struct PaperArgs {
     pub preset: Option<String>,
@@ -226,35 +225,6 @@ fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
     Ok(out)
 }
 
-fn open_session<'w>(
-    args: &ModelArgs,
-    w: &'w Weights<'w>,
-    backend: &str,
-    n_ctx: usize,
-    budget: Option<u64>,
-    policy: Policy,
-) -> Result<StreamSession<'w>> {
-    let r = &args.rotary;
-    let opts = Options {
-        policy,
-        alloc: Allocation::by_name(&r.cache_alloc)?,
-        prefetch: !r.no_prefetch,
-        moe_policy: MoePolicy::by_name(&r.moe_policy)?,
-        pin: PinMode::by_name(&r.pin)?,
-        link_gbps: r.sim_link_gbps,
-        threads: args.threads,
-    };
-    let dev = rotary::rotary::open_device(backend, args.device, budget, r.sim_link_gbps, args.threads)?;
-    let name: &'static str = if backend == "cuda" { "cuda" } else { "sim" };
-    let bar = bytes_bar(0, "place weights");
-    let s = StreamSession::new(w, dev, n_ctx, opts, name, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })?;
-    bar.finish_and_clear();
-    Ok(s)
-}
-
 /// What every configuration of one `bench --paper` shares.
 struct Job<'a> {
     args: &'a ModelArgs,
@@ -265,29 +235,20 @@ struct Job<'a> {
     n_decode: usize,
 }
 
-/// The router of a configuration's --routing mode (None: the model's own top-k).
-fn router_for(c: &Config, w: &Weights) -> Result<Option<Router>> {
-    let mode = RoutingMode::parse(&c.routing)?;
-    if matches!(mode, RoutingMode::Model) {
-        return Ok(None);
-    }
-    Ok(Some(Router::new(mode, w.cfg.n_layers as usize, w.cfg.n_experts_used as usize, 0x5eed)?))
-}
-
 fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
     let Job { args, w, backend, n_ctx, prompt, n_decode } = *j;
     // A residency becomes a byte budget through the plan of this model.
     let budget = match (c.budget, c.residency) {
         (Some(b), _) => Some(b),
         (None, Some(f)) => {
-            let probe = open_session(args, w, "sim", n_ctx, None, c.policy)?;
+            let probe = open_stream(args, w, "sim", n_ctx, None, Some(c.policy))?;
             let slots = (f * probe.plan.n_experts_total as f64).ceil() as u64;
             Some(probe.plan.fixed_bytes() + slots * probe.plan.slot_bytes)
         }
         (None, None) => None,
     };
-    let mut s = open_session(args, w, backend, n_ctx, budget, c.policy)?;
-    if let Some(r) = router_for(c, w)? {
+    let mut s = open_stream(args, w, backend, n_ctx, budget, Some(c.policy))?;
+    if let Some(r) = router(&c.routing, &w.cfg, None)? {
         s.set_router(r);
     }
     eprintln!("{}: {} | {} expert slots of {} ({:.1}%)", c.label_or("run"), s.device(), s.plan.n_slots,
@@ -309,7 +270,7 @@ fn run_host(j: &Job, c: &Config) -> Result<PaperResult> {
     let Job { args, w, backend, n_ctx, prompt, n_decode } = *j;
     let b = rotary::backend::by_name(backend, args.threads)?;
     let mut s = rotary::model::qwen3moe::Session::new(w, b.as_ref(), n_ctx)?;
-    if let Some(r) = router_for(c, w)? {
+    if let Some(r) = router(&c.routing, &w.cfg, None)? {
         s.set_router(r);
     }
     let mut r = bench::paper_run(&mut s, prompt, n_decode)?;

@@ -391,6 +391,18 @@ pub fn rope_tokens(x: &mut [f32], inv_freq: &[f32], n: usize, n_heads: usize, he
     }
 }
 
+/// One expert on one token: down · (silu(gate · x) ⊙ (up · x)). The simulator's MoE kernel,
+/// the rotary's CPU fallback and the selftest reference share it, so a streamed run agrees
+/// with a resident one to the bit.
+pub fn expert_forward(b: &dyn Backend, gate: &Mat, up: &Mat, down: &Mat, x: &[f32]) -> Result<Vec<f32>> {
+    let (mut g, mut u, mut y) = (vec![0f32; gate.rows], vec![0f32; up.rows], vec![0f32; down.rows]);
+    b.matmul(gate, x, 1, &mut g)?;
+    b.matmul(up, x, 1, &mut u)?;
+    g.iter_mut().zip(&u).for_each(|(g, &u)| *g = silu(*g) * u);
+    b.matmul(down, &g, 1, &mut y)?;
+    Ok(y)
+}
+
 /// Attention work (positions × tokens × q dims) from which the kv heads are split over threads.
 const ATTN_PARALLEL_WORK: usize = 1 << 20;
 

@@ -202,11 +202,9 @@ impl Device for CudaDevice {
             ffi::rotary_memcpy_async(dst as *mut c_void, src.cast(), bytes as u64, ffi::RotaryCopyKind::ROTARY_COPY_H2D, s)
         };
         check(code, "cudaMemcpyAsync(H2D)")?;
-        if stream == Stream::Compute {
-            // Pageable sources are staged before the call returns; wait anyway for small
-            // uploads so the host may free the slice at once.
-            self.gpu.sync()?;
-        }
+        // No sync for compute-stream uploads: from pageable memory cudaMemcpyAsync has staged
+        // the bytes when it returns (CUDA's documented API sync behaviour), so the caller may
+        // free the slice at once; the decode loop keeps one host sync per layer (the ids).
         Ok(())
     }
 

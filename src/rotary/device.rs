@@ -171,22 +171,19 @@ pub fn alloc_upload<T: Copy>(dev: &mut dyn Device, data: &[T], what: &str) -> Re
     Ok(a)
 }
 
-/// Download f32 values.
-pub fn download_f32(dev: &mut dyn Device, src: Addr, out: &mut [f32]) -> Result<()> {
-    let mut bytes = vec![0u8; out.len() * 4];
-    dev.d2h(src, &mut bytes)?;
-    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    }
-    Ok(())
-}
+/// Plain numbers a device buffer can be read into: every bit pattern is a value.
+pub trait Plain: Copy {}
+impl Plain for f32 {}
+impl Plain for i32 {}
 
-/// Download i32 values.
-pub fn download_i32(dev: &mut dyn Device, src: Addr, out: &mut [i32]) -> Result<()> {
-    let mut bytes = vec![0u8; out.len() * 4];
-    dev.d2h(src, &mut bytes)?;
-    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-        *o = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    }
-    Ok(())
+// Device memory holds little-endian values; so does the host this runs on.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// Copy device values into `out` (after everything queued on the compute stream), straight
+/// into its memory: the decode loop reads ids and logits this way without a staging buffer.
+pub fn download<T: Plain>(dev: &mut dyn Device, src: Addr, out: &mut [T]) -> Result<()> {
+    // SAFETY: `out` is a live, exclusively borrowed slice; viewing its memory as bytes is
+    // sound for Plain types (no padding, every byte pattern is a valid value).
+    let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(out)) };
+    dev.d2h(src, bytes)
 }

@@ -16,13 +16,12 @@
 use std::time::Instant;
 
 use super::cache::{Allocation, ExpertCache, Policy};
-use super::device::{alloc_upload, download_f32, download_i32, upload, Addr, Device, Event, Kernel, KvCache, Stream};
+use super::device::{alloc_upload, download, upload, Addr, Device, Event, Kernel, KvCache, Stream};
 use super::plan::{align, Plan, LOGITS_ROWS, PAGE_SIZE, UBATCH};
-use super::sim::expert_forward;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Mat};
 use crate::error::{Error, Result};
-use crate::model::qwen3moe::Logits;
+use crate::model::qwen3moe::{expert_forward, Logits};
 use crate::model::weights::{Expert, Weights};
 use crate::model::{Engine, ModelConfig};
 use crate::quant::{self, GgmlType};
@@ -313,7 +312,6 @@ pub struct StreamSession<'w> {
     host: HostExperts,
     /// Host mirror of each layer's pointer table.
     tables: Vec<Vec<u64>>,
-    resident: bool,
     /// The previous layer's prediction of each layer's experts, per token.
     predicted: Vec<Option<Vec<Vec<usize>>>>,
     cpu: CpuBackend,
@@ -481,7 +479,6 @@ impl<'w> StreamSession<'w> {
             cache,
             host: HostExperts::None,
             tables: vec![vec![0u64; 3 * n_experts]; c.n_layers as usize],
-            resident,
             predicted: vec![None; c.n_layers as usize],
             cpu: CpuBackend::new(opts.threads)?,
             cpu_s_per_byte: 0.0,
@@ -502,7 +499,7 @@ impl<'w> StreamSession<'w> {
     /// Resident: every expert into its slot now. Streaming: the host source of the copies.
     fn place_experts(&mut self, done: &mut u64, total: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
         let w = self.w;
-        if self.resident {
+        if self.plan.all_resident() {
             let mut slot = 0;
             for (l, layer) in w.layers.iter().enumerate() {
                 for (e, x) in layer.experts.iter().enumerate() {
@@ -563,14 +560,9 @@ impl<'w> StreamSession<'w> {
     fn calibrate_cpu(&mut self) -> Result<()> {
         let x = &self.w.layers[0].experts[0];
         let input = vec![0.5f32; self.cfg.dim as usize];
-        let mm = |m: &Mat, v: &[f32]| -> Result<Vec<f32>> {
-            let mut y = vec![0f32; m.rows];
-            self.cpu.matmul(m, v, 1, &mut y)?;
-            Ok(y)
-        };
-        expert_forward(&mm, &x.gate, &x.up, &x.down, &input)?; // warm
+        expert_forward(&self.cpu, &x.gate, &x.up, &x.down, &input)?; // warm
         let start = Instant::now();
-        expert_forward(&mm, &x.gate, &x.up, &x.down, &input)?;
+        expert_forward(&self.cpu, &x.gate, &x.up, &x.down, &input)?;
         let (g, d) = expert_bytes(x);
         self.cpu_s_per_byte = start.elapsed().as_secs_f64() / (2 * g + d) as f64;
         Ok(())
@@ -706,7 +698,7 @@ impl<'w> StreamSession<'w> {
             self.gemv(self.output, s.h, s.logits, rows)?;
             let at = logits.len();
             logits.resize(at + rows * n_vocab, 0f32);
-            download_f32(self.dev.as_mut(), s.logits, &mut logits[at..])?;
+            download(self.dev.as_mut(), s.logits, &mut logits[at..])?;
             t += rows;
         }
         Ok(())
@@ -723,7 +715,7 @@ impl<'w> StreamSession<'w> {
         self.gemv(router, s.h, s.router, n)?;
         self.launch(Kernel::TopkMoe { logits: s.router, ids: s.ids, weights: s.weights, n, n_experts, k, renorm })?;
         let host_ids = self.route_on_host(l, n, s)?;
-        let predict = !self.resident && self.opts.prefetch && l + 1 < self.layers.len();
+        let predict = !self.plan.all_resident() && self.opts.prefetch && l + 1 < self.layers.len();
         if predict {
             // The next layer's router on this layer's state: its likely experts, early.
             let next = &self.layers[l + 1];
@@ -735,15 +727,15 @@ impl<'w> StreamSession<'w> {
         }
         let mut ids = vec![0i32; n * k];
         let mut pred = Vec::new();
-        if !self.resident {
+        if !self.plan.all_resident() {
             // The one device-to-host copy of the layer: this layer's ids (and the prediction).
             if predict {
                 let mut both = vec![0i32; UBATCH * k + n * k];
-                download_i32(self.dev.as_mut(), s.ids, &mut both)?;
+                download(self.dev.as_mut(), s.ids, &mut both)?;
                 ids.copy_from_slice(&both[..n * k]);
                 pred = both[UBATCH * k..].to_vec();
             } else if host_ids.is_none() {
-                download_i32(self.dev.as_mut(), s.ids, &mut ids)?;
+                download(self.dev.as_mut(), s.ids, &mut ids)?;
             }
             if let Some(h) = &host_ids {
                 ids.copy_from_slice(h);
@@ -776,7 +768,7 @@ impl<'w> StreamSession<'w> {
             n_experts,
         };
         self.launch(moe)?;
-        if !self.resident {
+        if !self.plan.all_resident() {
             // Each slot holds a reference to the compute event of its last reader.
             let ev = self.dev.record(Stream::Compute)?;
             for &slot in &self.used_slots {
@@ -908,7 +900,7 @@ impl StreamSession<'_> {
         }
         let (e, k) = (self.cfg.n_experts as usize, self.cfg.n_experts_used as usize);
         let mut probs = vec![0f32; n * e]; // [n, n_experts]
-        download_f32(self.dev.as_mut(), s.router, &mut probs)?;
+        download(self.dev.as_mut(), s.router, &mut probs)?;
         probs.chunks_exact_mut(e).for_each(crate::model::qwen3moe::softmax);
         let (mut ids, mut w) = (vec![0usize; n * k], vec![0f32; n * k]); // [n, k]
         let renorm = self.cfg.norm_topk_prob;
@@ -974,7 +966,7 @@ impl StreamSession<'_> {
         if !cpu.is_empty() {
             // Activations cross the link instead of weights: h down, output rows up.
             let mut h = vec![0f32; n * dim]; // [n, dim]
-            download_f32(self.dev.as_mut(), s.h, &mut h)?;
+            download(self.dev.as_mut(), s.h, &mut h)?;
             let mut marked = ids.to_vec();
             for (pair, id) in marked.iter_mut().enumerate() {
                 let e = *id as usize;
@@ -982,14 +974,8 @@ impl StreamSession<'_> {
                     continue;
                 }
                 let x = &self.w.layers[l].experts[e];
-                let cpu = &self.cpu;
-                let mm = |m: &Mat, v: &[f32]| -> Result<Vec<f32>> {
-                    let mut y = vec![0f32; m.rows];
-                    cpu.matmul(m, v, 1, &mut y)?;
-                    Ok(y)
-                };
                 let t = pair / k;
-                let y = expert_forward(&mm, &x.gate, &x.up, &x.down, &h[t * dim..(t + 1) * dim])?;
+                let y = expert_forward(&self.cpu, &x.gate, &x.up, &x.down, &h[t * dim..(t + 1) * dim])?;
                 upload(self.dev.as_mut(), s.out + (pair * dim * 4) as u64, &y)?;
                 *id = -1 - e as i32;
             }

@@ -18,7 +18,7 @@ use super::device::{Addr, Device, Event, Kernel, KvCache, LinkStats, Stream};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Mat};
 use crate::error::{Error, Result};
-use crate::model::qwen3moe::{rmsnorm_rows, rope_tokens, silu, softmax, top_k};
+use crate::model::qwen3moe::{expert_forward, rmsnorm_rows, rope_tokens, softmax, top_k};
 use crate::quant;
 
 /// Prefetch copies move in chunks of this many bytes, so a demand load waits at most one.
@@ -247,8 +247,7 @@ impl SimDevice {
             ks.extend(load(c.k)?);
             vs.extend(load(c.v)?);
         }
-        assert_eq!(scale, 1.0 / (hd as f32).sqrt(), "the engine scales by 1/sqrt(head_dim)");
-        Ok(crate::selftest::attention_reference(&qs, &ks, &vs, n, n_heads, n_kv_heads, hd, pos0))
+        Ok(crate::selftest::attention_reference(&qs, &ks, &vs, n, n_heads, n_kv_heads, hd, pos0, scale))
     }
 
     fn moe(&mut self, k: &Kernel) -> Result<()> {
@@ -279,7 +278,7 @@ impl SimDevice {
             }
             let xt = &xs[pair / k * dim..(pair / k + 1) * dim];
             let y = expert_forward(
-                &|m, x| self.matmul(m, x, 1),
+                &self.cpu,
                 &self.mat(ty_gate_up, gt[e], ffn, dim, "expert gate")?,
                 &self.mat(ty_gate_up, ut[e], ffn, dim, "expert up")?,
                 &self.mat(ty_down, dt[e], dim, ffn, "expert down")?,
@@ -305,24 +304,6 @@ impl SimDevice {
     pub fn cpu(&self) -> &CpuBackend {
         &self.cpu
     }
-}
-
-/// A matrix product over one token: y = m · x.
-pub type MatVec<'a> = dyn Fn(&Mat, &[f32]) -> Result<Vec<f32>> + 'a;
-
-/// One expert on one token: down · (silu(gate · x) ⊙ (up · x)). The sim's MoE kernel and the
-/// CPU fallback share it, so streamed and resident runs agree to the bit.
-pub fn expert_forward(
-    matmul: &MatVec,
-    gate: &Mat,
-    up: &Mat,
-    down: &Mat,
-    x: &[f32],
-) -> Result<Vec<f32>> {
-    let mut g = matmul(gate, x)?;
-    let u = matmul(up, x)?;
-    g.iter_mut().zip(&u).for_each(|(g, &u)| *g = silu(*g) * u);
-    matmul(down, &g)
 }
 
 fn link_worker(link: &Link) {

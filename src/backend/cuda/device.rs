@@ -154,18 +154,8 @@ impl Device {
         if data.is_empty() {
             return Ok(());
         }
-        let bytes = std::mem::size_of_val(data) as u64;
         // SAFETY: the destination range is inside buf (asserted); the source is a live slice.
-        let code = unsafe {
-            ffi::rotary_memcpy_async(
-                buf.ptr.add(at).cast(),
-                data.as_ptr().cast(),
-                bytes,
-                ffi::RotaryCopyKind::ROTARY_COPY_H2D,
-                self.stream,
-            )
-        };
-        check(code, "cudaMemcpyAsync(H2D)")
+        unsafe { self.memcpy(buf.ptr.add(at).cast(), data.as_ptr().cast(), std::mem::size_of_val(data), ffi::RotaryCopyKind::ROTARY_COPY_H2D) }
     }
 
     /// Copy `out.len()` elements of `buf` from element `at` to the host (waits for the stream).
@@ -174,19 +164,19 @@ impl Device {
         if out.is_empty() {
             return Ok(());
         }
-        let bytes = std::mem::size_of_val(out) as u64;
         // SAFETY: the source range is inside buf (asserted); out is a live, writable slice.
-        let code = unsafe {
-            ffi::rotary_memcpy_async(
-                out.as_mut_ptr().cast(),
-                buf.ptr.add(at).cast(),
-                bytes,
-                ffi::RotaryCopyKind::ROTARY_COPY_D2H,
-                self.stream,
-            )
-        };
-        check(code, "cudaMemcpyAsync(D2H)")?;
+        unsafe { self.memcpy(out.as_mut_ptr().cast(), buf.ptr.add(at).cast(), std::mem::size_of_val(out), ffi::RotaryCopyKind::ROTARY_COPY_D2H)? };
         self.sync()
+    }
+
+    /// Queue a copy of `bytes` on the stream.
+    ///
+    /// # Safety
+    /// `dst` and `src` must be valid for `bytes` in the memory spaces `kind` names.
+    unsafe fn memcpy(&self, dst: *mut std::ffi::c_void, src: *const std::ffi::c_void, bytes: usize, kind: ffi::RotaryCopyKind) -> Result<()> {
+        // SAFETY: the caller's contract.
+        let code = unsafe { ffi::rotary_memcpy_async(dst, src, bytes as u64, kind, self.stream) };
+        check(code, &format!("cudaMemcpyAsync({kind:?})"))
     }
 }
 
