@@ -86,7 +86,10 @@ impl Report {
         });
         let tied = dir.config_bool_opt("tie_word_embeddings")?.unwrap_or(false);
         let checked = ModelConfig::from_hf(dir)
-            .and_then(|c| c.check_hf_tensors(dir).map(|_| (c.hf_tensor_table(tied), c)));
+            .and_then(|c| {
+                let (prefix, fused) = ModelConfig::hf_layout(dir);
+                c.check_hf_tensors(dir).map(|_| (c.hf_tensor_table(prefix, tied, fused), c))
+            });
         let format = format!("HF directory, {} safetensors shard(s)", dir.shards().len());
         let mut r = Report::build(dir.dir().display().to_string(), format, tensors.collect(), checked);
         r.file_bytes = dir.shards().iter().map(|s| s.bytes().len() as u64).sum();

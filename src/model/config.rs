@@ -410,15 +410,21 @@ fn hf_check(key: &str, v: u64, max: u64) -> Result<u64> {
 }
 
 impl ModelConfig {
-    /// Hyperparameters of an HF `Qwen3MoeForCausalLM` directory (`model_type` qwen3_moe).
+    /// Hyperparameters of an HF directory: `Qwen3MoeForCausalLM` (`model_type` qwen3_moe), or
+    /// the text part of `Qwen3_5MoeForConditionalGeneration` / `Qwen3_5MoeForCausalLM`
+    /// (qwen3_5_moe, qwen3_5_moe_text; keys under `text_config` when nested).
     /// Only `config.json` is read: `auto_map` and remote code are never consulted.
     pub fn from_hf(dir: &HfDir) -> Result<ModelConfig> {
         let model_type = dir.config_str("model_type")?;
-        if model_type != "qwen3_moe" {
-            let reason = format!("'{model_type}' is not supported from HF files (supported: \
-                qwen3_moe; use a GGUF for qwen3_5_moe)");
-            return Err(Error::BadValue { key: "model_type".into(), reason });
-        }
+        let arch = match model_type {
+            "qwen3_moe" => Arch::Qwen3Moe,
+            "qwen3_5_moe" | "qwen3_5_moe_text" => Arch::Qwen35Moe,
+            _ => {
+                let reason = format!("'{model_type}' is not supported from HF files (supported: \
+                    qwen3_moe, qwen3_5_moe, qwen3_5_moe_text)");
+                return Err(Error::BadValue { key: "model_type".into(), reason });
+            }
+        };
         // Dense layers between MoE layers are not part of any Qwen3 MoE checkpoint.
         if dir.config_u64_opt("decoder_sparse_step")?.unwrap_or(1) != 1 {
             let reason = "only decoder_sparse_step = 1 (every layer MoE) is supported".into();
@@ -430,9 +436,35 @@ impl ModelConfig {
             Some(_) => hf_int(dir, "head_dim", limits::DIM_MAX)?,
             None => dim / n_heads,
         };
+        let n_layers = hf_int(dir, "num_hidden_layers", limits::LAYERS_MAX)?;
+        let (ssm, rope_dims, shared_ffn_dim, norm_topk_prob) = match arch {
+            Arch::Qwen3Moe => {
+                (None, head_dim, 0, dir.config_bool_opt("norm_topk_prob")?.unwrap_or(false))
+            }
+            Arch::Qwen35Moe => {
+                let factor = hf_f64_any(dir, &["rope_parameters.partial_rotary_factor", "partial_rotary_factor"])?
+                    .unwrap_or(1.0);
+                let rope_dims = (head_dim as f64 * factor).round() as u64;
+                let ssm = SsmConfig {
+                    conv_kernel: hf_int(dir, "linear_conv_kernel_dim", 16)?,
+                    inner_size: hf_int(dir, "linear_num_value_heads", limits::HEADS_MAX)?
+                        * hf_int(dir, "linear_value_head_dim", limits::DIM_MAX)?,
+                    state_size: hf_int(dir, "linear_key_head_dim", limits::DIM_MAX)?,
+                    n_k_heads: hf_int(dir, "linear_num_key_heads", limits::HEADS_MAX)?,
+                    n_v_heads: hf_int(dir, "linear_num_value_heads", limits::HEADS_MAX)?,
+                    full_attention_interval: hf_attention_interval(dir, n_layers)?,
+                };
+                if hf_int(dir, "linear_value_head_dim", limits::DIM_MAX)? != ssm.state_size {
+                    let reason = "must equal linear_key_head_dim (one state size)".into();
+                    return Err(Error::BadValue { key: "linear_value_head_dim".into(), reason });
+                }
+                // The Qwen3.5 router always renormalises (the attribute was removed).
+                (Some(ssm), rope_dims, hf_int(dir, "shared_expert_intermediate_size", limits::DIM_MAX)?, true)
+            }
+        };
         let cfg = ModelConfig {
-            arch: Arch::Qwen3Moe,
-            n_layers: hf_int(dir, "num_hidden_layers", limits::LAYERS_MAX)?,
+            arch,
+            n_layers,
             dim,
             n_heads,
             n_kv_heads: hf_int(dir, "num_key_value_heads", limits::HEADS_MAX)?,
@@ -440,61 +472,102 @@ impl ModelConfig {
             n_vocab: hf_int(dir, "vocab_size", limits::VOCAB_MAX)?,
             n_experts: hf_int_any(dir, &["num_experts", "num_local_experts"], limits::EXPERTS_MAX)?,
             n_experts_used: hf_int(dir, "num_experts_per_tok", limits::EXPERTS_USED_MAX)?,
-            norm_topk_prob: dir.config_bool_opt("norm_topk_prob")?.unwrap_or(false),
+            norm_topk_prob,
             expert_ffn_dim: hf_int(dir, "moe_intermediate_size", limits::DIM_MAX)?,
-            shared_ffn_dim: 0,
+            shared_ffn_dim,
             context_length: hf_int(dir, "max_position_embeddings", limits::CONTEXT_MAX)?,
             rope_theta: hf_f64_any(dir, &["rope_theta", "rope_parameters.rope_theta"])?
                 .unwrap_or(10_000.0),
-            rope_dims: head_dim,
+            rope_dims,
             rms_eps: positive(dir.config_f64_opt("rms_norm_eps")?.unwrap_or(1e-6), "rms_norm_eps")?,
             n_nextn_layers: 0,
-            ssm: None,
+            ssm,
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// HF tensor names with their safetensors (row-major, numpy-order) shapes, each paired with
-    /// the role it plays. Qwen3 stores one 2-D tensor per expert.
-    pub fn hf_tensor_table(&self, tied_embeddings: bool) -> Vec<TensorDesc> {
-        assert_eq!(self.arch, Arch::Qwen3Moe, "HF tables exist for qwen3_moe only");
+    /// the role it plays. `prefix` is `model.` or `model.language_model.` (Qwen3.5's multimodal
+    /// checkpoints). Qwen3 stores one 2-D tensor per expert; Qwen3.5 as transformers saves it
+    /// too (`fused_experts` false) or as fused `gate_up_proj` [E, 2·ffn, dim] and `down_proj`.
+    pub fn hf_tensor_table(&self, prefix: &str, tied_embeddings: bool, fused_experts: bool) -> Vec<TensorDesc> {
         let (dim, hd, ff) = (self.dim, self.head_dim, self.expert_ffn_dim);
         let mut table = vec![
-            desc("model.embed_tokens.weight", &[self.n_vocab, dim], TensorRole::Embedding, None),
-            desc("model.norm.weight", &[dim], TensorRole::Norm, None),
+            desc(&format!("{prefix}embed_tokens.weight"), &[self.n_vocab, dim], TensorRole::Embedding, None),
+            desc(&format!("{prefix}norm.weight"), &[dim], TensorRole::Norm, None),
         ];
         if !tied_embeddings {
             table.push(desc("lm_head.weight", &[self.n_vocab, dim], TensorRole::Output, None));
         }
+        let gated = self.arch == Arch::Qwen35Moe;
         for l in 0..self.n_layers {
             let mut t = |suffix: &str, dims: &[u64], role| {
-                table.push(desc(&format!("model.layers.{l}.{suffix}"), dims, role, Some(l)))
+                table.push(desc(&format!("{prefix}layers.{l}.{suffix}"), dims, role, Some(l)))
             };
             use TensorRole::*;
             t("input_layernorm.weight", &[dim], Norm);
-            t("self_attn.q_proj.weight", &[self.n_heads * hd, dim], Attention);
-            t("self_attn.k_proj.weight", &[self.n_kv_heads * hd, dim], Attention);
-            t("self_attn.v_proj.weight", &[self.n_kv_heads * hd, dim], Attention);
-            t("self_attn.o_proj.weight", &[dim, self.n_heads * hd], Attention);
-            t("self_attn.q_norm.weight", &[hd], Norm);
-            t("self_attn.k_norm.weight", &[hd], Norm);
+            if self.is_full_attention(l) {
+                let q_rows = self.n_heads * hd * if gated { 2 } else { 1 };
+                t("self_attn.q_proj.weight", &[q_rows, dim], Attention);
+                t("self_attn.k_proj.weight", &[self.n_kv_heads * hd, dim], Attention);
+                t("self_attn.v_proj.weight", &[self.n_kv_heads * hd, dim], Attention);
+                t("self_attn.o_proj.weight", &[dim, self.n_heads * hd], Attention);
+                t("self_attn.q_norm.weight", &[hd], Norm);
+                t("self_attn.k_norm.weight", &[hd], Norm);
+            } else {
+                let ssm = self.ssm.as_ref().expect("only qwen35moe has linear-attention layers");
+                let qkv = 2 * ssm.n_k_heads * ssm.state_size + ssm.inner_size;
+                t("linear_attn.in_proj_qkv.weight", &[qkv, dim], Ssm);
+                t("linear_attn.in_proj_z.weight", &[ssm.inner_size, dim], Ssm);
+                t("linear_attn.in_proj_b.weight", &[ssm.n_v_heads, dim], Ssm);
+                t("linear_attn.in_proj_a.weight", &[ssm.n_v_heads, dim], Ssm);
+                t("linear_attn.conv1d.weight", &[qkv, 1, ssm.conv_kernel], Ssm);
+                t("linear_attn.dt_bias", &[ssm.n_v_heads], Ssm);
+                t("linear_attn.A_log", &[ssm.n_v_heads], Ssm);
+                t("linear_attn.norm.weight", &[ssm.state_size], Norm);
+                t("linear_attn.out_proj.weight", &[dim, ssm.inner_size], Ssm);
+            }
             t("post_attention_layernorm.weight", &[dim], Norm);
             t("mlp.gate.weight", &[self.n_experts, dim], Router);
-            for e in 0..self.n_experts {
-                t(&format!("mlp.experts.{e}.gate_proj.weight"), &[ff, dim], Expert);
-                t(&format!("mlp.experts.{e}.up_proj.weight"), &[ff, dim], Expert);
-                t(&format!("mlp.experts.{e}.down_proj.weight"), &[dim, ff], Expert);
+            if fused_experts {
+                t("mlp.experts.gate_up_proj", &[self.n_experts, 2 * ff, dim], Expert);
+                t("mlp.experts.down_proj", &[self.n_experts, dim, ff], Expert);
+            } else {
+                for e in 0..self.n_experts {
+                    t(&format!("mlp.experts.{e}.gate_proj.weight"), &[ff, dim], Expert);
+                    t(&format!("mlp.experts.{e}.up_proj.weight"), &[ff, dim], Expert);
+                    t(&format!("mlp.experts.{e}.down_proj.weight"), &[dim, ff], Expert);
+                }
+            }
+            if self.shared_ffn_dim > 0 {
+                let sff = self.shared_ffn_dim;
+                t("mlp.shared_expert_gate.weight", &[1, dim], Router);
+                t("mlp.shared_expert.gate_proj.weight", &[sff, dim], SharedExpert);
+                t("mlp.shared_expert.up_proj.weight", &[sff, dim], SharedExpert);
+                t("mlp.shared_expert.down_proj.weight", &[dim, sff], SharedExpert);
             }
         }
         table
+    }
+
+    /// Where an HF directory keeps the text model's tensors, and whether its experts are fused.
+    pub fn hf_layout(dir: &HfDir) -> (&'static str, bool) {
+        let prefix = if dir.tensor_info("model.language_model.embed_tokens.weight").is_some() {
+            "model.language_model."
+        } else {
+            "model."
+        };
+        let fused = dir.tensor_info(&format!("{prefix}layers.0.mlp.experts.gate_up_proj")).is_some();
+        (prefix, fused)
     }
 
     /// Every tensor of an HF directory present, shaped as config.json implies, in a dtype
     /// the engine computes with (F32, F16, BF16).
     pub fn check_hf_tensors(&self, dir: &HfDir) -> Result<()> {
         let tied = dir.config_bool_opt("tie_word_embeddings")?.unwrap_or(false);
-        for want in self.hf_tensor_table(tied) {
+        let (prefix, fused) = ModelConfig::hf_layout(dir);
+        for want in self.hf_tensor_table(prefix, tied, fused) {
             let Some(found) = dir.tensor_info(&want.name) else {
                 return Err(Error::MissingTensor { name: want.name });
             };
@@ -509,6 +582,35 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+/// The full-attention interval of a Qwen3.5 config: `full_attention_interval`, checked against
+/// `layer_types` when both exist (the engine supports the periodic pattern only).
+fn hf_attention_interval(dir: &HfDir, n_layers: u64) -> Result<u64> {
+    let types: Option<Vec<String>> = ["layer_types", "text_config.layer_types"].iter().find_map(|k| {
+        let mut v = dir.config().get(k.split('.').next()?)?;
+        for part in k.split('.').skip(1) {
+            v = v.as_object()?.get(part)?;
+        }
+        v.as_array().map(|a| a.iter().map(|x| x.as_str().unwrap_or("?").to_string()).collect())
+    });
+    let interval = match dir.config_u64_opt("full_attention_interval")? {
+        Some(_) => hf_int(dir, "full_attention_interval", limits::LAYERS_MAX)?,
+        None => match &types {
+            Some(t) => t.iter().position(|x| x == "full_attention").map_or(n_layers + 1, |i| i as u64 + 1),
+            None => 4,
+        },
+    };
+    if let Some(t) = types {
+        let want = |l: u64| if (l + 1) % interval == 0 { "full_attention" } else { "linear_attention" };
+        let ok = t.len() as u64 == n_layers && t.iter().enumerate().all(|(l, x)| x == want(l as u64));
+        if !ok {
+            let reason = format!("must be linear_attention with every {interval}th layer full_attention, \
+                {n_layers} entries");
+            return Err(Error::BadValue { key: "layer_types".into(), reason });
+        }
+    }
+    Ok(interval)
 }
 
 fn positive(v: f64, key: &str) -> Result<f64> {

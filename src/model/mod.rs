@@ -2,6 +2,8 @@
 //! CPU-engine issue on) weights and one forward() per architecture.
 
 pub mod config;
+pub mod deltanet;
+pub mod qwen35moe;
 pub mod qwen3moe;
 pub mod weights;
 

@@ -1,6 +1,8 @@
 //! The Qwen3-MoE forward pass (models.md §1.2; HF `modeling_qwen3_moe.py`, llama.cpp
 //! `src/models/qwen3moe.cpp`): RMSNorm, per-head q/k RMSNorm before NeoX RoPE, GQA attention
 //! over a KV cache, softmax → top-k → (renormalised) router, SwiGLU experts, untied output.
+//! Qwen3.5-MoE (§2.2) runs through the same `forward()`: its layers swap the mixer (Gated
+//! DeltaNet, src/model/qwen35moe.rs, or gated attention here) and add a shared expert.
 //!
 //! `Session::forward` takes a batch of tokens at the next positions: a whole prompt (prefill)
 //! or one token (decode); both run the same code, so decode reproduces prefill. Every matrix
@@ -11,7 +13,7 @@ use half::slice::HalfFloatSliceExt;
 
 use crate::backend::{Backend, Mat};
 use crate::error::{Error, Result};
-use crate::model::weights::{Layer, Weights};
+use crate::model::weights::{Attention, Mixer, Weights};
 use crate::quant;
 
 /// Which positions' logits `forward` returns.
@@ -100,13 +102,17 @@ impl KvCache {
 
 /// A model in use: weights, a backend, and the KV cache of one sequence.
 pub struct Session<'w> {
-    w: &'w Weights<'w>,
-    backend: &'w dyn Backend,
+    pub(crate) w: &'w Weights<'w>,
+    pub(crate) backend: &'w dyn Backend,
     n_ctx: usize,
     /// Tokens already in the cache (the position of the next token).
     pub n_past: usize,
-    k_cache: Vec<KvCache>, // [n_layers][n_ctx, n_kv_heads * head_dim]
-    v_cache: Vec<KvCache>, // [n_layers][n_ctx, n_kv_heads * head_dim]
+    k_cache: Vec<KvCache>, // [n_layers][n_ctx, n_kv_heads * head_dim] (empty for DeltaNet layers)
+    v_cache: Vec<KvCache>, // [n_layers][n_ctx, n_kv_heads * head_dim] (empty for DeltaNet layers)
+    /// Gated DeltaNet state per layer (empty for attention layers): the last K-1 projected
+    /// inputs [K-1, channels] and the recurrent state [n_v_heads, head_k, head_v], fp32.
+    pub(crate) conv_state: Vec<Vec<f32>>,
+    pub(crate) ssm_state: Vec<Vec<f32>>,
     /// RoPE inverse frequencies θ^(-2i/rot), i < rot/2.
     inv_freq: Vec<f32>,
     /// Benchmark routing modes and routing traces (None: the router's top-k).
@@ -136,6 +142,11 @@ impl<'w> Session<'w> {
             return Err(Error::Usage(format!("context size {n_ctx} is not in 1..={max}")));
         }
         let kv_width = (c.n_kv_heads * c.head_dim) as usize;
+        let kv_len = |l: &u64| if c.is_full_attention(*l) { n_ctx * kv_width } else { 0 };
+        let gdn_len = |l: &u64, f: fn(&crate::model::deltanet::Shape) -> usize| match &w.gdn {
+            Some(sh) if !c.is_full_attention(*l) => f(sh),
+            _ => 0,
+        };
         let rot = c.rope_dims as usize;
         let inv_freq = (0..rot / 2)
             .map(|i| (c.rope_theta.powf(-(2.0 * i as f64) / rot as f64)) as f32)
@@ -145,8 +156,10 @@ impl<'w> Session<'w> {
             backend,
             n_ctx,
             n_past: 0,
-            k_cache: (0..c.n_layers).map(|_| KvCache::new(kv, n_ctx * kv_width)).collect(),
-            v_cache: (0..c.n_layers).map(|_| KvCache::new(kv, n_ctx * kv_width)).collect(),
+            k_cache: (0..c.n_layers).map(|l| KvCache::new(kv, kv_len(&l))).collect(),
+            v_cache: (0..c.n_layers).map(|l| KvCache::new(kv, kv_len(&l))).collect(),
+            conv_state: (0..c.n_layers).map(|l| vec![0f32; gdn_len(&l, |s| s.conv_state_len())]).collect(),
+            ssm_state: (0..c.n_layers).map(|l| vec![0f32; gdn_len(&l, |s| s.state_len())]).collect(),
             inv_freq,
             router: None,
             attn_scratch: Vec::new(),
@@ -161,9 +174,11 @@ impl<'w> Session<'w> {
         self.n_ctx
     }
 
-    /// Forget the sequence (the cache is overwritten from position 0).
+    /// Forget the sequence (the KV cache is overwritten from position 0; the DeltaNet state,
+    /// which accumulates, is cleared).
     pub fn reset(&mut self) {
         self.n_past = 0;
+        self.conv_state.iter_mut().chain(self.ssm_state.iter_mut()).for_each(|s| s.fill(0.0));
         if let Some(r) = self.router.as_mut() {
             r.reset();
         }
@@ -190,8 +205,12 @@ impl<'w> Session<'w> {
             let row = self.w.token_embd.row(tok as usize);
             quant::dequantize(self.w.token_embd.ty, row, &mut x[t * dim..(t + 1) * dim])?;
         }
-        for l in 0..self.w.layers.len() {
-            self.attention(l, &mut x, n)?;
+        let w = self.w;
+        for l in 0..w.layers.len() {
+            match &w.layers[l].mixer {
+                Mixer::Attention(a) => self.attention(l, a, &mut x, n)?,
+                Mixer::DeltaNet(d) => self.delta_net(l, d, &mut x, n)?,
+            }
             self.moe(l, &mut x, n)?;
         }
         self.n_past += n;
@@ -206,21 +225,29 @@ impl<'w> Session<'w> {
         Ok(logits)
     }
 
-    /// x += Wo · attention(rope(norm(Wq h)), rope(norm(Wk h)), Wv h), h = rmsnorm(x).
-    fn attention(&mut self, l: usize, x: &mut [f32], n: usize) -> Result<()> {
+    /// x += Wo · attention(rope(norm(Wq h)), rope(norm(Wk h)), Wv h), h = rmsnorm(x). Gated
+    /// (qwen35moe): Wq h is [q_h | gate_h] per head and the output is o ⊙ sigmoid(gate).
+    fn attention(&mut self, l: usize, layer: &Attention, x: &mut [f32], n: usize) -> Result<()> {
         let c = &self.w.cfg;
-        let layer: &Layer = &self.w.layers[l];
         let (dim, hd) = (c.dim as usize, c.head_dim as usize);
         let (n_heads, n_kv_heads) = (c.n_heads as usize, c.n_kv_heads as usize);
         let (q_width, kv_width) = (n_heads * hd, n_kv_heads * hd);
         let eps = c.rms_eps as f32;
 
         let mut h = x.to_vec(); // [n, dim]
-        rmsnorm_rows(&mut h, &layer.attn_norm, eps);
+        rmsnorm_rows(&mut h, &self.w.layers[l].attn_norm, eps);
         let mut q = vec![0f32; n * q_width]; // [n, n_heads * head_dim]
         let mut k = vec![0f32; n * kv_width]; // [n, n_kv_heads * head_dim]
         let mut v = vec![0f32; n * kv_width]; // [n, n_kv_heads * head_dim]
-        self.backend.matmul(&layer.wq, &h, n, &mut q)?;
+        let mut gate = Vec::new(); // [n, n_heads * head_dim] when gated
+        if layer.gated {
+            let mut qg = vec![0f32; 2 * n * q_width]; // [n, n_heads, 2 * head_dim]
+            self.backend.matmul(&layer.wq, &h, n, &mut qg)?;
+            gate = vec![0f32; n * q_width];
+            split_gate(&qg, hd, &mut q, &mut gate);
+        } else {
+            self.backend.matmul(&layer.wq, &h, n, &mut q)?;
+        }
         self.backend.matmul(&layer.wk, &h, n, &mut k)?;
         self.backend.matmul(&layer.wv, &h, n, &mut v)?;
 
@@ -277,6 +304,9 @@ impl<'w> Session<'w> {
                 o[t * q_width + head0 * hd..][..w].copy_from_slice(&part[t * w..(t + 1) * w]);
             }
             head0 += w / hd;
+        }
+        if layer.gated {
+            o.iter_mut().zip(&gate).for_each(|(o, &g)| *o *= crate::model::deltanet::sigmoid(g));
         }
         let mut out = vec![0f32; n * dim]; // [n, dim]
         self.backend.matmul(&layer.wo, &o, n, &mut out)?;
@@ -340,6 +370,24 @@ impl<'w> Session<'w> {
             for (i, &(t, weight)) in routed.iter().enumerate() {
                 let xt = &mut x[t * dim..(t + 1) * dim];
                 xt.iter_mut().zip(&y[i * dim..(i + 1) * dim]).for_each(|(x, &y)| *x += weight * y);
+            }
+        }
+        // qwen35moe: x += sigmoid(w_sg · h) · shared(h), every token.
+        if let Some(shared) = &layer.shared {
+            let mut s = vec![0f32; n]; // [n, 1]
+            self.backend.matmul(&shared.gate_inp, &h, n, &mut s)?;
+            let e = &shared.expert;
+            let sff = e.gate.rows;
+            let (mut gate, mut up) = (vec![0f32; n * sff], vec![0f32; n * sff]); // [n, shared ffn]
+            self.backend.matmul(&e.gate, &h, n, &mut gate)?;
+            self.backend.matmul(&e.up, &h, n, &mut up)?;
+            gate.iter_mut().zip(&up).for_each(|(g, &u)| *g = silu(*g) * u);
+            let mut y = vec![0f32; n * dim]; // [n, dim]
+            self.backend.matmul(&e.down, &gate, n, &mut y)?;
+            for t in 0..n {
+                let weight = crate::model::deltanet::sigmoid(s[t]);
+                let xt = &mut x[t * dim..(t + 1) * dim];
+                xt.iter_mut().zip(&y[t * dim..(t + 1) * dim]).for_each(|(x, &y)| *x += weight * y);
             }
         }
         Ok(())
@@ -459,6 +507,15 @@ fn attend_kv_heads(
         }
     }
     out
+}
+
+/// Split gated attention's packed q projection [n, n_heads, (q head_dim | gate head_dim)] into
+/// q and gate, each [n, n_heads * head_dim].
+pub fn split_gate(qg: &[f32], hd: usize, q: &mut [f32], gate: &mut [f32]) {
+    for ((pair, q), g) in qg.chunks_exact(2 * hd).zip(q.chunks_exact_mut(hd)).zip(gate.chunks_exact_mut(hd)) {
+        q.copy_from_slice(&pair[..hd]);
+        g.copy_from_slice(&pair[hd..]);
+    }
 }
 
 /// Rotate pairs (i, i + rot/2) of one head by the given angles (NeoX / HF rotate_half).

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::format::gguf::Gguf;
 use crate::format::hf::HfDir;
 use crate::format::safetensors::Dtype;
-use crate::model::{Arch, ModelConfig};
+use crate::model::{deltanet, Arch, ModelConfig};
 use crate::quant::{self, GgmlType};
 
 /// An opened model file of either format.
@@ -39,13 +39,6 @@ impl ModelFile {
                 cfg
             }
         };
-        if cfg.arch != Arch::Qwen3Moe {
-            let reason = format!(
-                "architecture {} cannot run yet (runnable: qwen3moe; qwen35moe arrives later)",
-                cfg.arch.name()
-            );
-            return Err(Error::BadValue { key: "general.architecture".into(), reason });
-        }
         Ok(cfg)
     }
 
@@ -91,17 +84,60 @@ pub struct Expert<'a> {
     pub down: Mat<'a>, // [dim, ffn]
 }
 
+/// Softmax attention with q/k RMSNorm. qwen35moe's is gated: `wq` packs [q_h | gate_h] per
+/// head (twice the rows) and the output is multiplied by sigmoid(gate) before `wo`.
+pub struct Attention<'a> {
+    pub wq: Mat<'a>,      // [n_heads * head_dim (* 2 when gated), dim]
+    pub wk: Mat<'a>,      // [n_kv_heads * head_dim, dim]
+    pub wv: Mat<'a>,      // [n_kv_heads * head_dim, dim]
+    pub wo: Mat<'a>,      // [dim, n_heads * head_dim]
+    pub q_norm: Vec<f32>, // [head_dim]
+    pub k_norm: Vec<f32>, // [head_dim]
+    pub gated: bool,
+}
+
+/// Gated DeltaNet (qwen35moe linear attention, src/model/deltanet.rs). Value heads are in the
+/// order of the weight source (`Weights::gdn`).
+pub struct DeltaNet<'a> {
+    pub qkv: Mat<'a>,      // [channels = 2·n_k·dk + n_v·dv, dim]
+    pub z: Mat<'a>,        // [n_v·dv, dim]
+    pub beta: Mat<'a>,     // [n_v, dim]
+    pub alpha: Mat<'a>,    // [n_v, dim]
+    pub conv: Vec<f32>,    // [channels, conv_kernel]
+    pub dt_bias: Vec<f32>, // [n_v]
+    pub a: Vec<f32>,       // [n_v]  −exp(A_log)
+    pub norm: Vec<f32>,    // [dv]  gated RMSNorm weight (plain)
+    pub out: Mat<'a>,      // [dim, n_v·dv]
+}
+
+pub enum Mixer<'a> {
+    Attention(Attention<'a>),
+    DeltaNet(DeltaNet<'a>),
+}
+
+/// qwen35moe's always-on expert, scaled per token by sigmoid(gate_inp · h).
+pub struct SharedExpert<'a> {
+    pub gate_inp: Mat<'a>, // [1, dim]
+    pub expert: Expert<'a>,
+}
+
 pub struct Layer<'a> {
     pub attn_norm: Vec<f32>, // [dim]
-    pub wq: Mat<'a>,         // [n_heads * head_dim, dim]
-    pub wk: Mat<'a>,         // [n_kv_heads * head_dim, dim]
-    pub wv: Mat<'a>,         // [n_kv_heads * head_dim, dim]
-    pub wo: Mat<'a>,         // [dim, n_heads * head_dim]
-    pub q_norm: Vec<f32>,    // [head_dim]
-    pub k_norm: Vec<f32>,    // [head_dim]
-    pub ffn_norm: Vec<f32>,  // [dim]
-    pub router: Mat<'a>,     // [n_experts, dim]
+    pub mixer: Mixer<'a>,
+    pub ffn_norm: Vec<f32>, // [dim]
+    pub router: Mat<'a>,    // [n_experts, dim]
     pub experts: Vec<Expert<'a>>,
+    pub shared: Option<SharedExpert<'a>>,
+}
+
+impl<'a> Layer<'a> {
+    /// The softmax-attention weights (every qwen3moe layer, qwen35moe's full-attention layers).
+    pub fn attention(&self) -> Option<&Attention<'a>> {
+        match &self.mixer {
+            Mixer::Attention(a) => Some(a),
+            Mixer::DeltaNet(_) => None,
+        }
+    }
 }
 
 pub struct Weights<'a> {
@@ -110,6 +146,8 @@ pub struct Weights<'a> {
     pub output_norm: Vec<f32>, // [dim]
     pub output: Mat<'a>,     // [n_vocab, dim] (token_embd when tied)
     pub layers: Vec<Layer<'a>>,
+    /// Gated DeltaNet shape with the value-head order of this file (qwen35moe only).
+    pub gdn: Option<deltanet::Shape>,
 }
 
 impl<'a> Weights<'a> {
@@ -121,6 +159,19 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// The DeltaNet shape of `cfg` with value heads tiled (GGUF) or grouped (HF).
+    fn gdn_shape(cfg: &ModelConfig, tiled: bool) -> Option<deltanet::Shape> {
+        cfg.ssm.as_ref().map(|s| deltanet::Shape {
+            n_k_heads: s.n_k_heads as usize,
+            n_v_heads: s.n_v_heads as usize,
+            head_k: s.state_size as usize,
+            head_v: s.state_size as usize,
+            conv_kernel: s.conv_kernel as usize,
+            tiled,
+        })
+    }
+
+    /// GGUF: llama.cpp's names; qwen35moe norms carry the +1 already (plain x̂·w here too).
     fn load_gguf(f: &'a ModelFile, cfg: ModelConfig) -> Result<Weights<'a>> {
         let token_embd = f.mat("token_embd.weight")?;
         let output = match f.mat("output.weight") {
@@ -130,6 +181,7 @@ impl<'a> Weights<'a> {
         };
         let ff = cfg.expert_ffn_dim as usize;
         let dim = cfg.dim as usize;
+        let gated = cfg.arch == Arch::Qwen35Moe;
         let mut layers = Vec::with_capacity(cfg.n_layers as usize);
         for l in 0..cfg.n_layers {
             let name = |s: &str| format!("blk.{l}.{s}");
@@ -146,55 +198,149 @@ impl<'a> Weights<'a> {
                     down: down.rows_slice(e * dim, dim),
                 })
                 .collect();
+            let mixer = if cfg.is_full_attention(l) {
+                Mixer::Attention(Attention {
+                    wq: f.mat(&name("attn_q.weight"))?,
+                    wk: f.mat(&name("attn_k.weight"))?,
+                    wv: f.mat(&name("attn_v.weight"))?,
+                    wo: f.mat(&name("attn_output.weight"))?,
+                    q_norm: f.vector(&name("attn_q_norm.weight"))?,
+                    k_norm: f.vector(&name("attn_k_norm.weight"))?,
+                    gated,
+                })
+            } else {
+                Mixer::DeltaNet(DeltaNet {
+                    qkv: f.mat(&name("attn_qkv.weight"))?,
+                    z: f.mat(&name("attn_gate.weight"))?,
+                    beta: f.mat(&name("ssm_beta.weight"))?,
+                    alpha: f.mat(&name("ssm_alpha.weight"))?,
+                    conv: f.vector(&name("ssm_conv1d.weight"))?,
+                    dt_bias: f.vector(&name("ssm_dt.bias"))?,
+                    a: f.vector(&name("ssm_a"))?,
+                    norm: f.vector(&name("ssm_norm.weight"))?,
+                    out: f.mat(&name("ssm_out.weight"))?,
+                })
+            };
+            let shared = match cfg.shared_ffn_dim {
+                0 => None,
+                _ => Some(SharedExpert {
+                    gate_inp: f.mat(&name("ffn_gate_inp_shexp.weight"))?,
+                    expert: Expert {
+                        gate: f.mat(&name("ffn_gate_shexp.weight"))?,
+                        up: f.mat(&name("ffn_up_shexp.weight"))?,
+                        down: f.mat(&name("ffn_down_shexp.weight"))?,
+                    },
+                }),
+            };
+            let ffn_norm = match cfg.arch {
+                Arch::Qwen3Moe => f.vector(&name("ffn_norm.weight"))?,
+                Arch::Qwen35Moe => f.vector(&name("post_attention_norm.weight"))?,
+            };
             layers.push(Layer {
                 attn_norm: f.vector(&name("attn_norm.weight"))?,
-                wq: f.mat(&name("attn_q.weight"))?,
-                wk: f.mat(&name("attn_k.weight"))?,
-                wv: f.mat(&name("attn_v.weight"))?,
-                wo: f.mat(&name("attn_output.weight"))?,
-                q_norm: f.vector(&name("attn_q_norm.weight"))?,
-                k_norm: f.vector(&name("attn_k_norm.weight"))?,
-                ffn_norm: f.vector(&name("ffn_norm.weight"))?,
+                mixer,
+                ffn_norm,
                 router: f.mat(&name("ffn_gate_inp.weight"))?,
                 experts,
+                shared,
             });
         }
         let output_norm = f.vector("output_norm.weight")?;
-        Ok(Weights { cfg, token_embd, output_norm, output, layers })
+        let gdn = Weights::gdn_shape(&cfg, true);
+        Ok(Weights { cfg, token_embd, output_norm, output, layers, gdn })
     }
 
+    /// HF: Qwen3 (`model.*`), Qwen3.5 (`model.*` or `model.language_model.*`). Qwen3.5's
+    /// zero-centred norms become x̂·(1+w) by adding 1 here (all but the DeltaNet's gated norm),
+    /// and A_log becomes a = −exp(A_log), so the forward pass is the GGUF one.
     fn load_hf(f: &'a ModelFile, cfg: ModelConfig) -> Result<Weights<'a>> {
-        let token_embd = f.mat("model.embed_tokens.weight")?;
+        let ModelFile::Hf(dir) = f else { unreachable!("load_hf on an HF directory") };
+        let (prefix, fused) = ModelConfig::hf_layout(dir);
+        let q35 = cfg.arch == Arch::Qwen35Moe;
+        let norm = |n: &str| -> Result<Vec<f32>> {
+            let mut v = f.vector(n)?;
+            if q35 {
+                v.iter_mut().for_each(|w| *w += 1.0);
+            }
+            Ok(v)
+        };
+        let token_embd = f.mat(&format!("{prefix}embed_tokens.weight"))?;
         let output = match f.mat("lm_head.weight") {
             Ok(m) => m,
             Err(Error::MissingTensor { .. }) => token_embd,
             Err(e) => return Err(e),
         };
+        let (ff, dim) = (cfg.expert_ffn_dim as usize, cfg.dim as usize);
         let mut layers = Vec::with_capacity(cfg.n_layers as usize);
         for l in 0..cfg.n_layers {
-            let name = |s: &str| format!("model.layers.{l}.{s}");
+            let name = |s: &str| format!("{prefix}layers.{l}.{s}");
             let mut experts = Vec::with_capacity(cfg.n_experts as usize);
-            for e in 0..cfg.n_experts {
-                experts.push(Expert {
-                    gate: f.mat(&name(&format!("mlp.experts.{e}.gate_proj.weight")))?,
-                    up: f.mat(&name(&format!("mlp.experts.{e}.up_proj.weight")))?,
-                    down: f.mat(&name(&format!("mlp.experts.{e}.down_proj.weight")))?,
-                });
+            if fused {
+                // [E, 2·ffn, dim]: expert e's gate rows, then its up rows; down [E, dim, ffn].
+                let gate_up = f.mat(&name("mlp.experts.gate_up_proj"))?;
+                let down = f.mat(&name("mlp.experts.down_proj"))?;
+                for e in 0..cfg.n_experts as usize {
+                    experts.push(Expert {
+                        gate: gate_up.rows_slice(2 * e * ff, ff),
+                        up: gate_up.rows_slice((2 * e + 1) * ff, ff),
+                        down: down.rows_slice(e * dim, dim),
+                    });
+                }
+            } else {
+                for e in 0..cfg.n_experts {
+                    experts.push(Expert {
+                        gate: f.mat(&name(&format!("mlp.experts.{e}.gate_proj.weight")))?,
+                        up: f.mat(&name(&format!("mlp.experts.{e}.up_proj.weight")))?,
+                        down: f.mat(&name(&format!("mlp.experts.{e}.down_proj.weight")))?,
+                    });
+                }
             }
+            let mixer = if cfg.is_full_attention(l) {
+                Mixer::Attention(Attention {
+                    wq: f.mat(&name("self_attn.q_proj.weight"))?,
+                    wk: f.mat(&name("self_attn.k_proj.weight"))?,
+                    wv: f.mat(&name("self_attn.v_proj.weight"))?,
+                    wo: f.mat(&name("self_attn.o_proj.weight"))?,
+                    q_norm: norm(&name("self_attn.q_norm.weight"))?,
+                    k_norm: norm(&name("self_attn.k_norm.weight"))?,
+                    gated: q35,
+                })
+            } else {
+                let a_log = f.vector(&name("linear_attn.A_log"))?;
+                Mixer::DeltaNet(DeltaNet {
+                    qkv: f.mat(&name("linear_attn.in_proj_qkv.weight"))?,
+                    z: f.mat(&name("linear_attn.in_proj_z.weight"))?,
+                    beta: f.mat(&name("linear_attn.in_proj_b.weight"))?,
+                    alpha: f.mat(&name("linear_attn.in_proj_a.weight"))?,
+                    conv: f.vector(&name("linear_attn.conv1d.weight"))?,
+                    dt_bias: f.vector(&name("linear_attn.dt_bias"))?,
+                    a: a_log.iter().map(|&x| -x.exp()).collect(),
+                    norm: f.vector(&name("linear_attn.norm.weight"))?,
+                    out: f.mat(&name("linear_attn.out_proj.weight"))?,
+                })
+            };
+            let shared = match cfg.shared_ffn_dim {
+                0 => None,
+                _ => Some(SharedExpert {
+                    gate_inp: f.mat(&name("mlp.shared_expert_gate.weight"))?,
+                    expert: Expert {
+                        gate: f.mat(&name("mlp.shared_expert.gate_proj.weight"))?,
+                        up: f.mat(&name("mlp.shared_expert.up_proj.weight"))?,
+                        down: f.mat(&name("mlp.shared_expert.down_proj.weight"))?,
+                    },
+                }),
+            };
             layers.push(Layer {
-                attn_norm: f.vector(&name("input_layernorm.weight"))?,
-                wq: f.mat(&name("self_attn.q_proj.weight"))?,
-                wk: f.mat(&name("self_attn.k_proj.weight"))?,
-                wv: f.mat(&name("self_attn.v_proj.weight"))?,
-                wo: f.mat(&name("self_attn.o_proj.weight"))?,
-                q_norm: f.vector(&name("self_attn.q_norm.weight"))?,
-                k_norm: f.vector(&name("self_attn.k_norm.weight"))?,
-                ffn_norm: f.vector(&name("post_attention_layernorm.weight"))?,
+                attn_norm: norm(&name("input_layernorm.weight"))?,
+                mixer,
+                ffn_norm: norm(&name("post_attention_layernorm.weight"))?,
                 router: f.mat(&name("mlp.gate.weight"))?,
                 experts,
+                shared,
             });
         }
-        let output_norm = f.vector("model.norm.weight")?;
-        Ok(Weights { cfg, token_embd, output_norm, output, layers })
+        let output_norm = norm(&format!("{prefix}norm.weight"))?;
+        let gdn = Weights::gdn_shape(&cfg, false);
+        Ok(Weights { cfg, token_embd, output_norm, output, layers, gdn })
     }
 }

@@ -82,6 +82,36 @@ pub enum Kernel {
         scale: f32,
     },
     Add { y: Addr, x: Addr, n: usize },
+    /// Gated attention (qwen35moe): qg [n, n_heads, 2 * head_dim] = [q_h | gate_h] per head →
+    /// q, gate [n, n_heads * head_dim].
+    SplitGate { qg: Addr, q: Addr, gate: Addr, n: usize, n_heads: usize, head_dim: usize },
+    /// y[i] *= sigmoid(g[i]), i < n.
+    SigmoidMul { y: Addr, g: Addr, n: usize },
+    /// x[i] = sigmoid(x[i]), i < n (the shared expert's per-token weight).
+    Sigmoid { x: Addr, n: usize },
+    /// Gated DeltaNet causal conv + SiLU in place on x [n, channels]; state [kernel-1, channels]
+    /// (previous inputs, oldest first) advanced by n; w [channels, kernel] f32.
+    GdnConv { x: Addr, state: Addr, w: Addr, n: usize, channels: usize, kernel: usize },
+    /// beta [n, n_v] ← sigmoid(beta); alpha [n, n_v] ← exp(a · softplus(alpha + dt_bias)).
+    GdnGates { beta: Addr, alpha: Addr, dt_bias: Addr, a: Addr, n: usize, n_v: usize },
+    /// The gated delta rule over n tokens (src/model/deltanet.rs `delta_rule`): qkv [n,
+    /// 2·n_k·dk + n_v·dv] convolved, beta/decay [n, n_v], state [n_v, dk, dv] f32 updated,
+    /// o [n, n_v·dv]. Value head h reads key head h % n_k (tiled) or h / (n_v / n_k).
+    GdnRule {
+        qkv: Addr,
+        beta: Addr,
+        decay: Addr,
+        state: Addr,
+        o: Addr,
+        n: usize,
+        n_k: usize,
+        n_v: usize,
+        head_k: usize,
+        head_v: usize,
+        tiled: bool,
+    },
+    /// x [rows, width] ← rmsnorm(x) · w · silu(z), w [width] (plain weight), in place.
+    GatedNorm { x: Addr, z: Addr, w: Addr, rows: usize, width: usize, eps: f32 },
 }
 
 /// Bytes moved over the host link and how long the link was busy moving them.

@@ -17,12 +17,12 @@ use std::time::Instant;
 
 use super::cache::{Allocation, ExpertCache, Policy};
 use super::device::{alloc_upload, download, upload, Addr, Device, Event, Kernel, KvCache, Stream};
-use super::plan::{align, Plan, LOGITS_ROWS, PAGE_SIZE, UBATCH};
+use super::plan::{self, align, Plan, LOGITS_ROWS, PAGE_SIZE, UBATCH};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Mat};
 use crate::error::{Error, Result};
 use crate::model::qwen3moe::{expert_forward, Logits};
-use crate::model::weights::{Expert, Weights};
+use crate::model::weights::{Expert, Mixer, Weights};
 use crate::model::{Engine, ModelConfig};
 use crate::quant::{self, GgmlType};
 
@@ -205,17 +205,53 @@ struct DMat {
     cols: usize,
 }
 
+/// A layer's token mixer on the device.
+#[derive(Copy, Clone)]
+enum DMixer {
+    Attention {
+        wq: DMat,     // [n_heads * head_dim (* 2 gated), dim]
+        wk: DMat,     // [n_kv_heads * head_dim, dim]
+        wv: DMat,     // [n_kv_heads * head_dim, dim]
+        wo: DMat,     // [dim, n_heads * head_dim]
+        q_norm: Addr, // [head_dim]
+        k_norm: Addr, // [head_dim]
+        cache: KvCache,
+        gated: bool,
+    },
+    /// Gated DeltaNet (src/model/deltanet.rs) with its state, resident.
+    DeltaNet {
+        qkv: DMat,        // [channels, dim]
+        z: DMat,          // [n_v·dv, dim]
+        beta: DMat,       // [n_v, dim]
+        alpha: DMat,      // [n_v, dim]
+        out: DMat,        // [dim, n_v·dv]
+        conv: Addr,       // [channels, conv_kernel]
+        dt_bias: Addr,    // [n_v]
+        a: Addr,          // [n_v]
+        norm: Addr,       // [dv]
+        conv_state: Addr, // [conv_kernel - 1, channels]
+        ssm_state: Addr,  // [n_v, dk, dv]
+    },
+}
+
+/// qwen35moe's shared expert: dense, resident, run through the MoE kernel as the only expert
+/// of a one-entry table with weight sigmoid(gate_inp · h).
+#[derive(Copy, Clone)]
+struct DShared {
+    gate_inp: DMat, // [1, dim]
+    table: Addr,    // [3] u64: gate, up, down addresses
+    ids: Addr,      // [UBATCH] i32 zeros
+    ty_gate_up: GgmlType,
+    ty_down: GgmlType,
+    ffn: usize,
+}
+
 struct DLayer {
     attn_norm: Addr, // [dim]
-    wq: DMat,        // [n_heads * head_dim, dim]
-    wk: DMat,        // [n_kv_heads * head_dim, dim]
-    wv: DMat,        // [n_kv_heads * head_dim, dim]
-    wo: DMat,        // [dim, n_heads * head_dim]
-    q_norm: Addr,    // [head_dim]
-    k_norm: Addr,    // [head_dim]
-    ffn_norm: Addr,  // [dim]
-    router: DMat,    // [n_experts, dim]
-    cache: KvCache,
+    mixer: DMixer,
+    ffn_norm: Addr, // [dim]
+    router: DMat,   // [n_experts, dim]
+    shared: Option<DShared>,
     tables: Addr,       // [3, n_experts] u64: gate, up, down addresses
     ty_gate_up: GgmlType,
     ty_down: GgmlType,
@@ -240,6 +276,14 @@ struct Scratch {
     ids: Addr,     // [2, UBATCH, k] i32: this layer's, then the next layer's predicted
     offsets: Addr, // [n_experts + 1] i32
     pairs: Addr,   // [UBATCH * k] i32
+    // qwen35moe (one float when the model has no such part):
+    qg: Addr,      // [UBATCH, n_heads * 2 * head_dim] gated attention's packed q|gate
+    gate: Addr,    // [UBATCH, n_heads * head_dim]
+    gdn_x: Addr,   // [UBATCH, channels] DeltaNet q|k|v, convolved in place
+    gdn_z: Addr,   // [UBATCH, n_v·dv]
+    gdn_b: Addr,   // [UBATCH, n_v] beta
+    gdn_a: Addr,   // [UBATCH, n_v] alpha → decay
+    gdn_o: Addr,   // [UBATCH, n_v·dv]
 }
 
 /// Where the copy engine reads experts.
@@ -332,8 +376,17 @@ pub fn dense_bytes(w: &Weights) -> u64 {
     let v = |v: &[f32]| align(v.len() as u64 * 4);
     let mut total = m(&w.output) + v(&w.output_norm);
     for l in &w.layers {
-        total += m(&l.wq) + m(&l.wk) + m(&l.wv) + m(&l.wo) + m(&l.router);
-        total += v(&l.attn_norm) + v(&l.q_norm) + v(&l.k_norm) + v(&l.ffn_norm);
+        total += m(&l.router) + v(&l.attn_norm) + v(&l.ffn_norm);
+        total += match &l.mixer {
+            Mixer::Attention(a) => m(&a.wq) + m(&a.wk) + m(&a.wv) + m(&a.wo) + v(&a.q_norm) + v(&a.k_norm),
+            Mixer::DeltaNet(d) => {
+                m(&d.qkv) + m(&d.z) + m(&d.beta) + m(&d.alpha) + m(&d.out)
+                    + v(&d.conv) + v(&d.dt_bias) + v(&d.a) + v(&d.norm)
+            }
+        };
+        if let Some(sh) = &l.shared {
+            total += m(&sh.gate_inp) + m(&sh.expert.gate) + m(&sh.expert.up) + m(&sh.expert.down);
+        }
     }
     total
 }
@@ -421,29 +474,74 @@ impl<'w> StreamSession<'w> {
                 });
             }
             let (gate_bytes, down_bytes) = expert_bytes(first);
-            let wq = mat(d, &layer.wq, &name("attn_q"), &mut done)?;
-            let wk = mat(d, &layer.wk, &name("attn_k"), &mut done)?;
-            let wv = mat(d, &layer.wv, &name("attn_v"), &mut done)?;
-            let wo = mat(d, &layer.wo, &name("attn_output"), &mut done)?;
+            let mixer = match &layer.mixer {
+                Mixer::Attention(a) => {
+                    let cache_bytes = (n_pages * PAGE_SIZE * kv_width * 2) as u64;
+                    DMixer::Attention {
+                        wq: mat(d, &a.wq, &name("attn_q"), &mut done)?,
+                        wk: mat(d, &a.wk, &name("attn_k"), &mut done)?,
+                        wv: mat(d, &a.wv, &name("attn_v"), &mut done)?,
+                        wo: mat(d, &a.wo, &name("attn_output"), &mut done)?,
+                        q_norm: alloc_upload(d, &a.q_norm, &name("attn_q_norm"))?,
+                        k_norm: alloc_upload(d, &a.k_norm, &name("attn_k_norm"))?,
+                        cache: KvCache {
+                            k: d.alloc(cache_bytes, &name("k cache"))?,
+                            v: d.alloc(cache_bytes, &name("v cache"))?,
+                            page_table: 0,
+                            page_size: PAGE_SIZE,
+                            kv_width,
+                        },
+                        gated: a.gated,
+                    }
+                }
+                Mixer::DeltaNet(g) => {
+                    let sh = w.gdn.expect("DeltaNet layers come with a DeltaNet shape");
+                    DMixer::DeltaNet {
+                        qkv: mat(d, &g.qkv, &name("attn_qkv"), &mut done)?,
+                        z: mat(d, &g.z, &name("attn_gate"), &mut done)?,
+                        beta: mat(d, &g.beta, &name("ssm_beta"), &mut done)?,
+                        alpha: mat(d, &g.alpha, &name("ssm_alpha"), &mut done)?,
+                        out: mat(d, &g.out, &name("ssm_out"), &mut done)?,
+                        conv: alloc_upload(d, &g.conv, &name("ssm_conv1d"))?,
+                        dt_bias: alloc_upload(d, &g.dt_bias, &name("ssm_dt"))?,
+                        a: alloc_upload(d, &g.a, &name("ssm_a"))?,
+                        norm: alloc_upload(d, &g.norm, &name("ssm_norm"))?,
+                        conv_state: d.alloc(sh.conv_state_len() as u64 * 4, &name("conv state"))?,
+                        ssm_state: d.alloc(sh.state_len() as u64 * 4, &name("recurrent state"))?,
+                    }
+                }
+            };
+            let shared = match &layer.shared {
+                None => None,
+                Some(sx) => {
+                    let e = &sx.expert;
+                    let gate_inp = mat(d, &sx.gate_inp, &name("ffn_gate_inp_shexp"), &mut done)?;
+                    let parts = [
+                        mat(d, &e.gate, &name("ffn_gate_shexp"), &mut done)?,
+                        mat(d, &e.up, &name("ffn_up_shexp"), &mut done)?,
+                        mat(d, &e.down, &name("ffn_down_shexp"), &mut done)?,
+                    ];
+                    if e.gate.ty != e.up.ty {
+                        let ty = format!("{} (gate and up must share a format; gate is {})", e.up.ty, e.gate.ty);
+                        return Err(Error::UnsupportedType { name: name("ffn_up_shexp.weight"), ty });
+                    }
+                    Some(DShared {
+                        gate_inp,
+                        table: alloc_upload(d, &parts.map(|m| m.addr), &name("shared expert table"))?,
+                        ids: alloc_upload(d, &[0i32; UBATCH], &name("shared expert ids"))?,
+                        ty_gate_up: e.gate.ty,
+                        ty_down: e.down.ty,
+                        ffn: e.gate.rows,
+                    })
+                }
+            };
             let router = mat(d, &layer.router, &name("ffn_gate_inp"), &mut done)?;
-            let cache_bytes = (n_pages * PAGE_SIZE * kv_width * 2) as u64;
             layers.push(DLayer {
                 attn_norm: alloc_upload(d, &layer.attn_norm, &name("attn_norm"))?,
-                wq,
-                wk,
-                wv,
-                wo,
-                q_norm: alloc_upload(d, &layer.q_norm, &name("attn_q_norm"))?,
-                k_norm: alloc_upload(d, &layer.k_norm, &name("attn_k_norm"))?,
+                mixer,
                 ffn_norm: alloc_upload(d, &layer.ffn_norm, &name("ffn_norm"))?,
                 router,
-                cache: KvCache {
-                    k: d.alloc(cache_bytes, &name("k cache"))?,
-                    v: d.alloc(cache_bytes, &name("v cache"))?,
-                    page_table: 0,
-                    page_size: PAGE_SIZE,
-                    kv_width,
-                },
+                shared,
                 tables: d.alloc(3 * c.n_experts * 8, &name("expert pointer table"))?,
                 ty_gate_up: first.gate.ty,
                 ty_down: first.down.ty,
@@ -455,7 +553,11 @@ impl<'w> StreamSession<'w> {
         let output_norm = alloc_upload(d, &w.output_norm, "output_norm")?;
         let page_ids: Vec<i32> = (0..n_pages as i32).collect();
         let page_table = alloc_upload(d, &page_ids, "KV page table")?;
-        layers.iter_mut().for_each(|l| l.cache.page_table = page_table);
+        for l in layers.iter_mut() {
+            if let DMixer::Attention { cache, .. } = &mut l.mixer {
+                cache.page_table = page_table;
+            }
+        }
         let rot = c.rope_dims as usize;
         let inv_freq: Vec<f32> =
             (0..rot / 2).map(|i| c.rope_theta.powf(-(2.0 * i as f64) / rot as f64) as f32).collect();
@@ -651,12 +753,21 @@ impl<'w> StreamSession<'w> {
         upload(self.dev.as_mut(), s.x, &x)?;
 
         for l in 0..self.layers.len() {
-            let ly = &self.layers[l];
-            let (attn_norm, wq, wk, wv, wo, q_norm, k_norm, cache) =
-                (ly.attn_norm, ly.wq, ly.wk, ly.wv, ly.wo, ly.q_norm, ly.k_norm, ly.cache);
-            // Attention: h = rmsnorm(x); q, k, v; per-head norm; RoPE; cache; attend; x += Wo o.
+            let (attn_norm, mixer) = (self.layers[l].attn_norm, self.layers[l].mixer);
             self.rmsnorm(s.x, attn_norm, s.h, n, dim)?;
-            self.gemv(wq, s.h, s.q, n)?;
+            let DMixer::Attention { wq, wk, wv, wo, q_norm, k_norm, cache, gated } = mixer else {
+                self.delta_net(mixer, n)?;
+                self.moe(l, n, &s)?;
+                continue;
+            };
+            // Attention: h = rmsnorm(x); q, k, v; per-head norm; RoPE; cache; attend; x += Wo o.
+            // Gated (qwen35moe): q|gate per head from one projection, o ⊙ sigmoid(gate).
+            if gated {
+                self.gemv(wq, s.h, s.qg, n)?;
+                self.launch(Kernel::SplitGate { qg: s.qg, q: s.q, gate: s.gate, n, n_heads, head_dim: hd })?;
+            } else {
+                self.gemv(wq, s.h, s.q, n)?;
+            }
             self.gemv(wk, s.h, s.k, n)?;
             self.gemv(wv, s.h, s.v, n)?;
             self.rmsnorm(s.q, q_norm, s.q, n * n_heads, hd)?;
@@ -677,6 +788,9 @@ impl<'w> StreamSession<'w> {
             let scale = 1.0 / (hd as f32).sqrt();
             let (pos0, o) = (self.n_past, s.o);
             self.launch(Kernel::Attention { cache, q: s.q, o, n, n_heads, n_kv_heads, head_dim: hd, pos0, scale })?;
+            if gated {
+                self.launch(Kernel::SigmoidMul { y: s.o, g: s.gate, n: n * n_heads * hd })?;
+            }
             self.gemv(wo, s.o, s.h, n)?;
             self.launch(Kernel::Add { y: s.x, x: s.h, n: n * dim })?;
             self.moe(l, n, &s)?;
@@ -684,6 +798,41 @@ impl<'w> StreamSession<'w> {
         self.n_past += n;
         self.stats.tokens += n as u64;
         Ok(())
+    }
+
+    /// Gated DeltaNet on h = rmsnorm(x) (in s.h): projections, conv, gates, the delta rule
+    /// over the micro-batch, gated norm, x += Wout o. The layer's state advances by n tokens.
+    fn delta_net(&mut self, mixer: DMixer, n: usize) -> Result<()> {
+        let DMixer::DeltaNet { qkv, z, beta, alpha, out, conv, dt_bias, a, norm, conv_state, ssm_state } = mixer else {
+            unreachable!("delta_net on a DeltaNet layer");
+        };
+        let sh = self.w.gdn.expect("DeltaNet layers come with a DeltaNet shape");
+        let (s, dim, eps) = (self.s, self.cfg.dim as usize, self.cfg.rms_eps as f32);
+        let (channels, n_v) = (sh.channels(), sh.n_v_heads);
+        self.gemv(qkv, s.h, s.gdn_x, n)?;
+        self.gemv(z, s.h, s.gdn_z, n)?;
+        self.gemv(beta, s.h, s.gdn_b, n)?;
+        self.gemv(alpha, s.h, s.gdn_a, n)?;
+        let kernel = sh.conv_kernel;
+        self.launch(Kernel::GdnConv { x: s.gdn_x, state: conv_state, w: conv, n, channels, kernel })?;
+        self.launch(Kernel::GdnGates { beta: s.gdn_b, alpha: s.gdn_a, dt_bias, a, n, n_v })?;
+        self.launch(Kernel::GdnRule {
+            qkv: s.gdn_x,
+            beta: s.gdn_b,
+            decay: s.gdn_a,
+            state: ssm_state,
+            o: s.gdn_o,
+            n,
+            n_k: sh.n_k_heads,
+            n_v,
+            head_k: sh.head_k,
+            head_v: sh.head_v,
+            tiled: sh.tiled,
+        })?;
+        let (rows, width) = (n * n_v, sh.head_v);
+        self.launch(Kernel::GatedNorm { x: s.gdn_o, z: s.gdn_z, w: norm, rows, width, eps })?;
+        self.gemv(out, s.gdn_o, s.h, n)?;
+        self.launch(Kernel::Add { y: s.x, x: s.h, n: n * dim })
     }
 
     /// Final norm and output projection of tokens first..n of the last micro-batch, appended
@@ -768,6 +917,31 @@ impl<'w> StreamSession<'w> {
             n_experts,
         };
         self.launch(moe)?;
+        if let Some(sx) = self.layers[l].shared {
+            // x += sigmoid(gate_inp · h) · shared(h): the MoE kernel over a one-expert table.
+            self.gemv(sx.gate_inp, s.h, s.router, n)?;
+            self.launch(Kernel::Sigmoid { x: s.router, n })?;
+            self.launch(Kernel::Moe {
+                ty_gate_up: sx.ty_gate_up,
+                ty_down: sx.ty_down,
+                gate: sx.table,
+                up: sx.table + 8,
+                down: sx.table + 16,
+                ids: sx.ids,
+                weights: s.router,
+                x: s.h,
+                act: s.act,
+                out: s.out,
+                offsets: s.offsets,
+                pairs: s.pairs,
+                residual: s.x,
+                dim,
+                ffn: sx.ffn,
+                n,
+                k: 1,
+                n_experts: 1,
+            })?;
+        }
         if !self.plan.all_resident() {
             // Each slot holds a reference to the compute event of its last reader.
             let ev = self.dev.record(Stream::Compute)?;
@@ -806,6 +980,9 @@ impl Scratch {
         let (dim, q_width) = (c.dim as usize, (c.n_heads * c.head_dim) as usize);
         let kv_width = (c.n_kv_heads * c.head_dim) as usize;
         let (e, k, ffn) = (c.n_experts as usize, c.n_experts_used as usize, c.expert_ffn_dim as usize);
+        let ffn = ffn.max(c.shared_ffn_dim.div_ceil(k as u64) as usize); // act also holds the shared expert's
+        let g = plan::Qwen35Scratch::of(c);
+        let gated_width = if g.gated { q_width } else { 0 };
         let u = UBATCH;
         let mut f = |n: usize, what: &str| d.alloc((n * 4) as u64, what);
         Ok(Scratch {
@@ -823,6 +1000,13 @@ impl Scratch {
             ids: f(2 * u * k, "scratch expert ids")?,
             offsets: f(e + 1, "scratch expert offsets")?,
             pairs: f(u * k, "scratch expert pairs")?,
+            qg: f((u * 2 * gated_width).max(1), "scratch q|gate")?,
+            gate: f((u * gated_width).max(1), "scratch attention gate")?,
+            gdn_x: f((u * g.channels).max(1), "scratch DeltaNet qkv")?,
+            gdn_z: f((u * g.inner).max(1), "scratch DeltaNet z")?,
+            gdn_b: f((u * g.n_v).max(1), "scratch DeltaNet beta")?,
+            gdn_a: f((u * g.n_v).max(1), "scratch DeltaNet decay")?,
+            gdn_o: f((u * g.inner).max(1), "scratch DeltaNet o")?,
         })
     }
 

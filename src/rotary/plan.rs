@@ -19,11 +19,36 @@ pub fn align(bytes: u64) -> u64 {
     bytes.max(1).div_ceil(ALIGN) * ALIGN
 }
 
+/// Widths of qwen35moe's extra workspaces (all 0 for qwen3moe).
+pub struct Qwen35Scratch {
+    pub gated: bool,
+    pub channels: usize,
+    pub inner: usize,
+    pub n_v: usize,
+}
+
+impl Qwen35Scratch {
+    pub fn of(c: &ModelConfig) -> Qwen35Scratch {
+        match &c.ssm {
+            None => Qwen35Scratch { gated: false, channels: 0, inner: 0, n_v: 0 },
+            Some(s) => Qwen35Scratch {
+                gated: true,
+                channels: (2 * s.n_k_heads * s.state_size + s.inner_size) as usize,
+                inner: s.inner_size as usize,
+                n_v: s.n_v_heads as usize,
+            },
+        }
+    }
+}
+
 /// Bytes of the per-micro-batch workspaces (the engine's Scratch, buffer by buffer).
 pub fn scratch_bytes(c: &ModelConfig) -> u64 {
     let u = UBATCH as u64;
     let (dim, q, kv) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
     let (e, k, ffn) = (c.n_experts, c.n_experts_used, c.expert_ffn_dim);
+    let ffn = ffn.max(c.shared_ffn_dim.div_ceil(k)); // the activations hold the shared expert's too
+    let g = Qwen35Scratch::of(c);
+    let (gq, ch, inner, nv) = (if g.gated { q } else { 0 }, g.channels as u64, g.inner as u64, g.n_v as u64);
     let f32s = [
         u * dim,     // x
         u * dim,     // h
@@ -36,17 +61,34 @@ pub fn scratch_bytes(c: &ModelConfig) -> u64 {
         u * k * ffn, // expert activations
         u * k * dim, // expert outputs
         LOGITS_ROWS as u64 * c.n_vocab, // logits
+        (u * 2 * gq).max(1),            // gated attention q|gate
+        (u * gq).max(1),                // gate
+        (u * ch).max(1),                // DeltaNet q|k|v
+        (u * inner).max(1),             // DeltaNet z
+        (u * nv).max(1),                // DeltaNet beta
+        (u * nv).max(1),                // DeltaNet decay
+        (u * inner).max(1),             // DeltaNet o
     ];
     let i32s = [u * 2 * k, e + 1, u * k]; // ids (true + predicted), group offsets, pairs
     f32s.iter().chain(&i32s).map(|n| align(n * 4)).sum()
 }
 
-/// Bytes of the paged f16 KV cache for `n_ctx` positions (page table included).
+/// Bytes of the paged f16 KV cache for `n_ctx` positions (page table included), plus the
+/// fp32 conv and recurrent state of the Gated DeltaNet layers (qwen35moe).
 pub fn kv_bytes(c: &ModelConfig, n_ctx: usize) -> u64 {
     let n_pages = n_ctx.div_ceil(PAGE_SIZE) as u64;
     let per_layer = align(n_pages * PAGE_SIZE as u64 * c.n_kv_heads * c.head_dim * 2);
     let n_attn = (0..c.n_layers).filter(|&l| c.is_full_attention(l)).count() as u64;
-    2 * n_attn * per_layer + align(n_pages * 4)
+    let recurrent = match &c.ssm {
+        None => 0,
+        Some(s) => {
+            let channels = 2 * s.n_k_heads * s.state_size + s.inner_size;
+            let conv = align((s.conv_kernel - 1) * channels * 4);
+            let state = align(s.n_v_heads * s.state_size * s.state_size * 4);
+            (c.n_layers - n_attn) * (conv + state)
+        }
+    };
+    2 * n_attn * per_layer + align(n_pages * 4) + recurrent
 }
 
 #[derive(Clone, Debug)]
@@ -78,7 +120,9 @@ impl Plan {
         budget_bytes: Option<u64>,
     ) -> Result<Plan> {
         let n_experts_total = (c.n_layers * c.n_experts) as usize;
-        let tables_bytes = c.n_layers * align(3 * c.n_experts * 8) + 2 * align(c.head_dim * 4);
+        // Per layer: the expert pointer table, and qwen35moe's shared-expert table and ids.
+        let shared = if c.shared_ffn_dim > 0 { align(3 * 8) + align(UBATCH as u64 * 4) } else { 0 };
+        let tables_bytes = c.n_layers * (align(3 * c.n_experts * 8) + shared) + 2 * align(c.head_dim * 4);
         let mut plan = Plan {
             budget_bytes,
             dense_bytes,
@@ -136,7 +180,7 @@ impl std::fmt::Display for Plan {
         let budget = self.budget_bytes.map_or("none".into(), hb);
         writeln!(f, "VRAM plan (budget {budget}, context {} tokens):", self.n_ctx)?;
         writeln!(f, "  dense weights         {:>12}", hb(self.dense_bytes))?;
-        writeln!(f, "  KV cache (f16, paged) {:>12}", hb(self.kv_bytes))?;
+        writeln!(f, "  KV cache + state      {:>12}", hb(self.kv_bytes))?;
         writeln!(f, "  workspaces + tables   {:>12}", hb(self.scratch_bytes + self.tables_bytes))?;
         writeln!(f, "  device overhead       {:>12}", hb(self.overhead_bytes))?;
         let pct = 100.0 * self.n_slots as f64 / self.n_experts_total.max(1) as f64;

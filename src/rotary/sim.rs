@@ -18,7 +18,8 @@ use super::device::{Addr, Device, Event, Kernel, KvCache, LinkStats, Stream};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Mat};
 use crate::error::{Error, Result};
-use crate::model::qwen3moe::{expert_forward, rmsnorm_rows, rope_tokens, softmax, top_k};
+use crate::model::deltanet;
+use crate::model::qwen3moe::{expert_forward, rmsnorm_rows, rope_tokens, softmax, split_gate, top_k};
 use crate::quant;
 
 /// Prefetch copies move in chunks of this many bytes, so a demand load waits at most one.
@@ -211,6 +212,60 @@ impl SimDevice {
                 let xs = self.f32s(x, n, "add x")?;
                 ys.iter_mut().zip(&xs).for_each(|(y, x)| *y += x);
                 self.write(y, &ys, "add y")
+            }
+            Kernel::SplitGate { qg, q, gate, n, n_heads, head_dim } => {
+                let w = n * n_heads * head_dim;
+                let both = self.f32s(qg, 2 * w, "split_gate qg")?;
+                let (mut qs, mut gs) = (vec![0f32; w], vec![0f32; w]);
+                split_gate(&both, head_dim, &mut qs, &mut gs);
+                self.write(q, &qs, "split_gate q")?;
+                self.write(gate, &gs, "split_gate gate")
+            }
+            Kernel::SigmoidMul { y, g, n } => {
+                let mut ys = self.f32s(y, n, "sigmoid_mul y")?;
+                let gs = self.f32s(g, n, "sigmoid_mul g")?;
+                ys.iter_mut().zip(&gs).for_each(|(y, &g)| *y *= deltanet::sigmoid(g));
+                self.write(y, &ys, "sigmoid_mul y")
+            }
+            Kernel::Sigmoid { x, n } => {
+                let mut xs = self.f32s(x, n, "sigmoid x")?;
+                xs.iter_mut().for_each(|x| *x = deltanet::sigmoid(*x));
+                self.write(x, &xs, "sigmoid x")
+            }
+            Kernel::GdnConv { x, state, w, n, channels, kernel } => {
+                let mut xs = self.f32s(x, n * channels, "gdn_conv x")?;
+                let mut st = self.f32s(state, (kernel - 1) * channels, "gdn_conv state")?;
+                let ws = self.f32s(w, channels * kernel, "gdn_conv w")?;
+                deltanet::conv_silu(&mut xs, &mut st, &ws, n, channels, kernel);
+                self.write(x, &xs, "gdn_conv x")?;
+                self.write(state, &st, "gdn_conv state")
+            }
+            Kernel::GdnGates { beta, alpha, dt_bias, a, n, n_v } => {
+                let mut bs = self.f32s(beta, n * n_v, "gdn_gates beta")?;
+                let mut al = self.f32s(alpha, n * n_v, "gdn_gates alpha")?;
+                let dt = self.f32s(dt_bias, n_v, "gdn_gates dt_bias")?;
+                let av = self.f32s(a, n_v, "gdn_gates a")?;
+                deltanet::gates(&mut bs, &mut al, &dt, &av);
+                self.write(beta, &bs, "gdn_gates beta")?;
+                self.write(alpha, &al, "gdn_gates alpha")
+            }
+            Kernel::GdnRule { qkv, beta, decay, state, o, n, n_k, n_v, head_k, head_v, tiled } => {
+                let sh = deltanet::Shape { n_k_heads: n_k, n_v_heads: n_v, head_k, head_v, conv_kernel: 1, tiled };
+                let xs = self.f32s(qkv, n * sh.channels(), "gdn_rule qkv")?;
+                let bs = self.f32s(beta, n * n_v, "gdn_rule beta")?;
+                let ds = self.f32s(decay, n * n_v, "gdn_rule decay")?;
+                let mut st = self.f32s(state, sh.state_len(), "gdn_rule state")?;
+                let mut out = vec![0f32; n * sh.inner()];
+                deltanet::delta_rule(&xs, &bs, &ds, &mut st, &sh, n, &mut out);
+                self.write(state, &st, "gdn_rule state")?;
+                self.write(o, &out, "gdn_rule o")
+            }
+            Kernel::GatedNorm { x, z, w, rows, width, eps } => {
+                let mut xs = self.f32s(x, rows * width, "gated_norm x")?;
+                let zs = self.f32s(z, rows * width, "gated_norm z")?;
+                let ws = self.f32s(w, width, "gated_norm w")?;
+                deltanet::gated_norm(&mut xs, &zs, &ws, eps);
+                self.write(x, &xs, "gated_norm x")
             }
         }
     }

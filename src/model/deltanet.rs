@@ -1,0 +1,167 @@
+//! Gated DeltaNet, the linear-attention mixer of qwen35moe (models.md §2.2; HF
+//! `Qwen3_5MoeGatedDeltaNet`, llama.cpp `delta-net-base.cpp`), as plain functions over slices.
+//!
+//! The CPU forward pass, the simulator's kernels and the selftest reference all call these, so
+//! a streamed run agrees with a resident one to the bit. Per layer the state is the last
+//! `conv_kernel - 1` projected inputs (`conv`, `[K-1, channels]`) and one fp32 matrix per value
+//! head (`s`, `[n_v_heads][head_k][head_v]`, v contiguous). Prefill runs the same recurrence
+//! token by token as decode, so prefill and decode leave the same state.
+
+/// The shape of one Gated DeltaNet layer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub n_k_heads: usize,
+    pub n_v_heads: usize,
+    /// Per-head key (and query) width.
+    pub head_k: usize,
+    /// Per-head value width.
+    pub head_v: usize,
+    pub conv_kernel: usize,
+    /// Which key head value head `hv` reads: GGUF stores value heads "tiled" (hv % n_k_heads),
+    /// HF groups them (hv / (n_v_heads / n_k_heads)). The weights decide, never a guess.
+    pub tiled: bool,
+}
+
+impl Shape {
+    /// Channels of the q|k|v projection and of the convolution: [q n_k·dk | k n_k·dk | v n_v·dv].
+    pub fn channels(&self) -> usize {
+        2 * self.n_k_heads * self.head_k + self.n_v_heads * self.head_v
+    }
+
+    /// Value width n_v·dv (z, the output).
+    pub fn inner(&self) -> usize {
+        self.n_v_heads * self.head_v
+    }
+
+    pub fn k_head(&self, hv: usize) -> usize {
+        if self.tiled {
+            hv % self.n_k_heads
+        } else {
+            hv / (self.n_v_heads / self.n_k_heads)
+        }
+    }
+
+    /// f32 values of the conv state.
+    pub fn conv_state_len(&self) -> usize {
+        (self.conv_kernel - 1) * self.channels()
+    }
+
+    /// f32 values of the recurrent state.
+    pub fn state_len(&self) -> usize {
+        self.n_v_heads * self.head_k * self.head_v
+    }
+}
+
+/// Causal depthwise convolution of `n` tokens followed by SiLU, in place on `x` `[n, ch]`.
+/// `state` `[K-1, ch]` holds the previous inputs (oldest first) and is advanced by `n`
+/// tokens; `w` is `[ch, K]` (HF conv1d `[ch, 1, K]` squeezed, GGUF `ssm_conv1d`).
+/// out_t[c] = silu(Σ_j w[c][j] · in_{t-(K-1)+j}[c]).
+pub fn conv_silu(x: &mut [f32], state: &mut [f32], w: &[f32], n: usize, ch: usize, kk: usize) {
+    assert!(kk >= 1 && x.len() == n * ch && state.len() == (kk - 1) * ch && w.len() == ch * kk);
+    let hist = kk - 1;
+    // The window of inputs this batch sees: the state, then the batch. [hist + n, ch]
+    let mut window = Vec::with_capacity((hist + n) * ch);
+    window.extend_from_slice(state);
+    window.extend_from_slice(x);
+    for t in 0..n {
+        for c in 0..ch {
+            let mut acc = 0f32;
+            for j in 0..kk {
+                acc += w[c * kk + j] * window[(t + j) * ch + c];
+            }
+            x[t * ch + c] = silu(acc);
+        }
+    }
+    state.copy_from_slice(&window[n * ch..]);
+}
+
+/// Per token and value head: beta = sigmoid(b), decay = exp(a · softplus(alpha + dt_bias))
+/// with a = −exp(A_log) < 0 (GGUF `ssm_a`). `b`, `alpha` are `[n, n_v]`, overwritten with beta
+/// and decay.
+pub fn gates(b: &mut [f32], alpha: &mut [f32], dt_bias: &[f32], a: &[f32]) {
+    let hv = a.len();
+    assert!(dt_bias.len() == hv && b.len() == alpha.len() && b.len() % hv == 0);
+    for (i, (b, al)) in b.iter_mut().zip(alpha.iter_mut()).enumerate() {
+        let h = i % hv;
+        *b = sigmoid(*b);
+        *al = (a[h] * softplus(*al + dt_bias[h])).exp();
+    }
+}
+
+/// The gated delta rule over `n` tokens. `qkv` `[n, channels]` is the convolved projection
+/// (q and k are l2-normalised here, q scaled by 1/√dk), `beta`/`decay` `[n, n_v]` from
+/// `gates`, `s` the recurrent state. Writes `o` `[n, n_v·dv]`:
+///   S ← decay·S;  u = β·(v − Sᵀk);  S ← S + k uᵀ;  o = Sᵀq      (per value head)
+pub fn delta_rule(qkv: &[f32], beta: &[f32], decay: &[f32], s: &mut [f32], sh: &Shape, n: usize, o: &mut [f32]) {
+    let (nk, nv, dk, dv) = (sh.n_k_heads, sh.n_v_heads, sh.head_k, sh.head_v);
+    let ch = sh.channels();
+    assert!(qkv.len() == n * ch && beta.len() == n * nv && decay.len() == n * nv);
+    assert!(s.len() == sh.state_len() && o.len() == n * nv * dv);
+    let scale = 1.0 / (dk as f32).sqrt();
+    let (mut q, mut k) = (vec![0f32; nk * dk], vec![0f32; nk * dk]); // [n_k, dk] each
+    let mut u = vec![0f32; dv]; // [dv]
+    for t in 0..n {
+        let row = &qkv[t * ch..(t + 1) * ch];
+        q.copy_from_slice(&row[..nk * dk]);
+        k.copy_from_slice(&row[nk * dk..2 * nk * dk]);
+        q.chunks_exact_mut(dk).for_each(|h| l2norm(h, scale));
+        k.chunks_exact_mut(dk).for_each(|h| l2norm(h, 1.0));
+        let v = &row[2 * nk * dk..];
+        for h in 0..nv {
+            let kh = sh.k_head(h);
+            let (qh, khv) = (&q[kh * dk..(kh + 1) * dk], &k[kh * dk..(kh + 1) * dk]);
+            let sh_ = &mut s[h * dk * dv..(h + 1) * dk * dv]; // [dk, dv]
+            let (b, g) = (beta[t * nv + h], decay[t * nv + h]);
+            sh_.iter_mut().for_each(|x| *x *= g);
+            u.copy_from_slice(&v[h * dv..(h + 1) * dv]);
+            for (i, &ki) in khv.iter().enumerate() {
+                let srow = &sh_[i * dv..(i + 1) * dv];
+                u.iter_mut().zip(srow).for_each(|(u, &s)| *u -= s * ki);
+            }
+            u.iter_mut().for_each(|u| *u *= b);
+            let oh = &mut o[(t * nv + h) * dv..(t * nv + h + 1) * dv];
+            oh.fill(0.0);
+            for i in 0..dk {
+                let srow = &mut sh_[i * dv..(i + 1) * dv];
+                let (ki, qi) = (khv[i], qh[i]);
+                srow.iter_mut().zip(&u).for_each(|(s, &u)| *s += ki * u);
+                oh.iter_mut().zip(srow.iter()).for_each(|(o, &s)| *o += s * qi);
+            }
+        }
+    }
+}
+
+/// Gated RMSNorm of every `dv`-wide head of `o` in place: rms(o)·w·silu(z) (plain weight).
+pub fn gated_norm(o: &mut [f32], z: &[f32], w: &[f32], eps: f32) {
+    assert!(o.len() == z.len() && o.len() % w.len() == 0);
+    let d = w.len();
+    for (oh, zh) in o.chunks_exact_mut(d).zip(z.chunks_exact(d)) {
+        let inv = 1.0 / (oh.iter().map(|&x| x * x).sum::<f32>() / d as f32 + eps).sqrt();
+        for ((o, &z), &w) in oh.iter_mut().zip(zh).zip(w) {
+            *o = *o * inv * w * silu(z);
+        }
+    }
+}
+
+/// x · scale / ‖x‖ (HF and FLA: x · rsqrt(Σx² + 1e-6)).
+fn l2norm(x: &mut [f32], scale: f32) {
+    let inv = 1.0 / (x.iter().map(|&v| v * v).sum::<f32>() + 1e-6).sqrt();
+    x.iter_mut().for_each(|v| *v *= inv * scale);
+}
+
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// log(1 + eˣ), linear above 20 as torch's softplus.
+pub fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Write tiny Qwen3.5-MoE fixtures with random weights, saved by HF transformers itself
+(config.json + model.safetensors), and transformers' own outputs on a fixed prompt
+(reference.json, same fields as tests/make_hf_fixture.py). Deterministic (torch.manual_seed).
+
+    tests/fixtures/hf-qwen35moe-tiny/   Qwen3_5MoeForConditionalGeneration (the layout of the
+        released checkpoints: text_config, `model.language_model.*`, a (tiny) vision tower that
+        the engine ignores): dim 64, 4 layers (3 Gated DeltaNet + 1 gated attention), DeltaNet
+        2 k heads / 4 v heads of 16, conv 4; attention 4 q / 2 kv heads of 32, RoPE on 8 dims;
+        8 experts top-2, expert FFN 32, shared expert FFN 48; vocab 512; seed 0
+    tests/fixtures/hf-qwen35moe-text/   Qwen3_5MoeForCausalLM (text-only layout, `model.*`):
+        dim 96, 8 layers, DeltaNet 2 k heads / 6 v heads (3 per k head), attention 6 q / 1 kv
+        head of 32 (RoPE on 16 dims), 16 experts top-4, vocab 384; seed 1
+
+Norms are zero-centred in HF (x̂·(1+w)); they are perturbed, and so are dt_bias, A_log and the
+gated norm, so a convention slip shows. A_log spans a wide range so some heads forget fast.
+
+    python3 -m venv v && v/bin/pip install torch transformers safetensors
+    v/bin/python tests/make_hf_qwen35_fixture.py
+"""
+import json
+import os
+
+import torch
+import transformers
+from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
+from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5MoeTextConfig
+from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeForCausalLM
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+GREEDY_TOKENS = 32
+TOP_K = 8
+
+
+def text_config(vocab, dim, layers, nk, nv, dk, heads, kv, hd, rope_factor, experts, topk, ff, sff):
+    return dict(
+        vocab_size=vocab, hidden_size=dim, num_hidden_layers=layers,
+        layer_types=["full_attention" if i % 4 == 3 else "linear_attention" for i in range(layers)],
+        linear_num_key_heads=nk, linear_num_value_heads=nv, linear_key_head_dim=dk,
+        linear_value_head_dim=dk, linear_conv_kernel_dim=4,
+        num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd,
+        num_experts=experts, num_experts_per_tok=topk, moe_intermediate_size=ff,
+        shared_expert_intermediate_size=sff, max_position_embeddings=256, rms_norm_eps=1e-6,
+        rope_parameters=dict(rope_type="default", rope_theta=10_000_000.0,
+                             partial_rotary_factor=rope_factor, mrope_section=[1, 1, 2] if hd * rope_factor == 8 else [2, 3, 3],
+                             mrope_interleaved=True),
+        tie_word_embeddings=False, initializer_range=0.15, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0,
+    )
+
+
+SPECS = [
+    dict(name="hf-qwen35moe-tiny", seed=0, multimodal=True,
+         prompt=[3, 141, 59, 265, 358, 97, 93, 238, 46, 264, 33, 83, 7, 400],
+         text=text_config(512, 64, 4, 2, 4, 16, 4, 2, 32, 0.25, 8, 2, 32, 48)),
+    dict(name="hf-qwen35moe-text", seed=1, multimodal=False,
+         prompt=[5, 377, 12, 200, 383, 64, 128, 9, 301, 77, 250, 31, 190, 4, 333, 100, 21],
+         text=text_config(384, 96, 8, 2, 6, 16, 6, 1, 32, 0.5, 16, 4, 32, 32)),
+]
+
+
+def perturb(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("linear_attn.norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))  # plain weight, init 1
+            elif name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                p.copy_(0.2 * torch.randn_like(p))  # zero-centred, init 0
+            elif name.endswith("dt_bias"):
+                p.copy_(0.5 * torch.randn_like(p))
+            elif name.endswith("A_log"):
+                p.copy_(torch.empty_like(p).uniform_(-2.0, 1.5))
+
+
+def write(name, seed, multimodal, prompt, text):
+    out = os.path.join(FIXTURES, name)
+    torch.manual_seed(seed)
+    if multimodal:
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4,
+                      out_hidden_size=text["hidden_size"], num_position_embeddings=16)
+        cfg = Qwen3_5MoeConfig(text_config=text, vision_config=vision, tie_word_embeddings=False)
+        model = Qwen3_5MoeForConditionalGeneration(cfg)
+    else:
+        model = Qwen3_5MoeForCausalLM(Qwen3_5MoeTextConfig(**text))
+    model = model.eval().to(torch.float32)
+    perturb(model)
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        logits = model(ids).logits[0].float()  # [T, vocab]
+        greedy = model.generate(ids, max_new_tokens=GREEDY_TOKENS, do_sample=False,
+                                eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    top = torch.topk(logits, TOP_K, dim=-1)
+    ref = {
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "prompt": prompt,
+        "positions": [{"top": [[int(i), float(v)] for i, v in zip(ti, tv)]}
+                      for ti, tv in zip(top.indices.tolist(), top.values.tolist())],
+        "last_logits": [float(x) for x in logits[-1].tolist()],
+        "greedy": greedy,
+        "all_logits": [[float(x) for x in row] for row in logits.tolist()],
+    }
+    with open(os.path.join(out, "reference.json"), "w") as f:
+        json.dump(ref, f)
+    print("wrote", out, sorted(os.listdir(out)), "greedy", greedy[:8])
+
+
+def main():
+    for spec in SPECS:
+        write(**spec)
+
+
+if __name__ == "__main__":
+    main()
