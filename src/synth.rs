@@ -16,14 +16,17 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::format::gguf::{self, Array, Value, Writer};
+use crate::model::config::SsmConfig;
 use crate::model::{Arch, ModelConfig, TensorDesc, TensorRole};
 use crate::quant::{self, GgmlType};
 use crate::tokenizer::byte_to_unicode;
 
-/// Named model shapes. All use Qwen3's vocabulary size, context, RoPE θ and RMS ε.
+/// Named model shapes. The qwen3moe presets use Qwen3's vocabulary size, context and RoPE θ;
+/// the qwen35moe presets Qwen3.5's (248,320, 262,144, 1e7, RoPE on a quarter of each head).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Preset {
     pub name: &'static str,
+    pub arch: Arch,
     pub n_layers: u64,
     pub dim: u64,
     pub n_experts: u64,
@@ -32,27 +35,49 @@ pub struct Preset {
     pub n_heads: u64,
     pub n_kv_heads: u64,
     pub head_dim: u64,
+    /// qwen35moe: shared expert FFN width, and the Gated DeltaNet shape.
+    pub shared_ffn_dim: u64,
+    pub ssm: Option<SsmConfig>,
 }
 
-pub const PRESETS: [Preset; 3] = [
+const fn qwen3(name: &'static str, n_layers: u64, dim: u64, experts: (u64, u64, u64), heads: (u64, u64, u64)) -> Preset {
     Preset {
-        name: "tiny", n_layers: 4, dim: 256, n_experts: 8, n_experts_used: 2,
-        expert_ffn_dim: 256, n_heads: 4, n_kv_heads: 2, head_dim: 64,
-    },
+        name, arch: Arch::Qwen3Moe, n_layers, dim, n_experts: experts.0, n_experts_used: experts.1,
+        expert_ffn_dim: experts.2, n_heads: heads.0, n_kv_heads: heads.1, head_dim: heads.2,
+        shared_ffn_dim: 0, ssm: None,
+    }
+}
+
+/// qwen35moe: `gdn` = (key heads, value heads, state size); conv 4, every 4th layer attention.
+const fn qwen35(name: &'static str, n_layers: u64, dim: u64, experts: (u64, u64, u64), heads: (u64, u64, u64), gdn: (u64, u64, u64)) -> Preset {
+    let ssm = SsmConfig {
+        conv_kernel: 4, inner_size: gdn.1 * gdn.2, state_size: gdn.2, n_k_heads: gdn.0,
+        n_v_heads: gdn.1, full_attention_interval: 4,
+    };
     Preset {
-        name: "small", n_layers: 12, dim: 1024, n_experts: 64, n_experts_used: 8,
-        expert_ffn_dim: 512, n_heads: 16, n_kv_heads: 4, head_dim: 64,
-    },
-    Preset {
-        name: "qwen3-30b-a3b", n_layers: 48, dim: 2048, n_experts: 128, n_experts_used: 8,
-        expert_ffn_dim: 768, n_heads: 32, n_kv_heads: 4, head_dim: 128,
-    },
+        name, arch: Arch::Qwen35Moe, n_layers, dim, n_experts: experts.0, n_experts_used: experts.1,
+        expert_ffn_dim: experts.2, n_heads: heads.0, n_kv_heads: heads.1, head_dim: heads.2,
+        shared_ffn_dim: experts.2, ssm: Some(ssm),
+    }
+}
+
+pub const PRESETS: [Preset; 5] = [
+    qwen3("tiny", 4, 256, (8, 2, 256), (4, 2, 64)),
+    qwen3("small", 12, 1024, (64, 8, 512), (16, 4, 64)),
+    qwen3("qwen3-30b-a3b", 48, 2048, (128, 8, 768), (32, 4, 128)),
+    // 8 layers: DeltaNet 0-2, 4-6; gated attention 3, 7. Rows of 256 so K-quants apply.
+    qwen35("qwen35-tiny", 8, 256, (8, 2, 256), (4, 2, 64), (2, 4, 64)),
+    qwen35("qwen35-35b-a3b", 40, 2048, (256, 8, 512), (16, 2, 256), (16, 32, 128)),
 ];
 
 pub const VOCAB: u64 = 151_936;
 pub const CONTEXT: u64 = 40_960;
 pub const ROPE_THETA: f64 = 1e6;
 pub const RMS_EPS: f64 = 1e-6;
+/// Qwen3.5/3.6 (models.md §2.1).
+pub const QWEN35_VOCAB: u64 = 248_320;
+pub const QWEN35_CONTEXT: u64 = 262_144;
+pub const QWEN35_ROPE_THETA: f64 = 1e7;
 
 impl Preset {
     pub fn by_name(name: &str) -> Result<Preset> {
@@ -62,9 +87,18 @@ impl Preset {
         })
     }
 
+    /// The preset's vocabulary size (the padded embedding of its model family).
+    pub fn n_vocab(&self) -> u64 {
+        match self.arch {
+            Arch::Qwen3Moe => VOCAB,
+            Arch::Qwen35Moe => QWEN35_VOCAB,
+        }
+    }
+
     pub fn config(&self, n_vocab: u64) -> ModelConfig {
+        let q35 = self.arch == Arch::Qwen35Moe;
         ModelConfig {
-            arch: Arch::Qwen3Moe,
+            arch: self.arch,
             n_layers: self.n_layers,
             dim: self.dim,
             n_heads: self.n_heads,
@@ -75,13 +109,13 @@ impl Preset {
             n_experts_used: self.n_experts_used,
             norm_topk_prob: true,
             expert_ffn_dim: self.expert_ffn_dim,
-            shared_ffn_dim: 0,
-            context_length: CONTEXT,
-            rope_theta: ROPE_THETA,
-            rope_dims: self.head_dim,
+            shared_ffn_dim: self.shared_ffn_dim,
+            context_length: if q35 { QWEN35_CONTEXT } else { CONTEXT },
+            rope_theta: if q35 { QWEN35_ROPE_THETA } else { ROPE_THETA },
+            rope_dims: if q35 { self.head_dim / 4 } else { self.head_dim },
             rms_eps: RMS_EPS,
             n_nextn_layers: 0,
-            ssm: None,
+            ssm: self.ssm.clone(),
         }
     }
 }
@@ -208,16 +242,27 @@ fn pseudo_word(n: u32) -> String {
 /// ids between, `[PADn]` the unused ids after the specials. It encodes any text (one token
 /// per byte, no merges) and decodes the model's choices to readable text.
 pub fn byte_level_vocab(n_vocab: u64) -> Vec<(String, Value)> {
+    byte_level_vocab_for(Arch::Qwen3Moe, n_vocab)
+}
+
+/// `byte_level_vocab` with the special tokens, ids and pre-tokenizer of `arch`'s family
+/// (Qwen3.5: specials from 248044, eos `<|im_end|>` 248046, pad 248055, `pre` qwen35).
+pub fn byte_level_vocab_for(arch: Arch, n_vocab: u64) -> Vec<(String, Value)> {
+    let (specials, pre, bos, eos, pad): (&[(u32, &str)], &str, u32, u32, u32) = match arch {
+        Arch::Qwen3Moe => (&QWEN3_SPECIALS, "qwen2", 151643, 151645, 151643),
+        Arch::Qwen35Moe => (&crate::tokenizer::QWEN35_SPECIALS, "qwen35", 248044, 248046, 248055),
+    };
+    let last_special = specials[specials.len() - 1].0;
     let mut tokens: Vec<String> = byte_to_unicode().iter().map(|c| c.to_string()).collect();
     let mut types = vec![1i32; 256];
     for id in 256..n_vocab as u32 {
-        match QWEN3_SPECIALS.iter().find(|s| s.0 == id) {
+        match specials.iter().find(|s| s.0 == id) {
             Some((_, text)) => {
                 tokens.push(text.to_string());
                 types.push(3); // control
             }
             // Ids the real vocabulary leaves unused stay padding, as in Qwen3's GGUFs.
-            None if id > QWEN3_SPECIALS[QWEN3_SPECIALS.len() - 1].0 => {
+            None if id > last_special => {
                 tokens.push(format!("[PAD{id}]"));
                 types.push(4); // user-defined, as in llama.cpp's qwen2 vocab
             }
@@ -229,13 +274,13 @@ pub fn byte_level_vocab(n_vocab: u64) -> Vec<(String, Value)> {
     }
     vec![
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
         ("tokenizer.ggml.tokens".into(), Value::Array(Array::String(tokens))),
         ("tokenizer.ggml.token_type".into(), Value::Array(Array::I32(types))),
         ("tokenizer.ggml.merges".into(), Value::Array(Array::String(vec![]))),
-        ("tokenizer.ggml.bos_token_id".into(), Value::U32(151643)),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32(151645)),
-        ("tokenizer.ggml.padding_token_id".into(), Value::U32(151643)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)),
+        ("tokenizer.ggml.padding_token_id".into(), Value::U32(pad)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
         ("tokenizer.chat_template".into(), Value::String(CHATML_TEMPLATE.into())),
     ]
@@ -412,7 +457,8 @@ pub struct SynthOptions {
 
 impl SynthOptions {
     pub fn new(preset: Preset, mix: QuantMix, seed: u64) -> SynthOptions {
-        SynthOptions { preset, mix, seed, vocab: byte_level_vocab(VOCAB), n_vocab: VOCAB }
+        let n_vocab = preset.n_vocab();
+        SynthOptions { preset, mix, seed, vocab: byte_level_vocab_for(preset.arch, n_vocab), n_vocab }
     }
 }
 
@@ -442,6 +488,24 @@ pub fn plan(opts: &SynthOptions) -> Result<(Writer, Vec<TensorDesc>)> {
     w.kv(&format!("{a}.expert_count"), u(cfg.n_experts));
     w.kv(&format!("{a}.expert_used_count"), u(cfg.n_experts_used));
     w.kv(&format!("{a}.expert_feed_forward_length"), u(cfg.expert_ffn_dim));
+    if let Some(ssm) = &cfg.ssm {
+        // qwen35moe, as llama.cpp's converter writes it (models.md §2.3).
+        w.kv(&format!("{a}.expert_shared_feed_forward_length"), u(cfg.shared_ffn_dim));
+        w.kv(&format!("{a}.rope.dimension_count"), u(cfg.rope_dims));
+        // Interleaved MRoPE sections (t, h, w, 0) over rope_dims / 2 frequencies; equal
+        // positions for text make them irrelevant, llama.cpp still reads them.
+        let half = (cfg.rope_dims / 2) as i32;
+        let (t, h) = ((half * 11).div_euclid(32), (half * 11).div_euclid(32));
+        let sections = vec![t, h, half - t - h, 0];
+        w.kv(&format!("{a}.rope.dimension_sections"), Value::Array(Array::I32(sections)));
+        w.kv(&format!("{a}.full_attention_interval"), u(ssm.full_attention_interval));
+        w.kv(&format!("{a}.ssm.conv_kernel"), u(ssm.conv_kernel));
+        w.kv(&format!("{a}.ssm.inner_size"), u(ssm.inner_size));
+        w.kv(&format!("{a}.ssm.state_size"), u(ssm.state_size));
+        w.kv(&format!("{a}.ssm.group_count"), u(ssm.n_k_heads));
+        w.kv(&format!("{a}.ssm.time_step_rank"), u(ssm.n_v_heads));
+        w.kv(&format!("{a}.nextn_predict_layers"), u(0));
+    }
     for (k, v) in &opts.vocab {
         w.kv(k, v.clone());
     }

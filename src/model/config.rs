@@ -36,7 +36,7 @@ impl Arch {
 }
 
 /// Gated DeltaNet (linear attention) dimensions of qwen35moe.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct SsmConfig {
     pub conv_kernel: u64,
     /// Value width: n_v_heads * head_dim (4096).

@@ -800,6 +800,19 @@ impl<'w> StreamSession<'w> {
         Ok(())
     }
 
+    /// Zero every DeltaNet layer's conv and recurrent state (a new sequence starts).
+    fn clear_recurrent_state(&mut self) -> Result<()> {
+        let Some(sh) = self.w.gdn else { return Ok(()) };
+        let zeros = vec![0f32; sh.state_len().max(sh.conv_state_len())];
+        for l in 0..self.layers.len() {
+            if let DMixer::DeltaNet { conv_state, ssm_state, .. } = self.layers[l].mixer {
+                upload(self.dev.as_mut(), conv_state, &zeros[..sh.conv_state_len()])?;
+                upload(self.dev.as_mut(), ssm_state, &zeros[..sh.state_len()])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Gated DeltaNet on h = rmsnorm(x) (in s.h): projections, conv, gates, the delta rule
     /// over the micro-batch, gated norm, x += Wout o. The layer's state advances by n tokens.
     fn delta_net(&mut self, mixer: DMixer, n: usize) -> Result<()> {
@@ -1023,6 +1036,9 @@ impl Engine for StreamSession<'_> {
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(Error::Usage(format!("token id {bad} is not below n_vocab {n_vocab}")));
+        }
+        if self.n_past == 0 {
+            self.clear_recurrent_state()?;
         }
         let mut logits = Vec::new();
         let chunks: Vec<&[u32]> = tokens.chunks(UBATCH).collect();
