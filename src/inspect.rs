@@ -281,6 +281,13 @@ impl fmt::Display for Report {
             writeln!(f, "dim           {}   vocab {}   context {}", c.dim, c.n_vocab, c.context_length)?;
             writeln!(f, "attention     {} q heads / {} kv heads x {} (rope {} dims, theta {}), rms eps {:e}",
                 c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dims, c.rope_theta, c.rms_eps as f32)?;
+            if let Some(s) = &c.ssm {
+                let n_attn = (0..c.n_layers).filter(|&l| c.is_full_attention(l)).count() as u64;
+                let state = (c.n_layers - n_attn) * s.n_v_heads * s.state_size * s.state_size * 4;
+                writeln!(f, "mixers        {} gated attention (every {}th layer) + {} Gated DeltaNet: {} k / {} v heads \
+                    x {}, conv {}, fp32 state {}", n_attn, s.full_attention_interval, c.n_layers - n_attn,
+                    s.n_k_heads, s.n_v_heads, s.state_size, s.conv_kernel, human_bytes(state))?;
+            }
             write!(f, "experts       {} per layer, top-{}, ffn {}", c.n_experts, c.n_experts_used, c.expert_ffn_dim)?;
             if c.shared_ffn_dim > 0 {
                 write!(f, ", shared expert ffn {}", c.shared_ffn_dim)?;

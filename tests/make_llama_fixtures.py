@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Write tests/fixtures/llama/: llama.cpp's logits (through llama-cpp-python) for the GGUFs that
-`rotary synth --preset tiny --seed 1` writes, one pair of files per quant mix. The forward-pass
+`rotary synth --preset tiny --seed 1` writes, one pair of files per quant mix; with
+`--preset qwen35-tiny`, tests/fixtures/llama-qwen35/ for `rotary synth --preset qwen35-tiny
+--seed 1` (qwen35moe: Gated DeltaNet, gated attention, shared expert; vocabulary 248,320 with
+the specials <|endoftext|> <|im_start|> <|im_end|> at 248044-248046; no f32 cross-check). The forward-pass
 tests compare our engine against them; llama.cpp is the reference nobody here wrote.
 
     python3 -m venv v && v/bin/pip install numpy gguf llama-cpp-python==0.3.36 [torch transformers]
     cargo build --release
     v/bin/python tests/make_llama_fixtures.py [--rotary target/release/rotary]
     v/bin/python tests/make_llama_fixtures.py --pick-tokens   # after synth changes (see TOKENS)
+    v/bin/python tests/make_llama_fixtures.py --preset qwen35-tiny
 
 The 24 token ids are fed with llm.eval() in one batch: no tokenizer, no BOS. The default synth
 vocabulary maps id b < 256 to byte b; 151643-151645 are <|endoftext|>, <|im_start|>, <|im_end|>.
@@ -78,9 +82,18 @@ def top(row, k):
     return [[int(i), float(row[i])] for i in idx]
 
 
+# qwen35-tiny: the same template with Qwen3.5's special ids.
+QWEN35_TOKENS = [248044 + (t - 151643) if t >= 151643 else t for t in TOKENS]
+PRESETS = {
+    "tiny": dict(out="llama", n_vocab=N_VOCAB, tokens=TOKENS),
+    "qwen35-tiny": dict(out="llama-qwen35", n_vocab=248_320, tokens=QWEN35_TOKENS),
+}
+PRESET = "tiny"
+
+
 def synth(rotary, mix, tmp):
-    synth_args = ["synth", "--preset", "tiny", "--quant", mix, "--seed", str(SEED)]
-    path = os.path.join(tmp, f"tiny-{mix}-seed{SEED}.gguf")
+    synth_args = ["synth", "--preset", PRESET, "--quant", mix, "--seed", str(SEED)]
+    path = os.path.join(tmp, f"{PRESET}-{mix}-seed{SEED}.gguf")
     subprocess.run([rotary, *synth_args, "-o", path], check=True)
     return synth_args, path
 
@@ -89,7 +102,7 @@ def eval_logits(path):
     """llama.cpp's f32 logits for TOKENS, [len(TOKENS), N_VOCAB], and its greedy continuation."""
     llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_batch=64, logits_all=True, n_threads=2,
                           verbose=False)
-    assert llm.n_vocab() == N_VOCAB, llm.n_vocab()
+    assert llm.n_vocab() == N_VOCAB, (llm.n_vocab(), N_VOCAB)
     llm.eval(TOKENS)
     logits = np.array(llm.scores[: len(TOKENS)], dtype=np.float32)
     greedy, greedy_top = [], []
@@ -171,9 +184,113 @@ def f32_model(path):
     return run
 
 
+def f32_model_qwen35(path):
+    """f32_model for qwen35moe: transformers' Qwen3_5MoeForCausalLM on the GGUF's weights, with
+    llama.cpp's converter undone (models.md §2.3): norms w' = 1 + w (all but ssm_norm),
+    ssm_a = -exp(A_log), value heads from GGUF's tiled order (head j uses key head j % n_k) back
+    to HF's grouped order (head h uses key head h // (n_v / n_k))."""
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5MoeTextConfig
+    from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeForCausalLM
+
+    r = GGUFReader(path)
+
+    def kv(key):
+        f = r.fields[f"qwen35moe.{key}"]
+        return f.parts[f.data[0]][0].item()
+
+    n_layers, interval = kv("block_count"), kv("full_attention_interval")
+    nk, nv, dk = kv("ssm.group_count"), kv("ssm.time_step_rank"), kv("ssm.state_size")
+    head_dim = kv("attention.key_length")
+    cfg = Qwen3_5MoeTextConfig(
+        vocab_size=N_VOCAB, hidden_size=kv("embedding_length"), num_hidden_layers=n_layers,
+        layer_types=["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                     for i in range(n_layers)],
+        linear_num_key_heads=nk, linear_num_value_heads=nv, linear_key_head_dim=dk,
+        linear_value_head_dim=dk, linear_conv_kernel_dim=kv("ssm.conv_kernel"),
+        num_attention_heads=kv("attention.head_count"),
+        num_key_value_heads=kv("attention.head_count_kv"), head_dim=head_dim,
+        num_experts=kv("expert_count"), num_experts_per_tok=kv("expert_used_count"),
+        moe_intermediate_size=kv("expert_feed_forward_length"),
+        shared_expert_intermediate_size=kv("expert_shared_feed_forward_length"),
+        max_position_embeddings=4096, rms_norm_eps=kv("attention.layer_norm_rms_epsilon"),
+        rope_parameters=dict(rope_type="default", rope_theta=kv("rope.freq_base"),
+                             partial_rotary_factor=kv("rope.dimension_count") / head_dim),
+        tie_word_embeddings=False)
+    t = {x.name: torch.from_numpy(np.ascontiguousarray(dequantize(x.data, x.tensor_type),
+                                                        dtype=np.float32)) for x in r.tensors}
+    # HF value head h = key head kh, slot i (h = kh * ratio + i) is GGUF head i * nk + kh.
+    ratio = nv // nk
+    perm = torch.tensor([(h % ratio) * nk + h // ratio for h in range(nv)])
+
+    def heads(x, width, dim=0):  # reorder blocks of `width` along dim from GGUF to HF order
+        shape = list(x.shape)
+        y = x.reshape(*shape[:dim], nv, width, *shape[dim + 1:])
+        return y.index_select(dim, perm).reshape(shape)
+
+    def v_part(x, dim=0):  # q|k|v channels: only the v part is reordered
+        qk = 2 * nk * dk
+        a, b = x.narrow(dim, 0, qk), x.narrow(dim, qk, x.shape[dim] - qk)
+        return torch.cat([a, heads(b, dk, dim)], dim)
+
+    sd = {"model.embed_tokens.weight": t["token_embd.weight"],
+          "model.norm.weight": t["output_norm.weight"] - 1, "lm_head.weight": t["output.weight"]}
+    for i in range(n_layers):
+        g, h = f"blk.{i}.", f"model.layers.{i}."
+        sd[h + "input_layernorm.weight"] = t[g + "attn_norm.weight"] - 1
+        sd[h + "post_attention_layernorm.weight"] = t[g + "post_attention_norm.weight"] - 1
+        if (i + 1) % interval == 0:
+            for ours, theirs in [("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj"),
+                                 ("attn_output", "o_proj")]:
+                sd[f"{h}self_attn.{theirs}.weight"] = t[f"{g}{ours}.weight"]
+            sd[h + "self_attn.q_norm.weight"] = t[g + "attn_q_norm.weight"] - 1
+            sd[h + "self_attn.k_norm.weight"] = t[g + "attn_k_norm.weight"] - 1
+        else:
+            la = h + "linear_attn."
+            sd[la + "in_proj_qkv.weight"] = v_part(t[g + "attn_qkv.weight"])
+            sd[la + "in_proj_z.weight"] = heads(t[g + "attn_gate.weight"], dk)
+            sd[la + "in_proj_b.weight"] = heads(t[g + "ssm_beta.weight"], 1)
+            sd[la + "in_proj_a.weight"] = heads(t[g + "ssm_alpha.weight"], 1)
+            sd[la + "conv1d.weight"] = v_part(t[g + "ssm_conv1d.weight"]).unsqueeze(1)
+            sd[la + "dt_bias"] = heads(t[g + "ssm_dt.bias"], 1)
+            sd[la + "A_log"] = torch.log(-heads(t[g + "ssm_a"], 1))
+            sd[la + "norm.weight"] = t[g + "ssm_norm.weight"]
+            sd[la + "out_proj.weight"] = heads(t[g + "ssm_out.weight"], dk, dim=1)
+        sd[h + "mlp.gate.weight"] = t[g + "ffn_gate_inp.weight"]
+        sd[h + "mlp.experts.gate_up_proj"] = torch.cat(
+            [t[g + "ffn_gate_exps.weight"], t[g + "ffn_up_exps.weight"]], 1)
+        sd[h + "mlp.experts.down_proj"] = t[g + "ffn_down_exps.weight"]
+        sd[h + "mlp.shared_expert_gate.weight"] = t[g + "ffn_gate_inp_shexp.weight"].reshape(1, -1)
+        for ours, theirs in [("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")]:
+            sd[f"{h}mlp.shared_expert.{theirs}.weight"] = t[f"{g}ffn_{ours}_shexp.weight"]
+    model = Qwen3_5MoeForCausalLM(cfg).eval()
+    model.load_state_dict(sd, strict=True)
+
+    gaps = {}
+
+    def hook(layer):
+        def record(mod, inp, _out):
+            x = inp[0].reshape(-1, inp[0].shape[-1])
+            s = torch.sort(x @ mod.weight.T, -1, descending=True).values
+            gaps[layer] = s[:, cfg.num_experts_per_tok - 1] - s[:, cfg.num_experts_per_tok]
+        return record
+
+    for i in range(n_layers):
+        model.model.layers[i].mlp.gate.register_forward_hook(hook(i))
+
+    def run(tokens):
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens])).logits[0].double().numpy()
+        return logits, torch.stack(list(gaps.values())).min(0).values.double().numpy()
+
+    return run
+
+
 def f32_check(path, logits, greedy):
     try:
-        run = f32_model(path)
+        run = f32_model(path) if PRESET == "tiny" else f32_model_qwen35(path)
     except ImportError as e:
         print(f"  SKIP f32 cross-check: {e}")
         return
@@ -195,7 +312,7 @@ def f32_check(path, logits, greedy):
 def pick_tokens(paths):
     """TEMPLATE, each byte position keeping its byte or taking the first of ALTERNATIVES whose
     router gaps in every mix are >= ROUTER_GAP_MIN (depth-first, backtracking)."""
-    runs = [f32_model(p) for p in paths]
+    runs = [(f32_model if PRESET == "tiny" else f32_model_qwen35)(p) for p in paths]
     alternatives = list(b"etaoinshrdlucmfwypvbgkjqxz .,!?0123456789ETAOINSHRDLU") + [128, 127]
 
     def ok(tokens):
@@ -205,7 +322,7 @@ def pick_tokens(paths):
         if len(tokens) == len(TEMPLATE):
             return tokens
         t = TEMPLATE[len(tokens)]
-        fixed = t >= 256 or t in (0, 255)
+        fixed = t >= 256 or t in (0, 255)  # specials and the two extreme bytes stay
         for c in [t] + ([] if fixed else [a for a in alternatives if a != t]):
             found = ok(tokens + [c]) and extend(tokens + [c])
             if found:
@@ -267,7 +384,15 @@ def main():
     ap.add_argument("--rotary", default=os.path.join(here, "..", "target", "release", "rotary"))
     ap.add_argument("--pick-tokens", action="store_true",
                     help="print a TOKENS list for the current synth (needs torch, transformers)")
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     args = ap.parse_args()
+    global PRESET, OUT, N_VOCAB, TOKENS, TEMPLATE
+    PRESET = args.preset
+    p = PRESETS[PRESET]
+    OUT = os.path.join(os.path.dirname(OUT), p["out"])
+    N_VOCAB, TOKENS = p["n_vocab"], p["tokens"]
+    if PRESET != "tiny":
+        TEMPLATE = [248044 + (t - 151643) if t >= 151643 else t for t in TEMPLATE]
     with tempfile.TemporaryDirectory() as tmp:
         files = [(mix, *synth(args.rotary, mix, tmp)) for mix in MIXES]
         if args.pick_tokens:
