@@ -250,7 +250,14 @@ pub fn byte_level_vocab(n_vocab: u64) -> Vec<(String, Value)> {
 pub fn byte_level_vocab_for(arch: Arch, n_vocab: u64) -> Vec<(String, Value)> {
     let (specials, pre, bos, eos, pad): (&[(u32, &str)], &str, u32, u32, u32) = match arch {
         Arch::Qwen3Moe => (&QWEN3_SPECIALS, "qwen2", 151643, 151645, 151643),
-        Arch::Qwen35Moe => (&crate::tokenizer::QWEN35_SPECIALS, "qwen35", 248044, 248046, 248055),
+        Arch::Qwen35Moe => {
+            use crate::tokenizer::{QWEN35_BOS, QWEN35_EOS, QWEN35_PAD, QWEN35_SPECIALS};
+            (&QWEN35_SPECIALS, "qwen35", QWEN35_BOS, QWEN35_EOS, QWEN35_PAD)
+        }
+    };
+    let template = match arch {
+        Arch::Qwen3Moe => CHATML_TEMPLATE,
+        Arch::Qwen35Moe => crate::tokenizer::QWEN35_CHAT_TEMPLATE,
     };
     let last_special = specials[specials.len() - 1].0;
     let mut tokens: Vec<String> = byte_to_unicode().iter().map(|c| c.to_string()).collect();
@@ -282,7 +289,7 @@ pub fn byte_level_vocab_for(arch: Arch, n_vocab: u64) -> Vec<(String, Value)> {
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)),
         ("tokenizer.ggml.padding_token_id".into(), Value::U32(pad)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        ("tokenizer.chat_template".into(), Value::String(CHATML_TEMPLATE.into())),
+        ("tokenizer.chat_template".into(), Value::String(template.into())),
     ]
 }
 

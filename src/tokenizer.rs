@@ -65,19 +65,6 @@ pub const REGEX_QWEN35: &str = concat!(
     r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
 );
 
-/// Qwen3.5/3.6's special tokens and their ids (models.md §5).
-pub const QWEN35_SPECIALS: [(u32, &str); 26] = [
-    (248044, "<|endoftext|>"), (248045, "<|im_start|>"), (248046, "<|im_end|>"),
-    (248047, "<|object_ref_start|>"), (248048, "<|object_ref_end|>"), (248049, "<|box_start|>"),
-    (248050, "<|box_end|>"), (248051, "<|quad_start|>"), (248052, "<|quad_end|>"),
-    (248053, "<|vision_start|>"), (248054, "<|vision_end|>"), (248055, "<|vision_pad|>"),
-    (248056, "<|image_pad|>"), (248057, "<|video_pad|>"), (248058, "<tool_call>"),
-    (248059, "</tool_call>"), (248060, "<|fim_prefix|>"), (248061, "<|fim_middle|>"),
-    (248062, "<|fim_suffix|>"), (248063, "<|fim_pad|>"), (248064, "<|repo_name|>"),
-    (248065, "<|file_sep|>"), (248066, "<tool_response>"), (248067, "</tool_response>"),
-    (248068, "<think>"), (248069, "</think>"),
-];
-
 /// Texts of the end-of-generation tokens of the ChatML models, besides `eos`.
 const EOG_TEXTS: [&str; 2] = ["<|im_end|>", "<|endoftext|>"];
 
