@@ -30,9 +30,18 @@ fn every_format_and_op_is_in_the_table() {
             );
         }
     }
-    for op in ["moe", "topk_moe", "rmsnorm", "rope_neox", "attention", "add"] {
+    for op in [
+        "moe", "topk_moe", "rmsnorm", "rope_neox", "attention", "add", "split_gate", "sigmoid_mul", "sigmoid",
+        "gdn_conv", "gdn_gates", "gdn_rule", "gated_norm",
+    ] {
         assert!(cases.iter().any(|c| c.op.name() == op), "{op} missing");
     }
+    // The delta rule at decode and prefill in both head orders, and continuing a state.
+    for (n, order) in [(1, true), (1, false), (17, true), (17, false)] {
+        let found = cases.iter().any(|c| matches!(c.op, Op::GdnRule { n: m, tiled, .. } if m == n && tiled == order));
+        assert!(found, "gdn_rule n={n} tiled={order} missing");
+    }
+    assert!(cases.iter().any(|c| matches!(c.op, Op::GdnRule { n: 1, warm: true, .. })));
     // Decode (1 token), odd counts and batches past a tile of 8.
     for n in [1, 3, 11] {
         assert!(cases.iter().any(|c| matches!(c.op, Op::Gemv { n: m, .. } if m == n)));
@@ -74,7 +83,10 @@ fn a_wrong_result_fails() {
     let failed: Vec<_> = results.iter().filter(|r| r.status == Status::Fail).collect();
     // A +1 in one element of a product over hundreds may stay under 5e-4; elementwise cases,
     // ids and guards always fail.
-    for op in ["rmsnorm", "rope_neox", "embed", "add", "topk_moe"] {
+    for op in [
+        "rmsnorm", "rope_neox", "embed", "add", "topk_moe", "split_gate", "sigmoid_mul", "sigmoid", "gdn_conv",
+        "gdn_gates", "gated_norm",
+    ] {
         assert!(failed.iter().any(|r| r.op == op), "{op} did not fail");
     }
     let nan = selftest::nmse(&[f32::NAN], &[1.0]);

@@ -176,6 +176,98 @@ typedef struct RotaryAdd {
     int64_t n;
 } RotaryAdd;
 
+/* Gated attention (qwen35moe): the q projection holds [q_h | gate_h] per head.
+ * qg [n_tokens, n_heads, 2 * head_dim] → q, gate [n_tokens, n_heads * head_dim]. */
+typedef struct RotarySplitGate {
+    const float *qg;  /* [n_tokens, n_heads, 2 * head_dim] */
+    float *q;         /* [n_tokens, n_heads * head_dim] */
+    float *gate;      /* [n_tokens, n_heads * head_dim] */
+    int32_t n_tokens;
+    int32_t n_heads;
+    int32_t head_dim;
+} RotarySplitGate;
+
+/* y[i] *= sigmoid(g[i]), i < n (the gated attention's output gate). */
+typedef struct RotarySigmoidMul {
+    float *y;        /* [n] */
+    const float *g;  /* [n] */
+    int64_t n;
+} RotarySigmoidMul;
+
+/* x[i] = sigmoid(x[i]), i < n (the shared expert's per-token weight). */
+typedef struct RotarySigmoid {
+    float *x;  /* [n] */
+    int64_t n;
+} RotarySigmoid;
+
+#define ROTARY_MAX_CONV_KERNEL 8
+
+/* Gated DeltaNet's causal depthwise conv + SiLU, in place, over n_tokens tokens in order:
+ *   x[t, c] = silu(Σ_j w[c, j] · in[t - (kernel-1) + j, c])
+ * where inputs before token 0 come from `state` (the previous kernel-1 inputs, oldest first),
+ * which is then advanced by n_tokens (it ends holding the last kernel-1 inputs). */
+typedef struct RotaryGdnConv {
+    float *x;         /* [n_tokens, channels] */
+    float *state;     /* [kernel - 1, channels] */
+    const float *w;   /* [channels, kernel] */
+    int32_t n_tokens;
+    int32_t channels;
+    int32_t kernel;   /* 1 ..= ROTARY_MAX_CONV_KERNEL */
+} RotaryGdnConv;
+
+/* Gated DeltaNet gates, per token and value head h, in place:
+ *   beta ← sigmoid(beta);  alpha ← exp(a[h] · softplus(alpha + dt_bias[h]))  (the decay)
+ * softplus is log(1 + eˣ), linear above 20 (torch's threshold). a = −exp(A_log) < 0. */
+typedef struct RotaryGdnGates {
+    float *beta;            /* [n_tokens, n_v_heads] */
+    float *alpha;           /* [n_tokens, n_v_heads] */
+    const float *dt_bias;   /* [n_v_heads] */
+    const float *a;         /* [n_v_heads] */
+    int32_t n_tokens;
+    int32_t n_v_heads;
+} RotaryGdnGates;
+
+/* Which key head value head h reads: GGUF tiles the value heads (h % n_k_heads), HF groups
+ * them (h / (n_v_heads / n_k_heads)). */
+typedef enum RotaryGdnHeadOrder {
+    ROTARY_GDN_GROUPED = 0,
+    ROTARY_GDN_TILED = 1,
+} RotaryGdnHeadOrder;
+
+#define ROTARY_MAX_GDN_HEAD_K 256
+
+/* The gated delta rule over n_tokens tokens, in order (the sequential recurrence; no chunked
+ * WY form). Per token, q and k of each key head are l2-normalised (x · rsqrt(Σx² + 1e-6)),
+ * q also scaled by 1/sqrt(head_k); then per value head h (key head kh, see the order):
+ *   S ← decay·S;  u = beta·(v − Sᵀk);  S ← S + k uᵀ;  o = Sᵀq
+ * qkv rows are [q n_k·head_k | k n_k·head_k | v n_v·head_v]. S is fp32 [head_k, head_v] per
+ * value head, head_v contiguous. n_v_heads is a multiple of n_k_heads. */
+typedef struct RotaryGdnRule {
+    const float *qkv;    /* [n_tokens, 2 * n_k_heads * head_k + n_v_heads * head_v] */
+    const float *beta;   /* [n_tokens, n_v_heads] */
+    const float *decay;  /* [n_tokens, n_v_heads] */
+    float *state;        /* [n_v_heads, head_k, head_v] */
+    float *o;            /* [n_tokens, n_v_heads * head_v] */
+    int32_t n_tokens;
+    int32_t n_k_heads;
+    int32_t n_v_heads;
+    int32_t head_k;      /* <= ROTARY_MAX_GDN_HEAD_K */
+    int32_t head_v;
+    RotaryGdnHeadOrder order;
+} RotaryGdnRule;
+
+#define ROTARY_MAX_GATED_NORM_WIDTH 256
+
+/* Gated RMSNorm in place: x[r] = x[r] / sqrt(mean(x[r]^2) + eps) · w · silu(z[r]). */
+typedef struct RotaryGatedNorm {
+    float *x;        /* [rows, width] */
+    const float *z;  /* [rows, width] */
+    const float *w;  /* [width] */
+    int32_t rows;
+    int32_t width;   /* <= ROTARY_MAX_GATED_NORM_WIDTH */
+    float eps;
+} RotaryGatedNorm;
+
 typedef struct RotaryDeviceInfo {
     char name[256];
     int32_t cc_major;
@@ -196,6 +288,13 @@ int rotary_kv_store(const RotaryKvStore *p, void *stream);
 int rotary_attention(const RotaryAttention *p, void *stream);
 int rotary_embed(const RotaryEmbed *p, void *stream);
 int rotary_add(const RotaryAdd *p, void *stream);
+int rotary_split_gate(const RotarySplitGate *p, void *stream);
+int rotary_sigmoid_mul(const RotarySigmoidMul *p, void *stream);
+int rotary_sigmoid(const RotarySigmoid *p, void *stream);
+int rotary_gdn_conv(const RotaryGdnConv *p, void *stream);
+int rotary_gdn_gates(const RotaryGdnGates *p, void *stream);
+int rotary_gdn_rule(const RotaryGdnRule *p, void *stream);
+int rotary_gated_norm(const RotaryGatedNorm *p, void *stream);
 /* Whether the build has kernels for this quant (1) or not (0). */
 int rotary_quant_supported(RotaryQuant q);
 

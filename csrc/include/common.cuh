@@ -1,4 +1,5 @@
-// Helpers every kernel uses: warp reductions, f16/bf16 loads, SiLU, the launch-error check.
+// Helpers every kernel uses: warp reductions, f16/bf16 loads, SiLU and sigmoid, the
+// launch-error check.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -42,6 +43,11 @@ __device__ __forceinline__ float bf16_bits_to_float(uint16_t bits) {
 
 __device__ __forceinline__ float silu(float x) {
     return x / (1.0f + expf(-x));
+}
+
+// 1 / (1 + e^-x), as src/model/deltanet.rs (expf, not __expf: the selftest compares to 1e-7).
+__device__ __forceinline__ float sigmoid(float x) {
+    return 1.0f / (1.0f + expf(-x));
 }
 
 // What every launcher returns: the launch's error (configuration, missing kernel image).

@@ -9,7 +9,7 @@ use std::ptr;
 use super::device::{Addr, Device, Event, Kernel, LinkStats, Stream};
 use crate::backend::cuda::device::{check, Device as Gpu};
 use crate::backend::cuda::ffi;
-use crate::backend::cuda::kernels::{self, quant_of};
+use crate::backend::cuda::kernels::{self, gdn_head_order, quant_of};
 use crate::error::{Error, Result};
 
 pub struct CudaDevice {
@@ -425,8 +425,57 @@ fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
                 })
             }
             Kernel::Add { y, x, n } => kernels::add(gpu, &ffi::RotaryAdd { y: p(y), x: p(x), n: n as i64 }),
-            // TODO(qwen35moe CUDA kernels): being written.
-            _ => Err(Error::Usage("qwen35moe kernels are not yet implemented on CUDA".into())),
+            Kernel::SplitGate { qg, q, gate, n, n_heads, head_dim } => kernels::split_gate(gpu, &ffi::RotarySplitGate {
+                qg: p(qg),
+                q: p(q),
+                gate: p(gate),
+                n_tokens: n as i32,
+                n_heads: n_heads as i32,
+                head_dim: head_dim as i32,
+            }),
+            Kernel::SigmoidMul { y, g, n } => {
+                kernels::sigmoid_mul(gpu, &ffi::RotarySigmoidMul { y: p(y), g: p(g), n: n as i64 })
+            }
+            Kernel::Sigmoid { x, n } => kernels::sigmoid(gpu, &ffi::RotarySigmoid { x: p(x), n: n as i64 }),
+            Kernel::GdnConv { x, state, w, n, channels, kernel } => kernels::gdn_conv(gpu, &ffi::RotaryGdnConv {
+                x: p(x),
+                state: p(state),
+                w: p(w),
+                n_tokens: n as i32,
+                channels: channels as i32,
+                kernel: kernel as i32,
+            }),
+            Kernel::GdnGates { beta, alpha, dt_bias, a, n, n_v } => kernels::gdn_gates(gpu, &ffi::RotaryGdnGates {
+                beta: p(beta),
+                alpha: p(alpha),
+                dt_bias: p(dt_bias),
+                a: p(a),
+                n_tokens: n as i32,
+                n_v_heads: n_v as i32,
+            }),
+            Kernel::GdnRule { qkv, beta, decay, state, o, n, n_k, n_v, head_k, head_v, tiled } => {
+                kernels::gdn_rule(gpu, &ffi::RotaryGdnRule {
+                    qkv: p(qkv),
+                    beta: p(beta),
+                    decay: p(decay),
+                    state: p(state),
+                    o: p(o),
+                    n_tokens: n as i32,
+                    n_k_heads: n_k as i32,
+                    n_v_heads: n_v as i32,
+                    head_k: head_k as i32,
+                    head_v: head_v as i32,
+                    order: gdn_head_order(tiled),
+                })
+            }
+            Kernel::GatedNorm { x, z, w, rows, width, eps } => kernels::gated_norm(gpu, &ffi::RotaryGatedNorm {
+                x: p(x),
+                z: p(z),
+                w: p(w),
+                rows: rows as i32,
+                width: width as i32,
+                eps,
+            }),
         }
     }
 }

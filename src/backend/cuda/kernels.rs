@@ -25,6 +25,15 @@ pub fn quant_of(ty: GgmlType, tensor: &str) -> Result<ffi::RotaryQuant> {
     })
 }
 
+/// The ABI's name for a DeltaNet value-head order (`tiled`: GGUF's h % n_k; else HF's groups).
+pub fn gdn_head_order(tiled: bool) -> ffi::RotaryGdnHeadOrder {
+    if tiled {
+        ffi::RotaryGdnHeadOrder::ROTARY_GDN_TILED
+    } else {
+        ffi::RotaryGdnHeadOrder::ROTARY_GDN_GROUPED
+    }
+}
+
 macro_rules! launchers {
     ($($(#[$doc:meta])* $name:ident($ty:ident) => $ffi:ident;)*) => {$(
         $(#[$doc])*
@@ -53,4 +62,16 @@ launchers! {
     attention(RotaryAttention) => rotary_attention;
     embed(RotaryEmbed) => rotary_embed;
     add(RotaryAdd) => rotary_add;
+    /// qg [n, heads, 2·hd] → q, gate (gated attention).
+    split_gate(RotarySplitGate) => rotary_split_gate;
+    sigmoid_mul(RotarySigmoidMul) => rotary_sigmoid_mul;
+    sigmoid(RotarySigmoid) => rotary_sigmoid;
+    /// Gated DeltaNet: causal conv + SiLU with its rolling state.
+    gdn_conv(RotaryGdnConv) => rotary_gdn_conv;
+    /// Gated DeltaNet: beta and decay.
+    gdn_gates(RotaryGdnGates) => rotary_gdn_gates;
+    /// Gated DeltaNet: the delta rule over the tokens, advancing the recurrent state.
+    gdn_rule(RotaryGdnRule) => rotary_gdn_rule;
+    /// rmsnorm(x) · w · silu(z), in place.
+    gated_norm(RotaryGatedNorm) => rotary_gated_norm;
 }

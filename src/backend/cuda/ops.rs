@@ -4,7 +4,7 @@
 
 use super::device::{DevBuf, Device, DeviceCopy, Event};
 use super::ffi;
-use super::kernels::{self, quant_of};
+use super::kernels::{self, gdn_head_order, quant_of};
 use crate::error::Result;
 use crate::selftest::{Inputs, Op, OpsBackend, Output};
 
@@ -62,6 +62,8 @@ struct Prepared {
     launch: Launch,
     out: Guarded<f32>,
     ids: Option<Guarded<i32>>,
+    /// The second output of split_gate, gdn_gates, gdn_conv, gdn_rule (Output::second).
+    second: Option<Guarded<f32>>,
     _f32: Vec<DevBuf<f32>>,
     _u8: Vec<DevBuf<u8>>,
     _i32: Vec<DevBuf<i32>>,
@@ -79,6 +81,13 @@ enum Launch {
     Attention(ffi::RotaryKvStore, ffi::RotaryAttention),
     Embed(ffi::RotaryEmbed),
     Add(ffi::RotaryAdd),
+    SplitGate(ffi::RotarySplitGate),
+    SigmoidMul(ffi::RotarySigmoidMul),
+    Sigmoid(ffi::RotarySigmoid),
+    GdnConv(ffi::RotaryGdnConv),
+    GdnGates(ffi::RotaryGdnGates),
+    GdnRule(ffi::RotaryGdnRule),
+    GatedNorm(ffi::RotaryGatedNorm),
 }
 
 pub struct CudaOps {
@@ -93,7 +102,7 @@ impl CudaOps {
     fn prepare(&self, op: &Op, i: &Inputs) -> Result<Prepared> {
         let d = &self.dev;
         let (mut f, mut u8s, mut i32s, mut u64s, mut u16s) = (vec![], vec![], vec![], vec![], vec![]);
-        let mut ids = None;
+        let (mut ids, mut second) = (None, None);
         let up_f = |v: &[f32], f: &mut Vec<DevBuf<f32>>| -> Result<*mut f32> {
             let b = d.upload(v, "selftest input")?;
             let p = b.mut_ptr();
@@ -258,8 +267,91 @@ impl CudaOps {
                 let p = ffi::RotaryAdd { y: out.ptr(), x: up_f(&i.f[1], &mut f)?, n: len as i64 };
                 (Launch::Add(p), out)
             }
+            Op::SplitGate { n, n_heads, head_dim } => {
+                let len = n * n_heads * head_dim;
+                let out = Guarded::new(d, &vec![0f32; len], guard_f32(), "split_gate q")?;
+                let gate = Guarded::new(d, &vec![0f32; len], guard_f32(), "split_gate gate")?;
+                let p = ffi::RotarySplitGate {
+                    qg: up_f(&i.f[0], &mut f)?,
+                    q: out.ptr(),
+                    gate: gate.ptr(),
+                    n_tokens: n as i32,
+                    n_heads: n_heads as i32,
+                    head_dim: head_dim as i32,
+                };
+                second = Some(gate);
+                (Launch::SplitGate(p), out)
+            }
+            Op::SigmoidMul { len } => {
+                let out = Guarded::new(d, &i.f[0], guard_f32(), "sigmoid_mul y")?;
+                let p = ffi::RotarySigmoidMul { y: out.ptr(), g: up_f(&i.f[1], &mut f)?, n: len as i64 };
+                (Launch::SigmoidMul(p), out)
+            }
+            Op::Sigmoid { len } => {
+                let out = Guarded::new(d, &i.f[0], guard_f32(), "sigmoid x")?;
+                (Launch::Sigmoid(ffi::RotarySigmoid { x: out.ptr(), n: len as i64 }), out)
+            }
+            Op::GdnConv { n, channels, kernel } => {
+                let out = Guarded::new(d, &i.f[0], guard_f32(), "gdn_conv x")?;
+                let state = Guarded::new(d, &i.f[1], guard_f32(), "gdn_conv state")?;
+                let p = ffi::RotaryGdnConv {
+                    x: out.ptr(),
+                    state: state.ptr(),
+                    w: up_f(&i.f[2], &mut f)?,
+                    n_tokens: n as i32,
+                    channels: channels as i32,
+                    kernel: kernel as i32,
+                };
+                second = Some(state);
+                (Launch::GdnConv(p), out)
+            }
+            Op::GdnGates { n, n_v } => {
+                let out = Guarded::new(d, &i.f[0], guard_f32(), "gdn_gates beta")?;
+                let alpha = Guarded::new(d, &i.f[1], guard_f32(), "gdn_gates alpha")?;
+                let p = ffi::RotaryGdnGates {
+                    beta: out.ptr(),
+                    alpha: alpha.ptr(),
+                    dt_bias: up_f(&i.f[2], &mut f)?,
+                    a: up_f(&i.f[3], &mut f)?,
+                    n_tokens: n as i32,
+                    n_v_heads: n_v as i32,
+                };
+                second = Some(alpha);
+                (Launch::GdnGates(p), out)
+            }
+            Op::GdnRule { n, n_k, n_v, head_k, head_v, tiled, .. } => {
+                let out = Guarded::new(d, &vec![0f32; n * n_v * head_v], guard_f32(), "gdn_rule o")?;
+                let state = Guarded::new(d, &i.f[3], guard_f32(), "gdn_rule state")?;
+                let p = ffi::RotaryGdnRule {
+                    qkv: up_f(&i.f[0], &mut f)?,
+                    beta: up_f(&i.f[1], &mut f)?,
+                    decay: up_f(&i.f[2], &mut f)?,
+                    state: state.ptr(),
+                    o: out.ptr(),
+                    n_tokens: n as i32,
+                    n_k_heads: n_k as i32,
+                    n_v_heads: n_v as i32,
+                    head_k: head_k as i32,
+                    head_v: head_v as i32,
+                    order: gdn_head_order(tiled),
+                };
+                second = Some(state);
+                (Launch::GdnRule(p), out)
+            }
+            Op::GatedNorm { rows, width } => {
+                let out = Guarded::new(d, &i.f[0], guard_f32(), "gated_norm x")?;
+                let p = ffi::RotaryGatedNorm {
+                    x: out.ptr(),
+                    z: up_f(&i.f[1], &mut f)?,
+                    w: up_f(&i.f[2], &mut f)?,
+                    rows: rows as i32,
+                    width: width as i32,
+                    eps: 1e-6,
+                };
+                (Launch::GatedNorm(p), out)
+            }
         };
-        Ok(Prepared { launch, out, ids, _f32: f, _u8: u8s, _i32: i32s, _u64: u64s, _u16: u16s })
+        Ok(Prepared { launch, out, ids, second, _f32: f, _u8: u8s, _i32: i32s, _u64: u64s, _u16: u16s })
     }
 
     fn launch(&self, p: &Prepared) -> Result<()> {
@@ -279,6 +371,13 @@ impl CudaOps {
                 }
                 Launch::Embed(x) => kernels::embed(d, x),
                 Launch::Add(x) => kernels::add(d, x),
+                Launch::SplitGate(x) => kernels::split_gate(d, x),
+                Launch::SigmoidMul(x) => kernels::sigmoid_mul(d, x),
+                Launch::Sigmoid(x) => kernels::sigmoid(d, x),
+                Launch::GdnConv(x) => kernels::gdn_conv(d, x),
+                Launch::GdnGates(x) => kernels::gdn_gates(d, x),
+                Launch::GdnRule(x) => kernels::gdn_rule(d, x),
+                Launch::GatedNorm(x) => kernels::gated_norm(d, x),
             }
         }
     }
@@ -302,12 +401,17 @@ impl OpsBackend for CudaOps {
             Some(g) => g.read(&self.dev, GUARD_BITS as i32)?,
             None => (Vec::new(), true),
         };
-        Ok(Some(Output { values, ids, guards_ok: ok && ids_ok }))
+        let (second, second_ok) = match &p.second {
+            Some(g) => g.read(&self.dev, guard_f32())?,
+            None => (Vec::new(), true),
+        };
+        Ok(Some(Output { values, ids, second, guards_ok: ok && ids_ok && second_ok }))
     }
 
     fn time(&mut self, op: &Op, input: &Inputs) -> Result<Option<f64>> {
         let p = self.prepare(op, input)?;
-        // In-place ops (moe's residual) drift over repeats; timing does not care.
+        // In-place ops (moe's residual, the DeltaNet states) drift over repeats; timing does not
+        // care.
         for _ in 0..3 {
             self.launch(&p)?;
         }
