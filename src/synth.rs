@@ -468,12 +468,15 @@ pub struct SynthOptions {
     /// Tokenizer metadata and vocabulary size (from `vocab_from_gguf` or `byte_level_vocab`).
     pub vocab: Vec<(String, Value)>,
     pub n_vocab: u64,
+    /// qwen35moe: append the MTP block (blk.N, `nextn_predict_layers` 1) as real GGUFs of
+    /// Qwen3.5/3.6 carry it.
+    pub mtp: bool,
 }
 
 impl SynthOptions {
     pub fn new(preset: Preset, mix: QuantMix, seed: u64) -> SynthOptions {
         let n_vocab = preset.n_vocab();
-        SynthOptions { preset, mix, seed, vocab: byte_level_vocab_for(preset.arch, n_vocab), n_vocab }
+        SynthOptions { preset, mix, seed, vocab: byte_level_vocab_for(preset.arch, n_vocab), n_vocab, mtp: false }
     }
 }
 
@@ -490,7 +493,11 @@ pub fn plan(opts: &SynthOptions) -> Result<(Writer, Vec<TensorDesc>)> {
     w.kv("general.file_type", Value::U32(opts.mix.file_type()));
     w.kv("general.quantization_version", Value::U32(2));
     let u = |v: u64| Value::U32(v as u32);
-    w.kv(&format!("{a}.block_count"), u(cfg.n_layers));
+    if opts.mtp && cfg.ssm.is_none() {
+        return Err(Error::Usage("--mtp: only qwen35moe presets carry an MTP block".into()));
+    }
+    let n_nextn = u64::from(opts.mtp);
+    w.kv(&format!("{a}.block_count"), u(cfg.n_layers + n_nextn));
     w.kv(&format!("{a}.context_length"), u(cfg.context_length));
     w.kv(&format!("{a}.embedding_length"), u(cfg.dim));
     w.kv(&format!("{a}.feed_forward_length"), u(3 * cfg.dim));
@@ -519,12 +526,15 @@ pub fn plan(opts: &SynthOptions) -> Result<(Writer, Vec<TensorDesc>)> {
         w.kv(&format!("{a}.ssm.state_size"), u(ssm.state_size));
         w.kv(&format!("{a}.ssm.group_count"), u(ssm.n_k_heads));
         w.kv(&format!("{a}.ssm.time_step_rank"), u(ssm.n_v_heads));
-        w.kv(&format!("{a}.nextn_predict_layers"), u(0));
+        w.kv(&format!("{a}.nextn_predict_layers"), u(n_nextn));
     }
     for (k, v) in &opts.vocab {
         w.kv(k, v.clone());
     }
-    let table = cfg.tensor_table();
+    let mut table = cfg.tensor_table();
+    if opts.mtp {
+        table.extend(cfg.mtp_tensors());
+    }
     for t in &table {
         w.tensor(&t.name, &t.dims, opts.mix.type_for(t, cfg.n_layers));
     }

@@ -133,3 +133,40 @@ fn bad_options_are_usage_errors() {
     assert!(Preset::by_name("huge").is_err());
     assert!(QuantMix::by_name("q3_k").is_err());
 }
+
+/// qwen35moe presets: the real shape's hyperparameters and tensor count (models.md §2.3: 733
+/// tensors, 753 with the MTP block), and the MTP block accepted and skipped: the same logits.
+#[test]
+fn qwen35_presets_and_the_mtp_block() {
+    let p = Preset::by_name("qwen35-35b-a3b").unwrap();
+    let cfg = p.config(p.n_vocab());
+    cfg.validate().unwrap();
+    assert_eq!((cfg.n_layers, cfg.dim, cfg.n_experts, cfg.n_experts_used), (40, 2048, 256, 8));
+    assert_eq!((cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_dims), (16, 2, 256, 64));
+    assert_eq!((cfg.n_vocab, cfg.shared_ffn_dim, cfg.rope_theta), (248_320, 512, 1e7));
+    let ssm = cfg.ssm.unwrap();
+    assert_eq!((ssm.n_k_heads, ssm.n_v_heads, ssm.state_size, ssm.conv_kernel), (16, 32, 128, 4));
+    assert_eq!((0..40).filter(|&l| cfg.is_full_attention(l)).count(), 10);
+    assert_eq!(cfg.tensor_table().len(), 733);
+    assert_eq!(cfg.tensor_table().len() + cfg.mtp_tensors().len(), 753);
+
+    use rotary::model::qwen3moe::{Logits, Session};
+    use rotary::model::weights::{ModelFile, Weights};
+    let mut logits = Vec::new();
+    for mtp in [false, true] {
+        let mut opts = SynthOptions::new(Preset::by_name("qwen35-tiny").unwrap(), QuantMix::Q8_0, 2);
+        opts.mtp = mtp;
+        let g = Gguf::from_bytes(synth::to_bytes(&opts).unwrap()).unwrap();
+        assert_eq!(g.tensors.len(), if mtp { 169 } else { 149 });
+        let file = ModelFile::Gguf(g);
+        let w = Weights::load(&file).unwrap();
+        assert_eq!((w.cfg.n_layers, w.cfg.n_nextn_layers), (8, u64::from(mtp)));
+        let backend = rotary::backend::by_name("cpu-ref", Some(1)).unwrap();
+        let mut s = Session::new(&w, backend.as_ref(), 32).unwrap();
+        logits.push(s.forward(&[72, 101, 108, 108, 111, 248045], Logits::Last).unwrap());
+    }
+    assert!(logits[0] == logits[1], "the MTP block changed the main model's logits");
+    let mut opts = SynthOptions::new(Preset::by_name("tiny").unwrap(), QuantMix::Q8_0, 2);
+    opts.mtp = true;
+    assert!(synth::to_bytes(&opts).is_err(), "qwen3moe has no MTP block");
+}

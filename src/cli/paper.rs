@@ -72,8 +72,8 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         Some(m) => m.clone(),
         None => {
             let preset = p.preset.clone().unwrap_or_else(|| if backend == "cuda" { "qwen3-30b-a3b".into() } else { "small".into() });
-            if preset != "qwen3-30b-a3b" {
-                notes.push(format!("scaled preset '{preset}' (not the 30B-A3B shape)"));
+            if !matches!(preset.as_str(), "qwen3-30b-a3b" | "qwen35-35b-a3b") {
+                notes.push(format!("scaled preset '{preset}' (not a real model's shape)"));
             }
             cached_preset(&preset, &p.quant)?
         }

@@ -242,6 +242,25 @@ impl ModelConfig {
         table
     }
 
+    /// The multi-token-prediction block llama.cpp's converter appends to qwen35moe as blk.N
+    /// (N = n_layers; `nextn_predict_layers` 1): a gated-attention MoE layer plus the `nextn.*`
+    /// projection and norms. The engine accepts and skips it; `synth --mtp` writes it.
+    pub fn mtp_tensors(&self) -> Vec<TensorDesc> {
+        let (l, dim) = (self.n_layers, self.dim);
+        let mut attn = self.clone();
+        attn.ssm = attn.ssm.map(|s| SsmConfig { full_attention_interval: 1, ..s });
+        let mut out = Vec::new();
+        attn.layer_tensors(l, &mut out);
+        let mut t = |suffix: &str, dims: &[u64], role| {
+            out.push(desc(&format!("blk.{l}.{suffix}"), dims, role, Some(l)))
+        };
+        t("nextn.eh_proj.weight", &[2 * dim, dim], TensorRole::Attention);
+        t("nextn.enorm.weight", &[dim], TensorRole::Norm);
+        t("nextn.hnorm.weight", &[dim], TensorRole::Norm);
+        t("nextn.shared_head_norm.weight", &[dim], TensorRole::Norm);
+        out
+    }
+
     fn layer_tensors(&self, l: u64, out: &mut Vec<TensorDesc>) {
         let (dim, hd) = (self.dim, self.head_dim);
         let (ne, ff) = (self.n_experts, self.expert_ffn_dim);
