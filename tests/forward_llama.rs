@@ -53,6 +53,27 @@ fn check(mix: QuantMix, backend: &dyn Backend) {
     check_preset("tiny", mix, backend);
 }
 
+/// What a backend is held to. qwen3moe (`tiny`, 4 layers): every backend within NMSE 5e-4 of
+/// llama.cpp, its top-64 within 0.1, top-1 where llama.cpp's margin exceeds 0.02. qwen35moe
+/// (`qwen35-tiny`, 8 layers of DeltaNet/gated attention, whose f32 results differ from
+/// llama.cpp's 8-bit activations by NMSE ~1e-3, as transformers' do): `cpu`, which quantizes
+/// activations as ggml does, within NMSE 5e-4 and top-1 where the margin exceeds 0.05; the f32
+/// `cpu-ref` within NMSE 1e-5 of transformers on the same GGUF weights (`*.hf.f16`) and top-1
+/// where llama.cpp's margin exceeds 0.1.
+struct Bounds {
+    nmse: Option<f64>,
+    top64: Option<f32>,
+    margin: f32,
+}
+
+fn bounds(preset: &str, backend: &dyn Backend) -> Bounds {
+    match (preset, backend.is_reference()) {
+        ("tiny", _) => Bounds { nmse: Some(5e-4), top64: Some(0.1), margin: 0.02 },
+        (_, false) => Bounds { nmse: Some(5e-4), top64: None, margin: 0.05 },
+        (_, true) => Bounds { nmse: None, top64: None, margin: 0.1 },
+    }
+}
+
 fn check_preset(preset: &str, mix: QuantMix, backend: &dyn Backend) {
     let f = load(preset, mix.name());
     let opts = SynthOptions::new(Preset::by_name(preset).unwrap(), mix, 1);
@@ -69,28 +90,42 @@ fn check_preset(preset: &str, mix: QuantMix, backend: &dyn Backend) {
     let logits = s.forward(&f.tokens, Logits::All).unwrap();
     let row = |t: usize| &logits[t * n_vocab..(t + 1) * n_vocab];
     let what = format!("{preset} {} on {}", mix.name(), backend.name());
+    let b = bounds(preset, backend);
     for (i, &t) in f.full_positions.iter().enumerate() {
         let e = nmse(&f.full[i * n_vocab..(i + 1) * n_vocab], row(t));
         println!("{what}: position {t} NMSE vs llama.cpp {e:.3e}");
-        assert!(e <= 5e-1, "{what}: position {t} NMSE {e}");
+        if let Some(max) = b.nmse {
+            assert!(e <= max, "{what}: position {t} NMSE {e}");
+        }
     }
-    let mut checked = 0;
+    let hf = fixture_dir(preset).join(format!("{}.hf.f16", mix.name()));
+    if backend.is_reference() && hf.exists() {
+        let bytes = std::fs::read(hf).unwrap();
+        let full: Vec<f32> = bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        for (i, &t) in f.full_positions.iter().enumerate() {
+            let e = nmse(&full[i * n_vocab..(i + 1) * n_vocab], row(t));
+            println!("{what}: position {t} NMSE vs transformers on the same GGUF {e:.3e}");
+            assert!(e <= 1e-5, "{what}: position {t} NMSE vs transformers {e}");
+        }
+    }
+    let (mut checked, mut worst) = (0, 0f32);
     for (t, top) in f.top.iter().enumerate() {
         let ours = row(t);
         for &(id, v) in top {
             let d = (ours[id as usize] - v).abs();
-            assert!(d <= 10.1, "{what}: pos {t} id {id}: ours {} llama.cpp {v}", ours[id as usize]);
+            worst = worst.max(d);
+            if let Some(max) = b.top64 {
+                assert!(d <= max, "{what}: pos {t} id {id}: ours {} llama.cpp {v}", ours[id as usize]);
+            }
         }
-        let worst = top.iter().map(|&(id, v)| (ours[id as usize] - v).abs()).fold(0f32, f32::max);
-        println!("{what}: pos {t} top-64 max |d| {worst:.4}");
         let margin = top[0].1 - top[1].1;
         let argmax = (0..n_vocab).max_by(|&a, &b| ours[a].total_cmp(&ours[b])).unwrap() as u32;
-        if margin > 0.02 {
-            if argmax != top[0].0 { println!("{what}: pos {t}: top-1 differs (margin {margin})"); }
+        if margin > b.margin {
+            assert_eq!(argmax, top[0].0, "{what}: pos {t}: top-1 (llama.cpp margin {margin})");
             checked += 1;
         }
     }
-    println!("{what}: top-1 agrees at all {checked} positions with margin > 0.02");
+    println!("{what}: top-64 max |d| {worst:.3}; top-1 agrees at all {checked} positions with margin > {}", b.margin);
 }
 
 fn backends() -> Vec<Box<dyn Backend>> {
