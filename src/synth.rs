@@ -115,7 +115,7 @@ impl Preset {
             rope_dims: if q35 { self.head_dim / 4 } else { self.head_dim },
             rms_eps: RMS_EPS,
             n_nextn_layers: 0,
-            ssm: self.ssm.clone(),
+            ssm: self.ssm,
         }
     }
 }
