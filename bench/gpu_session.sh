@@ -8,6 +8,7 @@
 #   bench/gpu_session.sh check     # selftest --perf --json; cuda vs cpu logits, streamed vs
 #                                  # resident, on tiny and small
 #   bench/gpu_session.sh paper     # 30B-A3B q4_k_m at 6.3 GiB: model and sticky:0.45, sweep
+#   bench/gpu_session.sh paper35   # Qwen3.5-35B-A3B shape q4_k_m at 6.3 GiB: model, sticky:0.45
 #   bench/gpu_session.sh peer SDIST  # llama.cpp -ngl 99 --n-cpu-moe N at 6.3 GiB (builds it)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,11 +46,17 @@ PY
 }
 
 case "${1:-}" in
+paper35)
+    m=$(model qwen35-35b-a3b q4_k_m)
+    for routing in model sticky:0.45; do
+        run "paper35-${routing/:/}" "$R" bench --paper -m "$m" --backend cuda --vram-budget 6.3GiB --routing "$routing" -n 512 --json
+    done
+    ;;
 check)
     nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
     "$R" --version > "$OUT/version.txt"
     run selftest "$R" selftest --backend cuda --perf --json
-    for spec in "tiny q8_0" "small q4_k_m"; do
+    for spec in "tiny q8_0" "small q4_k_m" "qwen35-tiny q8_0"; do
         set -- $spec
         m=$(model "$1" "$2")
         run "logits-$1-cpu" "$R" logits -m "$m" --backend cpu -p "$PROMPT" --json --full-last

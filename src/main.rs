@@ -132,7 +132,7 @@ struct RotaryArgs {
 enum Command {
     /// Write a GGUF with random weights in the shape of a named preset.
     Synth {
-        /// tiny | small | qwen3-30b-a3b | qwen35-tiny | qwen35-35b-a3b
+        /// tiny | small | qwen3-30b-a3b | qwen35-tiny | qwen35-small | qwen35-35b-a3b
         #[arg(long, default_value = "tiny")]
         preset: String,
         /// Type mix, as llama.cpp's --ftype: q8_0 | q4_k_m | q6_k | f16

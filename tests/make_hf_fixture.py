@@ -71,7 +71,11 @@ def write_fixture(name, seed, prompt, config):
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    write_reference(model, prompt, out)
 
+
+def write_reference(model, prompt, out):
+    """transformers' outputs on `prompt` into out/reference.json (the fields of the docstring)."""
     with torch.no_grad():
         ids = torch.tensor([prompt])
         logits = model(ids).logits[0].float()  # [T, vocab]

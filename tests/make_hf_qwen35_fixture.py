@@ -18,18 +18,16 @@ gated norm, so a convention slip shows. A_log spans a wide range so some heads f
     python3 -m venv v && v/bin/pip install torch transformers safetensors
     v/bin/python tests/make_hf_qwen35_fixture.py
 """
-import json
 import os
 
 import torch
-import transformers
 from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
 from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5MoeTextConfig
 from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeForCausalLM
 
+from make_hf_fixture import write_reference
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-GREEDY_TOKENS = 32
-TOP_K = 8
 
 
 def text_config(vocab, dim, layers, nk, nv, dk, heads, kv, hd, rope_factor, experts, topk, ff, sff):
@@ -86,25 +84,7 @@ def write(name, seed, multimodal, prompt, text):
     perturb(model)
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    with torch.no_grad():
-        ids = torch.tensor([prompt])
-        logits = model(ids).logits[0].float()  # [T, vocab]
-        greedy = model.generate(ids, max_new_tokens=GREEDY_TOKENS, do_sample=False,
-                                eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
-    top = torch.topk(logits, TOP_K, dim=-1)
-    ref = {
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "prompt": prompt,
-        "positions": [{"top": [[int(i), float(v)] for i, v in zip(ti, tv)]}
-                      for ti, tv in zip(top.indices.tolist(), top.values.tolist())],
-        "last_logits": [float(x) for x in logits[-1].tolist()],
-        "greedy": greedy,
-        "all_logits": [[float(x) for x in row] for row in logits.tolist()],
-    }
-    with open(os.path.join(out, "reference.json"), "w") as f:
-        json.dump(ref, f)
-    print("wrote", out, sorted(os.listdir(out)), "greedy", greedy[:8])
+    write_reference(model, prompt, out)
 
 
 def main():

@@ -122,6 +122,31 @@ def eval_logits(path):
 # ---------------------------------------------------------------------------------------------
 # The f32 cross-check: transformers' Qwen3MoeForCausalLM on gguf-py's dequantized weights.
 
+def with_router_gaps(model, k):
+    """A function giving, for a token list, the model's logits [T, vocab] and the smallest gap
+    between the k-th and (k+1)-th router logit over the layers, per position [T]."""
+    import torch
+
+    gaps = {}
+
+    def hook(layer):
+        def record(mod, inp, _out):
+            x = inp[0].reshape(-1, inp[0].shape[-1])
+            s = torch.sort(x @ mod.weight.T, -1, descending=True).values
+            gaps[layer] = s[:, k - 1] - s[:, k]
+        return record
+
+    for i, layer in enumerate(model.model.layers):
+        layer.mlp.gate.register_forward_hook(hook(i))
+
+    def run(tokens):
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens])).logits[0].double().numpy()
+        return logits, torch.stack(list(gaps.values())).min(0).values.double().numpy()
+
+    return run
+
+
 def f32_model(path):
     """The GGUF as a transformers model (f32), and a function giving, for a token list, the
     logits [T, vocab] and the smallest router gap over the layers per position [T]."""
@@ -166,24 +191,7 @@ def f32_model(path):
     model = Qwen3MoeForCausalLM(cfg).eval()
     model.load_state_dict(sd, strict=True)
 
-    gaps = {}
-
-    def hook(layer):
-        def record(mod, inp, _out):
-            x = inp[0].reshape(-1, inp[0].shape[-1])
-            s = torch.sort(x @ mod.weight.T, -1, descending=True).values
-            gaps[layer] = s[:, cfg.num_experts_per_tok - 1] - s[:, cfg.num_experts_per_tok]
-        return record
-
-    for i in range(n_layers):
-        model.model.layers[i].mlp.gate.register_forward_hook(hook(i))
-
-    def run(tokens):
-        with torch.no_grad():
-            logits = model(torch.tensor([tokens])).logits[0].double().numpy()
-        return logits, torch.stack(list(gaps.values())).min(0).values.double().numpy()
-
-    return run
+    return with_router_gaps(model, cfg.num_experts_per_tok)
 
 
 def f32_model_qwen35(path):
@@ -270,24 +278,7 @@ def f32_model_qwen35(path):
     model = Qwen3_5MoeForCausalLM(cfg).eval()
     model.load_state_dict(sd, strict=True)
 
-    gaps = {}
-
-    def hook(layer):
-        def record(mod, inp, _out):
-            x = inp[0].reshape(-1, inp[0].shape[-1])
-            s = torch.sort(x @ mod.weight.T, -1, descending=True).values
-            gaps[layer] = s[:, cfg.num_experts_per_tok - 1] - s[:, cfg.num_experts_per_tok]
-        return record
-
-    for i in range(n_layers):
-        model.model.layers[i].mlp.gate.register_forward_hook(hook(i))
-
-    def run(tokens):
-        with torch.no_grad():
-            logits = model(torch.tensor([tokens])).logits[0].double().numpy()
-        return logits, torch.stack(list(gaps.values())).min(0).values.double().numpy()
-
-    return run
+    return with_router_gaps(model, cfg.num_experts_per_tok)
 
 
 def f32_check(path, logits, greedy):

@@ -234,6 +234,16 @@ enum DMixer {
     },
 }
 
+/// A pointer table of experts ([3, n_experts] u64: gate, up, down addresses) and their shape.
+#[derive(Copy, Clone)]
+struct Experts {
+    table: Addr,
+    n_experts: usize,
+    ty_gate_up: GgmlType,
+    ty_down: GgmlType,
+    ffn: usize,
+}
+
 /// qwen35moe's shared expert: dense, resident, run through the MoE kernel as the only expert
 /// of a one-entry table with weight sigmoid(gate_inp · h).
 #[derive(Copy, Clone)]
@@ -800,6 +810,31 @@ impl<'w> StreamSession<'w> {
         Ok(())
     }
 
+    /// residual (s.x) += Σ_j weights[t, j] · expert_{ids[t, j]}(s.h) over `e`'s pointer table.
+    fn launch_moe(&mut self, e: Experts, ids: Addr, weights: Addr, n: usize, k: usize) -> Result<()> {
+        let (s, n_experts) = (self.s, e.n_experts);
+        self.launch(Kernel::Moe {
+            ty_gate_up: e.ty_gate_up,
+            ty_down: e.ty_down,
+            gate: e.table,
+            up: e.table + (n_experts * 8) as u64,
+            down: e.table + (2 * n_experts * 8) as u64,
+            ids,
+            weights,
+            x: s.h,
+            act: s.act,
+            out: s.out,
+            offsets: s.offsets,
+            pairs: s.pairs,
+            residual: s.x,
+            dim: self.cfg.dim as usize,
+            ffn: e.ffn,
+            n,
+            k,
+            n_experts,
+        })
+    }
+
     /// Zero every DeltaNet layer's conv and recurrent state (a new sequence starts).
     fn clear_recurrent_state(&mut self) -> Result<()> {
         let Some(sh) = self.w.gdn else { return Ok(()) };
@@ -909,51 +944,14 @@ impl<'w> StreamSession<'w> {
             self.stats.gpu_experts += (n * k) as u64;
         }
         let ly = &self.layers[l];
-        let moe = Kernel::Moe {
-            ty_gate_up: ly.ty_gate_up,
-            ty_down: ly.ty_down,
-            gate: ly.tables,
-            up: ly.tables + (n_experts * 8) as u64,
-            down: ly.tables + (2 * n_experts * 8) as u64,
-            ids: s.ids,
-            weights: s.weights,
-            x: s.h,
-            act: s.act,
-            out: s.out,
-            offsets: s.offsets,
-            pairs: s.pairs,
-            residual: s.x,
-            dim,
-            ffn: c.expert_ffn_dim as usize,
-            n,
-            k,
-            n_experts,
-        };
-        self.launch(moe)?;
+        let routed = Experts { table: ly.tables, n_experts, ty_gate_up: ly.ty_gate_up, ty_down: ly.ty_down, ffn: c.expert_ffn_dim as usize };
+        self.launch_moe(routed, s.ids, s.weights, n, k)?;
         if let Some(sx) = self.layers[l].shared {
             // x += sigmoid(gate_inp · h) · shared(h): the MoE kernel over a one-expert table.
             self.gemv(sx.gate_inp, s.h, s.router, n)?;
             self.launch(Kernel::Sigmoid { x: s.router, n })?;
-            self.launch(Kernel::Moe {
-                ty_gate_up: sx.ty_gate_up,
-                ty_down: sx.ty_down,
-                gate: sx.table,
-                up: sx.table + 8,
-                down: sx.table + 16,
-                ids: sx.ids,
-                weights: s.router,
-                x: s.h,
-                act: s.act,
-                out: s.out,
-                offsets: s.offsets,
-                pairs: s.pairs,
-                residual: s.x,
-                dim,
-                ffn: sx.ffn,
-                n,
-                k: 1,
-                n_experts: 1,
-            })?;
+            let shared = Experts { table: sx.table, n_experts: 1, ty_gate_up: sx.ty_gate_up, ty_down: sx.ty_down, ffn: sx.ffn };
+            self.launch_moe(shared, sx.ids, s.router, n, 1)?;
         }
         if !self.plan.all_resident() {
             // Each slot holds a reference to the compute event of its last reader.
