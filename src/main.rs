@@ -117,6 +117,10 @@ struct RotaryArgs {
     /// Do not load the next layer's predicted experts ahead of time.
     #[arg(long)]
     no_prefetch: bool,
+    /// Do not copy an expert computed on the CPU into the cache behind the compute (with
+    /// --moe-policy auto/gpu; --moe-policy cpu never loads a missed expert).
+    #[arg(long)]
+    no_load_behind: bool,
     /// Where missed experts run: gpu (load them), cpu (compute on the host) or auto (cost model).
     #[arg(long, default_value = "auto")]
     moe_policy: String,
@@ -494,6 +498,7 @@ fn open_stream<'w>(
         policy: policy.map_or_else(|| rotary::rotary::cache::Policy::by_name(&r.cache_policy), Ok)?,
         alloc: rotary::rotary::cache::Allocation::by_name(&r.cache_alloc)?,
         prefetch: !r.no_prefetch,
+        load_behind: !r.no_load_behind,
         moe_policy: rotary::rotary::MoePolicy::by_name(&r.moe_policy)?,
         pin: rotary::rotary::PinMode::by_name(&r.pin)?,
         link_gbps: r.sim_link_gbps,

@@ -300,3 +300,37 @@ fn sticky_routing_streams_identically_too() {
     }
     assert!(s.stats().misses > 0);
 }
+
+/// Admission on a miss: an expert computed on the CPU is copied into the cache behind the
+/// compute, so when routing reuses it (sticky:1, every token the previous token's experts) it
+/// hits. Without it a CPU-computed expert never becomes resident and misses every time;
+/// `--moe-policy cpu` never loads one. The logits are the same in all three.
+#[test]
+fn experts_computed_on_the_cpu_are_loaded_behind() {
+    use rotary::routing::{Router, RoutingMode};
+    let file = tiny();
+    let w = Weights::load(&file).expect("weights");
+    let (l, k) = (w.cfg.n_layers as usize, w.cfg.n_experts_used as usize);
+    let resident = session(&w, None, Options::default()).expect("resident");
+    let budget = resident.plan.fixed_bytes() + 12 * resident.plan.slot_bytes;
+    drop(resident);
+    let mut runs = Vec::new();
+    for (load_behind, moe_policy) in [(true, MoePolicy::Auto), (false, MoePolicy::Auto), (true, MoePolicy::Cpu)] {
+        // A link so slow the cost model sends every miss to the CPU.
+        let dev = SimDevice::new(Some(budget), 0.001, Some(2)).expect("sim");
+        let opts = Options { moe_policy, load_behind, prefetch: false, link_gbps: 0.001, ..Options::default() };
+        let mut s = StreamSession::new(&w, Box::new(dev), N_CTX, opts, "sim", &mut |_, _| {}).expect("session");
+        s.set_router(Router::new(RoutingMode::Sticky(1.0), l, k, 3).expect("router"));
+        s.forward(&prompt()[..3], Logits::Last).expect("prompt");
+        let before = s.stats();
+        let logits = trace(&mut s, &[7]);
+        let st = s.stats().since(&before);
+        println!("load_behind {load_behind} {moe_policy:?}: decode {st}");
+        runs.push((st, logits, s.stats()));
+    }
+    let (with, without, cpu) = (&runs[0], &runs[1], &runs[2]);
+    assert!(with.2.behind_loads > 0 && with.0.hit_rate() > 0.9, "with load-behind: decode hit {}", with.0.hit_rate());
+    assert!(without.2.behind_loads == 0 && without.0.hit_rate() < 0.1, "without: hit {}", without.0.hit_rate());
+    assert!(cpu.2.behind_loads == 0 && cpu.2.h2d_bytes == 0, "--moe-policy cpu loaded experts");
+    assert!(runs.iter().all(|r| r.1 == runs[0].1), "the logits depend on where experts ran");
+}

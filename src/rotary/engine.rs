@@ -75,6 +75,8 @@ pub struct Options {
     pub policy: Policy,
     pub alloc: Allocation,
     pub prefetch: bool,
+    /// Copy experts that ran on the CPU into the cache behind the compute (admission on miss).
+    pub load_behind: bool,
     pub moe_policy: MoePolicy,
     pub pin: PinMode,
     /// The host link's speed before any copy was measured (cost model), GB/s.
@@ -88,6 +90,7 @@ impl Default for Options {
             policy: Policy::Lru,
             alloc: Allocation::Global,
             prefetch: true,
+            load_behind: true,
             moe_policy: MoePolicy::Gpu,
             pin: PinMode::Auto,
             link_gbps: 12.0,
@@ -110,6 +113,8 @@ pub struct Stats {
     pub prefetch_predicted: u64,
     pub prefetch_correct: u64,
     pub prefetch_loads: u64,
+    /// Experts computed on the CPU and then copied into the cache behind the compute.
+    pub behind_loads: u64,
     pub cpu_experts: u64,
     pub gpu_experts: u64,
     pub peak_vram_bytes: u64,
@@ -133,6 +138,7 @@ impl Stats {
         s.prefetch_predicted -= before.prefetch_predicted;
         s.prefetch_correct -= before.prefetch_correct;
         s.prefetch_loads -= before.prefetch_loads;
+        s.behind_loads -= before.behind_loads;
         s.cpu_experts -= before.cpu_experts;
         s.gpu_experts -= before.gpu_experts;
         s
@@ -171,6 +177,8 @@ impl Stats {
             "link_peak_gbps": self.link_peak_gbps,
             "stall_seconds": self.stall_seconds,
             "prefetch_recall": self.prefetch_recall(),
+            "prefetch_loads": self.prefetch_loads,
+            "behind_loads": self.behind_loads,
             "cpu_expert_share": self.cpu_expert_share(),
             "tokens": self.tokens,
         })
@@ -1178,6 +1186,12 @@ impl StreamSession<'_> {
                 *id = -1 - e as i32;
             }
             upload(self.dev.as_mut(), s.ids, &marked)?;
+            if self.opts.load_behind && self.opts.moe_policy != MoePolicy::Cpu {
+                // Admission on a miss: what ran on the CPU now is copied into the cache behind
+                // the compute (prefetch stream), so a reuse on the next token hits.
+                let used = self.used_slots.clone();
+                self.stats.behind_loads += self.load_async(l, &cpu, used)? as u64;
+            }
         }
         self.stats.cpu_experts += cpu.len() as u64;
         self.stats.gpu_experts += (needed.len() - cpu.len()) as u64;
@@ -1303,9 +1317,17 @@ impl StreamSession<'_> {
         }
         self.predicted[l] = Some(per_token);
         // Only as many as the layer can hold without evicting its own predicted experts.
-        let mut protected: Vec<usize> = want.iter().filter_map(|&e| self.cache.peek(l, e)).collect();
+        let protected: Vec<usize> = want.iter().filter_map(|&e| self.cache.peek(l, e)).collect();
+        self.stats.prefetch_loads += self.load_async(l, &want, protected)? as u64;
+        Ok(())
+    }
+
+    /// Load layer `l`'s `experts` (those not cached) on the prefetch stream into slots other
+    /// than `protected`, as many as the layer may hold; each slot's `ready` event orders its
+    /// first reader after the copy. Returns how many were queued.
+    fn load_async(&mut self, l: usize, experts: &[usize], mut protected: Vec<usize>) -> Result<usize> {
         let mut loaded = Vec::new();
-        for &e in &want {
+        for &e in experts {
             if self.cache.peek(l, e).is_some() || protected.len() >= self.cache.capacity(l) {
                 continue;
             }
@@ -1316,6 +1338,7 @@ impl StreamSession<'_> {
             protected.push(slot);
             loaded.push(slot);
         }
+        let n_loaded = loaded.len();
         if !loaded.is_empty() {
             let jobs: Vec<(usize, usize, usize)> =
                 loaded.iter().map(|&slot| (l, self.cache.slots[slot].key.expect("just inserted").1, slot)).collect();
@@ -1324,10 +1347,9 @@ impl StreamSession<'_> {
             for slot in loaded {
                 self.dev.retain(ev);
                 self.cache.slots[slot].ready = Some(ev);
-                self.stats.prefetch_loads += 1;
             }
             self.dev.release(ev);
         }
-        Ok(())
+        Ok(n_loaded)
     }
 }
