@@ -301,9 +301,9 @@ fn sticky_routing_streams_identically_too() {
     assert!(s.stats().misses > 0);
 }
 
-/// Admission on a miss: an expert computed on the CPU is copied into the cache behind the
-/// compute, so when routing reuses it (sticky:1, every token the previous token's experts) it
-/// hits. Without it a CPU-computed expert never becomes resident and misses every time;
+/// Admission on a second miss: an expert computed on the CPU twice in a short while is copied
+/// into the cache behind the compute, so when routing reuses it (sticky:1, every token the
+/// previous token's experts) it hits from then on. Without it a CPU-computed expert never becomes resident and misses every time;
 /// `--moe-policy cpu` never loads one. The logits are the same in all three.
 #[test]
 fn experts_computed_on_the_cpu_are_loaded_behind() {

@@ -320,6 +320,9 @@ fn ring_len(n_experts: usize) -> usize {
     2 * n_experts
 }
 
+/// Recently CPU-computed experts remembered per layer, in units of top-k (see `ghosts`).
+const GHOSTS: usize = 4;
+
 /// Loader threads per batch of staging fills.
 const LOADERS: usize = 4;
 
@@ -376,6 +379,9 @@ pub struct StreamSession<'w> {
     tables: Vec<Vec<u64>>,
     /// The previous layer's prediction of each layer's experts, per token.
     predicted: Vec<Option<Vec<Vec<usize>>>>,
+    /// Per layer, the experts most recently computed on the CPU (at most GHOSTS · k): a second
+    /// CPU miss of one of them admits it into the cache (load-behind).
+    ghosts: Vec<std::collections::VecDeque<usize>>,
     cpu: CpuBackend,
     /// Measured seconds per byte of expert weights computed on the CPU (cost model).
     cpu_s_per_byte: f64,
@@ -600,6 +606,7 @@ impl<'w> StreamSession<'w> {
             host: HostExperts::None,
             tables: vec![vec![0u64; 3 * n_experts]; c.n_layers as usize],
             predicted: vec![None; c.n_layers as usize],
+            ghosts: vec![std::collections::VecDeque::new(); c.n_layers as usize],
             cpu: CpuBackend::new(opts.threads)?,
             cpu_s_per_byte: 0.0,
             used_slots: Vec::new(),
@@ -1187,10 +1194,20 @@ impl StreamSession<'_> {
             }
             upload(self.dev.as_mut(), s.ids, &marked)?;
             if self.opts.load_behind && self.opts.moe_policy != MoePolicy::Cpu {
-                // Admission on a miss: what ran on the CPU now is copied into the cache behind
-                // the compute (prefetch stream), so a reuse on the next token hits.
+                // Admission on a second miss: an expert that ran on the CPU recently and runs
+                // there again is copied into the cache behind the compute (prefetch stream), so
+                // its next reuse hits. One-off misses (no reuse) cost no link traffic.
+                let ghosts = &mut self.ghosts[l];
+                let again: Vec<usize> = cpu.iter().copied().filter(|e| ghosts.contains(e)).collect();
+                for &e in &cpu {
+                    ghosts.retain(|&g| g != e);
+                    ghosts.push_back(e);
+                }
+                while ghosts.len() > GHOSTS * k {
+                    ghosts.pop_front();
+                }
                 let used = self.used_slots.clone();
-                self.stats.behind_loads += self.load_async(l, &cpu, used)? as u64;
+                self.stats.behind_loads += self.load_async(l, &again, used)? as u64;
             }
         }
         self.stats.cpu_experts += cpu.len() as u64;
