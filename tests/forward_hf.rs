@@ -124,6 +124,11 @@ fn matches_transformers_qwen35moe_multimodal_layout() {
 }
 
 #[test]
+fn matches_transformers_qwen35moe_fused_experts() {
+    check_fixture_within("hf-qwen35moe-fused", 1e-5);
+}
+
+#[test]
 fn matches_transformers_qwen35moe_text_layout() {
     check_fixture_within("hf-qwen35moe-text", 1e-5);
 }

@@ -11,6 +11,8 @@
     tests/fixtures/hf-qwen35moe-text/   Qwen3_5MoeForCausalLM (text-only layout, `model.*`):
         dim 96, 8 layers, DeltaNet 2 k heads / 6 v heads (3 per k head), attention 6 q / 1 kv
         head of 32 (RoPE on 16 dims), 16 experts top-4, vocab 384; seed 1
+    tests/fixtures/hf-qwen35moe-fused/  hf-qwen35moe-tiny with fused expert tensors
+        (`mlp.experts.gate_up_proj` / `down_proj`, the layout of the released checkpoints)
 
 Norms are zero-centred in HF (x̂·(1+w)); they are perturbed, and so are dt_bias, A_log and the
 gated norm, so a convention slip shows. A_log spans a wide range so some heads forget fast.
@@ -87,9 +89,48 @@ def write(name, seed, multimodal, prompt, text):
     write_reference(model, prompt, out)
 
 
+def write_fused(src_name, name):
+    """`src_name`'s model with the experts stored as the released checkpoints store them (models.md
+    §2.3): `mlp.experts.gate_up_proj` [E, 2·ffn, dim] (gate rows first) and
+    `mlp.experts.down_proj` [E, dim, ffn] instead of one tensor per expert. Same weights, so the
+    same reference.json."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+
+    src, out = os.path.join(FIXTURES, src_name), os.path.join(FIXTURES, name)
+    os.makedirs(out, exist_ok=True)
+    for f in ("config.json", "generation_config.json", "reference.json"):
+        shutil.copy(os.path.join(src, f), os.path.join(out, f))
+    t = load_file(os.path.join(src, "model.safetensors"))
+    fused, experts = {}, {}
+    for k, v in t.items():
+        parts = k.split(".mlp.experts.")
+        if len(parts) == 2 and parts[1].split(".")[0].isdigit():
+            e, proj = parts[1].split(".")[:2]
+            experts.setdefault(parts[0], {}).setdefault(proj, {})[int(e)] = v
+        else:
+            fused[k] = v
+    for layer, projs in experts.items():
+        n = len(projs["gate_proj"])
+        stack = lambda p: torch.stack([projs[p][e] for e in range(n)])
+        fused[f"{layer}.mlp.experts.gate_up_proj"] = torch.cat([stack("gate_proj"), stack("up_proj")], 1).contiguous()
+        fused[f"{layer}.mlp.experts.down_proj"] = stack("down_proj").contiguous()
+    save_file(fused, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    # transformers reads this layout as the same model: the same logits as reference.json.
+    import json
+    ref = json.load(open(os.path.join(out, "reference.json")))
+    model = Qwen3_5MoeForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        last = model(torch.tensor([ref["prompt"]])).logits[0, -1]
+    err = (last - torch.tensor(ref["last_logits"])).abs().max().item()
+    assert err < 1e-5, f"transformers reads {out} differently: max |d| {err}"
+    print("wrote", out, sorted(os.listdir(out)), f"(transformers reloads it: max |d| {err:.1e})")
+
+
 def main():
     for spec in SPECS:
         write(**spec)
+    write_fused("hf-qwen35moe-tiny", "hf-qwen35moe-fused")
 
 
 if __name__ == "__main__":
