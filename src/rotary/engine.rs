@@ -998,6 +998,12 @@ fn check_shapes(c: &ModelConfig) -> Result<()> {
     if c.dim % 32 != 0 || c.expert_ffn_dim % 32 != 0 {
         return bad(format!("dim {} and ffn {} must be multiples of 32", c.dim, c.expert_ffn_dim));
     }
+    if let Some(s) = &c.ssm {
+        // The DeltaNet kernels' limits (csrc/include/abi.h).
+        if s.conv_kernel > 8 || s.state_size > 256 {
+            return bad(format!("DeltaNet conv kernel {} (at most 8) and state size {} (at most 256)", s.conv_kernel, s.state_size));
+        }
+    }
     Ok(())
 }
 
