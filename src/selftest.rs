@@ -181,6 +181,10 @@ pub fn cases(perf: bool) -> Vec<Case> {
             add(Op::Moe { ty_gate_up: gu, ty_down: down, dim: 512, ffn: 256, n_experts: 16, k: 4, n });
         }
     }
+    // qwen35moe's shared expert: the MoE kernel over a one-entry table, every token weighted.
+    for n in [1, 9] {
+        add(Op::Moe { ty_gate_up: GgmlType::Q4K, ty_down: GgmlType::Q6K, dim: 512, ffn: 512, n_experts: 1, k: 1, n });
+    }
     for (n_experts, k, renorm) in [(128, 8, true), (256, 8, true), (60, 4, false), (512, 16, true), (8, 2, true)] {
         add(Op::TopkMoe { n: 5, n_experts, k, renorm });
     }
