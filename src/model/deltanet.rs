@@ -131,6 +131,114 @@ pub fn delta_rule(qkv: &[f32], beta: &[f32], decay: &[f32], s: &mut [f32], sh: &
     }
 }
 
+/// Tokens per chunk of `delta_rule_chunked` (HF's and FLA's default).
+pub const CHUNK: usize = 64;
+
+/// `delta_rule` in the chunked (WY / UT-transform) form of HF's `torch_chunk_gated_delta_rule`:
+/// per value head and chunk of c ≤ `chunk` tokens, with G the cumulative log decay and
+/// P[i][j] = exp(G_i − G_j) (j ≤ i), solve the unit lower-triangular system
+/// (I + strict_lower(β_i k_i·k_j P[i][j])) [U | W] = [β v | β k e^G], then
+///   v' = U − W S;  o = (q e^G) S + lower(q_i·k_j P[i][j]) v';  S ← e^{G_c} S + (k e^{G_c − G})ᵀ v'.
+/// The same state and outputs as the recurrence up to rounding (NMSE ~1e-13, tests/deltanet.rs):
+/// the reference for a chunked device kernel. The engine's prefill keeps the recurrence: with
+/// 8-bit activations (the `cpu` backend) the chunked form's rounding flips activation roundings
+/// downstream, and prefill then differs from decode by logits NMSE ~5e-4 instead of 0.
+#[allow(clippy::too_many_arguments)]
+pub fn delta_rule_chunked(
+    qkv: &[f32],
+    beta: &[f32],
+    decay: &[f32],
+    s: &mut [f32],
+    sh: &Shape,
+    n: usize,
+    o: &mut [f32],
+    chunk: usize,
+) {
+    let (nk, nv, dk, dv) = (sh.n_k_heads, sh.n_v_heads, sh.head_k, sh.head_v);
+    let ch = sh.channels();
+    assert!(chunk >= 1 && qkv.len() == n * ch && beta.len() == n * nv && decay.len() == n * nv);
+    assert!(s.len() == sh.state_len() && o.len() == n * nv * dv);
+    let scale = 1.0 / (dk as f32).sqrt();
+    // l2-normalised q (scaled) and k of every token: [n, n_k, dk] each.
+    let (mut q, mut k) = (vec![0f32; n * nk * dk], vec![0f32; n * nk * dk]);
+    for t in 0..n {
+        let row = &qkv[t * ch..(t + 1) * ch];
+        q[t * nk * dk..(t + 1) * nk * dk].copy_from_slice(&row[..nk * dk]);
+        k[t * nk * dk..(t + 1) * nk * dk].copy_from_slice(&row[nk * dk..2 * nk * dk]);
+    }
+    q.chunks_exact_mut(dk).for_each(|h| l2norm(h, scale));
+    k.chunks_exact_mut(dk).for_each(|h| l2norm(h, 1.0));
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    for h in 0..nv {
+        let kh = sh.k_head(h);
+        let st = &mut s[h * dk * dv..(h + 1) * dk * dv]; // [dk, dv]
+        for t0 in (0..n).step_by(chunk) {
+            let c = chunk.min(n - t0);
+            let qi = |i: usize| &q[((t0 + i) * nk + kh) * dk..][..dk];
+            let ki = |i: usize| &k[((t0 + i) * nk + kh) * dk..][..dk];
+            let vi = |i: usize| &qkv[(t0 + i) * ch + 2 * nk * dk + h * dv..][..dv];
+            let b = |i: usize| beta[(t0 + i) * nv + h];
+            let mut g = vec![0f32; c]; // [c] cumulative log decay
+            let mut acc = 0f32;
+            for (i, gi) in g.iter_mut().enumerate() {
+                acc += decay[(t0 + i) * nv + h].ln();
+                *gi = acc;
+            }
+            let pd = |i: usize, j: usize| (g[i] - g[j]).exp(); // j <= i
+            // Forward substitution: rows of U [c, dv] and W [c, dk].
+            let (mut u, mut w) = (vec![0f32; c * dv], vec![0f32; c * dk]);
+            for i in 0..c {
+                let (ui, wi) = (i * dv, i * dk);
+                for (x, &v) in u[ui..ui + dv].iter_mut().zip(vi(i)) {
+                    *x = b(i) * v;
+                }
+                let eg = g[i].exp();
+                for (x, &kk) in w[wi..wi + dk].iter_mut().zip(ki(i)) {
+                    *x = b(i) * kk * eg;
+                }
+                for j in 0..i {
+                    let a = b(i) * dot(ki(i), ki(j)) * pd(i, j);
+                    let (done, row) = u.split_at_mut(ui);
+                    row[..dv].iter_mut().zip(&done[j * dv..(j + 1) * dv]).for_each(|(x, &y)| *x -= a * y);
+                    let (done, row) = w.split_at_mut(wi);
+                    row[..dk].iter_mut().zip(&done[j * dk..(j + 1) * dk]).for_each(|(x, &y)| *x -= a * y);
+                }
+            }
+            // v' = U − W S, [c, dv].
+            for i in 0..c {
+                for r in 0..dk {
+                    let wr = w[i * dk + r];
+                    u[i * dv..(i + 1) * dv].iter_mut().zip(&st[r * dv..(r + 1) * dv]).for_each(|(x, &sv)| *x -= wr * sv);
+                }
+            }
+            // o_i = (q_i e^{G_i}) S + Σ_{j ≤ i} (q_i·k_j) P[i][j] v'_j.
+            for i in 0..c {
+                let oi = &mut o[((t0 + i) * nv + h) * dv..][..dv];
+                oi.fill(0.0);
+                let eg = g[i].exp();
+                for (r, &qr) in qi(i).iter().enumerate() {
+                    let f = qr * eg;
+                    oi.iter_mut().zip(&st[r * dv..(r + 1) * dv]).for_each(|(x, &sv)| *x += f * sv);
+                }
+                for j in 0..=i {
+                    let a = dot(qi(i), ki(j)) * pd(i, j);
+                    oi.iter_mut().zip(&u[j * dv..(j + 1) * dv]).for_each(|(x, &y)| *x += a * y);
+                }
+            }
+            // S ← e^{G_c} S + Σ_j (k_j e^{G_c − G_j}) v'_jᵀ.
+            let last = g[c - 1];
+            st.iter_mut().for_each(|x| *x *= last.exp());
+            for j in 0..c {
+                let f = (last - g[j]).exp();
+                for (r, &kr) in ki(j).iter().enumerate() {
+                    let a = kr * f;
+                    st[r * dv..(r + 1) * dv].iter_mut().zip(&u[j * dv..(j + 1) * dv]).for_each(|(x, &y)| *x += a * y);
+                }
+            }
+        }
+    }
+}
+
 /// Gated RMSNorm of every `dv`-wide head of `o` in place: rms(o)·w·silu(z) (plain weight).
 pub fn gated_norm(o: &mut [f32], z: &[f32], w: &[f32], eps: f32) {
     assert!(o.len() == z.len() && o.len() % w.len() == 0);
