@@ -187,12 +187,12 @@ pub fn delta_rule_chunked(
             let pd = |i: usize, j: usize| (g[i] - g[j]).exp(); // j <= i
             // Forward substitution: rows of U [c, dv] and W [c, dk].
             let (mut u, mut w) = (vec![0f32; c * dv], vec![0f32; c * dk]);
-            for i in 0..c {
+            for (i, &gi) in g.iter().enumerate() {
                 let (ui, wi) = (i * dv, i * dk);
                 for (x, &v) in u[ui..ui + dv].iter_mut().zip(vi(i)) {
                     *x = b(i) * v;
                 }
-                let eg = g[i].exp();
+                let eg = gi.exp();
                 for (x, &kk) in w[wi..wi + dk].iter_mut().zip(ki(i)) {
                     *x = b(i) * kk * eg;
                 }
