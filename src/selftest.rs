@@ -16,7 +16,7 @@ use crate::backend::cpu_ref::CpuRef;
 use crate::backend::{Backend, Mat};
 use crate::error::Result;
 use crate::model::deltanet;
-use crate::model::qwen3moe::{expert_forward, rmsnorm_rows, rope_tokens, softmax, split_gate, top_k};
+use crate::model::qwen3moe::{expert_forward, rmsnorm_rows, rope_tokens, softmax, split_gate, topk_moe};
 use crate::quant::{self, GgmlType};
 use crate::synth::{random_f32, random_ints, random_matrix};
 
@@ -422,17 +422,7 @@ pub fn reference(op: &Op, i: &Inputs) -> Result<Output> {
     let values = match *op {
         Op::Gemv { .. } | Op::Moe { .. } => return products(&CpuRef, op, i),
         Op::TopkMoe { n, n_experts, k, renorm } => {
-            let (mut ids, mut w) = (Vec::new(), Vec::new());
-            for t in 0..n {
-                let mut p = i.f[0][t * n_experts..(t + 1) * n_experts].to_vec();
-                softmax(&mut p);
-                let top = top_k(&p, k);
-                let sum: f32 = top.iter().map(|&(_, v)| v).sum();
-                for (e, v) in top {
-                    ids.push(e as i32);
-                    w.push(if renorm { v / sum } else { v });
-                }
-            }
+            let (ids, w) = topk_moe(&i.f[0][..n * n_experts], n_experts, k, renorm);
             return Ok(Output { values: w, ids, second: Vec::new(), guards_ok: true });
         }
         Op::RmsNorm { width, .. } => {

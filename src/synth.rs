@@ -19,7 +19,7 @@ use crate::format::gguf::{self, Array, Value, Writer};
 use crate::model::config::SsmConfig;
 use crate::model::{Arch, ModelConfig, TensorDesc, TensorRole};
 use crate::quant::{self, GgmlType};
-use crate::tokenizer::byte_to_unicode;
+use crate::tokenizer::{byte_to_unicode, VocabSpec, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_USER_DEFINED};
 
 /// Named model shapes. The qwen3moe presets use Qwen3's vocabulary size, context and RoPE θ;
 /// the qwen35moe presets Qwen3.5's (248,320, 262,144, 1e7, RoPE on a quarter of each head).
@@ -263,36 +263,38 @@ pub fn byte_level_vocab_for(arch: Arch, n_vocab: u64) -> Vec<(String, Value)> {
     };
     let last_special = specials[specials.len() - 1].0;
     let mut tokens: Vec<String> = byte_to_unicode().iter().map(|c| c.to_string()).collect();
-    let mut types = vec![1i32; 256];
+    let mut token_types = vec![TOKEN_TYPE_NORMAL; 256];
     for id in 256..n_vocab as u32 {
         match specials.iter().find(|s| s.0 == id) {
             Some((_, text)) => {
                 tokens.push(text.to_string());
-                types.push(3); // control
+                token_types.push(TOKEN_TYPE_CONTROL);
             }
             // Ids the real vocabulary leaves unused stay padding, as in Qwen3's GGUFs.
             None if id > last_special => {
                 tokens.push(format!("[PAD{id}]"));
-                types.push(4); // user-defined, as in llama.cpp's qwen2 vocab
+                token_types.push(TOKEN_TYPE_USER_DEFINED); // as in llama.cpp's qwen2 vocab
             }
             None => {
                 tokens.push(pseudo_word(id - 256));
-                types.push(1); // normal; no merges reach it, so only the model emits it
+                // Normal; no merges reach it, so only the model emits it.
+                token_types.push(TOKEN_TYPE_NORMAL);
             }
         }
     }
-    vec![
-        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
-        ("tokenizer.ggml.tokens".into(), Value::Array(Array::String(tokens))),
-        ("tokenizer.ggml.token_type".into(), Value::Array(Array::I32(types))),
-        ("tokenizer.ggml.merges".into(), Value::Array(Array::String(vec![]))),
-        ("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)),
-        ("tokenizer.ggml.padding_token_id".into(), Value::U32(pad)),
-        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        ("tokenizer.chat_template".into(), Value::String(template.into())),
-    ]
+    let spec = VocabSpec {
+        model: "gpt2".into(),
+        pre: pre.into(),
+        tokens,
+        token_types,
+        merges: Vec::new(),
+        bos: Some(bos),
+        eos: Some(eos),
+        pad: Some(pad),
+        add_bos: false,
+        chat_template: Some(template.into()),
+    };
+    spec.to_gguf_metadata()
 }
 
 /// The tokenizer metadata of another GGUF (`tokenizer.*` keys), e.g. llama.cpp's

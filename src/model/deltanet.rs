@@ -7,6 +7,8 @@
 //! head (`s`, `[n_v_heads][head_k][head_v]`, v contiguous). Prefill runs the same recurrence
 //! token by token as decode, so prefill and decode leave the same state.
 
+use crate::model::qwen3moe::silu;
+
 /// The shape of one Gated DeltaNet layer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Shape {
@@ -268,8 +270,4 @@ pub fn softplus(x: f32) -> f32 {
     } else {
         x.exp().ln_1p()
     }
-}
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }

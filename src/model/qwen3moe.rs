@@ -346,10 +346,7 @@ impl<'w> Session<'w> {
             }
         } else {
             for t in 0..n {
-                let top = top_k(&router[t * n_experts..(t + 1) * n_experts], k);
-                let sum: f32 = top.iter().map(|&(_, v)| v).sum();
-                for (e, v) in top {
-                    let weight = if c.norm_topk_prob { v / sum } else { v };
+                for (e, weight) in route_top_k(&router[t * n_experts..(t + 1) * n_experts], k, c.norm_topk_prob) {
                     chosen[e].push((t, weight));
                 }
             }
@@ -553,6 +550,29 @@ pub fn top_k(p: &[f32], k: usize) -> Vec<(usize, f32)> {
     let mut idx: Vec<usize> = (0..p.len()).collect();
     idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
     idx.into_iter().take(k).map(|i| (i, p[i])).collect()
+}
+
+/// One token's routing from its router probabilities: the k largest, renormalised to sum to 1
+/// when `renorm` (softmax → top-k → renormalise).
+pub fn route_top_k(p: &[f32], k: usize, renorm: bool) -> Vec<(usize, f32)> {
+    let top = top_k(p, k);
+    let sum: f32 = top.iter().map(|&(_, v)| v).sum();
+    top.into_iter().map(|(e, v)| (e, if renorm { v / sum } else { v })).collect()
+}
+
+/// The `topk_moe` kernel on the host: router logits [n, n_experts] → ids and weights [n, k]
+/// (the simulator and the selftest reference).
+pub fn topk_moe(logits: &[f32], n_experts: usize, k: usize, renorm: bool) -> (Vec<i32>, Vec<f32>) {
+    let (mut ids, mut weights) = (Vec::with_capacity(logits.len() / n_experts * k), Vec::new());
+    for row in logits.chunks_exact(n_experts) {
+        let mut p = row.to_vec();
+        softmax(&mut p);
+        for (e, w) in route_top_k(&p, k, renorm) {
+            ids.push(e as i32);
+            weights.push(w);
+        }
+    }
+    (ids, weights)
 }
 
 pub fn silu(x: f32) -> f32 {

@@ -19,7 +19,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Mat};
 use crate::error::{Error, Result};
 use crate::model::deltanet;
-use crate::model::qwen3moe::{expert_forward, rmsnorm_rows, rope_tokens, softmax, split_gate, top_k};
+use crate::model::qwen3moe::{expert_forward, rmsnorm_rows, rope_tokens, split_gate, topk_moe};
 use crate::quant;
 
 /// Prefetch copies move in chunks of this many bytes, so a demand load waits at most one.
@@ -162,17 +162,7 @@ impl SimDevice {
             }
             Kernel::TopkMoe { logits, ids, weights, n, n_experts, k, renorm } => {
                 let l = self.f32s(logits, n * n_experts, "topk logits")?;
-                let (mut id_out, mut w_out) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k));
-                for t in 0..n {
-                    let mut p = l[t * n_experts..(t + 1) * n_experts].to_vec();
-                    softmax(&mut p);
-                    let top = top_k(&p, k);
-                    let sum: f32 = top.iter().map(|&(_, v)| v).sum();
-                    for (e, v) in top {
-                        id_out.push(e as i32);
-                        w_out.push(if renorm { v / sum } else { v });
-                    }
-                }
+                let (id_out, w_out) = topk_moe(&l, n_experts, k, renorm);
                 self.write(ids, &id_out, "topk ids")?;
                 self.write(weights, &w_out, "topk weights")
             }
