@@ -216,6 +216,17 @@ impl HfDir {
         })
     }
 
+    /// An array of strings (any other element is an error naming the key).
+    pub fn config_str_array_opt(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        self.typed(key, |qualified, v| match v {
+            Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_str().ok_or_else(|| type_error(qualified, "array of strings", v)))
+                .collect(),
+            other => Err(type_error(qualified, "array of strings", other)),
+        })
+    }
+
     /// Required variants: `Error::MissingKey` naming the key when absent (or null).
     pub fn config_u64(&self, key: &str) -> Result<u64> {
         self.required(key, self.config_u64_opt(key)?)

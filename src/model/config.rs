@@ -606,23 +606,17 @@ impl ModelConfig {
 /// The full-attention interval of a Qwen3.5 config: `full_attention_interval`, checked against
 /// `layer_types` when both exist (the engine supports the periodic pattern only).
 fn hf_attention_interval(dir: &HfDir, n_layers: u64) -> Result<u64> {
-    let types: Option<Vec<String>> = ["layer_types", "text_config.layer_types"].iter().find_map(|k| {
-        let mut v = dir.config().get(k.split('.').next()?)?;
-        for part in k.split('.').skip(1) {
-            v = v.as_object()?.get(part)?;
-        }
-        v.as_array().map(|a| a.iter().map(|x| x.as_str().unwrap_or("?").to_string()).collect())
-    });
+    let types = dir.config_str_array_opt("layer_types")?;
     let interval = match dir.config_u64_opt("full_attention_interval")? {
         Some(_) => hf_int(dir, "full_attention_interval", limits::LAYERS_MAX)?,
         None => match &types {
-            Some(t) => t.iter().position(|x| x == "full_attention").map_or(n_layers + 1, |i| i as u64 + 1),
+            Some(t) => t.iter().position(|x| *x == "full_attention").map_or(n_layers + 1, |i| i as u64 + 1),
             None => 4,
         },
     };
     if let Some(t) = types {
         let want = |l: u64| if (l + 1) % interval == 0 { "full_attention" } else { "linear_attention" };
-        let ok = t.len() as u64 == n_layers && t.iter().enumerate().all(|(l, x)| x == want(l as u64));
+        let ok = t.len() as u64 == n_layers && t.iter().enumerate().all(|(l, x)| *x == want(l as u64));
         if !ok {
             let reason = format!("must be linear_attention with every {interval}th layer full_attention, \
                 {n_layers} entries");
