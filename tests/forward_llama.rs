@@ -33,15 +33,20 @@ fn load(preset: &str, mix: &str) -> Fixture {
     let top = v["positions"].as_array().unwrap().iter().map(|p| {
         p["top"].as_array().unwrap().iter().map(|e| (u(&e[0]) as u32, e[1].as_f64().unwrap() as f32)).collect()
     });
-    let bytes = std::fs::read(fixture_dir(preset).join(format!("{mix}.full.f16"))).unwrap();
-    let full = bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32());
+    let full = read_f16(&fixture_dir(preset).join(format!("{mix}.full.f16")));
     Fixture {
         sha256: v["gguf_sha256"].as_str().unwrap().to_string(),
         tokens: v["tokens"].as_array().unwrap().iter().map(|x| u(x) as u32).collect(),
         top: top.collect(),
         full_positions: v["full_positions"].as_array().unwrap().iter().map(|x| u(x) as usize).collect(),
-        full: full.collect(),
+        full,
     }
+}
+
+/// A fixture's little-endian f16 values, widened.
+fn read_f16(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
 }
 
 fn nmse(reference: &[f32], ours: &[f32]) -> f64 {
@@ -100,8 +105,7 @@ fn check_preset(preset: &str, mix: QuantMix, backend: &dyn Backend) {
     }
     let hf = fixture_dir(preset).join(format!("{}.hf.f16", mix.name()));
     if backend.is_reference() && hf.exists() {
-        let bytes = std::fs::read(hf).unwrap();
-        let full: Vec<f32> = bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        let full = read_f16(&hf);
         for (i, &t) in f.full_positions.iter().enumerate() {
             let e = nmse(&full[i * n_vocab..(i + 1) * n_vocab], row(t));
             println!("{what}: position {t} NMSE vs transformers on the same GGUF {e:.3e}");

@@ -33,11 +33,10 @@ fn session<'w>(w: &'w Weights<'w>, budget: Option<u64>, opts: Options) -> rotary
 }
 
 /// Prompt logits (all positions) then 12 greedy decode steps' logits.
-fn trace(s: &mut dyn Engine, prompt: &[u32]) -> Vec<Vec<f32>> {
+fn trace(s: &mut dyn Engine, prompt: &[u32], n_vocab: usize) -> Vec<Vec<f32>> {
     let mut out = vec![s.forward(prompt, Logits::All).expect("prefill")];
     for _ in 0..12 {
         let last = &out.last().expect("logits")[..];
-        let n_vocab = if last.len() % 151_936 == 0 { 151_936 } else { 248_320 };
         let row = &last[last.len() - n_vocab..];
         let next = rotary::run::argmax(row);
         out.push(s.forward(&[next], Logits::Last).expect("decode"));
@@ -104,7 +103,7 @@ fn streamed_matches_resident(file: ModelFile) {
     let w = Weights::load(&file).expect("weights");
     let mut resident = session(&w, None, Options::default()).expect("resident");
     assert!(resident.plan.all_resident());
-    let want = trace(&mut resident, &prompt());
+    let want = trace(&mut resident, &prompt(), w.cfg.n_vocab as usize);
     let fixed = resident.plan.fixed_bytes();
     let slot = resident.plan.slot_bytes;
     let k = w.cfg.n_experts_used;
@@ -124,7 +123,7 @@ fn streamed_matches_resident(file: ModelFile) {
         let budget = fixed + slots * slot;
         let mut s = session(&w, Some(budget), opts).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(s.plan.n_slots as u64, slots, "{name}");
-        let got = trace(&mut s, &prompt());
+        let got = trace(&mut s, &prompt(), w.cfg.n_vocab as usize);
         for (step, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(g.len() == w.len() && g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: step {step} differs");
         }
@@ -153,7 +152,7 @@ fn prefetch_recall_and_stats_are_reported() {
     let budget = resident.plan.fixed_bytes() + 6 * resident.plan.slot_bytes;
     drop(resident);
     let mut s = session(&w, Some(budget), Options { moe_policy: MoePolicy::Gpu, ..Options::default() }).expect("streamed");
-    trace(&mut s, &prompt());
+    trace(&mut s, &prompt(), w.cfg.n_vocab as usize);
     let st = s.stats();
     let recall = st.prefetch_recall().expect("recall measured");
     assert!((0.0..=1.0).contains(&recall));
@@ -290,11 +289,11 @@ fn sticky_routing_streams_identically_too() {
     let router = || Router::new(RoutingMode::Sticky(0.45), l, k, 9).expect("router");
     let mut resident = session(&w, None, Options::default()).expect("resident");
     resident.set_router(router());
-    let want = trace(&mut resident, &prompt());
+    let want = trace(&mut resident, &prompt(), w.cfg.n_vocab as usize);
     let budget = resident.plan.fixed_bytes() + 5 * resident.plan.slot_bytes;
     let mut s = session(&w, Some(budget), Options { moe_policy: MoePolicy::Auto, ..Options::default() }).expect("streamed");
     s.set_router(router());
-    let got = trace(&mut s, &prompt());
+    let got = trace(&mut s, &prompt(), w.cfg.n_vocab as usize);
     for (step, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "step {step} differs");
     }
@@ -323,7 +322,7 @@ fn experts_computed_on_the_cpu_are_loaded_behind() {
         s.set_router(Router::new(RoutingMode::Sticky(1.0), l, k, 3).expect("router"));
         s.forward(&prompt()[..3], Logits::Last).expect("prompt");
         let before = s.stats();
-        let logits = trace(&mut s, &[7]);
+        let logits = trace(&mut s, &[7], w.cfg.n_vocab as usize);
         let st = s.stats().since(&before);
         println!("load_behind {load_behind} {moe_policy:?}: decode {st}");
         runs.push((st, logits, s.stats()));
