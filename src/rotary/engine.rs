@@ -216,30 +216,36 @@ struct DMat {
 /// A layer's token mixer on the device.
 #[derive(Copy, Clone)]
 enum DMixer {
-    Attention {
-        wq: DMat,     // [n_heads * head_dim (* 2 gated), dim]
-        wk: DMat,     // [n_kv_heads * head_dim, dim]
-        wv: DMat,     // [n_kv_heads * head_dim, dim]
-        wo: DMat,     // [dim, n_heads * head_dim]
-        q_norm: Addr, // [head_dim]
-        k_norm: Addr, // [head_dim]
-        cache: KvCache,
-        gated: bool,
-    },
-    /// Gated DeltaNet (src/model/deltanet.rs) with its state, resident.
-    DeltaNet {
-        qkv: DMat,        // [channels, dim]
-        z: DMat,          // [n_v·dv, dim]
-        beta: DMat,       // [n_v, dim]
-        alpha: DMat,      // [n_v, dim]
-        out: DMat,        // [dim, n_v·dv]
-        conv: Addr,       // [channels, conv_kernel]
-        dt_bias: Addr,    // [n_v]
-        a: Addr,          // [n_v]
-        norm: Addr,       // [dv]
-        conv_state: Addr, // [conv_kernel - 1, channels]
-        ssm_state: Addr,  // [n_v, dk, dv]
-    },
+    Attention(DAttention),
+    DeltaNet(DDeltaNet),
+}
+
+#[derive(Copy, Clone)]
+struct DAttention {
+    wq: DMat,     // [n_heads * head_dim (* 2 gated), dim]
+    wk: DMat,     // [n_kv_heads * head_dim, dim]
+    wv: DMat,     // [n_kv_heads * head_dim, dim]
+    wo: DMat,     // [dim, n_heads * head_dim]
+    q_norm: Addr, // [head_dim]
+    k_norm: Addr, // [head_dim]
+    cache: KvCache,
+    gated: bool,
+}
+
+/// Gated DeltaNet (src/model/deltanet.rs) with its state, resident.
+#[derive(Copy, Clone)]
+struct DDeltaNet {
+    qkv: DMat,        // [channels, dim]
+    z: DMat,          // [n_v·dv, dim]
+    beta: DMat,       // [n_v, dim]
+    alpha: DMat,      // [n_v, dim]
+    out: DMat,        // [dim, n_v·dv]
+    conv: Addr,       // [channels, conv_kernel]
+    dt_bias: Addr,    // [n_v]
+    a: Addr,          // [n_v]
+    norm: Addr,       // [dv]
+    conv_state: Addr, // [conv_kernel - 1, channels]
+    ssm_state: Addr,  // [n_v, dk, dv]
 }
 
 /// A pointer table of experts ([3, n_experts] u64: gate, up, down addresses) and their shape.
@@ -382,6 +388,9 @@ pub struct StreamSession<'w> {
     /// Per layer, the experts most recently computed on the CPU (at most GHOSTS · k): a second
     /// CPU miss of one of them admits it into the cache (load-behind).
     ghosts: Vec<std::collections::VecDeque<usize>>,
+    /// reset() ran after DeltaNet state advanced: zero it before the next token (allocations
+    /// start zeroed, so a fresh session uploads nothing).
+    state_stale: bool,
     cpu: CpuBackend,
     /// Measured seconds per byte of expert weights computed on the CPU (cost model).
     cpu_s_per_byte: f64,
@@ -501,7 +510,7 @@ impl<'w> StreamSession<'w> {
             let mixer = match &layer.mixer {
                 Mixer::Attention(a) => {
                     let cache_bytes = (n_pages * PAGE_SIZE * kv_width * 2) as u64;
-                    DMixer::Attention {
+                    DMixer::Attention(DAttention {
                         wq: mat(d, &a.wq, &name("attn_q"), &mut done)?,
                         wk: mat(d, &a.wk, &name("attn_k"), &mut done)?,
                         wv: mat(d, &a.wv, &name("attn_v"), &mut done)?,
@@ -516,11 +525,11 @@ impl<'w> StreamSession<'w> {
                             kv_width,
                         },
                         gated: a.gated,
-                    }
+                    })
                 }
                 Mixer::DeltaNet(g) => {
                     let sh = w.gdn.expect("DeltaNet layers come with a DeltaNet shape");
-                    DMixer::DeltaNet {
+                    DMixer::DeltaNet(DDeltaNet {
                         qkv: mat(d, &g.qkv, &name("attn_qkv"), &mut done)?,
                         z: mat(d, &g.z, &name("attn_gate"), &mut done)?,
                         beta: mat(d, &g.beta, &name("ssm_beta"), &mut done)?,
@@ -532,7 +541,7 @@ impl<'w> StreamSession<'w> {
                         norm: alloc_upload(d, &g.norm, &name("ssm_norm"))?,
                         conv_state: d.alloc(sh.conv_state_len() as u64 * 4, &name("conv state"))?,
                         ssm_state: d.alloc(sh.state_len() as u64 * 4, &name("recurrent state"))?,
-                    }
+                    })
                 }
             };
             let shared = match &layer.shared {
@@ -578,8 +587,8 @@ impl<'w> StreamSession<'w> {
         let page_ids: Vec<i32> = (0..n_pages as i32).collect();
         let page_table = alloc_upload(d, &page_ids, "KV page table")?;
         for l in layers.iter_mut() {
-            if let DMixer::Attention { cache, .. } = &mut l.mixer {
-                cache.page_table = page_table;
+            if let DMixer::Attention(a) = &mut l.mixer {
+                a.cache.page_table = page_table;
             }
         }
         let rot = c.rope_dims as usize;
@@ -607,6 +616,7 @@ impl<'w> StreamSession<'w> {
             tables: vec![vec![0u64; 3 * n_experts]; c.n_layers as usize],
             predicted: vec![None; c.n_layers as usize],
             ghosts: vec![std::collections::VecDeque::new(); c.n_layers as usize],
+            state_stale: false,
             cpu: CpuBackend::new(opts.threads)?,
             cpu_s_per_byte: 0.0,
             used_slots: Vec::new(),
@@ -762,12 +772,9 @@ impl<'w> StreamSession<'w> {
 
     /// One micro-batch of n ≤ UBATCH tokens at positions n_past.. through every layer.
     fn ubatch(&mut self, tokens: &[u32]) -> Result<()> {
-        let c = self.cfg.clone();
         let n = tokens.len();
         assert!(n > 0 && n <= UBATCH, "ubatch of {n}");
-        let (dim, hd) = (c.dim as usize, c.head_dim as usize);
-        let (n_heads, n_kv_heads) = (c.n_heads as usize, c.n_kv_heads as usize);
-        let s = self.s;
+        let (dim, s) = (self.cfg.dim as usize, self.s);
 
         // Embedding: gathered on the host (the table stays in host memory), then uploaded.
         let mut x = vec![0f32; n * dim]; // [n, dim]
@@ -780,49 +787,56 @@ impl<'w> StreamSession<'w> {
         for l in 0..self.layers.len() {
             let (attn_norm, mixer) = (self.layers[l].attn_norm, self.layers[l].mixer);
             self.rmsnorm(s.x, attn_norm, s.h, n, dim)?;
-            let DMixer::Attention { wq, wk, wv, wo, q_norm, k_norm, cache, gated } = mixer else {
-                self.delta_net(mixer, n)?;
-                self.moe(l, n, &s)?;
-                continue;
-            };
-            // Attention: h = rmsnorm(x); q, k, v; per-head norm; RoPE; cache; attend; x += Wo o.
-            // Gated (qwen35moe): q|gate per head from one projection, o ⊙ sigmoid(gate).
-            if gated {
-                self.gemv(wq, s.h, s.qg, n)?;
-                self.launch(Kernel::SplitGate { qg: s.qg, q: s.q, gate: s.gate, n, n_heads, head_dim: hd })?;
-            } else {
-                self.gemv(wq, s.h, s.q, n)?;
+            match mixer {
+                DMixer::Attention(a) => self.attention(a, n)?,
+                DMixer::DeltaNet(g) => self.delta_net(g, n)?,
             }
-            self.gemv(wk, s.h, s.k, n)?;
-            self.gemv(wv, s.h, s.v, n)?;
-            self.rmsnorm(s.q, q_norm, s.q, n * n_heads, hd)?;
-            self.rmsnorm(s.k, k_norm, s.k, n * n_kv_heads, hd)?;
-            for (buf, heads) in [(s.q, n_heads), (s.k, n_kv_heads)] {
-                let rope = Kernel::Rope {
-                    x: buf,
-                    inv_freq: self.inv_freq,
-                    n,
-                    n_heads: heads,
-                    head_dim: hd,
-                    rope_dims: c.rope_dims as usize,
-                    pos0: self.n_past,
-                };
-                self.launch(rope)?;
-            }
-            self.launch(Kernel::KvStore { cache, k: s.k, v: s.v, n, pos0: self.n_past })?;
-            let scale = 1.0 / (hd as f32).sqrt();
-            let (pos0, o) = (self.n_past, s.o);
-            self.launch(Kernel::Attention { cache, q: s.q, o, n, n_heads, n_kv_heads, head_dim: hd, pos0, scale })?;
-            if gated {
-                self.launch(Kernel::SigmoidMul { y: s.o, g: s.gate, n: n * n_heads * hd })?;
-            }
-            self.gemv(wo, s.o, s.h, n)?;
-            self.launch(Kernel::Add { y: s.x, x: s.h, n: n * dim })?;
             self.moe(l, n, &s)?;
         }
         self.n_past += n;
         self.stats.tokens += n as u64;
         Ok(())
+    }
+
+    /// Attention on h = rmsnorm(x) (in s.h): q, k, v; per-head norm; RoPE; cache; attend;
+    /// x += Wo o. Gated (qwen35moe): q|gate per head from one projection, o ⊙ sigmoid(gate).
+    fn attention(&mut self, a: DAttention, n: usize) -> Result<()> {
+        let DAttention { wq, wk, wv, wo, q_norm, k_norm, cache, gated } = a;
+        let c = &self.cfg;
+        let (dim, hd, rope_dims) = (c.dim as usize, c.head_dim as usize, c.rope_dims as usize);
+        let (n_heads, n_kv_heads) = (c.n_heads as usize, c.n_kv_heads as usize);
+        let s = self.s;
+        if gated {
+            self.gemv(wq, s.h, s.qg, n)?;
+            self.launch(Kernel::SplitGate { qg: s.qg, q: s.q, gate: s.gate, n, n_heads, head_dim: hd })?;
+        } else {
+            self.gemv(wq, s.h, s.q, n)?;
+        }
+        self.gemv(wk, s.h, s.k, n)?;
+        self.gemv(wv, s.h, s.v, n)?;
+        self.rmsnorm(s.q, q_norm, s.q, n * n_heads, hd)?;
+        self.rmsnorm(s.k, k_norm, s.k, n * n_kv_heads, hd)?;
+        for (buf, heads) in [(s.q, n_heads), (s.k, n_kv_heads)] {
+            let rope = Kernel::Rope {
+                x: buf,
+                inv_freq: self.inv_freq,
+                n,
+                n_heads: heads,
+                head_dim: hd,
+                rope_dims,
+                pos0: self.n_past,
+            };
+            self.launch(rope)?;
+        }
+        self.launch(Kernel::KvStore { cache, k: s.k, v: s.v, n, pos0: self.n_past })?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (pos0, o) = (self.n_past, s.o);
+        self.launch(Kernel::Attention { cache, q: s.q, o, n, n_heads, n_kv_heads, head_dim: hd, pos0, scale })?;
+        if gated {
+            self.launch(Kernel::SigmoidMul { y: s.o, g: s.gate, n: n * n_heads * hd })?;
+        }
+        self.gemv(wo, s.o, s.h, n)?;
+        self.launch(Kernel::Add { y: s.x, x: s.h, n: n * dim })
     }
 
     /// residual (s.x) += Σ_j weights[t, j] · expert_{ids[t, j]}(s.h) over `e`'s pointer table.
@@ -855,7 +869,7 @@ impl<'w> StreamSession<'w> {
         let Some(sh) = self.w.gdn else { return Ok(()) };
         let zeros = vec![0f32; sh.state_len().max(sh.conv_state_len())];
         for l in 0..self.layers.len() {
-            if let DMixer::DeltaNet { conv_state, ssm_state, .. } = self.layers[l].mixer {
+            if let DMixer::DeltaNet(DDeltaNet { conv_state, ssm_state, .. }) = self.layers[l].mixer {
                 upload(self.dev.as_mut(), conv_state, &zeros[..sh.conv_state_len()])?;
                 upload(self.dev.as_mut(), ssm_state, &zeros[..sh.state_len()])?;
             }
@@ -865,10 +879,8 @@ impl<'w> StreamSession<'w> {
 
     /// Gated DeltaNet on h = rmsnorm(x) (in s.h): projections, conv, gates, the delta rule
     /// over the micro-batch, gated norm, x += Wout o. The layer's state advances by n tokens.
-    fn delta_net(&mut self, mixer: DMixer, n: usize) -> Result<()> {
-        let DMixer::DeltaNet { qkv, z, beta, alpha, out, conv, dt_bias, a, norm, conv_state, ssm_state } = mixer else {
-            unreachable!("delta_net on a DeltaNet layer");
-        };
+    fn delta_net(&mut self, g: DDeltaNet, n: usize) -> Result<()> {
+        let DDeltaNet { qkv, z, beta, alpha, out, conv, dt_bias, a, norm, conv_state, ssm_state } = g;
         let sh = self.w.gdn.expect("DeltaNet layers come with a DeltaNet shape");
         let (s, dim, eps) = (self.s, self.cfg.dim as usize, self.cfg.rms_eps as f32);
         let (channels, n_v) = (sh.channels(), sh.n_v_heads);
@@ -1011,8 +1023,7 @@ impl Scratch {
     fn new(d: &mut dyn Device, c: &ModelConfig) -> Result<Scratch> {
         let (dim, q_width) = (c.dim as usize, (c.n_heads * c.head_dim) as usize);
         let kv_width = (c.n_kv_heads * c.head_dim) as usize;
-        let (e, k, ffn) = (c.n_experts as usize, c.n_experts_used as usize, c.expert_ffn_dim as usize);
-        let ffn = ffn.max(c.shared_ffn_dim.div_ceil(k as u64) as usize); // act also holds the shared expert's
+        let (e, k, ffn) = (c.n_experts as usize, c.n_experts_used as usize, plan::act_ffn(c) as usize);
         let g = plan::Qwen35Scratch::of(c);
         let gated_width = if g.gated { q_width } else { 0 };
         let u = UBATCH;
@@ -1056,8 +1067,9 @@ impl Engine for StreamSession<'_> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(Error::Usage(format!("token id {bad} is not below n_vocab {n_vocab}")));
         }
-        if self.n_past == 0 {
+        if self.state_stale {
             self.clear_recurrent_state()?;
+            self.state_stale = false;
         }
         let mut logits = Vec::new();
         let chunks: Vec<&[u32]> = tokens.chunks(UBATCH).collect();
@@ -1084,6 +1096,7 @@ impl Engine for StreamSession<'_> {
     }
 
     fn reset(&mut self) {
+        self.state_stale = self.w.gdn.is_some();
         self.n_past = 0;
         if let Some(r) = self.router.as_mut() {
             r.reset();

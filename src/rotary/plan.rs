@@ -41,12 +41,17 @@ impl Qwen35Scratch {
     }
 }
 
+/// Row width of the MoE activation workspace [UBATCH * k, width]: the routed experts' FFN, or
+/// wider when the shared expert's FFN (one row per token) would not fit in k rows.
+pub fn act_ffn(c: &ModelConfig) -> u64 {
+    c.expert_ffn_dim.max(c.shared_ffn_dim.div_ceil(c.n_experts_used))
+}
+
 /// Bytes of the per-micro-batch workspaces (the engine's Scratch, buffer by buffer).
 pub fn scratch_bytes(c: &ModelConfig) -> u64 {
     let u = UBATCH as u64;
     let (dim, q, kv) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-    let (e, k, ffn) = (c.n_experts, c.n_experts_used, c.expert_ffn_dim);
-    let ffn = ffn.max(c.shared_ffn_dim.div_ceil(k)); // the activations hold the shared expert's too
+    let (e, k, ffn) = (c.n_experts, c.n_experts_used, act_ffn(c));
     let g = Qwen35Scratch::of(c);
     let (gq, ch, inner, nv) = (if g.gated { q } else { 0 }, g.channels as u64, g.inner as u64, g.n_v as u64);
     let f32s = [
