@@ -23,12 +23,21 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=gen");
     println!("cargo::rerun-if-changed=csrc");
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "ROTARY_CUDA_ARCH", "REQUIRE_CUDA", "ROTARY_NO_CUDA", "PATH"] {
+    for var in [
+        "NVCC", "CUDA_HOME", "CUDA_PATH", "ROTARY_CUDA_ARCH", "REQUIRE_CUDA", "ROTARY_NO_CUDA", "ROTARY_CUDA", "PATH",
+    ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
     let require = env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1");
     let refuse = env::var("ROTARY_NO_CUDA").is_ok_and(|v| v == "1");
-    let built = if refuse { Err("ROTARY_NO_CUDA=1".to_string()) } else { build_cuda() };
+    let emulated = env::var("ROTARY_CUDA").is_ok_and(|v| v == "emu");
+    let built = if refuse {
+        Err("ROTARY_NO_CUDA=1".to_string())
+    } else if emulated {
+        build_emulated()
+    } else {
+        build_cuda()
+    };
     match built {
         Ok(status) => {
             println!("cargo::rustc-cfg=has_cuda");
@@ -55,21 +64,8 @@ fn build_cuda() -> Result<String, String> {
     let cuda_root = nvcc.parent().and_then(Path::parent).ok_or("nvcc has no parent folder")?;
 
     // bindgen first: it needs libclang, and without it there is no point compiling kernels.
-    let bindings = bindgen::Builder::default()
-        .header(manifest.join("csrc/include/abi.h").to_string_lossy())
-        .allowlist_function("rotary_.*")
-        .allowlist_type("Rotary.*")
-        .allowlist_var("ROTARY_.*")
-        .rustified_enum("Rotary.*")
-        .derive_default(true)
-        .layout_tests(true)
-        .generate()
-        .map_err(|e| format!("bindgen over csrc/include/abi.h failed ({e}); is libclang installed?"))?;
-    bindings.write_to_file(out.join("abi.rs")).map_err(|e| format!("writing abi.rs: {e}"))?;
-
-    let gen_dir = out.join("kernels");
-    std::fs::create_dir_all(&gen_dir).map_err(|e| format!("{}: {e}", gen_dir.display()))?;
-    let generated = kernels::write_all(&gen_dir).map_err(|e| format!("gen/kernels.rs: {e}"))?;
+    write_abi(&manifest, &out)?;
+    let generated = generate_kernels(&out)?;
 
     // cc finds nvcc through $NVCC (`.compiler()` would make it treat nvcc as a host compiler).
     // Kernels are always optimised and never built with device debug info (-G), whatever the
@@ -86,13 +82,7 @@ fn build_cuda() -> Result<String, String> {
     let oldest = *sms.iter().min().expect("at least one SM");
     build.flag("-gencode").flag(format!("arch=compute_{oldest},code=compute_{oldest}"));
     build.warnings(false).flag("-Xcompiler").flag("-Wno-unused-function");
-    let mut sources: Vec<PathBuf> = std::fs::read_dir(manifest.join("csrc"))
-        .map_err(|e| format!("csrc/: {e}"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
-        .collect();
-    sources.sort();
-    build.files(&sources).files(&generated);
+    build.files(csrc_sources(&manifest)?).files(&generated);
     build.try_compile("rotary_cuda").map_err(|e| format!("nvcc failed: {e}"))?;
 
     // cudart_static and what it needs; the wheel keeps its libraries in lib/, a toolkit in lib64/.
@@ -107,6 +97,72 @@ fn build_cuda() -> Result<String, String> {
     }
     let sm_list: Vec<String> = sms.iter().map(|s| format!("sm_{s}")).collect();
     Ok(format!("{} + compute_{oldest} PTX (nvcc {version})", sm_list.join(" ")))
+}
+
+/// The emulated CUDA build (ROTARY_CUDA=emu): the same csrc/ kernels, runtime.cu and generated
+/// instances, compiled by the host C++ compiler against csrc/emu/ (the SIMT emulator and the
+/// emulated runtime behind the same cuda* calls). No nvcc; bindgen still needs libclang.
+fn build_emulated() -> Result<String, String> {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    write_abi(&manifest, &out)?;
+    let generated = generate_kernels(&out)?;
+    let emu = manifest.join("csrc/emu");
+    let mut emu_sources: Vec<PathBuf> = std::fs::read_dir(&emu)
+        .map_err(|e| format!("csrc/emu/: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cpp"))
+        .collect();
+    emu_sources.sort();
+    let mut build = cc::Build::new();
+    build.cpp(true).opt_level(2).debug(false).warnings(false);
+    // The emulated cuda_runtime.h / cuda_fp16.h come first on the include path.
+    build.include(emu.join("include")).include(&emu).include(manifest.join("csrc")).include(manifest.join("csrc/include"));
+    build.define("ROTARY_EMU", None);
+    for f in ["-std=c++17", "-pthread", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-x", "c++"] {
+        build.flag(f);
+    }
+    build.files(csrc_sources(&manifest)?).files(&generated).files(&emu_sources);
+    let compiler = build.get_compiler();
+    build.try_compile("rotary_cuda").map_err(|e| format!("the emulated CUDA build failed: {e}"))?;
+    for lib in ["stdc++", "pthread"] {
+        println!("cargo::rustc-link-lib={lib}");
+    }
+    let cc_name = compiler.path().file_name().map_or("c++".into(), |n| n.to_string_lossy().into_owned());
+    Ok(format!("emulated on the host (SIMT emulator csrc/emu/, built by {cc_name}; sm from ROTARY_EMU_SM, default 89)"))
+}
+
+/// bindgen over csrc/include/abi.h into $OUT_DIR/abi.rs.
+fn write_abi(manifest: &Path, out: &Path) -> Result<(), String> {
+    let bindings = bindgen::Builder::default()
+        .header(manifest.join("csrc/include/abi.h").to_string_lossy())
+        .allowlist_function("rotary_.*")
+        .allowlist_type("Rotary.*")
+        .allowlist_var("ROTARY_.*")
+        .rustified_enum("Rotary.*")
+        .derive_default(true)
+        .layout_tests(true)
+        .generate()
+        .map_err(|e| format!("bindgen over csrc/include/abi.h failed ({e}); is libclang installed?"))?;
+    bindings.write_to_file(out.join("abi.rs")).map_err(|e| format!("writing abi.rs: {e}"))
+}
+
+/// The generated kernel instances (gen/kernels.rs) in $OUT_DIR/kernels/.
+fn generate_kernels(out: &Path) -> Result<Vec<PathBuf>, String> {
+    let gen_dir = out.join("kernels");
+    std::fs::create_dir_all(&gen_dir).map_err(|e| format!("{}: {e}", gen_dir.display()))?;
+    kernels::write_all(&gen_dir).map_err(|e| format!("gen/kernels.rs: {e}"))
+}
+
+/// csrc/*.cu, sorted.
+fn csrc_sources(manifest: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(manifest.join("csrc"))
+        .map_err(|e| format!("csrc/: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+        .collect();
+    sources.sort();
+    Ok(sources)
 }
 
 /// nvcc from $NVCC, $CUDA_HOME, $CUDA_PATH, PATH, /usr/local/cuda, the project's .cuda/ wheel

@@ -7,6 +7,6 @@ __global__ void add_kernel(RotaryAdd p) {
 
 extern "C" int rotary_add(const RotaryAdd *p, void *stream) {
     if (p->n <= 0) return 0;
-    add_kernel<<<ceil_div(p->n, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<add_kernel>(ceil_div(p->n, 256), 256, 0,
+                             static_cast<cudaStream_t>(stream), *p);
 }

@@ -70,6 +70,6 @@ extern "C" int rotary_attention(const RotaryAttention *p, void *stream) {
         return static_cast<int>(cudaErrorInvalidValue);
     }
     const dim3 grid(p->n_tokens, p->n_heads);
-    attention_kernel<<<grid, ATTN_WARPS * ROTARY_WARP, 0, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<attention_kernel>(grid, ATTN_WARPS * ROTARY_WARP, 0,
+                             static_cast<cudaStream_t>(stream), *p);
 }

@@ -55,7 +55,7 @@ __global__ void gdn_gates_kernel(RotaryGdnGates p) {
 // Dynamic shared memory: s [head_k, GDN_COLS] | q [head_k] | k [head_k] | partial sums of Sᵀk
 // and of Sᵀq, [GDN_WARPS, GDN_COLS] each.
 __global__ void __launch_bounds__(GDN_COLS * GDN_WARPS) gdn_rule_kernel(RotaryGdnRule p) {
-    extern __shared__ float smem[];
+    ROTARY_DYNAMIC_SHARED(float, smem);
     const int dk = p.head_k, dv = p.head_v, nk = p.n_k_heads, nv = p.n_v_heads;
     float *s = smem;
     float *qs = s + dk * GDN_COLS;
@@ -165,15 +165,15 @@ extern "C" int rotary_gdn_conv(const RotaryGdnConv *p, void *stream) {
         return static_cast<int>(cudaErrorInvalidValue);
     }
     if (p->n_tokens <= 0 || p->channels <= 0) return 0;
-    gdn_conv_kernel<<<ceil_div(p->channels, 128), 128, 0, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<gdn_conv_kernel>(ceil_div(p->channels, 128), 128, 0,
+                             static_cast<cudaStream_t>(stream), *p);
 }
 
 extern "C" int rotary_gdn_gates(const RotaryGdnGates *p, void *stream) {
     const long long n = static_cast<long long>(p->n_tokens) * p->n_v_heads;
     if (n <= 0) return 0;
-    gdn_gates_kernel<<<ceil_div(n, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<gdn_gates_kernel>(ceil_div(n, 256), 256, 0,
+                             static_cast<cudaStream_t>(stream), *p);
 }
 
 extern "C" int rotary_gdn_rule(const RotaryGdnRule *p, void *stream) {
@@ -186,8 +186,8 @@ extern "C" int rotary_gdn_rule(const RotaryGdnRule *p, void *stream) {
     const size_t smem = sizeof(float) * (static_cast<size_t>(p->head_k) * GDN_COLS + 2 * p->head_k +
                                          2 * GDN_WARPS * GDN_COLS);
     const dim3 grid(p->n_v_heads, ceil_div(p->head_v, GDN_COLS));
-    gdn_rule_kernel<<<grid, GDN_COLS * GDN_WARPS, smem, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<gdn_rule_kernel>(grid, GDN_COLS * GDN_WARPS, smem,
+                             static_cast<cudaStream_t>(stream), *p);
 }
 
 extern "C" int rotary_gated_norm(const RotaryGatedNorm *p, void *stream) {
@@ -197,6 +197,6 @@ extern "C" int rotary_gated_norm(const RotaryGatedNorm *p, void *stream) {
     if (p->rows <= 0) return 0;
     const unsigned blocks = ceil_div(p->rows, GATED_NORM_WARPS);
     const int threads = GATED_NORM_WARPS * ROTARY_WARP;
-    gated_norm_kernel<<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<gated_norm_kernel>(blocks, threads, 0,
+                             static_cast<cudaStream_t>(stream), *p);
 }

@@ -19,6 +19,5 @@ __global__ void embed_kernel(RotaryEmbed p) {
 
 template <class Q>
 int embed_launch(const RotaryEmbed &p, cudaStream_t stream) {
-    embed_kernel<Q><<<p.n_tokens, 128, 0, stream>>>(p);
-    return launch_result();
+    return rotary_launch<embed_kernel<Q>>(p.n_tokens, 128, 0, stream, p);
 }

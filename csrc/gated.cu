@@ -24,18 +24,18 @@ __global__ void sigmoid_kernel(RotarySigmoid p) {
 extern "C" int rotary_split_gate(const RotarySplitGate *p, void *stream) {
     const long long n = static_cast<long long>(p->n_tokens) * p->n_heads * p->head_dim;
     if (n <= 0) return 0;
-    split_gate_kernel<<<ceil_div(n, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<split_gate_kernel>(ceil_div(n, 256), 256, 0,
+                             static_cast<cudaStream_t>(stream), *p);
 }
 
 extern "C" int rotary_sigmoid_mul(const RotarySigmoidMul *p, void *stream) {
     if (p->n <= 0) return 0;
-    sigmoid_mul_kernel<<<ceil_div(p->n, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<sigmoid_mul_kernel>(ceil_div(p->n, 256), 256, 0,
+                             static_cast<cudaStream_t>(stream), *p);
 }
 
 extern "C" int rotary_sigmoid(const RotarySigmoid *p, void *stream) {
     if (p->n <= 0) return 0;
-    sigmoid_kernel<<<ceil_div(p->n, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<sigmoid_kernel>(ceil_div(p->n, 256), 256, 0,
+                             static_cast<cudaStream_t>(stream), *p);
 }

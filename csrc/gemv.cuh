@@ -99,6 +99,5 @@ __global__ void __launch_bounds__(WARPS *ROTARY_WARP) gemv_kernel(RotaryGemv p) 
 template <class Q, int WARPS, int NT>
 int gemv_launch(const RotaryGemv &p, cudaStream_t stream) {
     const dim3 grid(ceil_div(p.rows, WARPS), ceil_div(p.n_tokens, NT));
-    gemv_kernel<Q, WARPS, NT><<<grid, WARPS * ROTARY_WARP, 0, stream>>>(p);
-    return launch_result();
+    return rotary_launch<gemv_kernel<Q, WARPS, NT>>(grid, WARPS * ROTARY_WARP, 0, stream, p);
 }

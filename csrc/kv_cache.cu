@@ -15,6 +15,6 @@ __global__ void kv_store_kernel(RotaryKvStore p) {
 extern "C" int rotary_kv_store(const RotaryKvStore *p, void *stream) {
     if (p->n_tokens <= 0) return 0;
     if (p->cache.page_size <= 0) return static_cast<int>(cudaErrorInvalidValue);
-    kv_store_kernel<<<p->n_tokens, 256, 0, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<kv_store_kernel>(p->n_tokens, 256, 0,
+                             static_cast<cudaStream_t>(stream), *p);
 }

@@ -57,8 +57,7 @@ extern "C" int rotary_moe(const RotaryMoe *p, void *stream) {
     }
     const bool grouped = p->n_tokens >= GROUP_MIN_TOKENS;
     if (grouped) {
-        moe_group_kernel<<<1, 256, 0, s>>>(*p);
-        int err = launch_result();
+        const int err = rotary_launch<moe_group_kernel>(1, 256, 0, s, *p);
         if (err != 0) return err;
     }
     int err = rotary_moe_gate_up_dispatch(p, grouped ? 1 : 0, stream);
@@ -66,6 +65,5 @@ extern "C" int rotary_moe(const RotaryMoe *p, void *stream) {
     err = rotary_moe_down_dispatch(p, grouped ? 1 : 0, stream);
     if (err != 0) return err;
     const dim3 grid(ceil_div(p->dim, 256), p->n_tokens);
-    moe_combine_kernel<<<grid, 256, 0, s>>>(*p);
-    return launch_result();
+    return rotary_launch<moe_combine_kernel>(grid, 256, 0, s, *p);
 }

@@ -93,12 +93,11 @@ int moe_stage_launch(const RotaryMoe &p, bool grouped, cudaStream_t stream) {
     const int rows = (S == MoeStage::GateUp) ? p.ffn : p.dim;
     if (grouped) {
         const dim3 grid(ceil_div(rows, WARPS), p.n_experts);
-        moe_grouped_kernel<Q, S, WARPS, NT><<<grid, WARPS * ROTARY_WARP, 0, stream>>>(p);
-    } else {
-        const dim3 grid(ceil_div(rows, WARPS), p.n_tokens * p.k);
-        moe_pair_kernel<Q, S, WARPS><<<grid, WARPS * ROTARY_WARP, 0, stream>>>(p);
+        return rotary_launch<moe_grouped_kernel<Q, S, WARPS, NT>>(
+            grid, WARPS * ROTARY_WARP, 0, stream, p);
     }
-    return launch_result();
+    const dim3 grid(ceil_div(rows, WARPS), p.n_tokens * p.k);
+    return rotary_launch<moe_pair_kernel<Q, S, WARPS>>(grid, WARPS * ROTARY_WARP, 0, stream, p);
 }
 
 // The per-format dispatch of each stage: gen/ writes their definitions (dispatch.cu), choosing

@@ -24,6 +24,6 @@ __global__ void rmsnorm_kernel(RotaryRmsNorm p) {
 extern "C" int rotary_rmsnorm(const RotaryRmsNorm *p, void *stream) {
     if (p->rows <= 0) return 0;
     const int threads = p->width >= 1024 ? 256 : (p->width >= 256 ? 128 : 32);
-    rmsnorm_kernel<<<p->rows, threads, 0, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<rmsnorm_kernel>(p->rows, threads, 0,
+                             static_cast<cudaStream_t>(stream), *p);
 }

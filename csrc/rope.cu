@@ -21,6 +21,5 @@ extern "C" int rotary_rope_neox(const RotaryRope *p, void *stream) {
         return static_cast<int>(cudaErrorInvalidValue);
     }
     const dim3 grid(p->n_tokens, p->n_heads);
-    rope_neox_kernel<<<grid, 64, 0, static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<rope_neox_kernel>(grid, 64, 0, static_cast<cudaStream_t>(stream), *p);
 }

@@ -85,7 +85,6 @@ extern "C" int rotary_topk_moe(const RotaryTopkMoe *p, void *stream) {
         return static_cast<int>(cudaErrorInvalidValue);
     }
     const int warps = 4;
-    topk_moe_kernel<<<ceil_div(p->n_tokens, warps), warps * ROTARY_WARP, 0,
-                      static_cast<cudaStream_t>(stream)>>>(*p);
-    return launch_result();
+    return rotary_launch<topk_moe_kernel>(ceil_div(p->n_tokens, warps), warps * ROTARY_WARP, 0,
+                             static_cast<cudaStream_t>(stream), *p);
 }

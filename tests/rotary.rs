@@ -1,4 +1,5 @@
-//! The rotary on the simulated GPU: the central invariant (streamed execution gives logits
+//! The rotary on the simulated GPU, and on CUDA where the build has it (the emulated CUDA build
+//! in CI, a GPU elsewhere): the central invariant (streamed execution gives logits
 //! bit-identical to fully resident execution, whatever the cache policy, allocation, host
 //! mode, prefetch or CPU fallback), the VRAM budget as a promise, the cache policies, and the
 //! simulator's own rules (bounds-checked memory, ordered copies).
@@ -12,6 +13,7 @@ use rotary::rotary::sim::SimDevice;
 use rotary::rotary::{MoePolicy, Options, PinMode, StreamSession};
 use rotary::synth::{Preset, QuantMix, SynthOptions};
 use rotary::Error;
+use std::sync::Mutex;
 
 const N_CTX: usize = 256;
 
@@ -28,8 +30,27 @@ fn qwen35_tiny() -> ModelFile {
 }
 
 fn session<'w>(w: &'w Weights<'w>, budget: Option<u64>, opts: Options) -> rotary::Result<StreamSession<'w>> {
-    let dev = SimDevice::new(budget, 50.0, Some(2))?;
-    StreamSession::new(w, Box::new(dev), N_CTX, opts, "sim", &mut |_, _| {})
+    session_on(w, "sim", budget, opts)
+}
+
+fn session_on<'w>(w: &'w Weights<'w>, backend: &str, budget: Option<u64>, opts: Options) -> rotary::Result<StreamSession<'w>> {
+    let dev = rotary::rotary::open_device(backend, 0, budget, 50.0, Some(2))?;
+    StreamSession::new(w, dev, N_CTX, opts, backend, &mut |_, _| {})
+}
+
+/// CUDA tests take turns: each measures the device's free memory (its overhead) when it opens,
+/// which another test's allocations would change.
+static CUDA_TURN: Mutex<()> = Mutex::new(());
+
+/// The devices the rotary runs on here: the simulator, and CUDA when it opens (else a SKIP
+/// line saying why).
+fn devices() -> Vec<&'static str> {
+    let mut out = vec!["sim"];
+    match rotary::rotary::open_device("cuda", 0, None, 0.0, Some(2)) {
+        Ok(_) => out.push("cuda"),
+        Err(e) => println!("SKIP cuda: {e}"),
+    }
+    out
 }
 
 /// Prompt logits (all positions) then 12 greedy decode steps' logits.
@@ -89,19 +110,30 @@ fn qwen35_reset_clears_the_recurrent_state() {
     let w = Weights::load(&file).expect("weights");
     let backend = rotary::backend::by_name("cpu", Some(2)).expect("cpu");
     let mut cpu = rotary::model::qwen3moe::Session::new(&w, backend.as_ref(), N_CTX).expect("session");
-    let mut dev = session(&w, None, Options::default()).expect("resident");
-    for s in [&mut cpu as &mut dyn Engine, &mut dev] {
+    let check = |s: &mut dyn Engine| {
         let first = s.forward(&prompt(), Logits::All).expect("first");
         s.forward(&[5, 6, 7], Logits::Last).expect("more");
         s.reset();
         let again = s.forward(&prompt(), Logits::All).expect("again");
         assert!(first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: state leaked", s.backend_name());
+    };
+    check(&mut cpu);
+    for backend in devices() {
+        let _turn = CUDA_TURN.lock().unwrap_or_else(|e| e.into_inner());
+        check(&mut session_on(&w, backend, None, Options::default()).expect("resident"));
     }
 }
 
 fn streamed_matches_resident(file: ModelFile) {
     let w = Weights::load(&file).expect("weights");
-    let mut resident = session(&w, None, Options::default()).expect("resident");
+    for backend in devices() {
+        let _turn = CUDA_TURN.lock().unwrap_or_else(|e| e.into_inner());
+        streamed_matches_resident_on(&w, backend);
+    }
+}
+
+fn streamed_matches_resident_on(w: &Weights, backend: &str) {
+    let mut resident = session_on(w, backend, None, Options::default()).expect("resident");
     assert!(resident.plan.all_resident());
     let want = trace(&mut resident, &prompt(), w.cfg.n_vocab as usize);
     let fixed = resident.plan.fixed_bytes();
@@ -121,22 +153,22 @@ fn streamed_matches_resident(file: ModelFile) {
     ];
     for (name, slots, opts) in configs {
         let budget = fixed + slots * slot;
-        let mut s = session(&w, Some(budget), opts).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(s.plan.n_slots as u64, slots, "{name}");
+        let mut s = session_on(w, backend, Some(budget), opts).unwrap_or_else(|e| panic!("{backend} {name}: {e}"));
+        assert_eq!(s.plan.n_slots as u64, slots, "{backend} {name}");
         let got = trace(&mut s, &prompt(), w.cfg.n_vocab as usize);
         for (step, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(g.len() == w.len() && g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: step {step} differs");
+            assert!(g.len() == w.len() && g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "{backend} {name}: step {step} differs");
         }
         let st = s.stats();
-        assert!(st.misses > 0, "{name}: nothing streamed");
-        assert!(st.peak_vram_bytes <= budget, "{name}: peak {} over budget {budget}", st.peak_vram_bytes);
+        assert!(st.misses > 0, "{backend} {name}: nothing streamed");
+        assert!(st.peak_vram_bytes <= budget, "{backend} {name}: peak {} over budget {budget}", st.peak_vram_bytes);
         if name.starts_with("cpu") {
             // Misses run on the host; only prefetches cross the link.
             assert!(st.cpu_expert_share() > 0.0);
         } else if opts_gpu_only(name) {
             assert!(st.h2d_bytes > 0, "{name}: no expert crossed the link");
         }
-        println!("{name}: {st}");
+        println!("{backend} {name}: {st}");
     }
 }
 

@@ -55,6 +55,23 @@ static inline int launch_result() {
     return static_cast<int>(cudaGetLastError());
 }
 
+// Every kernel launch goes through here, so one kernel source serves both builds: <<<>>> under
+// nvcc; in the emulated build (ROTARY_CUDA=emu) the SIMT emulator of csrc/emu/ on the host.
+template <auto K, class... A>
+static inline int rotary_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, A... args) {
+#ifdef ROTARY_EMU
+    rotary_emu::launch<K>(grid, block, smem, stream, args...);
+#else
+    K<<<grid, block, smem, stream>>>(args...);
+#endif
+    return launch_result();
+}
+
+// Dynamic shared memory of a kernel (the emulated build gives each block its own, guarded).
+#ifndef ROTARY_EMU
+#define ROTARY_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 static inline unsigned ceil_div(long long a, long long b) {
     return static_cast<unsigned>((a + b - 1) / b);
 }
