@@ -9,6 +9,7 @@ pub mod chat;
 pub mod error;
 pub mod format;
 pub mod inspect;
+pub mod kernels;
 pub mod limits;
 pub mod model;
 pub mod quant;

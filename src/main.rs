@@ -263,6 +263,16 @@ enum Command {
         #[arg(long)]
         perf: bool,
     },
+    /// The GPU kernels this build compiled: ptxas's registers, shared memory, stack and spills
+    /// per kernel instance and SM, with the theoretical occupancy on that SM.
+    Kernels {
+        /// Only this SM (89, 90, ...).
+        #[arg(long)]
+        sm: Option<u32>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the token ids of TEXT.
     Tokenize {
         /// A GGUF file, an HF model directory, or a tokenizer.json; default: the embedded model.
@@ -316,10 +326,63 @@ fn run(cli: Cli) -> Result<()> {
         Command::Selftest { backend, device, threads, json, perf } => {
             cmd_selftest(&backend, device, threads, json, perf)
         }
+        Command::Kernels { sm, json } => cmd_kernels(sm, json),
         Command::Tokenize { model, json, no_parse_special, text } => {
             cmd_tokenize(model, json, !no_parse_special, &text)
         }
     }
+}
+
+fn cmd_kernels(sm: Option<u32>, json: bool) -> Result<()> {
+    use rotary::kernels::{self, sm_limits};
+    let all = kernels::report();
+    if all.is_empty() {
+        println!("no SASS in this build (cuda: {}): ptxas reports come from the nvcc build", env!("ROTARY_CUDA_STATUS"));
+        return Ok(());
+    }
+    let rows: Vec<_> = all.iter().filter(|k| sm.is_none_or(|s| k.sm == s)).collect();
+    let occ = |k: &kernels::KernelResources| {
+        let threads = k.block_threads();
+        match (threads, sm_limits(k.sm)) {
+            (Some(t), Some(lim)) => Some((t, kernels::occupancy(k, t, &lim))),
+            _ => None,
+        }
+    };
+    if json {
+        let items: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|k| {
+                let o = occ(k);
+                serde_json::json!({
+                    "sm": k.sm, "kernel": k.name, "registers": k.registers,
+                    "smem_static_bytes": k.smem_static_bytes, "dynamic_smem_bytes": k.dynamic_smem_bytes(),
+                    "stack_bytes": k.stack_bytes, "spill_store_bytes": k.spill_store_bytes,
+                    "spill_load_bytes": k.spill_load_bytes, "block_threads": o.map(|x| x.0),
+                    "blocks_per_sm": o.map(|x| x.1 .0), "occupancy": o.map(|x| x.1 .1),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "cuda": env!("ROTARY_CUDA_STATUS"), "kernels": items }));
+        return Ok(());
+    }
+    println!("{:<6} {:>4} {:>7} {:>6} {:>7} {:>7} {:>7} {:>10}  kernel", "sm", "regs", "smem", "stack", "spill", "threads", "blk/SM", "occupancy");
+    for k in &rows {
+        let (threads, blocks, pct) = match occ(k) {
+            Some((t, (b, o))) => (t.to_string(), b.to_string(), format!("{:.0}%", o * 100.0)),
+            None => ("?".into(), "?".into(), "?".into()),
+        };
+        let smem = k.smem_static_bytes + k.dynamic_smem_bytes();
+        let spill = k.spill_store_bytes + k.spill_load_bytes;
+        println!("sm_{:<3} {:>4} {:>7} {:>6} {:>7} {:>7} {:>7} {:>10}  {}", k.sm, k.registers, smem, k.stack_bytes, spill, threads, blocks, pct, k.name);
+    }
+    let hot_spills: Vec<_> = rows.iter().filter(|k| kernels::is_hot(k) && k.spills()).collect();
+    println!(
+        "{} kernel instances; {} gemv/moe/attention instance(s) spill{}",
+        rows.len(),
+        hot_spills.len(),
+        if hot_spills.is_empty() { "" } else { " (CI refuses this)" }
+    );
+    Ok(())
 }
 
 fn bytes_bar(total: u64, msg: &str) -> ProgressBar {

@@ -72,3 +72,48 @@ fn generator_writes_only_changed_files() {
     assert_eq!(std::fs::metadata(&paths[0]).and_then(|m| m.modified()).expect("mtime"), stamp);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// ptxas's report of the nvcc build (`rotary kernels`): every kernel compiled for every SM, and
+/// no gemv, moe or attention instance spills. The emulated and CPU-only builds have no SASS.
+#[test]
+fn hot_kernels_do_not_spill() {
+    let report = rotary::kernels::report();
+    if report.is_empty() {
+        println!("SKIP kernel resources: this build compiled no SASS");
+        return;
+    }
+    let sms: std::collections::BTreeSet<u32> = report.iter().map(|k| k.sm).collect();
+    for sm in &sms {
+        for base in ["gemv_kernel", "moe_pair_kernel", "moe_grouped_kernel", "attention_kernel", "gdn_rule_kernel"] {
+            assert!(report.iter().any(|k| k.sm == *sm && k.base_name() == base), "sm_{sm}: no {base} in the report");
+        }
+    }
+    for k in &report {
+        assert!(k.block_threads().is_some(), "{}: threads per block unknown to src/kernels.rs", k.name);
+    }
+    let spills: Vec<String> = report
+        .iter()
+        .filter(|k| rotary::kernels::is_hot(k) && k.spills())
+        .map(|k| format!("sm_{} {} ({} B stores, {} B loads)", k.sm, k.name, k.spill_store_bytes, k.spill_load_bytes))
+        .collect();
+    assert!(spills.is_empty(), "hot kernels spill: {spills:?}");
+}
+
+/// The report's rows and the occupancy arithmetic, on hand-made rows with known answers.
+#[test]
+fn kernel_report_parses_and_occupancy_follows_the_limits() {
+    let tsv = "sm_89\tvoid gemv_kernel<QuantQ4_K, 8, 1>(RotaryGemv)\t40\t0\t0\t0\t0\n\
+               sm_90\tattention_kernel(RotaryAttention)\t64\t4128\t8\t16\t16\nbad row\n";
+    let rows = rotary::kernels::parse_report(tsv);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].base_name(), "gemv_kernel");
+    assert_eq!(rows[0].block_threads(), Some(256));
+    assert!(rows[1].spills() && !rows[0].spills());
+    // 40 registers: 1280 per warp (5 units of 256) → 51 warps by registers, 6 blocks of 8 warps
+    // by the warp limit (48): 6 blocks, 100%.
+    let ada = rotary::kernels::sm_limits(89).expect("sm_89");
+    assert_eq!(rotary::kernels::occupancy(&rows[0], 256, &ada), (6, 1.0));
+    // 64 registers, 128 threads: 2048 per warp → 32 warps → 8 blocks of 4 warps = 32 of 64.
+    let hopper = rotary::kernels::sm_limits(90).expect("sm_90");
+    assert_eq!(rotary::kernels::occupancy(&rows[1], 128, &hopper), (8, 0.5));
+}

@@ -33,7 +33,7 @@ fn session<'w>(w: &'w Weights<'w>, budget: Option<u64>, opts: Options) -> rotary
     session_on(w, "sim", budget, opts)
 }
 
-fn session_on<'w>(w: &'w Weights<'w>, backend: &str, budget: Option<u64>, opts: Options) -> rotary::Result<StreamSession<'w>> {
+fn session_on<'w>(w: &'w Weights<'w>, backend: &'static str, budget: Option<u64>, opts: Options) -> rotary::Result<StreamSession<'w>> {
     let dev = rotary::rotary::open_device(backend, 0, budget, 50.0, Some(2))?;
     StreamSession::new(w, dev, N_CTX, opts, backend, &mut |_, _| {})
 }
@@ -63,6 +63,30 @@ fn trace(s: &mut dyn Engine, prompt: &[u32], n_vocab: usize) -> Vec<Vec<f32>> {
         out.push(s.forward(&[next], Logits::Last).expect("decode"));
     }
     out
+}
+
+/// Last-position prompt logits, then `steps` greedy decode steps' logits.
+fn trace_last(s: &mut dyn Engine, prompt: &[u32], n_vocab: usize, steps: usize) -> Vec<Vec<f32>> {
+    let mut out = vec![s.forward(prompt, Logits::Last).expect("prefill")];
+    for _ in 0..steps {
+        let next = rotary::run::argmax(&out.last().expect("logits")[..n_vocab]);
+        out.push(s.forward(&[next], Logits::Last).expect("decode"));
+    }
+    out
+}
+
+/// Last-position prompt logits, then the logits after each of `tokens`.
+fn trace_tokens(s: &mut dyn Engine, prompt: &[u32], tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut out = vec![s.forward(prompt, Logits::Last).expect("prefill")];
+    for &t in tokens {
+        out.push(s.forward(&[t], Logits::Last).expect("decode"));
+    }
+    out
+}
+
+fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+    num / want.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().max(f64::MIN_POSITIVE)
 }
 
 fn prompt() -> Vec<u32> {
@@ -111,10 +135,11 @@ fn qwen35_reset_clears_the_recurrent_state() {
     let backend = rotary::backend::by_name("cpu", Some(2)).expect("cpu");
     let mut cpu = rotary::model::qwen3moe::Session::new(&w, backend.as_ref(), N_CTX).expect("session");
     let check = |s: &mut dyn Engine| {
-        let first = s.forward(&prompt(), Logits::All).expect("first");
+        let logits = if s.backend_name() == "cuda" { Logits::Last } else { Logits::All };
+        let first = s.forward(&prompt(), logits).expect("first");
         s.forward(&[5, 6, 7], Logits::Last).expect("more");
         s.reset();
-        let again = s.forward(&prompt(), Logits::All).expect("again");
+        let again = s.forward(&prompt(), logits).expect("again");
         assert!(first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: state leaked", s.backend_name());
     };
     check(&mut cpu);
@@ -132,12 +157,24 @@ fn streamed_matches_resident(file: ModelFile) {
     }
 }
 
-fn streamed_matches_resident_on(w: &Weights, backend: &str) {
+fn streamed_matches_resident_on(w: &Weights, backend: &'static str) {
     let mut resident = session_on(w, backend, None, Options::default()).expect("resident");
     assert!(resident.plan.all_resident());
-    let want = trace(&mut resident, &prompt(), w.cfg.n_vocab as usize);
+    // The emulated CUDA build runs each CUDA thread as a fiber: its output head over Qwen's
+    // 151,936-row vocabulary dominates, so CUDA checks the last position of the prompt and 4
+    // decode steps (every position and 12 steps on the simulator).
+    let cuda = backend == "cuda";
+    let n_vocab = w.cfg.n_vocab as usize;
+    let want = if cuda { trace_last(&mut resident, &prompt(), n_vocab, 4) } else { trace(&mut resident, &prompt(), n_vocab) };
+    // The streamed runs decode the resident run's tokens (they are its greedy choices).
+    let tokens: Vec<u32> = want[..want.len() - 1].iter().map(|l| rotary::run::argmax(&l[l.len() - n_vocab..])).collect();
+    let run = |s: &mut StreamSession| {
+        if cuda { trace_tokens(s, &prompt(), &tokens) } else { trace(s, &prompt(), n_vocab) }
+    };
     let fixed = resident.plan.fixed_bytes();
     let slot = resident.plan.slot_bytes;
+    // On CUDA a device's overhead is the memory in use when it opens: one session at a time.
+    drop(resident);
     let k = w.cfg.n_experts_used;
     let configs: Vec<(&str, u64, Options)> = vec![
         ("lru global auto pinned", 5, Options { pin: PinMode::All, moe_policy: MoePolicy::Auto, ..Options::default() }),
@@ -155,11 +192,23 @@ fn streamed_matches_resident_on(w: &Weights, backend: &str) {
         let budget = fixed + slots * slot;
         let mut s = session_on(w, backend, Some(budget), opts).unwrap_or_else(|e| panic!("{backend} {name}: {e}"));
         assert_eq!(s.plan.n_slots as u64, slots, "{backend} {name}");
-        let got = trace(&mut s, &prompt(), w.cfg.n_vocab as usize);
-        for (step, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(g.len() == w.len() && g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "{backend} {name}: step {step} differs");
-        }
+        let got = run(&mut s);
         let st = s.stats();
+        // On CUDA an expert computed on the CPU runs the fast CPU kernels (8-bit activations,
+        // as llama.cpp's CPU backend) while the MoE kernel keeps f32 activations: the logits
+        // then differ at the level of that rounding (NMSE 1e-4 to 6e-4 here, as cpu vs cuda).
+        // The simulator's kernels are the CPU's code, so there everything is bit for bit, and
+        // on CUDA every configuration without CPU experts is too.
+        let exact = !(cuda && st.cpu_expert_share() > 0.0);
+        for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.len(), w.len(), "{backend} {name}: step {step}");
+            if exact {
+                assert!(g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "{backend} {name}: step {step} differs");
+            } else {
+                let nmse = nmse(g, w);
+                assert!(nmse <= 1e-3, "{backend} {name}: step {step} NMSE {nmse:.3e}");
+            }
+        }
         assert!(st.misses > 0, "{backend} {name}: nothing streamed");
         assert!(st.peak_vram_bytes <= budget, "{backend} {name}: peak {} over budget {budget}", st.peak_vram_bytes);
         if name.starts_with("cpu") {
@@ -364,4 +413,99 @@ fn experts_computed_on_the_cpu_are_loaded_behind() {
     assert!(without.2.behind_loads == 0 && without.0.hit_rate() < 0.1, "without: hit {}", without.0.hit_rate());
     assert!(cpu.2.behind_loads == 0 && cpu.2.h2d_bytes == 0, "--moe-policy cpu loaded experts");
     assert!(runs.iter().all(|r| r.1 == runs[0].1), "the logits depend on where experts ran");
+}
+
+/// A device that forgets one thing: the compute stream's wait on the event recorded on the
+/// copy stream after a batch of demand copies (the wait `prepare_moe` queues before the MoE
+/// kernel reads a just-copied expert). Everything else passes through.
+struct WithoutCopyWait {
+    inner: Box<dyn Device>,
+    last_copy_event: Option<u64>,
+}
+
+impl Device for WithoutCopyWait {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn alloc(&mut self, bytes: u64, what: &str) -> rotary::Result<u64> {
+        self.inner.alloc(bytes, what)
+    }
+    fn peak_bytes(&self) -> u64 {
+        self.inner.peak_bytes()
+    }
+    fn overhead_bytes(&self) -> u64 {
+        self.inner.overhead_bytes()
+    }
+    fn budget_bytes(&self) -> Option<u64> {
+        self.inner.budget_bytes()
+    }
+    fn alloc_host(&mut self, bytes: u64, what: &str) -> rotary::Result<*mut u8> {
+        self.inner.alloc_host(bytes, what)
+    }
+    unsafe fn h2d(&mut self, stream: Stream, dst: u64, src: *const u8, bytes: usize) -> rotary::Result<()> {
+        // SAFETY: the caller's contract, passed on unchanged.
+        unsafe { self.inner.h2d(stream, dst, src, bytes) }
+    }
+    fn d2h(&mut self, src: u64, dst: &mut [u8]) -> rotary::Result<()> {
+        self.inner.d2h(src, dst)
+    }
+    fn record(&mut self, stream: Stream) -> rotary::Result<rotary::rotary::device::Event> {
+        let ev = self.inner.record(stream)?;
+        self.last_copy_event = (stream == Stream::Copy).then_some(ev.0);
+        Ok(ev)
+    }
+    fn retain(&mut self, event: rotary::rotary::device::Event) {
+        self.inner.retain(event)
+    }
+    fn release(&mut self, event: rotary::rotary::device::Event) {
+        self.inner.release(event)
+    }
+    fn wait(&mut self, stream: Stream, event: rotary::rotary::device::Event) -> rotary::Result<()> {
+        if stream == Stream::Compute && self.last_copy_event == Some(event.0) {
+            return Ok(());
+        }
+        self.inner.wait(stream, event)
+    }
+    fn sync_event(&mut self, event: rotary::rotary::device::Event) -> rotary::Result<()> {
+        self.inner.sync_event(event)
+    }
+    fn launch(&mut self, k: &rotary::rotary::device::Kernel) -> rotary::Result<()> {
+        self.inner.launch(k)
+    }
+    fn link_stats(&self) -> rotary::rotary::device::LinkStats {
+        self.inner.link_stats()
+    }
+    fn link_peak_gbps(&self) -> Option<f64> {
+        self.inner.link_peak_gbps()
+    }
+    fn stall_seconds(&self) -> f64 {
+        self.inner.stall_seconds()
+    }
+}
+
+/// The emulated CUDA runtime runs copies and kernels on their own host threads and poisons a
+/// copy's destination until the copy lands: without the compute stream's wait on the copied
+/// experts, the MoE kernel reads them too early and the logits stop matching resident ones.
+#[test]
+fn cuda_without_the_wait_on_copied_experts_goes_wrong() {
+    if !devices().contains(&"cuda") {
+        return;
+    }
+    let _turn = CUDA_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let file = tiny();
+    let w = Weights::load(&file).expect("weights");
+    let n_vocab = w.cfg.n_vocab as usize;
+    let mut resident = session_on(&w, "cuda", None, Options::default()).expect("resident");
+    let want = trace_last(&mut resident, &prompt(), n_vocab, 4);
+    let budget = resident.plan.fixed_bytes() + 3 * resident.plan.slot_bytes;
+    drop(resident);
+    let opts = Options { moe_policy: MoePolicy::Gpu, prefetch: false, ..Options::default() };
+    let inner = rotary::rotary::open_device("cuda", 0, Some(budget), 0.0, Some(2)).expect("cuda");
+    let dev = WithoutCopyWait { inner, last_copy_event: None };
+    let mut s = StreamSession::new(&w, Box::new(dev), N_CTX, opts, "cuda", &mut |_, _| {}).expect("streamed");
+    let got = trace_last(&mut s, &prompt(), n_vocab, 4);
+    let same = got.iter().zip(&want).all(|(g, w)| g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()));
+    println!("cuda without the copy wait: {}; {}", if same { "identical" } else { "differs" }, s.stats());
+    assert!(s.stats().misses > 0);
+    assert!(!same, "a MoE kernel reading experts still being copied went unnoticed");
 }

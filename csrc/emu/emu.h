@@ -16,6 +16,7 @@ struct Config {
     int sm;                 // ROTARY_EMU_SM (default 89)
     uint64_t seed;          // ROTARY_EMU_SEED (default 1): thread orders
     double link_gbps;       // ROTARY_EMU_LINK_GBPS (default 16; 0 = copies take no modelled time)
+    int threads;            // ROTARY_EMU_THREADS (default: the machine's cores): host threads per launch
 };
 const Config &config();
 

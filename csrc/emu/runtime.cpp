@@ -285,6 +285,8 @@ const Config &config() {
         k.sm = static_cast<int>(env_num("ROTARY_EMU_SM", 89));
         k.seed = static_cast<uint64_t>(env_num("ROTARY_EMU_SEED", 1));
         k.link_gbps = env_num("ROTARY_EMU_LINK_GBPS", 16);
+        const unsigned cores = std::thread::hardware_concurrency();
+        k.threads = std::max(1, static_cast<int>(env_num("ROTARY_EMU_THREADS", cores ? cores : 1)));
         return k;
     }();
     return c;

@@ -25,7 +25,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "emu.h"
@@ -500,32 +506,129 @@ void *dynamic_shared() {
     return tl_exec->dynamic_base();
 }
 
-cudaError_t run_launch(const Launch &l, uint64_t seed, std::string &message) {
-    install_fault_handler();
+namespace {
+
+// One launch's blocks, shared by the stream's host thread and the pool's helpers: each takes
+// the next block index until none is left or one failed.
+struct Job {
+    const Launch *launch;
+    uint64_t seed;
+    uint64_t n_blocks;
+    bool reverse;
+    std::atomic<uint64_t> next{0};
+    std::atomic<int> helpers{0};
+    std::atomic<bool> failed{false};
+    std::mutex m;
+    cudaError_t error = cudaSuccess;
+    std::string message;
+};
+
+// Run blocks of `job` on this host thread. Each block's thread orders come from the launch's
+// seed and the block's index only, so results do not depend on which host thread ran it.
+void work(Job &job) {
     Executor &ex = executor();
+    const Launch &l = *job.launch;
     ex.launch = &l;
     ex.failed = false;
-    ex.error = cudaSuccess;
-    ex.message.clear();
-    ex.rng = seed;
     ex.ensure_stacks(static_cast<int>(l.block.x * l.block.y * l.block.z));
-    const uint64_t n_blocks = static_cast<uint64_t>(l.grid.x) * l.grid.y * l.grid.z;
-    const bool reverse = splitmix(ex.rng) & 1;
     if (sigsetjmp(ex.fault_jump, 1) == 0) {
         ex.in_kernel = true;
-        for (uint64_t k = 0; k < n_blocks && !ex.failed; ++k) {
-            const uint64_t i = reverse ? n_blocks - 1 - k : k;
+        while (!job.failed.load(std::memory_order_relaxed)) {
+            const uint64_t k = job.next.fetch_add(1);
+            if (k >= job.n_blocks) break;
+            const uint64_t i = job.reverse ? job.n_blocks - 1 - k : k;
+            uint64_t mix = job.seed ^ (i * 0xd1b54a32d192ed03ull);
+            ex.rng = splitmix(mix);
             const unsigned x = static_cast<unsigned>(i % l.grid.x);
             const unsigned y = static_cast<unsigned>((i / l.grid.x) % l.grid.y);
             const unsigned z = static_cast<unsigned>(i / (static_cast<uint64_t>(l.grid.x) * l.grid.y));
             ex.run_block({x, y, z});
+            if (ex.failed) break;
         }
     }
     ex.in_kernel = false;
     ex.current = nullptr;
     tl_ctx = nullptr;
-    message = ex.message;
-    return ex.failed ? ex.error : cudaSuccess;
+    if (ex.failed) {
+        std::lock_guard<std::mutex> lock(job.m);
+        if (!job.failed.exchange(true)) {
+            job.error = ex.error;
+            job.message = ex.message;
+        }
+    }
+}
+
+// Host threads that help run the blocks of large launches (ROTARY_EMU_THREADS in all,
+// default: the machine's cores).
+struct Pool {
+    std::mutex m;
+    std::condition_variable cv;
+    std::deque<std::shared_ptr<Job>> jobs;
+
+    Pool() {
+        const int n = config().threads - 1;
+        for (int i = 0; i < n; ++i) std::thread([this] { loop(); }).detach();
+    }
+
+    void loop() {
+        for (;;) {
+            std::shared_ptr<Job> job;
+            {
+                std::unique_lock<std::mutex> lock(m);
+                cv.wait(lock, [this] { return !jobs.empty(); });
+                job = jobs.front();
+                if (job->next.load() >= job->n_blocks || job->failed.load()) {
+                    jobs.pop_front();
+                    continue;
+                }
+                job->helpers++;
+            }
+            work(*job);
+            job->helpers--;
+        }
+    }
+};
+
+Pool &pool() {
+    static Pool *p = new Pool();  // never destroyed: its threads outlive main's statics
+    return *p;
+}
+
+}  // namespace
+
+cudaError_t run_launch(const Launch &l, uint64_t seed, std::string &message) {
+    install_fault_handler();
+    auto job = std::make_shared<Job>();
+    job->launch = &l;
+    job->seed = seed;
+    job->n_blocks = static_cast<uint64_t>(l.grid.x) * l.grid.y * l.grid.z;
+    uint64_t r = seed;
+    job->reverse = splitmix(r) & 1;
+    const bool share = job->n_blocks >= 8 && config().threads > 1;
+    if (share) {
+        Pool &p = pool();
+        {
+            std::lock_guard<std::mutex> lock(p.m);
+            p.jobs.push_back(job);
+        }
+        p.cv.notify_all();
+    }
+    work(*job);
+    if (share) {
+        Pool &p = pool();
+        {
+            std::lock_guard<std::mutex> lock(p.m);
+            for (auto it = p.jobs.begin(); it != p.jobs.end(); ++it) {
+                if (*it == job) {
+                    p.jobs.erase(it);
+                    break;
+                }
+            }
+        }
+        while (job->helpers.load() != 0) std::this_thread::yield();
+    }
+    message = job->message;
+    return job->failed.load() ? job->error : cudaSuccess;
 }
 
 }  // namespace rotary_emu

@@ -217,20 +217,22 @@ struct Launch {
 // Queue `launch` on `stream` (validates the configuration; sets the last error if invalid).
 void enqueue_launch(const Launch &launch, cudaStream_t stream);
 
-// "gemv_kernel<QuantQ4_K, 8, 1>": the kernel's name, from the compiler's signature of K.
+// "gemv_kernel<QuantQ4_K, 8, 1>": the kernel's name, from the compiler's signature of K
+// ("... [with auto K = gemv_kernel<QuantQ4_K, 8, 1>]"), cut into `buf`.
+inline const char *name_from_signature(const char *sig, char *buf, size_t size) {
+    const char *at = strstr(sig, "K = ");
+    const char *from = at ? at + 4 : sig;
+    size_t n = strcspn(from, ";]");
+    if (n >= size) n = size - 1;
+    memcpy(buf, from, n);
+    buf[n] = 0;
+    return buf;
+}
+
 template <auto K>
 const char *kernel_name() {
-    static const char *name = [] {
-        static char buf[256];
-        const char *sig = __PRETTY_FUNCTION__;
-        const char *at = strstr(sig, "K = ");
-        const char *from = at ? at + 4 : sig;
-        size_t n = strcspn(from, ";]");
-        if (n >= sizeof(buf)) n = sizeof(buf) - 1;
-        memcpy(buf, from, n);
-        buf[n] = 0;
-        return buf;
-    }();
+    static char buf[256];
+    static const char *name = name_from_signature(__PRETTY_FUNCTION__, buf, sizeof buf);
     return name;
 }
 
