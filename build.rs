@@ -26,6 +26,7 @@ fn main() {
     for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "ROTARY_CUDA_ARCH", "REQUIRE_CUDA", "ROTARY_NO_CUDA", "PATH"] {
         println!("cargo::rerun-if-env-changed={var}");
     }
+    println!("cargo::rerun-if-env-changed=LIBCLANG_PATH"); // where check_libclang() looks
     let require = env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1");
     let refuse = env::var("ROTARY_NO_CUDA").is_ok_and(|v| v == "1");
     let built = if refuse { Err("ROTARY_NO_CUDA=1".to_string()) } else { build_cuda() };
@@ -36,7 +37,9 @@ fn main() {
         }
         Err(why) => {
             if require {
-                panic!("REQUIRE_CUDA=1 but the CUDA build is impossible: {why}");
+                // One line, no panic (whose backtrace note would bury it).
+                eprintln!("error: REQUIRE_CUDA=1 but the CUDA build is impossible: {why}");
+                std::process::exit(1);
             }
             let hint = if why.contains("nvcc not found") { " (run gen/install-cuda.sh)" } else { "" };
             println!("cargo::warning=building without CUDA: {why}{hint}");
@@ -55,6 +58,7 @@ fn build_cuda() -> Result<String, String> {
     let cuda_root = nvcc.parent().and_then(Path::parent).ok_or("nvcc has no parent folder")?;
 
     // bindgen first: it needs libclang, and without it there is no point compiling kernels.
+    check_libclang()?;
     let bindings = bindgen::Builder::default()
         .header(manifest.join("csrc/include/abi.h").to_string_lossy())
         .allowlist_function("rotary_.*")
@@ -107,6 +111,25 @@ fn build_cuda() -> Result<String, String> {
     }
     let sm_list: Vec<String> = sms.iter().map(|s| format!("sm_{s}")).collect();
     Ok(format!("{} + compute_{oldest} PTX (nvcc {version})", sm_list.join(" ")))
+}
+
+/// Load libclang the way bindgen will (clang-sys: $LIBCLANG_PATH alone when set, else
+/// `llvm-config --prefix`, then /usr/lib*/… ; libclang-cpp never matches) and return its path,
+/// so that a machine without it gets one clear line instead of bindgen's panic.
+fn check_libclang() -> Result<String, String> {
+    let fail = |why: String| {
+        format!(
+            "libclang (for bindgen over csrc/include/abi.h) not found: {why}; run \
+             gen/install-cuda.sh or apt-get install libclang-dev, or set LIBCLANG_PATH"
+        )
+    };
+    clang_sys::load().map_err(fail)?;
+    let library = clang_sys::get_library().ok_or_else(|| fail("clang-sys kept no library".into()))?;
+    let path = library.path().display().to_string();
+    if !clang_sys::clang_createIndex::is_loaded() {
+        return Err(fail(format!("{path} does not export clang_createIndex")));
+    }
+    Ok(path)
 }
 
 /// nvcc from $NVCC, $CUDA_HOME, $CUDA_PATH, PATH, /usr/local/cuda, the project's .cuda/ wheel
