@@ -314,7 +314,7 @@ peer)
     run llama-ncmoe bench/llama_gpu_ncmoe.sh "$m" 6.3 2048 "${2:?the llama-cpp-python sdist (no network there)}"
     ;;
 *)
-    sed -n '2,43p' "$0"
+    sed -n '2,35p' "$0"
     exit 2
     ;;
 esac
