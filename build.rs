@@ -1,11 +1,14 @@
 //! Build script: find nvcc → run the kernel generator (gen/kernels.rs) → compile csrc/ and the
-//! generated instances with the cc crate for the chosen SMs, cudart linked statically → bindgen
-//! over csrc/include/abi.h → `cfg(has_cuda)`. Without nvcc (or libclang for bindgen) it warns
-//! and builds CPU-only: the CUDA backend then answers "built without CUDA". `REQUIRE_CUDA=1`
-//! turns that into a build error.
+//! generated instances with the cc crate for the chosen SMs, cudart linked statically, keeping
+//! ptxas's resource report (`rotary kernels`) → bindgen over csrc/include/abi.h →
+//! `cfg(has_cuda)`. `ROTARY_CUDA=emu` compiles the same sources with the host C++ compiler
+//! against csrc/emu/ instead (the emulated CUDA build). Without nvcc (or libclang for bindgen)
+//! it warns and builds CPU-only: the CUDA backend then answers "built without CUDA".
+//! `REQUIRE_CUDA=1` turns that into a one-line build error.
 //!
 //! Inputs (environment): NVCC, CUDA_HOME / CUDA_PATH, PATH, ROTARY_CUDA_ARCH ("89", "89;90"),
-//! REQUIRE_CUDA, ROTARY_NO_CUDA=1 (a CPU-only build even where nvcc exists). The toolchain script gen/install-cuda.sh puts nvcc in .cuda/ (found here).
+//! ROTARY_CUDA=emu, REQUIRE_CUDA, ROTARY_NO_CUDA=1 (a CPU-only build even where nvcc exists),
+//! LIBCLANG_PATH. gen/install-cuda.sh puts nvcc in .cuda/ (found here) and libclang in place.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -28,6 +31,7 @@ fn main() {
     ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
+    println!("cargo::rerun-if-env-changed=LIBCLANG_PATH"); // where check_libclang() looks
     let require = env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1");
     let refuse = env::var("ROTARY_NO_CUDA").is_ok_and(|v| v == "1");
     let emulated = env::var("ROTARY_CUDA").is_ok_and(|v| v == "emu");
@@ -51,7 +55,9 @@ fn main() {
         }
         Err(why) => {
             if require {
-                panic!("REQUIRE_CUDA=1 but the CUDA build is impossible: {why}");
+                // One line, no panic (whose backtrace note would bury it).
+                eprintln!("error: REQUIRE_CUDA=1 but the CUDA build is impossible: {why}");
+                std::process::exit(1);
             }
             let hint = if why.contains("nvcc not found") { " (run gen/install-cuda.sh)" } else { "" };
             println!("cargo::warning=building without CUDA: {why}{hint}");
@@ -257,8 +263,29 @@ fn write_kernel_report(out: &Path, tsv: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// bindgen over csrc/include/abi.h into $OUT_DIR/abi.rs.
+/// Load libclang the way bindgen will (clang-sys: $LIBCLANG_PATH alone when set, else
+/// `llvm-config --prefix`, then /usr/lib*/… ; libclang-cpp never matches) and return its path,
+/// so that a machine without it gets one clear line instead of bindgen's panic.
+fn check_libclang() -> Result<String, String> {
+    let fail = |why: String| {
+        format!(
+            "libclang (for bindgen over csrc/include/abi.h) not found: {why}; run \
+             gen/install-cuda.sh or apt-get install libclang-dev, or set LIBCLANG_PATH"
+        )
+    };
+    clang_sys::load().map_err(fail)?;
+    let library = clang_sys::get_library().ok_or_else(|| fail("clang-sys kept no library".into()))?;
+    let path = library.path().display().to_string();
+    if !clang_sys::clang_createIndex::is_loaded() {
+        return Err(fail(format!("{path} does not export clang_createIndex")));
+    }
+    Ok(path)
+}
+
+/// bindgen over csrc/include/abi.h into $OUT_DIR/abi.rs (after check_libclang: one clear line
+/// instead of bindgen's panic when libclang is missing).
 fn write_abi(manifest: &Path, out: &Path) -> Result<(), String> {
+    check_libclang()?;
     let bindings = bindgen::Builder::default()
         .header(manifest.join("csrc/include/abi.h").to_string_lossy())
         .allowlist_function("rotary_.*")
