@@ -171,6 +171,15 @@ fn streamed_matches_resident_on(w: &Weights, backend: &'static str) {
     let run = |s: &mut StreamSession| {
         if cuda { trace_tokens(s, &prompt(), &tokens) } else { trace(s, &prompt(), n_vocab) }
     };
+    // How far the CPU engine (8-bit activations) is from the device on the same tokens: the
+    // scale of what CPU-computed experts may change on CUDA.
+    let cpu_gap: Vec<f64> = if cuda {
+        let backend = rotary::backend::by_name("cpu", Some(2)).expect("cpu");
+        let mut cpu = rotary::model::qwen3moe::Session::new(w, backend.as_ref(), N_CTX).expect("cpu session");
+        trace_tokens(&mut cpu, &prompt(), &tokens).iter().zip(&want).map(|(c, r)| nmse(c, r)).collect()
+    } else {
+        Vec::new()
+    };
     let fixed = resident.plan.fixed_bytes();
     let slot = resident.plan.slot_bytes;
     // On CUDA a device's overhead is the memory in use when it opens: one session at a time.
@@ -196,17 +205,18 @@ fn streamed_matches_resident_on(w: &Weights, backend: &'static str) {
         let st = s.stats();
         // On CUDA an expert computed on the CPU runs the fast CPU kernels (8-bit activations,
         // as llama.cpp's CPU backend) while the MoE kernel keeps f32 activations: the logits
-        // then differ at the level of that rounding (NMSE 1e-4 to 6e-4 here, as cpu vs cuda).
-        // The simulator's kernels are the CPU's code, so there everything is bit for bit, and
-        // on CUDA every configuration without CPU experts is too.
+        // then differ at the level of that rounding, bounded by the CPU engine's own distance
+        // from the device on the same tokens (NMSE 1e-4 here, 1e-2 at a sensitive step of
+        // qwen35-tiny). The simulator's kernels are the CPU's code, so there everything is bit
+        // for bit, and on CUDA every configuration without CPU experts is too.
         let exact = !(cuda && st.cpu_expert_share() > 0.0);
         for (step, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(g.len(), w.len(), "{backend} {name}: step {step}");
             if exact {
                 assert!(g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "{backend} {name}: step {step} differs");
             } else {
-                let nmse = nmse(g, w);
-                assert!(nmse <= 1e-3, "{backend} {name}: step {step} NMSE {nmse:.3e}");
+                let (nmse, bound) = (nmse(g, w), 1e-3f64.max(2.0 * cpu_gap[step]));
+                assert!(nmse <= bound, "{backend} {name}: step {step} NMSE {nmse:.3e} (bound {bound:.1e})");
             }
         }
         assert!(st.misses > 0, "{backend} {name}: nothing streamed");

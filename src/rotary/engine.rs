@@ -630,6 +630,13 @@ impl<'w> StreamSession<'w> {
         session.stats.per_layer_misses = vec![0; session.layers.len()];
         session.place_experts(&mut done, total_bytes, progress)?;
         session.calibrate_cpu()?;
+        // Every allocation above was zeroed, and the dense weights uploaded, on the compute
+        // stream; expert copies run on the copy and prefetch streams, which nothing orders
+        // after that. Wait for it once, or a slot's zeroing can land after the first expert
+        // copied into it (found by the emulated CUDA build: tests/rotary.rs, qwen35 streamed).
+        let setup = session.dev.record(Stream::Compute)?;
+        session.dev.sync_event(setup)?;
+        session.dev.release(setup);
         Ok(session)
     }
 
