@@ -631,9 +631,10 @@ impl<'w> StreamSession<'w> {
         session.place_experts(&mut done, total_bytes, progress)?;
         session.calibrate_cpu()?;
         // Every allocation above was zeroed, and the dense weights uploaded, on the compute
-        // stream; expert copies run on the copy and prefetch streams, which nothing orders
-        // after that. Wait for it once, or a slot's zeroing can land after the first expert
-        // copied into it (found by the emulated CUDA build: tests/rotary.rs, qwen35 streamed).
+        // stream; expert copies run on the copy and prefetch streams, which no event orders
+        // after that. Today the first copy follows a synchronous download of the router's ids,
+        // which drains the compute stream; this wait makes the order explicit instead of
+        // incidental (a review finding, not seen to fail in the emulator).
         let setup = session.dev.record(Stream::Compute)?;
         session.dev.sync_event(setup)?;
         session.dev.release(setup);
