@@ -16,6 +16,8 @@ use std::process::Command;
 
 #[path = "gen/kernels.rs"]
 mod kernels;
+#[path = "gen/ptxas.rs"]
+mod ptxas;
 
 /// SMs compiled when neither ROTARY_CUDA_ARCH nor a local GPU says otherwise: the RTX 40
 /// laptops of the benchmark (sm_89) and H100 (sm_90), plus PTX of sm_89 for later GPUs.
@@ -175,55 +177,18 @@ fn nvcc_wrapper(out: &Path, nvcc: &Path, report_dir: &Path) -> Result<PathBuf, S
     Ok(path)
 }
 
-/// ptxas's reports in `dir` as TSV rows: sm, kernel (demangled by c++filt when present),
-/// registers, static shared bytes, stack frame bytes, spill store bytes, spill load bytes.
+/// ptxas's reports in `dir` (gen/ptxas.rs) as the TSV rows src/kernels.rs reads, names
+/// demangled by c++filt when the machine has it.
 fn collect_ptxas_report(dir: &Path) -> Result<String, String> {
-    struct Entry {
-        sm: String,
-        name: String,
-        regs: u64,
-        smem: u64,
-        stack: u64,
-        spill_st: u64,
-        spill_ld: u64,
-    }
-    let num_before = |line: &str, unit: &str| -> u64 {
-        let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
-        words.windows(2).find(|w| w[1] == unit).and_then(|w| w[0].parse().ok()).unwrap_or(0)
-    };
-    let mut entries: Vec<Entry> = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     files.sort();
+    let mut entries = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let mut current: Option<usize> = None;
-        let mut props_for_current = false;
-        for line in text.lines() {
-            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-                let name = rest.split('\'').next().unwrap_or("").to_string();
-                let sm = rest.split("for '").nth(1).unwrap_or("").trim_end_matches('\'').to_string();
-                entries.push(Entry { sm, name, regs: 0, smem: 0, stack: 0, spill_st: 0, spill_ld: 0 });
-                current = Some(entries.len() - 1);
-                props_for_current = false;
-            } else if let Some(rest) = line.split("Function properties for ").nth(1) {
-                props_for_current = current.is_some_and(|i| entries[i].name == rest.trim());
-            } else if line.contains("bytes stack frame") {
-                if let (Some(i), true) = (current, props_for_current) {
-                    entries[i].stack = num_before(line, "bytes");
-                    entries[i].spill_st = num_before(&line.replace("spill stores", "spill_stores"), "spill_stores");
-                    entries[i].spill_ld = num_before(&line.replace("spill loads", "spill_loads"), "spill_loads");
-                }
-                props_for_current = false;
-            } else if line.contains(" registers") {
-                if let Some(i) = current {
-                    entries[i].regs = num_before(line, "registers");
-                    entries[i].smem = num_before(line, "smem");
-                }
-            }
-        }
+        entries.extend(ptxas::parse(&text));
     }
     // Demangle all names in one c++filt call (binutils); keep them mangled without it.
     let mangled: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
@@ -245,14 +210,7 @@ fn collect_ptxas_report(dir: &Path) -> Result<String, String> {
             }
         }
     }
-    let mut tsv = String::new();
-    for e in &entries {
-        tsv.push_str(&format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
-            e.sm, e.name, e.regs, e.smem, e.stack, e.spill_st, e.spill_ld
-        ));
-    }
-    Ok(tsv)
+    Ok(ptxas::to_tsv(&entries))
 }
 
 /// $OUT_DIR/kernel_report.tsv, embedded in the binary (`rotary kernels`).

@@ -34,9 +34,9 @@ impl KernelResources {
     pub fn block_threads(&self) -> Option<u32> {
         let base = self.base_name();
         if matches!(base, "gemv_kernel" | "moe_pair_kernel" | "moe_grouped_kernel") {
-            let args = self.name.split('<').nth(1)?.split('>').next()?;
-            let nums: Vec<u32> = args.split(',').filter_map(|a| a.trim().parse().ok()).collect();
-            return nums.first().map(|w| w * 32);
+            // WARPS is the first integer among the top-level template arguments (the format
+            // may itself be a template, the MoE stage is an enum cast).
+            return template_args(&self.name).iter().find_map(|a| a.parse::<u32>().ok()).map(|w| w * 32);
         }
         Some(match base {
             "embed_kernel" | "gdn_conv_kernel" | "gdn_rule_kernel" | "topk_moe_kernel" | "attention_kernel"
@@ -58,6 +58,29 @@ impl KernelResources {
             0
         }
     }
+}
+
+/// The top-level template arguments of `name<...>` ("QuantHalf<(RotaryQuant)1, F16Bits>", "4",
+/// "8"), trimmed.
+fn template_args(name: &str) -> Vec<String> {
+    let Some(open) = name.find('<') else { return Vec::new() };
+    let (mut depth, mut args, mut cur) = (0usize, Vec::new(), String::new());
+    for ch in name[open + 1..].chars() {
+        match ch {
+            '<' => depth += 1,
+            '>' if depth == 0 => break,
+            '>' => depth -= 1,
+            ',' if depth == 0 => {
+                args.push(cur.trim().to_string());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    args.push(cur.trim().to_string());
+    args
 }
 
 /// What one SM offers (CUDA C Programming Guide, "Compute Capabilities", table of technical
