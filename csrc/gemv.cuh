@@ -43,8 +43,21 @@ __device__ __forceinline__ void warp_row_dot(const uint8_t *row, int cols, const
     for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
 }
 
-// Two rows of the same format against the same x in one pass (the MoE gate and up): each
-// chunk of x is loaded once for both.
+// acc += v · x over one chunk, four products at a time (x 16-byte aligned).
+template <int CHUNK>
+__device__ __forceinline__ void accumulate_chunk(const float *v, const float *x, float &acc) {
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+#pragma unroll
+    for (int i = 0; i < CHUNK / 4; i++) {
+        const float4 f = x4[i];
+        acc += v[4 * i] * f.x + v[4 * i + 1] * f.y + v[4 * i + 2] * f.z + v[4 * i + 3] * f.w;
+    }
+}
+
+// Two rows of the same format against the same x in one pass over the chunks (the MoE gate
+// and up). One chunk of dequantized weights is live at a time: the second row's chunk reuses
+// the first's registers and x is read again from L1. Holding both (2 * CHUNK floats next to
+// 2 * NT sums) made the 8-token Q4_K/Q5_K instances spill (ptxas, `rotary kernels`).
 template <class Q, int NT>
 __device__ __forceinline__ void warp_row_dot2(const uint8_t *row_a, const uint8_t *row_b, int cols,
                                               const float *const *xs, float *acc_a, float *acc_b) {
@@ -53,19 +66,16 @@ __device__ __forceinline__ void warp_row_dot2(const uint8_t *row_a, const uint8_
 #pragma unroll
     for (int t = 0; t < NT; t++) acc_a[t] = acc_b[t] = 0.0f;
     for (int c = lane; c < n_chunks; c += ROTARY_WARP) {
-        float va[Q::CHUNK], vb[Q::CHUNK];
-        Q::dequant(row_a, c, va);
-        Q::dequant(row_b, c, vb);
+        float v[Q::CHUNK];
+        Q::dequant(row_a, c, v);
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            if (xs[t] == nullptr) continue;
-            const float4 *x4 = reinterpret_cast<const float4 *>(xs[t] + c * Q::CHUNK);
+            if (xs[t] != nullptr) accumulate_chunk<Q::CHUNK>(v, xs[t] + c * Q::CHUNK, acc_a[t]);
+        }
+        Q::dequant(row_b, c, v);
 #pragma unroll
-            for (int i = 0; i < Q::CHUNK / 4; i++) {
-                const float4 f = x4[i];
-                acc_a[t] += va[4 * i] * f.x + va[4 * i + 1] * f.y + va[4 * i + 2] * f.z + va[4 * i + 3] * f.w;
-                acc_b[t] += vb[4 * i] * f.x + vb[4 * i + 1] * f.y + vb[4 * i + 2] * f.z + vb[4 * i + 3] * f.w;
-            }
+        for (int t = 0; t < NT; t++) {
+            if (xs[t] != nullptr) accumulate_chunk<Q::CHUNK>(v, xs[t] + c * Q::CHUNK, acc_b[t]);
         }
     }
 #pragma unroll
