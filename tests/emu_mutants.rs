@@ -34,8 +34,8 @@ const MUTANTS: &[(&str, &str, &str, &str, &str)] = &[
     (
         "gemv reads one chunk past the end of a weight row",
         "gemv.cuh",
-        "for (int c = lane; c < n_chunks; c += ROTARY_WARP) {\n        float v[Q::CHUNK];",
-        "for (int c = lane; c <= n_chunks; c += ROTARY_WARP) {\n        float v[Q::CHUNK];",
+        "for (int c = lane; c < n_chunks; c += ROTARY_WARP) {\n        float v[Q::CHUNK];\n        Q::dequant(row, c, v);",
+        "for (int c = lane; c <= n_chunks; c += ROTARY_WARP) {\n        float v[Q::CHUNK];\n        Q::dequant(row, c, v);",
         "gemv",
     ),
 ];
