@@ -2,7 +2,7 @@
 
 #include "runtime.cuh"
 
-static int g_sm = -1;
+static thread_local int g_sm = -1;  // the current device is per host thread
 
 int rotary_current_sm() {
     if (g_sm < 0) {
@@ -100,9 +100,29 @@ extern "C" int rotary_stream_synchronize(void *stream) {
 
 extern "C" int rotary_event_create(void **event) {
     cudaEvent_t ev = nullptr;
+    cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    *event = ev;
+    return static_cast<int>(e);
+}
+
+extern "C" int rotary_event_create_timing(void **event) {
+    cudaEvent_t ev = nullptr;
     cudaError_t e = cudaEventCreate(&ev);
     *event = ev;
     return static_cast<int>(e);
+}
+
+extern "C" int rotary_event_query(void *event) {
+    // A pending error of an earlier call stays; a not-ready answer must not become one (the
+    // runtime may record it as the last error, and the next launcher would report it).
+    const cudaError_t before = cudaPeekAtLastError();
+    const cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(event));
+    if (e == cudaErrorNotReady && before == cudaSuccess) (void)cudaGetLastError();
+    return static_cast<int>(e);
+}
+
+extern "C" int rotary_get_last_error(void) {
+    return static_cast<int>(cudaGetLastError());
 }
 
 extern "C" int rotary_event_destroy(void *event) {

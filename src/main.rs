@@ -121,6 +121,9 @@ struct RotaryArgs {
     /// --moe-policy auto/gpu; --moe-policy cpu never loads a missed expert).
     #[arg(long)]
     no_load_behind: bool,
+    /// At most N expert slots, however many the budget holds (cache-size studies).
+    #[arg(long, value_name = "N")]
+    cache_slots: Option<usize>,
     /// Where missed experts run: gpu (load them), cpu (compute on the host) or auto (cost model).
     #[arg(long, default_value = "auto")]
     moe_policy: String,
@@ -566,6 +569,7 @@ fn open_stream<'w>(
         pin: rotary::rotary::PinMode::by_name(&r.pin)?,
         link_gbps: r.sim_link_gbps,
         threads: args.threads,
+        max_slots: r.cache_slots,
     };
     let dev = rotary::rotary::open_device(backend, args.device, budget, r.sim_link_gbps, args.threads)?;
     let name: &'static str = if backend == "cuda" { "cuda" } else { "sim" };

@@ -17,6 +17,8 @@ struct Config {
     uint64_t seed;          // ROTARY_EMU_SEED (default 1): thread orders
     double link_gbps;       // ROTARY_EMU_LINK_GBPS (default 16; 0 = copies take no modelled time)
     int threads;            // ROTARY_EMU_THREADS (default: the machine's cores): host threads per launch
+    int sm_count;           // ROTARY_EMU_SMS (default 24, an RTX 4060 Laptop): for local memory
+    size_t kernel_bytes;    // ROTARY_EMU_KERNEL_BYTES (default 128KiB): code loaded per kernel
 };
 const Config &config();
 

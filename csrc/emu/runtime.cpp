@@ -2,7 +2,16 @@
 // make, with the semantics the host code must respect on a GPU.
 // - Devices: ROTARY_EMU_DEVICES of them, sm ROTARY_EMU_SM, ROTARY_EMU_VRAM each. The context
 //   takes ROTARY_EMU_CONTEXT of it at first use; cudaMemGetInfo reports the rest minus what is
-//   allocated, and cudaMalloc past it fails with cudaErrorMemoryAllocation.
+//   charged, and cudaMalloc past it fails with cudaErrorMemoryAllocation. Charges are the
+//   driver's, not the bytes asked for: an allocation over 1 MiB is rounded up to 2 MiB pages;
+//   smaller ones share 2 MiB chunks (a chunk is charged while any of its allocations lives).
+//   Modules load lazily (CUDA's default since 12.2): a kernel's first launch charges its code
+//   (ROTARY_EMU_KERNEL_BYTES) to a 2 MiB-paged code pool, and a kernel that spills
+//   (ROTARY_EMU_SPILL) grows the local-memory reservation to its frame for every thread the
+//   device can hold; either can fail the launch with cudaErrorMemoryAllocation.
+// - Work goes to the stream's device: a launch, copy, memset or event record on a stream (or
+//   with an event) of another device than the calling thread's current one fails with
+//   cudaErrorInvalidResourceHandle, as cudaSetDevice is per host thread.
 // - Memory: every allocation (device, and pinned host) is its own mapping between inaccessible
 //   guard pages, its end 16 bytes from the upper guard, so a kernel running off the end faults
 //   and is reported by name (simt.cpp). cudaFree and cudaFreeHost wait for the device first,
@@ -11,11 +20,18 @@
 //   different streams really overlap and only events order them. The NULL stream is one more
 //   such queue (every stream this project creates is non-blocking).
 // - Copies: a host-to-device copy from pageable memory is staged before the call returns; from
-//   pinned memory it reads the source when it runs. Device-to-host into pageable memory waits
-//   for the copy. The destination of a copy to the device is poisoned (0xff) when the copy
-//   starts and written when it ends, ROTARY_EMU_LINK_GBPS later: reading it early (a missing
-//   event wait) reads NaNs.
-// - Errors: configuration errors set the calling thread's last error; a kernel fault is sticky
+//   pinned memory it reads the source when it runs, and a source changed between the call and
+//   the copy's end (the host reused it without waiting) is a sticky error naming the copy.
+//   Device-to-host into pageable memory waits for the copy; into pinned memory the destination
+//   is poisoned until the copy lands. The destination of a copy to the device is poisoned
+//   (0xff) when the copy starts and written when it ends. Copies to the device share one link
+//   (one copy engine) whatever their stream: each takes its turn at ROTARY_EMU_LINK_GBPS, in
+//   the order they reach the link, so a copy queued behind another stream's copy waits for it.
+// - Events: live events are counted (timing and sync-only apart; rotary_emu_stats), and
+//   cudaEventElapsedTime refuses an event created with cudaEventDisableTiming.
+// - Errors: configuration errors set the calling thread's last error, and so does
+//   cudaErrorNotReady from cudaEventQuery / cudaEventElapsedTime (the next launcher's
+//   cudaGetLastError reports it unless the caller cleared it); a kernel fault is sticky
 //   for the device (every later call returns it, as after a GPU's illegal address) and its
 //   report, naming the kernel, is what cudaGetErrorString returns for that code.
 #include <stdio.h>
@@ -30,11 +46,13 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "abi.h"
 #include "emu.h"
 
 namespace rotary_emu {
@@ -85,7 +103,8 @@ struct Alloc {
     char *map;
     size_t map_len;
     int device;  // -1: pinned host memory
-    size_t charged;
+    size_t charged;  // bytes charged to the device on its own (large allocations)
+    int chunk;       // the shared chunk of a small allocation, else -1
 };
 
 std::mutex g_mem;
@@ -127,14 +146,27 @@ struct EventState {
     std::condition_variable cv;
     uint64_t recorded = 0, completed = 0;
     std::chrono::steady_clock::time_point when;
-    bool timing = true;
 };
+
+std::atomic<int64_t> g_live_events{0}, g_live_timing_events{0}, g_events_created{0};
 
 }  // namespace
 
 struct Event {
     std::shared_ptr<EventState> s = std::make_shared<EventState>();
+    int device = 0;
+    bool timing = true;
+    Event(int dev, bool t) : device(dev), timing(t) {
+        g_live_events++;
+        g_events_created++;
+        if (t) g_live_timing_events++;
+    }
+    ~Event() {
+        g_live_events--;
+        if (timing) g_live_timing_events--;
+    }
 };
+
 
 struct Stream {
     int device = 0;
@@ -205,10 +237,31 @@ struct Stream {
 
 namespace {
 
+const size_t GRANULE = size_t(2) << 20;  // the driver's page for device memory
+const size_t SMALL = size_t(1) << 20;    // at most this: sub-allocated from shared chunks
+const size_t SMALL_ALIGN = 512;
+const int THREADS_PER_SM = 1536;         // resident threads per SM (sm_86/89), for local memory
+
+size_t round_up(size_t n, size_t to) {
+    return (n + to - 1) / to * to;
+}
+
+struct Chunk {
+    size_t bump = 0;  // bytes handed out (allocations are never moved; holes are not reused)
+    int live = 0;     // 0: not charged
+};
+
 struct DeviceState {
     std::mutex m;
     bool context = false;
     size_t used = 0;  // bytes charged, the context's included
+    size_t peak = 0;  // the most charged at once since the last rotary_emu_reset_peak
+    std::vector<Chunk> chunks;
+    std::set<const char *> loaded;  // kernels whose code is loaded (by name pointer)
+    size_t code_bytes = 0, code_charged = 0;
+    size_t local_per_thread = 0, local_charged = 0;
+    std::mutex link_m;  // the copy engines: one per direction
+    std::chrono::steady_clock::time_point link_free[2];
     Stream *legacy = nullptr;
     std::vector<Stream *> streams;
     std::atomic<int> sticky{0};
@@ -229,6 +282,14 @@ cudaError_t fail(cudaError_t e) {
     return e;
 }
 
+// Charge `bytes` to the device; false (nothing charged) past its memory. Caller holds d->m.
+bool charge_locked(DeviceState *d, size_t bytes) {
+    if (d->used + bytes > config().vram_bytes) return false;
+    d->used += bytes;
+    d->peak = std::max(d->peak, d->used);
+    return true;
+}
+
 DeviceState *current() {
     auto &d = devices();
     if (tl_device < 0 || static_cast<size_t>(tl_device) >= d.size()) return nullptr;
@@ -237,6 +298,7 @@ DeviceState *current() {
     if (!s.context) {  // the context's own memory, taken at first use
         s.context = true;
         s.used += config().context_bytes;
+        s.peak = std::max(s.peak, s.used);
     }
     return &s;
 }
@@ -264,14 +326,91 @@ void sync_device(DeviceState *d) {
     for (Stream *s : streams) s->drain();
 }
 
-// The time a transfer of `bytes` takes over the modelled link.
-void model_link(size_t bytes) {
+// A transfer of `bytes` over the modelled link in direction `dir` (0: to the device, 1: to
+// the host): it waits for the copies that reached the link before it, whatever their stream,
+// then takes bytes / ROTARY_EMU_LINK_GBPS.
+void model_link(DeviceState *d, int dir, size_t bytes) {
     const double gbps = config().link_gbps;
     if (gbps <= 0) return;
-    const double ns = static_cast<double>(bytes) / gbps;
-    if (ns < 2000) return;
-    timespec t{static_cast<time_t>(ns / 1e9), static_cast<long>(fmod(ns, 1e9))};
-    nanosleep(&t, nullptr);
+    using clock = std::chrono::steady_clock;
+    const auto took = std::chrono::nanoseconds(static_cast<int64_t>(static_cast<double>(bytes) / gbps));
+    clock::time_point end;
+    {
+        std::lock_guard<std::mutex> lock(d->link_m);
+        end = std::max(clock::now(), d->link_free[dir]) + took;
+        d->link_free[dir] = end;
+    }
+    if (end - clock::now() > std::chrono::microseconds(2)) std::this_thread::sleep_until(end);
+}
+
+// A 64-bit checksum of n bytes (detects a pinned source changed while its copy was queued).
+uint64_t checksum(const char *p, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull ^ n;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+        h ^= h >> 29;
+    }
+    for (; i < n; ++i) h = (h ^ static_cast<unsigned char>(p[i])) * 0x100000001b3ull;
+    return h;
+}
+
+// Make `e` the device's sticky error with `message` (the first one wins).
+void set_sticky(DeviceState *d, cudaError_t e, const std::string &message) {
+    std::lock_guard<std::mutex> lock(d->m);
+    if (d->sticky.load() == 0) {
+        d->sticky_message = "rotary emu: " + message;
+        d->sticky.store(e);
+        fprintf(stderr, "%s\n", d->sticky_message.c_str());
+    }
+}
+
+// Per-thread local memory (bytes) of kernels whose name contains a key of ROTARY_EMU_SPILL
+// ("gemv_kernel<QuantQ4_K=256,moe=512"): what ptxas reports as their stack frame.
+size_t spill_bytes(const char *kernel) {
+    static const std::vector<std::pair<std::string, size_t>> table = [] {
+        std::vector<std::pair<std::string, size_t>> t;
+        const char *v = getenv("ROTARY_EMU_SPILL");
+        std::string spec = v ? v : "";
+        size_t at = 0;
+        while (at < spec.size()) {
+            size_t comma = spec.find(',', at);
+            if (comma == std::string::npos) comma = spec.size();
+            const std::string item = spec.substr(at, comma - at);
+            const size_t eq = item.rfind('=');
+            if (eq != std::string::npos) t.emplace_back(item.substr(0, eq), strtoull(item.c_str() + eq + 1, nullptr, 10));
+            at = comma + 1;
+        }
+        return t;
+    }();
+    size_t bytes = 0;
+    for (const auto &kv : table) {
+        if (strstr(kernel, kv.first.c_str())) bytes = std::max(bytes, kv.second);
+    }
+    return bytes;
+}
+
+// A kernel's first launch on the device: load its code (lazy module loading) and grow the
+// local-memory reservation to its spill frame. cudaErrorMemoryAllocation when it does not fit.
+cudaError_t load_kernel(DeviceState *d, const char *name) {
+    std::lock_guard<std::mutex> lock(d->m);
+    if (d->loaded.count(name)) return cudaSuccess;
+    const size_t code = d->code_bytes + config().kernel_bytes;
+    const size_t code_need = round_up(code, GRANULE);
+    const size_t frame = spill_bytes(name);
+    const size_t local_need = frame > d->local_per_thread
+                                  ? round_up(frame * static_cast<size_t>(config().sm_count) * THREADS_PER_SM, GRANULE)
+                                  : d->local_charged;
+    const size_t extra = (code_need - d->code_charged) + (local_need - d->local_charged);
+    if (!charge_locked(d, extra)) return cudaErrorMemoryAllocation;
+    d->loaded.insert(name);
+    d->code_bytes = code;
+    d->code_charged = code_need;
+    d->local_per_thread = std::max(d->local_per_thread, frame);
+    d->local_charged = local_need;
+    return cudaSuccess;
 }
 
 }  // namespace
@@ -285,6 +424,8 @@ const Config &config() {
         k.sm = static_cast<int>(env_num("ROTARY_EMU_SM", 89));
         k.seed = static_cast<uint64_t>(env_num("ROTARY_EMU_SEED", 1));
         k.link_gbps = env_num("ROTARY_EMU_LINK_GBPS", 16);
+        k.sm_count = std::max(1, static_cast<int>(env_num("ROTARY_EMU_SMS", 24)));
+        k.kernel_bytes = env_bytes("ROTARY_EMU_KERNEL_BYTES", size_t(128) << 10);
         const unsigned cores = std::thread::hardware_concurrency();
         k.threads = std::max(1, static_cast<int>(env_num("ROTARY_EMU_THREADS", cores ? cores : 1)));
         return k;
@@ -327,24 +468,20 @@ void enqueue_launch(const Launch &l, cudaStream_t stream) {
     DeviceState *d = current();
     if (!d) bad = cudaErrorInvalidDevice;
     if (bad == cudaSuccess && sticky(d) != cudaSuccess) bad = sticky(d);
+    Stream *s = bad == cudaSuccess ? resolve(d, stream) : nullptr;
+    if (s && s->device != tl_device) bad = cudaErrorInvalidResourceHandle;
+    if (bad == cudaSuccess) bad = load_kernel(d, l.name);
     if (bad != cudaSuccess) {
         l.drop(l.args);
         fail(bad);
         return;
     }
     const uint64_t seed = config().seed * 0x9e3779b97f4a7c15ull + g_launches.fetch_add(1);
-    resolve(d, stream)->push([l, seed, d] {
+    s->push([l, seed, d] {
         if (sticky(d) == cudaSuccess) {
             std::string message;
             const cudaError_t e = run_launch(l, seed, message);
-            if (e != cudaSuccess) {
-                std::lock_guard<std::mutex> lock(d->m);
-                if (d->sticky.load() == 0) {
-                    d->sticky_message = "rotary emu: " + message;
-                    d->sticky.store(e);
-                    fprintf(stderr, "%s\n", d->sticky_message.c_str());
-                }
-            }
+            if (e != cudaSuccess) set_sticky(d, e, message);
         }
         l.drop(l.args);
     });
@@ -387,7 +524,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device) {
     prop->maxGridSize[1] = prop->maxGridSize[2] = 65535;
     prop->major = config().sm / 10;
     prop->minor = config().sm % 10;
-    prop->multiProcessorCount = 1;
+    prop->multiProcessorCount = config().sm_count;
     return cudaSuccess;
 }
 
@@ -486,24 +623,61 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
     return cudaSuccess;
 }
 
+// Give back what an allocation charged: its pages, or its share of a chunk.
+static void uncharge(DeviceState *d, const Alloc &a) {
+    std::lock_guard<std::mutex> lock(d->m);
+    d->used -= a.charged;
+    if (a.chunk >= 0) {
+        Chunk &c = d->chunks[static_cast<size_t>(a.chunk)];
+        if (--c.live == 0) {
+            c.bump = 0;
+            d->used -= GRANULE;
+        }
+    }
+}
+
 cudaError_t cudaMalloc(void **ptr, size_t bytes) {
     *ptr = nullptr;
     DeviceState *d = current();
     if (!d) return fail(cudaErrorInvalidDevice);
     if (sticky(d) != cudaSuccess) return fail(sticky(d));
-    const size_t charged = (std::max<size_t>(bytes, 1) + 255) & ~size_t(255);
+    bytes = std::max<size_t>(bytes, 1);
+    size_t charged = 0;
+    int chunk = -1;
     {
         std::lock_guard<std::mutex> lock(d->m);
-        if (d->used + charged > config().vram_bytes) return fail(cudaErrorMemoryAllocation);
-        d->used += charged;
+        if (bytes > SMALL) {
+            charged = round_up(bytes, GRANULE);
+            if (!charge_locked(d, charged)) return fail(cudaErrorMemoryAllocation);
+        } else {
+            const size_t need = round_up(bytes, SMALL_ALIGN);
+            for (size_t i = 0; i < d->chunks.size() && chunk < 0; ++i) {
+                Chunk &c = d->chunks[i];
+                if (c.live > 0 && c.bump + need <= GRANULE) chunk = static_cast<int>(i);
+            }
+            if (chunk < 0) {  // a new chunk (or a released one again)
+                if (!charge_locked(d, GRANULE)) return fail(cudaErrorMemoryAllocation);
+                for (size_t i = 0; i < d->chunks.size() && chunk < 0; ++i) {
+                    if (d->chunks[i].live == 0) chunk = static_cast<int>(i);
+                }
+                if (chunk < 0) {
+                    d->chunks.emplace_back();
+                    chunk = static_cast<int>(d->chunks.size() - 1);
+                }
+                d->chunks[static_cast<size_t>(chunk)].bump = 0;
+            }
+            Chunk &c = d->chunks[static_cast<size_t>(chunk)];
+            c.bump += need;
+            c.live++;
+        }
     }
     Alloc a = map_guarded(bytes, tl_device);
+    a.charged = charged;
+    a.chunk = chunk;
     if (!a.map) {
-        std::lock_guard<std::mutex> lock(d->m);
-        d->used -= charged;
+        uncharge(d, a);
         return fail(cudaErrorMemoryAllocation);
     }
-    a.charged = charged;
     std::lock_guard<std::mutex> lock(g_mem);
     g_allocs[a.base] = a;
     *ptr = reinterpret_cast<void *>(a.base);
@@ -524,11 +698,7 @@ static cudaError_t free_mapping(void *ptr, bool device) {
         g_allocs.erase(it);
     }
     munmap(a.map, a.map_len);
-    if (device) {
-        DeviceState &owner = devices()[static_cast<size_t>(a.device)];
-        std::lock_guard<std::mutex> lock(owner.m);
-        owner.used -= a.charged;
-    }
+    if (device) uncharge(&devices()[static_cast<size_t>(a.device)], a);
     return cudaSuccess;
 }
 
@@ -541,6 +711,7 @@ cudaError_t cudaHostAlloc(void **ptr, size_t bytes, unsigned int) {
     if (!current()) return fail(cudaErrorInvalidDevice);
     Alloc a = map_guarded(bytes, -1);
     if (!a.map) return fail(cudaErrorMemoryAllocation);
+    a.chunk = -1;
     std::lock_guard<std::mutex> lock(g_mem);
     g_allocs[a.base] = a;
     *ptr = reinterpret_cast<void *>(a.base);
@@ -580,22 +751,42 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
                     (kind == cudaMemcpyDeviceToDevice && src_dev && dst_dev);
     if (!ok) return fail(cudaErrorInvalidValue);
     Stream *s = resolve(d, stream);
+    if (s->device != tl_device) return fail(cudaErrorInvalidResourceHandle);
     char *out = static_cast<char *>(dst);
     if (kind == cudaMemcpyHostToDevice && !src_pinned) {
         auto staged = std::make_shared<std::vector<char>>(static_cast<const char *>(src),
                                                           static_cast<const char *>(src) + bytes);
-        s->push([out, staged, bytes] {
+        s->push([d, out, staged, bytes] {
             memset(out, 0xff, bytes);
-            model_link(bytes);
+            model_link(d, 0, bytes);
             memcpy(out, staged->data(), bytes);
         });
         return cudaSuccess;
     }
     const char *in = static_cast<const char *>(src);
-    const bool to_device = kind != cudaMemcpyDeviceToHost;
-    const uint64_t seq = s->push([out, in, bytes, to_device, kind] {
-        if (to_device) memset(out, 0xff, bytes);
-        if (kind != cudaMemcpyDeviceToDevice) model_link(bytes);
+    if (kind == cudaMemcpyHostToDevice) {
+        // From pinned memory: the copy engine reads the source when the copy runs. The source
+        // must not change until then; a checksum taken now is compared with what was copied
+        // and with the source once the copy is done.
+        const uint64_t want = checksum(in, bytes);
+        s->push([d, out, in, bytes, want] {
+            memset(out, 0xff, bytes);
+            model_link(d, 0, bytes);
+            memmove(out, in, bytes);
+            if (checksum(out, bytes) != want || checksum(in, bytes) != want) {
+                char m[240];
+                snprintf(m, sizeof m,
+                         "the pinned source of a %zu-byte cudaMemcpyAsync to the device (0x%llx) changed "
+                         "before the copy completed: the host reused it without waiting for the copy",
+                         bytes, static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(in)));
+                set_sticky(d, cudaErrorLaunchFailure, m);
+            }
+        });
+        return fail(sticky(d));
+    }
+    if (kind == cudaMemcpyDeviceToHost && dst_pinned) memset(out, 0xff, bytes);  // not there yet
+    const uint64_t seq = s->push([d, out, in, bytes, kind] {
+        if (kind == cudaMemcpyDeviceToHost) model_link(d, 1, bytes);
         memmove(out, in, bytes);
     });
     if (kind == cudaMemcpyDeviceToHost && !dst_pinned) s->wait(seq);  // pageable: synchronous
@@ -612,8 +803,10 @@ cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t str
         const Alloc *a = find_locked(reinterpret_cast<uintptr_t>(ptr), bytes);
         if (!a || a->device < 0) return fail(cudaErrorInvalidValue);
     }
+    Stream *s = resolve(d, stream);
+    if (s->device != tl_device) return fail(cudaErrorInvalidResourceHandle);
     char *p = static_cast<char *>(ptr);
-    resolve(d, stream)->push([p, value, bytes] { memset(p, value, bytes); });
+    s->push([p, value, bytes] { memset(p, value, bytes); });
     return cudaSuccess;
 }
 
@@ -650,15 +843,15 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
     return fail(sticky(d));
 }
 
-cudaError_t cudaEventCreate(cudaEvent_t *event) {
-    *event = new Event();
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags) {
+    *event = nullptr;
+    if (!current()) return fail(cudaErrorInvalidDevice);
+    *event = new Event(tl_device, (flags & cudaEventDisableTiming) == 0);
     return cudaSuccess;
 }
 
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags) {
-    *event = new Event();
-    (*event)->s->timing = (flags & cudaEventDisableTiming) == 0;
-    return cudaSuccess;
+cudaError_t cudaEventCreate(cudaEvent_t *event) {
+    return cudaEventCreateWithFlags(event, 0);
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
@@ -671,13 +864,15 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     DeviceState *d = current();
     if (!d) return fail(cudaErrorInvalidDevice);
     if (!event) return fail(cudaErrorInvalidResourceHandle);
+    Stream *s = resolve(d, stream);
+    if (s->device != tl_device || event->device != tl_device) return fail(cudaErrorInvalidResourceHandle);
     std::shared_ptr<EventState> e = event->s;
     uint64_t target;
     {
         std::lock_guard<std::mutex> lock(e->m);
         target = ++e->recorded;
     }
-    resolve(d, stream)->push([e, target] {
+    s->push([e, target] {
         {
             std::lock_guard<std::mutex> lock(e->m);
             if (target > e->completed) e->completed = target;
@@ -719,7 +914,36 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
 cudaError_t cudaEventQuery(cudaEvent_t event) {
     if (!event) return fail(cudaErrorInvalidResourceHandle);
     std::lock_guard<std::mutex> lock(event->s->m);
-    return event->s->completed >= event->s->recorded ? cudaSuccess : cudaErrorNotReady;
+    // Not ready is recorded as the thread's last error too (the model is the strict one).
+    return event->s->completed >= event->s->recorded ? cudaSuccess : fail(cudaErrorNotReady);
+}
+
+// ---- The emulator's own counters (no CUDA equivalent) ----------------------------------------
+
+extern "C" int rotary_emu_stats(int32_t device, RotaryEmuStats *out) {
+    auto &ds = devices();
+    if (device < 0 || static_cast<size_t>(device) >= ds.size()) return cudaErrorInvalidDevice;
+    DeviceState &d = ds[static_cast<size_t>(device)];
+    memset(out, 0, sizeof *out);
+    out->live_events = g_live_events.load();
+    out->live_timing_events = g_live_timing_events.load();
+    out->events_created = g_events_created.load();
+    std::lock_guard<std::mutex> lock(d.m);
+    out->used_bytes = d.used;
+    out->peak_bytes = d.peak;
+    out->code_bytes = d.code_charged;
+    out->local_bytes = d.local_charged;
+    out->kernels_loaded = d.loaded.size();
+    return 0;
+}
+
+extern "C" int rotary_emu_reset_peak(int32_t device) {
+    auto &ds = devices();
+    if (device < 0 || static_cast<size_t>(device) >= ds.size()) return cudaErrorInvalidDevice;
+    DeviceState &d = ds[static_cast<size_t>(device)];
+    std::lock_guard<std::mutex> lock(d.m);
+    d.peak = d.used;
+    return 0;
 }
 
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
@@ -728,13 +952,13 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) 
     std::chrono::steady_clock::time_point ta, tb;
     {
         std::lock_guard<std::mutex> lock(a->m);
-        if (a->recorded == 0 || !a->timing) return fail(cudaErrorInvalidResourceHandle);
+        if (a->recorded == 0 || !start->timing) return fail(cudaErrorInvalidResourceHandle);
         if (a->completed < a->recorded) return fail(cudaErrorNotReady);
         ta = a->when;
     }
     {
         std::lock_guard<std::mutex> lock(b->m);
-        if (b->recorded == 0 || !b->timing) return fail(cudaErrorInvalidResourceHandle);
+        if (b->recorded == 0 || !end->timing) return fail(cudaErrorInvalidResourceHandle);
         if (b->completed < b->recorded) return fail(cudaErrorNotReady);
         tb = b->when;
     }

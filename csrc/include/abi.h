@@ -313,14 +313,39 @@ int rotary_memset_async(void *ptr, int32_t value, uint64_t bytes, void *stream);
 int rotary_stream_create(void **stream);
 int rotary_stream_destroy(void *stream);
 int rotary_stream_synchronize(void *stream);
+/* An event for ordering only (cudaEventDisableTiming: cheaper to record and wait on). */
 int rotary_event_create(void **event);
+/* An event cudaEventElapsedTime can time. */
+int rotary_event_create_timing(void **event);
 int rotary_event_destroy(void *event);
+/* 0: everything before the event's last record is done; ROTARY_NOT_READY: not yet. Either way
+   the thread's last error is left as it was before the call (a not-ready answer is cleared). */
+int rotary_event_query(void *event);
 int rotary_event_record(void *event, void *stream);
 int rotary_stream_wait_event(void *stream, void *event);
 int rotary_event_synchronize(void *event);
 int rotary_event_elapsed_ms(float *ms, void *start, void *end);
+/* The thread's last runtime error, cleared (cudaGetLastError). */
+int rotary_get_last_error(void);
 const char *rotary_error_name(int code);
 const char *rotary_error_string(int code);
+
+/* cudaErrorNotReady. */
+#define ROTARY_NOT_READY 600
+
+/* The emulated build's own counters (csrc/emu/runtime.cpp; absent from nvcc builds). */
+typedef struct RotaryEmuStats {
+    int64_t live_events;        /* created and not destroyed */
+    int64_t live_timing_events; /* of those, without cudaEventDisableTiming */
+    int64_t events_created;     /* ever */
+    uint64_t used_bytes;        /* device memory charged now (context, pages, code, local) */
+    uint64_t peak_bytes;        /* the most charged at once since rotary_emu_reset_peak */
+    uint64_t code_bytes;        /* of which lazily loaded kernel code */
+    uint64_t local_bytes;       /* of which the local-memory reservation of spilling kernels */
+    uint64_t kernels_loaded;
+} RotaryEmuStats;
+int rotary_emu_stats(int32_t device, RotaryEmuStats *out);
+int rotary_emu_reset_peak(int32_t device);
 
 #ifdef __cplusplus
 }

@@ -141,6 +141,13 @@ pub trait Device {
     /// The cap on `peak_bytes`, if any.
     fn budget_bytes(&self) -> Option<u64>;
 
+    /// The largest allocation that fits in the budget now, as the device charges it (None: no
+    /// budget). The expert cache, allocated last, is sized from this rather than from the
+    /// plan's arithmetic.
+    fn largest_alloc(&mut self) -> Result<Option<u64>> {
+        Ok(self.budget_bytes().map(|b| b.saturating_sub(self.peak_bytes())))
+    }
+
     /// Host memory the copy engines read at full speed (pinned). Lives as long as the device.
     fn alloc_host(&mut self, bytes: u64, what: &str) -> Result<*mut u8>;
 

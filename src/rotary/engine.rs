@@ -82,6 +82,9 @@ pub struct Options {
     /// The host link's speed before any copy was measured (cost model), GB/s.
     pub link_gbps: f64,
     pub threads: Option<usize>,
+    /// At most this many expert slots, whatever the budget leaves (experiments and tests that
+    /// need an exact cache size on a device whose charges they cannot predict).
+    pub max_slots: Option<usize>,
 }
 
 impl Default for Options {
@@ -95,6 +98,7 @@ impl Default for Options {
             pin: PinMode::Auto,
             link_gbps: 12.0,
             threads: None,
+            max_slots: None,
         }
     }
 }
@@ -396,6 +400,8 @@ pub struct StreamSession<'w> {
     cpu_s_per_byte: f64,
     /// Slots the current layer's experts occupy (protected from eviction while it runs).
     used_slots: Vec<usize>,
+    /// The copy-stream event after the latest demand loads (prefetches queue behind it).
+    last_demand: Option<Event>,
     /// Benchmark routing modes / routing traces: routes on the host from the router's logits.
     router: Option<crate::routing::Router>,
     pinned_bytes: u64,
@@ -466,21 +472,9 @@ impl<'w> StreamSession<'w> {
             return Err(Error::Usage(format!("context size {n_ctx} is not in 1..={max}")));
         }
         let budget = dev.budget_bytes();
-        let plan = Plan::new(&c, n_ctx, dense_bytes(w), slot_bytes(w), dev.overhead_bytes(), budget)?;
-        let k = c.n_experts_used as usize;
-        let resident = plan.all_resident();
-        let per_layer = match opts.alloc {
-            Allocation::Global => plan.n_slots,
-            Allocation::PerLayer => plan.n_slots / c.n_layers.max(1) as usize,
-        };
-        if !resident && opts.moe_policy != MoePolicy::Cpu && per_layer < k {
-            return Err(Error::Usage(format!(
-                "VRAM budget: {} expert slots fit after the dense part ({per_layer} per layer), a \
-                 layer needs {k} (raise --vram-budget, use --cache-alloc global, or --moe-policy \
-                 cpu to compute missed experts on the CPU)",
-                plan.n_slots
-            )));
-        }
+        let mut plan = Plan::new(&c, n_ctx, dense_bytes(w), slot_bytes(w), dev.overhead_bytes(), budget)?;
+        plan.n_slots = plan.n_slots.min(opts.max_slots.unwrap_or(usize::MAX));
+        check_slots(&plan, &c, &opts)?;
         let total_bytes = dense_bytes(w) + w.layers.iter().flat_map(|l| &l.experts).map(|e| {
             let (g, d) = expert_bytes(e);
             (2 * g + d) as u64
@@ -596,6 +590,15 @@ impl<'w> StreamSession<'w> {
             (0..rot / 2).map(|i| c.rope_theta.powf(-(2.0 * i as f64) / rot as f64) as f32).collect();
         let inv_freq = alloc_upload(d, &inv_freq, "rope frequencies")?;
         let s = Scratch::new(d, &c)?;
+        // The plan's arithmetic is ideal (256-byte rounding); a device charges in its own
+        // pages and loads code lazily. The cache gets what really fits now.
+        if let Some(room) = d.largest_alloc()? {
+            let fit = (room / plan.slot_bytes) as usize;
+            if fit < plan.n_slots {
+                plan.n_slots = fit;
+                check_slots(&plan, &c, &opts)?;
+            }
+        }
         let slots = d.alloc((plan.n_slots as u64 * plan.slot_bytes).max(1), "expert cache")?;
         let n_experts = c.n_experts as usize;
         let cache = ExpertCache::new(plan.n_slots, c.n_layers as usize, opts.policy, opts.alloc);
@@ -620,6 +623,7 @@ impl<'w> StreamSession<'w> {
             cpu: CpuBackend::new(opts.threads)?,
             cpu_s_per_byte: 0.0,
             used_slots: Vec::new(),
+            last_demand: None,
             router: None,
             pinned_bytes: 0,
             stats: Stats { n_layers: c.n_layers, vram_budget_bytes: budget, ..Stats::default() },
@@ -1006,6 +1010,45 @@ impl<'w> StreamSession<'w> {
     }
 }
 
+/// Speculative copies go in pieces of at most this many bytes: a demand copy queued on the
+/// other stream waits for one piece on the shared link, not for a whole batch of experts.
+pub const PREFETCH_CHUNK: usize = 512 << 10;
+
+/// `dev.h2d`, in PREFETCH_CHUNK pieces on the prefetch stream.
+///
+/// # Safety
+/// As `Device::h2d`.
+unsafe fn h2d_chunked(dev: &mut dyn Device, stream: Stream, dst: Addr, src: *const u8, bytes: usize) -> Result<()> {
+    let piece = if stream == Stream::Prefetch { PREFETCH_CHUNK } else { bytes.max(1) };
+    let mut at = 0;
+    while at < bytes {
+        let n = piece.min(bytes - at);
+        // SAFETY: the caller's contract covers [src, src + bytes) and [dst, dst + bytes).
+        unsafe { dev.h2d(stream, dst + at as u64, src.add(at), n)? };
+        at += n;
+    }
+    Ok(())
+}
+
+/// Streaming needs the k experts of a token's layer in VRAM at once (unless every miss runs on
+/// the CPU).
+fn check_slots(plan: &Plan, c: &ModelConfig, opts: &Options) -> Result<()> {
+    let k = c.n_experts_used as usize;
+    let per_layer = match opts.alloc {
+        Allocation::Global => plan.n_slots,
+        Allocation::PerLayer => plan.n_slots / c.n_layers.max(1) as usize,
+    };
+    if !plan.all_resident() && opts.moe_policy != MoePolicy::Cpu && per_layer < k {
+        return Err(Error::Usage(format!(
+            "VRAM budget: {} expert slots fit after the dense part ({per_layer} per layer), a \
+             layer needs {k} (raise --vram-budget, use --cache-alloc global, or --moe-policy \
+             cpu to compute missed experts on the CPU)",
+            plan.n_slots
+        )));
+    }
+    Ok(())
+}
+
 /// The shapes the kernels accept, checked once against the model.
 fn check_shapes(c: &ModelConfig) -> Result<()> {
     let bad = |what: String| Err(Error::Usage(format!("the device engine cannot run this model: {what}")));
@@ -1171,13 +1214,11 @@ impl StreamSession<'_> {
         }
         self.used_slots.clear();
         let mut misses = Vec::new();
+        let mut in_flight = Vec::new(); // prefetches the hits still wait for
         for &e in &needed {
             match self.cache.lookup(l, e) {
                 Some(slot) => {
-                    if let Some(ev) = self.cache.slots[slot].ready.take() {
-                        self.dev.wait(Stream::Compute, ev)?; // a prefetch still in flight
-                        self.dev.release(ev);
-                    }
+                    in_flight.extend(self.cache.slots[slot].ready.take());
                     self.used_slots.push(slot);
                     self.set_table(l, e, slot);
                 }
@@ -1185,6 +1226,16 @@ impl StreamSession<'_> {
             }
         }
         let (gpu, cpu) = self.split(l, &misses);
+        // The CPU experts start from h as it is now: it comes down before the compute stream
+        // queues any wait for a copy, so they run while the copies do (max, not sum).
+        let mut h = vec![0f32; if cpu.is_empty() { 0 } else { n * dim }]; // [n, dim]
+        if !cpu.is_empty() {
+            download(self.dev.as_mut(), s.h, &mut h)?;
+        }
+        for ev in in_flight {
+            self.dev.wait(Stream::Compute, ev)?;
+            self.dev.release(ev);
+        }
         let mut jobs = Vec::with_capacity(gpu.len());
         for &e in &gpu {
             let slot = self.cache.victim(l, &self.used_slots).expect("split() keeps loads within capacity");
@@ -1198,15 +1249,16 @@ impl StreamSession<'_> {
             self.copy_experts(Stream::Copy, &jobs)?;
             let ev = self.dev.record(Stream::Copy)?;
             self.dev.wait(Stream::Compute, ev)?;
-            self.dev.release(ev);
+            // Prefetches queued from now on start after these demand loads (load_async).
+            if let Some(old) = self.last_demand.replace(ev) {
+                self.dev.release(old);
+            }
         }
         let table = std::mem::take(&mut self.tables[l]);
         upload(self.dev.as_mut(), self.layers[l].tables, &table)?;
         self.tables[l] = table;
         if !cpu.is_empty() {
-            // Activations cross the link instead of weights: h down, output rows up.
-            let mut h = vec![0f32; n * dim]; // [n, dim]
-            download(self.dev.as_mut(), s.h, &mut h)?;
+            // Activations cross the link instead of weights: h down (above), output rows up.
             let mut marked = ids.to_vec();
             for (pair, id) in marked.iter_mut().enumerate() {
                 let e = *id as usize;
@@ -1296,7 +1348,7 @@ impl StreamSession<'_> {
                     // written after load; offsets[l][e] + bytes lies inside it.
                     let src = unsafe { base.add(offsets[l][e]) };
                     // SAFETY: dst is a slot of slot_bytes >= bytes; src stays valid (above).
-                    unsafe { self.dev.h2d(stream, dst, src, bytes)? };
+                    unsafe { h2d_chunked(self.dev.as_mut(), stream, dst, src, bytes)? };
                 }
                 Ok(())
             }
@@ -1325,7 +1377,7 @@ impl StreamSession<'_> {
                 for (&i, &(dst, bytes)) in bufs.iter().zip(&sizes) {
                     // SAFETY: the buffer stays unchanged until the event recorded right after
                     // this copy completes (its next use waits for it).
-                    unsafe { self.dev.h2d(stream, dst, staging[i], bytes)? };
+                    unsafe { h2d_chunked(self.dev.as_mut(), stream, dst, staging[i], bytes)? };
                     last_copy[i] = Some(self.dev.record(stream)?);
                 }
                 Ok(())
@@ -1386,6 +1438,11 @@ impl StreamSession<'_> {
         if !loaded.is_empty() {
             let jobs: Vec<(usize, usize, usize)> =
                 loaded.iter().map(|&slot| (l, self.cache.slots[slot].key.expect("just inserted").1, slot)).collect();
+            // Never ahead of a demand load on the link: the two copy streams are peers on a
+            // GPU (the simulator serves demand first); this makes the GPU behave the same.
+            if let Some(ev) = self.last_demand {
+                self.dev.wait(Stream::Prefetch, ev)?;
+            }
             self.copy_experts(Stream::Prefetch, &jobs)?;
             let ev = self.dev.record(Stream::Prefetch)?;
             for slot in loaded {

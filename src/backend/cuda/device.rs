@@ -58,10 +58,26 @@ pub struct Device {
     stream: *mut c_void,
 }
 
-// SAFETY: the stream handle is only used through the runtime, which is thread-safe; Device is
-// never used from two threads at once (&mut or a single owner).
+// SAFETY: the stream handle is only used through the runtime, which is thread-safe. The
+// runtime's current device is per host thread: whoever moves a Device to another thread calls
+// `make_current` there before using it (the rotary's CudaDevice does on every entry point).
 unsafe impl Send for Device {}
 unsafe impl Sync for Device {}
+
+thread_local! {
+    /// The device this thread last made current (-1: none yet): cudaSetDevice only on change.
+    static CURRENT: std::cell::Cell<i32> = const { std::cell::Cell::new(-1) };
+}
+
+/// Make `ordinal` the calling thread's current device.
+fn set_current(ordinal: usize) -> Result<()> {
+    if CURRENT.with(|c| c.get()) != ordinal as i32 {
+        // SAFETY: the ordinal was validated when the Device opened.
+        check(unsafe { ffi::rotary_set_device(ordinal as i32) }, "cudaSetDevice")?;
+        CURRENT.with(|c| c.set(ordinal as i32));
+    }
+    Ok(())
+}
 
 impl Device {
     /// Device `ordinal`: `NoCudaDevice` when the runtime finds none (no driver, no GPU).
@@ -81,8 +97,7 @@ impl Device {
         if ordinal >= count as usize {
             return Err(Error::NoCudaDevice { reason: format!("device {ordinal} of {count}") });
         }
-        // SAFETY: ordinal < count.
-        check(unsafe { ffi::rotary_set_device(ordinal as i32) }, "cudaSetDevice")?;
+        set_current(ordinal)?;
         let mut raw = ffi::RotaryDeviceInfo::default();
         // SAFETY: raw is a valid out-struct of the ABI's layout.
         check(unsafe { ffi::rotary_device_info(ordinal as i32, &mut raw) }, "cudaGetDeviceProperties")?;
@@ -104,6 +119,12 @@ impl Device {
 
     pub fn stream(&self) -> *mut c_void {
         self.stream
+    }
+
+    /// Make this device the calling thread's current one (cudaSetDevice is per thread: work
+    /// from a thread that never set it would go to device 0).
+    pub fn make_current(&self) -> Result<()> {
+        set_current(self.ordinal)
     }
 
     /// Wait for everything queued on the stream; errors of earlier async launches surface here.
@@ -247,7 +268,7 @@ impl Event {
     pub fn new() -> Result<Event> {
         let mut e = ptr::null_mut();
         // SAFETY: valid out-pointer; destroyed in drop.
-        check(unsafe { ffi::rotary_event_create(&mut e) }, "cudaEventCreate")?;
+        check(unsafe { ffi::rotary_event_create_timing(&mut e) }, "cudaEventCreate")?;
         Ok(Event(e))
     }
 
