@@ -64,7 +64,12 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Build the driver against `csrc` (a copy, maybe mutated) into `exe`.
 fn build(cxx: &str, csrc: &Path, exe: &Path) {
-    let driver = root().join("tests/emu/mutants.cpp");
+    build_driver(cxx, "mutants.cpp", &["rmsnorm.cu"], csrc, exe);
+}
+
+/// Build tests/emu/`driver` with csrc/`sources` and the emulator against `csrc` into `exe`.
+fn build_driver(cxx: &str, driver: &str, sources: &[&str], csrc: &Path, exe: &Path) {
+    let driver = root().join("tests/emu").join(driver);
     let out = Command::new(cxx)
         .args(["-std=c++17", "-O1", "-pthread", "-fno-strict-aliasing", "-DROTARY_EMU", "-w"])
         .arg(format!("-I{}", csrc.join("emu/include").display()))
@@ -75,7 +80,7 @@ fn build(cxx: &str, csrc: &Path, exe: &Path) {
         .arg(exe)
         .args(["-x", "c++"])
         .arg(&driver)
-        .arg(csrc.join("rmsnorm.cu"))
+        .args(sources.iter().map(|f| csrc.join(f)))
         .arg(csrc.join("emu/simt.cpp"))
         .arg(csrc.join("emu/runtime.cpp"))
         .output()
@@ -127,6 +132,48 @@ fn the_emulator_catches_broken_kernels() {
         println!("{name}: caught under {} of {} seeds; {}", caught.len(), SEEDS.len(), results[0].1.replace('\n', " | "));
         assert!(!caught.is_empty(), "{name}: not detected: {results:?}");
         assert!(caught.iter().all(|(code, _)| *code == 1 || *code == 2), "{name}: {results:?}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// (mode of tests/emu/runtime.cpp, the emulator's settings for it).
+const RUNTIME_MODES: &[(&str, &[(&str, &str)])] = &[
+    ("last-error", &[("ROTARY_EMU_LINK_GBPS", "0.05")]),
+    ("events", &[]),
+    ("memory", &[]),
+    ("spill", &[("ROTARY_EMU_SPILL", "rmsnorm=256")]),
+    ("launch-oom", &[]),
+    ("shared-link", &[("ROTARY_EMU_LINK_GBPS", "1")]),
+    ("pinned-reuse", &[("ROTARY_EMU_LINK_GBPS", "0.05")]),
+    ("pinned-wait", &[("ROTARY_EMU_LINK_GBPS", "0.05")]),
+    ("other-device", &[("ROTARY_EMU_DEVICES", "2")]),
+];
+
+/// The emulated runtime is as strict as a GPU's where host code can go wrong: each mode of
+/// tests/emu/runtime.cpp misuses it one way and checks that the emulator says so (and that the
+/// correct twin passes).
+#[test]
+fn the_emulated_runtime_bites() {
+    let Some(cxx) = compiler() else {
+        println!("SKIP emu runtime: no host C++ compiler (c++ or $CXX)");
+        return;
+    };
+    let tmp = std::env::temp_dir().join(format!("rotary-emu-runtime-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).expect("mkdir");
+    let exe = tmp.join("runtime");
+    build_driver(&cxx, "runtime.cpp", &["rmsnorm.cu", "runtime.cu"], &root().join("csrc"), &exe);
+    for (mode, env) in RUNTIME_MODES {
+        let mut cmd = Command::new(&exe);
+        cmd.arg(mode);
+        for var in ["ROTARY_EMU_LINK_GBPS", "ROTARY_EMU_SPILL", "ROTARY_EMU_DEVICES", "ROTARY_EMU_VRAM"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().expect("run");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        println!("--- {mode}\n{}", text.trim());
+        assert_eq!(out.status.code(), Some(0), "runtime {mode}: {text}");
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }

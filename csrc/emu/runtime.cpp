@@ -327,20 +327,21 @@ void sync_device(DeviceState *d) {
 }
 
 // A transfer of `bytes` over the modelled link in direction `dir` (0: to the device, 1: to
-// the host): it waits for the copies that reached the link before it, whatever their stream,
-// then takes bytes / ROTARY_EMU_LINK_GBPS.
-void model_link(DeviceState *d, int dir, size_t bytes) {
-    const double gbps = config().link_gbps;
-    if (gbps <= 0) return;
+// the host) takes its turn after the copies that reached the link before it, whatever their
+// stream, and bytes / ROTARY_EMU_LINK_GBPS: the time it ends.
+std::chrono::steady_clock::time_point reserve_link(DeviceState *d, int dir, size_t bytes) {
     using clock = std::chrono::steady_clock;
+    const double gbps = config().link_gbps;
+    if (gbps <= 0) return clock::now();
     const auto took = std::chrono::nanoseconds(static_cast<int64_t>(static_cast<double>(bytes) / gbps));
-    clock::time_point end;
-    {
-        std::lock_guard<std::mutex> lock(d->link_m);
-        end = std::max(clock::now(), d->link_free[dir]) + took;
-        d->link_free[dir] = end;
-    }
-    if (end - clock::now() > std::chrono::microseconds(2)) std::this_thread::sleep_until(end);
+    std::lock_guard<std::mutex> lock(d->link_m);
+    const clock::time_point end = std::max(clock::now(), d->link_free[dir]) + took;
+    d->link_free[dir] = end;
+    return end;
+}
+
+void wait_link(std::chrono::steady_clock::time_point end) {
+    if (end - std::chrono::steady_clock::now() > std::chrono::microseconds(2)) std::this_thread::sleep_until(end);
 }
 
 // A 64-bit checksum of n bytes (detects a pinned source changed while its copy was queued).
@@ -757,8 +758,9 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
         auto staged = std::make_shared<std::vector<char>>(static_cast<const char *>(src),
                                                           static_cast<const char *>(src) + bytes);
         s->push([d, out, staged, bytes] {
+            const auto end = reserve_link(d, 0, bytes);
             memset(out, 0xff, bytes);
-            model_link(d, 0, bytes);
+            wait_link(end);
             memcpy(out, staged->data(), bytes);
         });
         return cudaSuccess;
@@ -770,8 +772,9 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
         // and with the source once the copy is done.
         const uint64_t want = checksum(in, bytes);
         s->push([d, out, in, bytes, want] {
+            const auto end = reserve_link(d, 0, bytes);
             memset(out, 0xff, bytes);
-            model_link(d, 0, bytes);
+            wait_link(end);
             memmove(out, in, bytes);
             if (checksum(out, bytes) != want || checksum(in, bytes) != want) {
                 char m[240];
@@ -786,7 +789,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
     }
     if (kind == cudaMemcpyDeviceToHost && dst_pinned) memset(out, 0xff, bytes);  // not there yet
     const uint64_t seq = s->push([d, out, in, bytes, kind] {
-        if (kind == cudaMemcpyDeviceToHost) model_link(d, 1, bytes);
+        if (kind == cudaMemcpyDeviceToHost) wait_link(reserve_link(d, 1, bytes));
         memmove(out, in, bytes);
     });
     if (kind == cudaMemcpyDeviceToHost && !dst_pinned) s->wait(seq);  // pageable: synchronous

@@ -129,12 +129,14 @@ impl Device {
 
     /// Wait for everything queued on the stream; errors of earlier async launches surface here.
     pub fn sync(&self) -> Result<()> {
+        self.make_current()?;
         // SAFETY: the stream is alive for self's lifetime.
         check(unsafe { ffi::rotary_stream_synchronize(self.stream) }, "cudaStreamSynchronize")
     }
 
     /// (free, total) device bytes.
     pub fn mem_info(&self) -> Result<(u64, u64)> {
+        self.make_current()?;
         let (mut free, mut total) = (0u64, 0u64);
         // SAFETY: valid out-pointers.
         check(unsafe { ffi::rotary_mem_info(&mut free, &mut total) }, "cudaMemGetInfo")?;
@@ -144,7 +146,7 @@ impl Device {
     /// A zeroed device buffer of `len` elements; `what` names it in errors.
     pub fn alloc<T: DeviceCopy>(&self, len: usize, what: &str) -> Result<DevBuf<T>> {
         let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
-        let (free, _) = self.mem_info()?;
+        let (free, _) = self.mem_info()?; // (makes the device current)
         if bytes > free {
             return Err(Error::DeviceOutOfMemory { what: what.into(), bytes_requested: bytes, bytes_free: free });
         }
@@ -195,6 +197,7 @@ impl Device {
     /// # Safety
     /// `dst` and `src` must be valid for `bytes` in the memory spaces `kind` names.
     unsafe fn memcpy(&self, dst: *mut std::ffi::c_void, src: *const std::ffi::c_void, bytes: usize, kind: ffi::RotaryCopyKind) -> Result<()> {
+        self.make_current()?;
         // SAFETY: the caller's contract.
         let code = unsafe { ffi::rotary_memcpy_async(dst, src, bytes as u64, kind, self.stream) };
         check(code, &format!("cudaMemcpyAsync({kind:?})"))

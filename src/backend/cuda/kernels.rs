@@ -42,6 +42,7 @@ macro_rules! launchers {
         /// Every pointer in `p` must be a live device allocation of at least the extent the
         /// params struct's documentation in abi.h gives for its dimensions.
         pub unsafe fn $name(dev: &Device, p: &ffi::$ty) -> Result<()> {
+            dev.make_current()?;
             // SAFETY: p is a valid params struct (the caller vouches for its pointers); the
             // launcher only reads it and queues work on the device's stream.
             check(unsafe { ffi::$ffi(p, dev.stream()) }, stringify!($ffi))
