@@ -25,6 +25,7 @@ const DEFAULT_SMS: &[u32] = &[89, 90];
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_cuda)");
+    println!("cargo::rustc-check-cfg=cfg(rotary_emu)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=gen");
     println!("cargo::rerun-if-changed=csrc");
@@ -53,6 +54,9 @@ fn main() {
     match built {
         Ok(status) => {
             println!("cargo::rustc-cfg=has_cuda");
+            if emulated {
+                println!("cargo::rustc-cfg=rotary_emu"); // the emulator's own counters exist
+            }
             println!("cargo::rustc-env=ROTARY_CUDA_STATUS={status}");
         }
         Err(why) => {

@@ -434,15 +434,39 @@ fn experts_computed_on_the_cpu_are_loaded_behind() {
     assert!(runs.iter().all(|r| r.1 == runs[0].1), "the logits depend on where experts ran");
 }
 
-/// A device that forgets one thing: the compute stream's wait on the event recorded on the
-/// copy stream after a batch of demand copies (the wait `prepare_moe` queues before the MoE
-/// kernel reads a just-copied expert). Everything else passes through.
-struct WithoutCopyWait {
+/// What a `Spy` saw, in order.
+#[derive(Clone, Debug, PartialEq)]
+enum Call {
+    H2d(Stream, usize),
+    D2h(usize),
+    /// An event recorded on a stream.
+    Record(Stream, u64),
+    /// A stream waits for an event recorded on another stream.
+    Wait(Stream, u64),
+}
+
+/// A device that passes everything through and logs the calls that order work; with
+/// `skip_copy_wait` it forgets one thing: the compute stream's wait on the event recorded on
+/// the copy stream after a batch of demand copies (the wait `resolve` queues before the MoE
+/// kernel reads a just-copied expert).
+struct Spy {
     inner: Box<dyn Device>,
+    calls: std::sync::Arc<Mutex<Vec<Call>>>,
+    skip_copy_wait: bool,
     last_copy_event: Option<u64>,
 }
 
-impl Device for WithoutCopyWait {
+impl Spy {
+    fn new(inner: Box<dyn Device>, skip_copy_wait: bool) -> (Spy, std::sync::Arc<Mutex<Vec<Call>>>) {
+        let calls = std::sync::Arc::new(Mutex::new(Vec::new()));
+        (Spy { inner, calls: calls.clone(), skip_copy_wait, last_copy_event: None }, calls)
+    }
+    fn log(&self, c: Call) {
+        self.calls.lock().expect("log").push(c);
+    }
+}
+
+impl Device for Spy {
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -458,19 +482,25 @@ impl Device for WithoutCopyWait {
     fn budget_bytes(&self) -> Option<u64> {
         self.inner.budget_bytes()
     }
+    fn largest_alloc(&mut self) -> rotary::Result<Option<u64>> {
+        self.inner.largest_alloc()
+    }
     fn alloc_host(&mut self, bytes: u64, what: &str) -> rotary::Result<*mut u8> {
         self.inner.alloc_host(bytes, what)
     }
     unsafe fn h2d(&mut self, stream: Stream, dst: u64, src: *const u8, bytes: usize) -> rotary::Result<()> {
+        self.log(Call::H2d(stream, bytes));
         // SAFETY: the caller's contract, passed on unchanged.
         unsafe { self.inner.h2d(stream, dst, src, bytes) }
     }
     fn d2h(&mut self, src: u64, dst: &mut [u8]) -> rotary::Result<()> {
+        self.log(Call::D2h(dst.len()));
         self.inner.d2h(src, dst)
     }
     fn record(&mut self, stream: Stream) -> rotary::Result<rotary::rotary::device::Event> {
         let ev = self.inner.record(stream)?;
         self.last_copy_event = (stream == Stream::Copy).then_some(ev.0);
+        self.log(Call::Record(stream, ev.0));
         Ok(ev)
     }
     fn retain(&mut self, event: rotary::rotary::device::Event) {
@@ -480,9 +510,10 @@ impl Device for WithoutCopyWait {
         self.inner.release(event)
     }
     fn wait(&mut self, stream: Stream, event: rotary::rotary::device::Event) -> rotary::Result<()> {
-        if stream == Stream::Compute && self.last_copy_event == Some(event.0) {
+        if self.skip_copy_wait && stream == Stream::Compute && self.last_copy_event == Some(event.0) {
             return Ok(());
         }
+        self.log(Call::Wait(stream, event.0));
         self.inner.wait(stream, event)
     }
     fn sync_event(&mut self, event: rotary::rotary::device::Event) -> rotary::Result<()> {
@@ -500,6 +531,85 @@ impl Device for WithoutCopyWait {
     fn stall_seconds(&self) -> f64 {
         self.inner.stall_seconds()
     }
+}
+
+/// A streamed session on the simulator behind a Spy, with `slots` expert slots; the calls it
+/// made over a prompt and four decode steps.
+fn spy_run(opts: Options, slots: u64) -> (Vec<Call>, rotary::rotary::Stats, usize) {
+    let file = tiny();
+    let w = Weights::load(&file).expect("weights");
+    let resident = session(&w, None, Options::default()).expect("resident");
+    let budget = resident.plan.fixed_bytes() + slots * resident.plan.slot_bytes;
+    drop(resident);
+    let (spy, calls) = Spy::new(Box::new(SimDevice::new(Some(budget), 50.0, Some(2)).expect("sim")), false);
+    let mut s = StreamSession::new(&w, Box::new(spy), N_CTX, opts, "sim", &mut |_, _| {}).expect("streamed");
+    trace_last(&mut s, &prompt(), w.cfg.n_vocab as usize, 4);
+    let dim = w.cfg.dim as usize;
+    let log = calls.lock().expect("log").clone();
+    (log, s.stats(), dim)
+}
+
+/// The CPU experts of a layer start from h as it is when the layer's copies are queued: h
+/// comes down before the compute stream waits for any demand copy (else they would start only
+/// once every copy landed, costing t_link + t_cpu instead of the max).
+#[test]
+fn cpu_experts_do_not_wait_for_the_demand_copies() {
+    // Per-layer slots: a prompt's many experts overflow them, so layers load some and run the
+    // rest on the CPU.
+    let opts = Options { alloc: Allocation::PerLayer, moe_policy: MoePolicy::Gpu, prefetch: false, ..Options::default() };
+    let (calls, st, dim) = spy_run(opts, 4 * 3);
+    assert!(st.cpu_experts > 0 && st.misses > st.cpu_experts, "loads and CPU experts both ran: {st}");
+    let mut copy_events = Vec::new();
+    let (mut waiting, mut h_downloads, mut late) = (false, 0, 0);
+    for c in &calls {
+        match c {
+            Call::Record(Stream::Copy, e) => copy_events.push(*e),
+            Call::Wait(Stream::Compute, e) if copy_events.contains(e) => waiting = true,
+            Call::D2h(bytes) => {
+                // h of a prompt (37 rows) or of one token: [n, dim] f32.
+                if *bytes % (dim * 4) == 0 && *bytes >= dim * 4 {
+                    h_downloads += 1;
+                    late += waiting as usize;
+                }
+                waiting = false;
+            }
+            _ => {}
+        }
+    }
+    println!("{h_downloads} downloads of h for CPU experts, {late} behind a wait for copies; {st}");
+    assert!(h_downloads > 0);
+    assert_eq!(late, 0, "h came down behind the compute stream's wait for demand copies");
+}
+
+/// Prefetches never get ahead of demand loads on the link: each prefetch batch queued after a
+/// demand batch waits for that batch's event, and goes in pieces of at most PREFETCH_CHUNK
+/// bytes (a demand copy on the other stream waits for one piece, not a batch).
+#[test]
+fn prefetches_queue_behind_demand_loads_in_pieces() {
+    let opts = Options { moe_policy: MoePolicy::Gpu, ..Options::default() };
+    let (calls, st, _) = spy_run(opts, 5);
+    assert!(st.prefetch_loads > 0 && st.misses > 0, "{st}");
+    let chunk = rotary::rotary::engine::PREFETCH_CHUNK;
+    let mut last_demand = None;
+    let (mut batches, mut ordered, mut pending) = (0, 0, false);
+    for c in &calls {
+        match c {
+            Call::Record(Stream::Copy, e) => last_demand = Some(*e),
+            Call::Wait(Stream::Prefetch, e) if Some(*e) == last_demand => pending = true,
+            Call::H2d(Stream::Prefetch, bytes) => {
+                assert!(*bytes <= chunk, "a prefetch copy of {bytes} bytes");
+            }
+            Call::Record(Stream::Prefetch, _) => {
+                batches += 1;
+                ordered += (pending || last_demand.is_none()) as usize;
+                pending = false;
+            }
+            _ => {}
+        }
+    }
+    println!("{batches} prefetch batches, {ordered} behind the latest demand load; {st}");
+    assert!(batches > 0);
+    assert_eq!(ordered, batches, "a prefetch batch not ordered after the latest demand load");
 }
 
 /// The emulated CUDA runtime runs copies and kernels on their own host threads and poisons a
@@ -520,7 +630,7 @@ fn cuda_without_the_wait_on_copied_experts_goes_wrong() {
     drop(resident);
     let opts = Options { moe_policy: MoePolicy::Gpu, prefetch: false, max_slots: Some(3), ..Options::default() };
     let inner = rotary::rotary::open_device("cuda", 0, Some(budget), 0.0, Some(2)).expect("cuda");
-    let dev = WithoutCopyWait { inner, last_copy_event: None };
+    let (dev, _) = Spy::new(inner, true);
     let mut s = StreamSession::new(&w, Box::new(dev), N_CTX, opts, "cuda", &mut |_, _| {}).expect("streamed");
     let got = trace_last(&mut s, &prompt(), n_vocab, 4);
     let same = got.iter().zip(&want).all(|(g, w)| g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()));

@@ -122,11 +122,11 @@ impl CudaDevice {
         })
     }
 
-    /// Pinned host → device bandwidth: a 32 MiB copy timed with events (best of 3). Runs
-    /// before any allocation of ours; its buffers are freed on every path, and a failure
-    /// leaves no last error behind for the next launch to report.
+    /// Pinned host → device bandwidth: an 8 MiB copy timed with events (best of 3). Runs
+    /// before any allocation of ours (its buffers count in the peak); they are freed on every
+    /// path, and a failure leaves no last error behind for the next launch to report.
     fn measure_link(&mut self) -> Result<f64> {
-        const BYTES: u64 = 32 << 20;
+        const BYTES: u64 = 8 << 20;
         struct Buffers(*mut c_void, *mut c_void);
         impl Drop for Buffers {
             fn drop(&mut self) {
@@ -148,6 +148,7 @@ impl CudaDevice {
                 check(ffi::rotary_host_alloc_pinned(&mut b.0, BYTES), "cudaHostAlloc(link test)")?;
                 check(ffi::rotary_malloc(&mut b.1, BYTES), "cudaMalloc(link test)")?;
             }
+            self.measure_in_use()?;
             let mut best = f64::MAX;
             for _ in 0..3 {
                 let start = crate::backend::cuda::device::Event::new()?;
@@ -375,6 +376,19 @@ impl Device for CudaDevice {
 
     fn record(&mut self, stream: Stream) -> Result<Event> {
         self.gpu.make_current()?;
+        let b = match stream {
+            Stream::Copy => Some(0),
+            Stream::Prefetch => Some(1),
+            Stream::Compute => None,
+        };
+        if let Some((start, bytes)) = b.and_then(|b| self.open_batch[b].take()) {
+            // The batch's end comes first: whoever waits for the event returned below can
+            // time the batch at once.
+            let end = self.timing_event()?;
+            // SAFETY: live event and stream.
+            check(unsafe { ffi::rotary_event_record(end, self.stream(stream)) }, "cudaEventRecord")?;
+            self.close_span(Span { start, end, bytes: Some(bytes) })?;
+        }
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -393,17 +407,6 @@ impl Device for CudaDevice {
         check(unsafe { ffi::rotary_event_record(e, self.stream(stream)) }, "cudaEventRecord")?;
         self.refs[id] = 1;
         self.recorded_on[id] = stream;
-        let b = match stream {
-            Stream::Copy => Some(0),
-            Stream::Prefetch => Some(1),
-            Stream::Compute => None,
-        };
-        if let Some((start, bytes)) = b.and_then(|b| self.open_batch[b].take()) {
-            let end = self.timing_event()?;
-            // SAFETY: live event and stream.
-            check(unsafe { ffi::rotary_event_record(end, self.stream(stream)) }, "cudaEventRecord")?;
-            self.close_span(Span { start, end, bytes: Some(bytes) })?;
-        }
         Ok(Event(id as u64))
     }
 

@@ -25,6 +25,24 @@ pub fn check(code: i32, call: &str) -> Result<()> {
     Err(Error::Cuda { call: call.to_string(), code, name, message })
 }
 
+/// The emulated build's own counters (csrc/emu/runtime.cpp): live events, device memory charged
+/// as a driver would and its peak since `emu_reset_peak`. Tests read them; a GPU has no such
+/// thing.
+#[cfg(rotary_emu)]
+pub fn emu_stats(ordinal: usize) -> Result<ffi::RotaryEmuStats> {
+    // SAFETY: a plain C struct of integers: all zeros is a valid value.
+    let mut s: ffi::RotaryEmuStats = unsafe { std::mem::zeroed() };
+    // SAFETY: s is a valid out-struct of the ABI's layout.
+    check(unsafe { ffi::rotary_emu_stats(ordinal as i32, &mut s) }, "rotary_emu_stats")?;
+    Ok(s)
+}
+
+#[cfg(rotary_emu)]
+pub fn emu_reset_peak(ordinal: usize) -> Result<()> {
+    // SAFETY: no pointers.
+    check(unsafe { ffi::rotary_emu_reset_peak(ordinal as i32) }, "rotary_emu_reset_peak")
+}
+
 /// Element types that may live in a device buffer (plain bits, no drop, any bit pattern valid).
 pub trait DeviceCopy: Copy + Default + 'static {}
 impl DeviceCopy for u8 {}
