@@ -21,6 +21,20 @@ impl Message {
 /// Render `messages` with `template`, ending with the assistant's generation prompt.
 /// `thinking`: None leaves the template's default; Some(b) sets `enable_thinking = b`.
 pub fn render(template: &str, messages: &[Message], thinking: Option<bool>) -> Result<String> {
+    let messages: Vec<serde_json::Value> =
+        messages.iter().map(|m| serde_json::json!({ "role": m.role, "content": m.content })).collect();
+    render_json(template, &messages, None, thinking)
+}
+
+/// `render` for OpenAI-style messages as JSON (`role`, `content`, and for tool use
+/// `tool_calls`, `tool_call_id`, `name`), with the request's `tools` passed to the template as
+/// Qwen's templates expect them.
+pub fn render_json(
+    template: &str,
+    messages: &[serde_json::Value],
+    tools: Option<&serde_json::Value>,
+    thinking: Option<bool>,
+) -> Result<String> {
     let mut env = Environment::new();
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JinjaError> {
@@ -31,14 +45,12 @@ pub fn render(template: &str, messages: &[Message], thinking: Option<bool>) -> R
         reason: format!("{e:#}"),
     };
     env.add_template("chat", template).map_err(bad)?;
-    let messages: Vec<_> = messages
-        .iter()
-        .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
-        .collect();
     let tmpl = env.get_template("chat").map_err(bad)?;
+    let messages = minijinja::Value::from_serialize(messages);
+    let tools = tools.map(minijinja::Value::from_serialize);
     let ctx = match thinking {
-        Some(t) => context! { messages, add_generation_prompt => true, enable_thinking => t },
-        None => context! { messages, add_generation_prompt => true },
+        Some(t) => context! { messages, tools, add_generation_prompt => true, enable_thinking => t },
+        None => context! { messages, tools, add_generation_prompt => true },
     };
     tmpl.render(ctx).map_err(bad)
 }

@@ -18,6 +18,7 @@ pub mod routing;
 pub mod run;
 pub mod sample;
 pub mod selftest;
+pub mod serve;
 pub mod synth;
 pub mod tokenizer;
 

@@ -42,6 +42,16 @@ pub const CONTEXT_MAX: u64 = 1 << 24;
 /// A token piece longer than this is rejected (CVE-2025-49847 was a piece > i32::MAX).
 pub const TOKEN_PIECE_BYTES_MAX: usize = 1 << 16;
 
+/// `rotary serve`: the largest request body, the most messages (and tools) in one request, the
+/// longest stop list, and how long a client may take to send its request body.
+pub const SERVE_BODY_BYTES_MAX: usize = 4 << 20;
+pub const SERVE_MESSAGES_MAX: usize = 1024;
+pub const SERVE_TOOLS_MAX: usize = 128;
+pub const SERVE_STOPS_MAX: usize = 16;
+pub const SERVE_BODY_SECONDS_MAX: u64 = 30;
+/// Requests waiting for the engine by default (`--queue`); past it a request gets 429.
+pub const SERVE_QUEUE_DEFAULT: usize = 8;
+
 const _: () = assert!(GGUF_ALIGNMENT_DEFAULT.is_power_of_two());
 const _: () = assert!(GGUF_ALIGNMENT_MAX.is_power_of_two());
 const _: () = assert!(GGUF_ALIGNMENT_DEFAULT <= GGUF_ALIGNMENT_MAX);

@@ -25,6 +25,8 @@ use rotary::Result;
 
 #[path = "cli/paper.rs"]
 mod paper;
+#[path = "cli/serve.rs"]
+mod serve;
 
 const VERSION: &str =
     concat!(env!("CARGO_PKG_VERSION"), "\ncuda: ", env!("ROTARY_CUDA_STATUS"));
@@ -200,6 +202,46 @@ enum Command {
         #[arg(long)]
         record_routing: Option<PathBuf>,
     },
+    /// An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models,
+    /// /health, /metrics, /tokenize, /detokenize), streaming, with a prompt cache.
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Address to listen on (127.0.0.1: this machine only).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Require this key (`Authorization: Bearer KEY`) on every endpoint but /health.
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Requests that may wait for the engine; past it a request gets 429.
+        #[arg(long, default_value_t = rotary::limits::SERVE_QUEUE_DEFAULT)]
+        queue: usize,
+        /// Use this Jinja chat template instead of the model's.
+        #[arg(long)]
+        chat_template_file: Option<PathBuf>,
+    },
+    /// A conversation in the terminal with the model's chat template and a prompt cache
+    /// (/exit, /clear, /save FILE; Ctrl-C stops the answer).
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// A system message first.
+        #[arg(long)]
+        system: Option<String>,
+        /// Thinking on or off (the template's enable_thinking).
+        #[arg(long, value_parser = ["on", "off"])]
+        think: Option<String>,
+        /// Tokens per answer at most.
+        #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
+        n_predict: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Use this Jinja chat template instead of the model's.
+        #[arg(long)]
+        chat_template_file: Option<PathBuf>,
+    },
     /// Evaluate a prompt and print the top logits at every position.
     Logits {
         #[command(flatten)]
@@ -314,6 +356,15 @@ fn run(cli: Cli) -> Result<()> {
             let think = think.map(|t| t == "on");
             let opts = RunOptions { record_routing, n_predict, sampling, chat, think, stops };
             cmd_run(&model, &prompt, opts)
+        }
+        Command::Serve { model, host, port, api_key, queue, chat_template_file } => {
+            let template = serve::template_file(chat_template_file.as_deref())?;
+            serve::cmd_serve(model, serve::ServeArgs { host, port, api_key, queue, template })
+        }
+        Command::Chat { model, system, think, n_predict, sampling, chat_template_file } => {
+            let think = think.map(|t| t == "on");
+            let template = serve::template_file(chat_template_file.as_deref())?;
+            serve::cmd_chat(&model, serve::ChatArgs { system, think, n_predict, sampling, template })
         }
         Command::Logits { model, prompt, top, full_last, json } => {
             cmd_logits(&model, &prompt, top, full_last, json)
@@ -700,6 +751,11 @@ mod cancel {
 
     pub fn requested() -> bool {
         REQUESTED.load(Ordering::Relaxed)
+    }
+
+    /// Forget an earlier Ctrl-C (`rotary chat`: each answer can be stopped on its own).
+    pub fn reset() {
+        REQUESTED.store(false, Ordering::Relaxed);
     }
 
     #[cfg(unix)]

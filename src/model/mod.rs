@@ -20,6 +20,12 @@ pub trait Engine {
     fn n_ctx(&self) -> usize;
     /// Forget the sequence.
     fn reset(&mut self);
+    /// Keep only the first `n_past` tokens of the sequence (a prompt cache whose new prompt
+    /// shares only a prefix). False when the model cannot (a recurrent state has no history);
+    /// then nothing changed.
+    fn rewind(&mut self, _n_past: usize) -> bool {
+        false
+    }
     fn backend_name(&self) -> &'static str;
     fn threads(&self) -> usize;
     /// Route experts by a benchmark mode and/or record the routing (see src/routing.rs).

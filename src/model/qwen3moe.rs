@@ -408,6 +408,16 @@ impl crate::model::Engine for Session<'_> {
         Session::reset(self);
     }
 
+    /// Attention's KV cache is read only below n_past, so dropping its tail is moving n_past
+    /// back; DeltaNet's state and a routing trace cannot go back.
+    fn rewind(&mut self, n_past: usize) -> bool {
+        if self.ssm_state.iter().any(|s| !s.is_empty()) || self.router.is_some() || n_past > self.n_past {
+            return false;
+        }
+        self.n_past = n_past;
+        true
+    }
+
     fn set_router(&mut self, router: crate::routing::Router) {
         self.router = Some(router);
     }

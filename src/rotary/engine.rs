@@ -1146,6 +1146,15 @@ impl Engine for StreamSession<'_> {
         self.plan.n_ctx
     }
 
+    /// As the CPU session: attention only, no routing trace.
+    fn rewind(&mut self, n_past: usize) -> bool {
+        if self.w.gdn.is_some() || self.router.is_some() || n_past > self.n_past {
+            return false;
+        }
+        self.n_past = n_past;
+        true
+    }
+
     fn reset(&mut self) {
         self.state_stale = self.w.gdn.is_some();
         self.n_past = 0;
