@@ -49,6 +49,10 @@ pub const SERVE_MESSAGES_MAX: usize = 1024;
 pub const SERVE_TOOLS_MAX: usize = 128;
 pub const SERVE_STOPS_MAX: usize = 16;
 pub const SERVE_BODY_SECONDS_MAX: u64 = 30;
+/// How long a connection may take to send a request's headers, idle time on a kept-alive
+/// connection included, and how many bytes of headers it may send.
+pub const SERVE_HEADER_SECONDS_MAX: u64 = 20;
+pub const SERVE_HEADER_BYTES_MAX: usize = 64 << 10;
 /// Requests waiting for the engine by default (`--queue`); past it a request gets 429.
 pub const SERVE_QUEUE_DEFAULT: usize = 8;
 

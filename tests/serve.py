@@ -132,6 +132,7 @@ def main():
         check("rotary_completion_tokens_total" in out and out.endswith("200"), "/metrics in Prometheus text")
 
         openai_client(base)
+        slow_clients(base)
     finally:
         proc.terminate()
         rc = proc.wait(timeout=60)
@@ -140,6 +141,34 @@ def main():
     tool_round_trip()
     chat_test()
     load_test()
+
+
+def slow_clients(base):
+    """A client that sends half its headers and stalls is dropped after the header timeout
+    (src/limits.rs: 20 s), and a 100 KiB header is refused; the server keeps answering."""
+    import socket
+    host, port = base.split("//")[1].split(":")
+    s = socket.create_connection((host, int(port)))
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    s.settimeout(40)
+    t0 = time.time()
+    try:
+        data = s.recv(1024)
+    except OSError:
+        data = b""
+    waited = time.time() - t0
+    s.close()
+    check(waited < 35 and not data.startswith(b"HTTP/1.1 200"), f"a stalled client is dropped after {waited:.0f} s")
+    s = socket.create_connection((host, int(port)))
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (100 << 10) + b"\r\n\r\n")
+    s.settimeout(10)
+    try:
+        data = s.recv(1024)
+    except OSError:
+        data = b""
+    s.close()
+    check(data.startswith(b"HTTP/1.1 431"), f"a 100 KiB header is refused ({data[:12]!r})")
+    check(request(base, "/health")[0] == 200, "the server still answers")
 
 
 def openai_client(base):

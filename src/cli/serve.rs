@@ -81,8 +81,9 @@ pub fn cmd_serve(args: ModelArgs, s: ServeArgs) -> Result<()> {
         seeds: AtomicU64::new(rotary::sample::SEED_DEFAULT),
         created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     });
+    // One thread for the network: the engine's threads keep the cores.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
@@ -99,10 +100,8 @@ pub fn cmd_serve(args: ModelArgs, s: ServeArgs) -> Result<()> {
             eprintln!("rotary serve: stopping after the current token");
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         };
-        axum::serve(listener, router(server))
-            .with_graceful_shutdown(signal)
-            .await
-            .map_err(|e| Error::Usage(format!("server: {e}")))
+        rotary::serve::http::serve(listener, router(server), signal).await;
+        Ok::<(), Error>(())
     })?;
     drop(rt); // the last Server (and with it the queue's sender) goes: the engine thread ends
     let _ = worker.join();

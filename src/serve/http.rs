@@ -52,7 +52,55 @@ pub fn router(server: Shared) -> Router {
         .route("/detokenize", post(detokenize))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(ApiError::new(404, "not_found_error", "no such endpoint")) })
+        .layer(axum::middleware::from_fn(header_limit))
         .with_state(server)
+}
+
+/// 431 for requests whose headers are over SERVE_HEADER_BYTES_MAX.
+async fn header_limit(req: Request, next: axum::middleware::Next) -> Response {
+    let bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if bytes > limits::SERVE_HEADER_BYTES_MAX {
+        let e = ApiError::new(431, "invalid_request_error", format!("the headers are over {} bytes", limits::SERVE_HEADER_BYTES_MAX));
+        return error(e);
+    }
+    next.run(req).await
+}
+
+/// Serve `app` on `listener` until `stop` completes, then let the connections in flight end
+/// (streams end once the engine stops after its current token; at most 10 s). Each connection:
+/// HTTP/1.1 with a header timeout that also bounds keep-alive idling, and a read buffer cap
+/// (the router refuses headers over SERVE_HEADER_BYTES_MAX with 431).
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, stop: impl std::future::Future<Output = ()>) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors or a reset before accept: keep serving.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(limits::SERVE_HEADER_SECONDS_MAX))
+                    .max_buf_size(4 * limits::SERVE_HEADER_BYTES_MAX) // what hyper reads at most
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+    }
 }
 
 fn error(e: ApiError) -> Response {
