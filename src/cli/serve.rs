@@ -79,7 +79,7 @@ pub fn cmd_serve(args: ModelArgs, s: ServeArgs) -> Result<()> {
         metrics,
         shutdown: shutdown.clone(),
         seeds: AtomicU64::new(rotary::sample::SEED_DEFAULT),
-        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        created: rotary::serve::http::unix_now(),
     });
     // One thread for the network: the engine's threads keep the cores.
     let rt = tokio::runtime::Builder::new_multi_thread()

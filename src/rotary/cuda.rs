@@ -18,7 +18,6 @@ use crate::backend::cuda::ffi;
 use crate::backend::cuda::kernels::{self, gdn_head_order, quant_of};
 use crate::error::{Error, Result};
 
-
 /// The driver's page for device memory, and the largest allocation it packs into shared
 /// pages (the emulated runtime models the same).
 const DRIVER_PAGE: u64 = 2 << 20;
@@ -28,8 +27,8 @@ const SMALL_ALLOC: u64 = 1 << 20;
 struct Span {
     start: *mut c_void,
     end: *mut c_void,
-    /// Host-to-device bytes the interval moved (a link batch), or None (a compute-stream wait).
-    bytes: Option<u64>,
+    /// A batch of copies on the link (busy time); otherwise a compute-stream wait (stall).
+    link: bool,
 }
 
 pub struct CudaDevice {
@@ -38,8 +37,7 @@ pub struct CudaDevice {
     prefetch: *mut c_void,
     budget_bytes: Option<u64>,
     overhead_bytes: u64,
-    /// What the device had in use (total - free) at the last measurement, and the most seen.
-    in_use_bytes: Cell<u64>,
+    /// The most the device had in use (total - free) at any measurement.
     peak_bytes: Cell<u64>,
     allocs: Vec<*mut c_void>,
     host: Vec<(*mut c_void, u64)>,
@@ -54,9 +52,9 @@ pub struct CudaDevice {
     timing_free: RefCell<Vec<*mut c_void>>,
     stats: LinkStats,
     link_peak_gbps: Option<f64>,
-    /// Per copy stream (demand, prefetch): the start event and bytes of the copies queued
+    /// Per copy stream (demand, prefetch): the timing event before the first copy queued
     /// since its last recorded event.
-    open_batch: [Option<(*mut c_void, u64)>; 2],
+    open_batch: [Option<*mut c_void>; 2],
     /// Spans whose time is not yet known; timed (and their events freed) lazily.
     closed: RefCell<Vec<Span>>,
     busy_seconds: Cell<f64>,
@@ -91,7 +89,6 @@ impl CudaDevice {
             prefetch,
             budget_bytes,
             overhead_bytes,
-            in_use_bytes: Cell::new(total - free),
             peak_bytes: Cell::new(total - free),
             allocs: Vec::new(),
             host: Vec::new(),
@@ -173,7 +170,6 @@ impl CudaDevice {
     fn measure_in_use(&self) -> Result<u64> {
         let (free, total) = self.gpu.mem_info()?;
         let used = total - free;
-        self.in_use_bytes.set(used);
         self.peak_bytes.set(self.peak_bytes.get().max(used));
         Ok(used)
     }
@@ -214,7 +210,7 @@ impl CudaDevice {
             // SAFETY: both events recorded on one stream and complete (start before end).
             check(unsafe { ffi::rotary_event_elapsed_ms(&mut ms, span.start, span.end) }, "cudaEventElapsedTime")?;
             let seconds = ms.max(0.0) as f64 / 1e3;
-            let sum = if span.bytes.is_some() { &self.busy_seconds } else { &self.stall_seconds };
+            let sum = if span.link { &self.busy_seconds } else { &self.stall_seconds };
             sum.set(sum.get() + seconds);
             self.timing_free.borrow_mut().extend([span.start, span.end]);
         }
@@ -232,11 +228,6 @@ impl CudaDevice {
             }
         }
         Ok(())
-    }
-
-    /// Live timing and sync-only events (tests: both stay bounded over any run).
-    pub fn event_counts(&self) -> (usize, usize) {
-        (self.timing.len(), self.events.len())
     }
 
     fn stream(&self, s: Stream) -> *mut c_void {
@@ -258,16 +249,16 @@ impl Device for CudaDevice {
     }
 
     /// Checked against what the device has in use as the driver counts it: an allocation
-    /// over 1 MiB takes whole 2 MiB pages, a smaller one may open a 2 MiB chunk. Measured
-    /// again after the allocation; one that took more than it may is given back.
+    /// over 1 MiB takes whole 2 MiB pages; a smaller one shares a 2 MiB chunk, which it may
+    /// have to open. Measured again after the allocation; one that took more than it may is
+    /// given back.
     fn alloc(&mut self, bytes: u64, what: &str) -> Result<Addr> {
-        self.gpu.make_current()?;
         let rounded = bytes.max(1).div_ceil(256) * 256;
-        let charge = if rounded > SMALL_ALLOC { rounded.div_ceil(DRIVER_PAGE) * DRIVER_PAGE } else { DRIVER_PAGE };
+        let pages = if rounded > SMALL_ALLOC { rounded.div_ceil(DRIVER_PAGE) * DRIVER_PAGE } else { rounded };
         let budget = self.budget_bytes.unwrap_or(u64::MAX).saturating_sub(LAUNCH_RESERVE);
-        let used = self.measure_in_use()?;
+        let used = self.measure_in_use()?; // (makes the device current)
         let oom = |free: u64| Error::DeviceOutOfMemory { what: what.into(), bytes_requested: rounded, bytes_free: free };
-        if used + charge > budget && !(rounded <= SMALL_ALLOC && used + rounded <= budget) {
+        if used + pages > budget {
             return Err(oom(budget.saturating_sub(used)));
         }
         let mut p = ptr::null_mut();
@@ -336,15 +327,12 @@ impl Device for CudaDevice {
         } else {
             self.stats.h2d_bytes += bytes as u64;
             let b = if stream == Stream::Copy { 0 } else { 1 };
-            match &mut self.open_batch[b] {
-                Some((_, n)) => *n += bytes as u64,
-                None => {
-                    // A batch starts: a timing event before its first copy on the stream.
-                    let e = self.timing_event()?;
-                    // SAFETY: live event and stream.
-                    check(unsafe { ffi::rotary_event_record(e, s) }, "cudaEventRecord")?;
-                    self.open_batch[b] = Some((e, bytes as u64));
-                }
+            if self.open_batch[b].is_none() {
+                // A batch starts: a timing event before its first copy on the stream.
+                let e = self.timing_event()?;
+                // SAFETY: live event and stream.
+                check(unsafe { ffi::rotary_event_record(e, s) }, "cudaEventRecord")?;
+                self.open_batch[b] = Some(e);
             }
         }
         // SAFETY: the caller's contract (see the trait) keeps src valid until the copy is done.
@@ -381,13 +369,13 @@ impl Device for CudaDevice {
             Stream::Prefetch => Some(1),
             Stream::Compute => None,
         };
-        if let Some((start, bytes)) = b.and_then(|b| self.open_batch[b].take()) {
+        if let Some(start) = b.and_then(|b| self.open_batch[b].take()) {
             // The batch's end comes first: whoever waits for the event returned below can
             // time the batch at once.
             let end = self.timing_event()?;
             // SAFETY: live event and stream.
             check(unsafe { ffi::rotary_event_record(end, self.stream(stream)) }, "cudaEventRecord")?;
-            self.close_span(Span { start, end, bytes: Some(bytes) })?;
+            self.close_span(Span { start, end, link: true })?;
         }
         let id = match self.free.pop() {
             Some(id) => id,
@@ -442,7 +430,7 @@ impl Device for CudaDevice {
             let end = self.timing_event()?;
             // SAFETY: live event and stream.
             check(unsafe { ffi::rotary_event_record(end, on) }, "cudaEventRecord")?;
-            self.close_span(Span { start, end, bytes: None })?;
+            self.close_span(Span { start, end, link: false })?;
         }
         Ok(())
     }
@@ -460,8 +448,7 @@ impl Device for CudaDevice {
     }
 
     fn launch(&mut self, k: &Kernel) -> Result<()> {
-        self.gpu.make_current()?;
-        launch(&self.gpu, k)
+        launch(&self.gpu, k) // every launcher makes the device current
     }
 
     /// Bytes queued on the copy streams, and the time the completed batches took (from the
@@ -487,7 +474,7 @@ impl Device for CudaDevice {
 
 impl Drop for CudaDevice {
     fn drop(&mut self) {
-        let _ = self.gpu.make_current().and_then(|()| self.gpu.sync());
+        let _ = self.gpu.sync(); // (makes the device current)
         // SAFETY: every handle was created by this device and is released once.
         unsafe {
             for &e in self.events.iter().chain(&self.timing) {

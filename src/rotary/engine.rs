@@ -1237,8 +1237,9 @@ impl StreamSession<'_> {
         let (gpu, cpu) = self.split(l, &misses);
         // The CPU experts start from h as it is now: it comes down before the compute stream
         // queues any wait for a copy, so they run while the copies do (max, not sum).
-        let mut h = vec![0f32; if cpu.is_empty() { 0 } else { n * dim }]; // [n, dim]
+        let mut h = Vec::new(); // [n, dim] when some expert runs on the CPU
         if !cpu.is_empty() {
+            h.resize(n * dim, 0f32);
             download(self.dev.as_mut(), s.h, &mut h)?;
         }
         for ev in in_flight {

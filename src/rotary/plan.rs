@@ -15,11 +15,11 @@ pub const PAGE_SIZE: usize = 16;
 /// Device allocations are rounded up to this (as the simulator does; cudaMalloc aligns too).
 pub const ALIGN: u64 = 256;
 
-/// Device memory a CUDA device keeps free for what the first launches load lazily (kernel code, CUDA's
-/// default since 12.2, in 2 MiB pages) and for local memory: the plan reserves it, and the
-/// expert cache is sized from what cudaMemGetInfo says after every other allocation. The
-/// forward loads about 20 kernel instances of tens of KiB each, and the build refuses spills
-/// (tests/gen.rs), so 32 MiB is several times what they need.
+/// Device memory a CUDA device keeps free for what the first launches load lazily (kernel
+/// code, CUDA's default since 12.2, in 2 MiB pages) and for local memory: the plan reserves
+/// it, and the expert cache is sized from what cudaMemGetInfo says after every other
+/// allocation. The forward loads about 20 kernel instances of tens of KiB each, and the build
+/// refuses spills (tests/gen.rs), so 32 MiB is several times what they need.
 pub const LAUNCH_RESERVE: u64 = 32 << 20;
 
 pub fn align(bytes: u64) -> u64 {

@@ -233,7 +233,8 @@ fn enqueue(s: &Server, prompt: Vec<u32>, gen: GenRequest) -> Result<(tokio::sync
     }
 }
 
-fn now() -> u64 {
+/// Seconds since the Unix epoch (OpenAI's `created`).
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -251,8 +252,8 @@ struct Format {
 impl Format {
     fn new(s: &Server, chat: bool, in_reasoning: bool, tools: bool, include_usage: bool) -> Format {
         let n = s.seeds.load(Ordering::Relaxed);
-        let id = format!("{}-{:x}{n:x}", if chat { "chatcmpl" } else { "cmpl" }, now());
-        Format { chat, id, model: s.model_id.clone(), created: now(), splitter: Splitter::new(in_reasoning, tools), tools, include_usage }
+        let id = format!("{}-{:x}{n:x}", if chat { "chatcmpl" } else { "cmpl" }, unix_now());
+        Format { chat, id, model: s.model_id.clone(), created: unix_now(), splitter: Splitter::new(in_reasoning, tools), tools, include_usage }
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {

@@ -35,7 +35,10 @@ pub struct Splitter {
 
 /// The longest suffix of `s` that is a proper prefix of `tag` (text to hold back).
 fn partial_suffix(s: &str, tag: &str) -> usize {
-    (1..tag.len().min(s.len() + 1)).rev().find(|&n| s.is_char_boundary(s.len() - n) && tag.starts_with(&s[s.len() - n..])).unwrap_or(0)
+    (1..tag.len().min(s.len() + 1))
+        .rev()
+        .find(|&n| s.is_char_boundary(s.len() - n) && tag.starts_with(&s[s.len() - n..]))
+        .unwrap_or(0)
 }
 
 impl Splitter {
@@ -73,12 +76,8 @@ impl Splitter {
                         self.state = State::Content;
                     }
                     None => {
-                        let keep = partial_suffix(&self.held, THINK_CLOSE);
-                        let r = self.held[..self.held.len() - keep].to_string();
-                        if !r.is_empty() {
-                            out.push(Piece::Reasoning(r));
-                        }
-                        self.held = self.held[self.held.len() - keep..].to_string();
+                        let r = self.release(THINK_CLOSE);
+                        out.extend((!r.is_empty()).then_some(Piece::Reasoning(r)));
                         return out;
                     }
                 },
@@ -95,12 +94,8 @@ impl Splitter {
                             self.state = State::Tools;
                         }
                         None => {
-                            let keep = if self.tools { partial_suffix(&self.held, TOOL_OPEN) } else { 0 };
-                            let c = self.held[..self.held.len() - keep].to_string();
-                            if !c.is_empty() {
-                                out.push(Piece::Content(c));
-                            }
-                            self.held = self.held[self.held.len() - keep..].to_string();
+                            let c = self.release(if self.tools { TOOL_OPEN } else { "" });
+                            out.extend((!c.is_empty()).then_some(Piece::Content(c)));
                             return out;
                         }
                     }
@@ -112,6 +107,13 @@ impl Splitter {
                 }
             }
         }
+    }
+
+    /// Everything held but a tail that may be the start of `tag` (which stays held).
+    fn release(&mut self, tag: &str) -> String {
+        let keep = partial_suffix(&self.held, tag);
+        let tail = self.held.split_off(self.held.len() - keep);
+        std::mem::replace(&mut self.held, tail)
     }
 
     /// The end of the output: whatever was held back.

@@ -142,10 +142,8 @@ pub fn run_job(
         cancelled,
     });
     // What the engine now holds, for the next request's prefix check.
-    let held = engine.n_past();
-    cache.tokens.truncate(reuse);
-    cache.tokens.extend(prompt[reuse..].iter().chain(&sampled).take(held - reuse.min(held)));
-    cache.tokens.truncate(held);
+    // (The cache held prompt[..reuse]; every sampled token but the last was evaluated.)
+    cache.tokens = prompt.iter().chain(&sampled).take(engine.n_past()).copied().collect();
     let stats = match result {
         Ok(s) => s,
         Err(e) => {
