@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::model::qwen3moe::Logits;
-use crate::model::{Engine, TensorRole};
+use crate::forward::{Engine, Logits};
+use crate::model::TensorRole;
 use crate::rotary::plan::{align, Plan};
 use crate::rotary::Stats;
 use crate::synth::{self, Preset, QuantMix, SynthOptions};

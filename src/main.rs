@@ -15,9 +15,10 @@ use rotary::format::hf::HfDir;
 use rotary::tokenizer::{Tokenizer, VocabSpec};
 use std::io::Write;
 
-use rotary::model::qwen3moe::{top_k, Logits, Session};
-use rotary::model::Engine;
-use rotary::model::weights::Weights;
+use rotary::ops::oracle::top_k;
+use rotary::units;
+use rotary::Logits;
+use session::with_session;
 use rotary::chat::Message;
 use rotary::run::Generation;
 use rotary::sample::{Sampler, SamplerParams, StopStrings};
@@ -25,6 +26,8 @@ use rotary::Result;
 
 #[path = "cli/paper.rs"]
 mod paper;
+#[path = "cli/session.rs"]
+mod session;
 #[path = "cli/serve.rs"]
 mod serve;
 
@@ -488,7 +491,7 @@ fn cmd_synth(
 use rotary::run::embedded_default;
 
 fn cmd_inspect(file: Option<PathBuf>, budget: Option<&str>, kv: bool, tensors: bool) -> Result<()> {
-    let budget_bytes = budget.map(inspect::parse_size).transpose()?;
+    let budget_bytes = budget.map(units::parse_size).transpose()?;
     if let Some(dir) = file.as_ref().filter(|p| p.is_dir()) {
         let hf = HfDir::open(dir)?;
         print!("{}", Report::from_hf(&hf, budget_bytes).map_err(|e| e.in_file(dir))?);
@@ -559,98 +562,6 @@ fn cmd_tokenize(model: Option<PathBuf>, json: bool, parse_special: bool, text: &
     Ok(())
 }
 
-/// The model, its weights, tokenizer and a session: what run and logits start from.
-fn with_session<T>(
-    args: &ModelArgs,
-    record: Option<&Path>,
-    f: impl FnOnce(&mut dyn Engine, &Tokenizer) -> Result<T>,
-) -> Result<T> {
-    let backend_name = args.backend();
-    if backend_name == "cuda" && !rotary::backend::cuda::COMPILED {
-        return Err(rotary::Error::CudaNotCompiled);
-    }
-    let budget = args.rotary.vram_budget.as_deref().map(inspect::parse_size).transpose()?;
-    let device_backend = matches!(backend_name, "cuda" | "sim");
-    if budget.is_some() && !device_backend {
-        return Err(rotary::Error::Usage(format!(
-            "--vram-budget needs --backend cuda or sim (not {backend_name})"
-        )));
-    }
-    if args.model.is_none() {
-        eprintln!("no model given (-m): using the embedded tiny model with random weights");
-    }
-    let file = rotary::run::open_model(args.model.as_deref())?;
-    let weights = Weights::load(&file)?;
-    let tok = rotary::run::tokenizer_for(&file)?;
-    let n_ctx = args.ctx.unwrap_or(weights.cfg.context_length.min(4096) as usize);
-    let router = router(&args.routing, &weights.cfg, record)?;
-    if device_backend {
-        let mut s = open_stream(args, &weights, backend_name, n_ctx, budget, None)?;
-        eprint!("{}: {}\n{}", backend_name, s.device(), s.plan);
-        if let Some(router) = router {
-            s.set_router(router);
-        }
-        let out = f(&mut s, &tok)?;
-        eprintln!("{}", s.stats());
-        return Ok(out);
-    }
-    let backend = rotary::backend::by_name(backend_name, args.threads)?;
-    let mut session = Session::new(&weights, backend.as_ref(), n_ctx)?;
-    session.router = router;
-    f(&mut session, &tok)
-}
-
-/// A rotary session on `backend` (cuda | sim) under `budget`, configured by the rotary flags;
-/// `policy` overrides --cache-policy (policy sweeps).
-fn open_stream<'w>(
-    args: &ModelArgs,
-    w: &'w Weights<'w>,
-    backend: &str,
-    n_ctx: usize,
-    budget: Option<u64>,
-    policy: Option<rotary::rotary::cache::Policy>,
-) -> Result<rotary::rotary::StreamSession<'w>> {
-    let r = &args.rotary;
-    let opts = rotary::rotary::Options {
-        policy: policy.map_or_else(|| rotary::rotary::cache::Policy::by_name(&r.cache_policy), Ok)?,
-        alloc: rotary::rotary::cache::Allocation::by_name(&r.cache_alloc)?,
-        prefetch: !r.no_prefetch,
-        load_behind: !r.no_load_behind,
-        moe_policy: rotary::rotary::MoePolicy::by_name(&r.moe_policy)?,
-        pin: rotary::rotary::PinMode::by_name(&r.pin)?,
-        link_gbps: r.sim_link_gbps,
-        threads: args.threads,
-        max_slots: r.cache_slots,
-    };
-    let dev = rotary::rotary::open_device(backend, args.device, budget, r.sim_link_gbps, args.threads)?;
-    let name: &'static str = if backend == "cuda" { "cuda" } else { "sim" };
-    let bar = bytes_bar(0, "place weights");
-    let s = rotary::rotary::StreamSession::new(w, dev, n_ctx, opts, name, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })?;
-    bar.finish_and_clear();
-    Ok(s)
-}
-
-/// The router for a --routing mode (and a recorder), unless it is plain model routing.
-fn router(
-    routing: &str,
-    cfg: &rotary::model::ModelConfig,
-    record: Option<&Path>,
-) -> Result<Option<rotary::routing::Router>> {
-    let mode = rotary::routing::RoutingMode::parse(routing)?;
-    if matches!(mode, rotary::routing::RoutingMode::Model) && record.is_none() {
-        return Ok(None);
-    }
-    let (l, k) = (cfg.n_layers as usize, cfg.n_experts_used as usize);
-    let mut r = rotary::routing::Router::new(mode, l, k, 0x5eed)?;
-    if let Some(path) = record {
-        r.record_to(rotary::routing::Recorder::create(path, l, k)?);
-    }
-    Ok(Some(r))
-}
-
 fn cmd_selftest(backend: &str, device: usize, threads: Option<usize>, json: bool, perf: bool) -> Result<()> {
     use rotary::selftest::{self, OpsBackend, Status};
     let mut ops: Box<dyn OpsBackend> = match backend {
@@ -676,11 +587,6 @@ fn cmd_selftest(backend: &str, device: usize, threads: Option<usize>, json: bool
     Ok(())
 }
 
-impl ModelArgs {
-    fn backend(&self) -> &str {
-        self.backend.as_deref().unwrap_or("cpu")
-    }
-}
 
 struct RunOptions {
     record_routing: Option<PathBuf>,
@@ -732,7 +638,7 @@ fn cmd_run(args: &ModelArgs, prompt: &str, o: RunOptions) -> Result<()> {
             print!("{}", stops.flush());
         }
         println!();
-        let rss = rotary::run::peak_rss_bytes().map_or("?".into(), inspect::human_bytes);
+        let rss = rotary::run::peak_rss_bytes().map_or("?".into(), units::human_bytes);
         eprintln!(
             "prompt: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s ({}) | peak RSS {rss}",
             stats.prompt_tokens, stats.prompt_tok_s(), stats.generated_tokens, stats.decode_tok_s(),
@@ -835,12 +741,12 @@ fn cmd_bench(args: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json:
                  \"n_prompt\": {n_prompt}, \"n_gen\": {n_gen}, \"repetitions\": {reps}, \
                  \"pp_tok_s\": {:.3}, \"pp_tok_s_sd\": {:.3}, \"tg_tok_s\": {:.3}, \
                  \"tg_tok_s_sd\": {:.3}{stats}}}",
-                args.backend(), r.pp_tok_s, r.pp_tok_s_sd, r.tg_tok_s, r.tg_tok_s_sd
+                session.backend_name(), r.pp_tok_s, r.pp_tok_s_sd, r.tg_tok_s, r.tg_tok_s_sd
             );
         } else {
             println!("| model | backend | threads | test | t/s |");
             println!("| --- | --- | ---: | --- | ---: |");
-            let b = args.backend();
+            let b = session.backend_name();
             println!("| {model} | {b} | {threads} | pp{n_prompt} | {:.2} ± {:.2} |", r.pp_tok_s, r.pp_tok_s_sd);
             println!("| {model} | {b} | {threads} | tg{n_gen} | {:.2} ± {:.2} |", r.tg_tok_s, r.tg_tok_s_sd);
         }

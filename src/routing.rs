@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::model::qwen3moe::top_k;
+use crate::ops::oracle::top_k;
 
 #[derive(Clone, Debug)]
 pub enum RoutingMode {

@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::format::gguf::Gguf;
-use crate::model::qwen3moe::Logits;
-use crate::model::Engine;
+use crate::forward::{Engine, Logits};
 use crate::model::weights::ModelFile;
 use crate::synth::{self, Preset, QuantMix, SynthOptions};
 use crate::tokenizer::{StreamDecoder, Tokenizer, VocabSpec};

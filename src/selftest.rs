@@ -9,14 +9,14 @@
 //! (src/model/qwen3moe.rs, src/model/deltanet.rs), i.e. exactly what the CPU engine computes
 //! with.
 
-use half::f16;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu_ref::CpuRef;
 use crate::backend::{Backend, Mat};
 use crate::error::Result;
-use crate::model::deltanet;
-use crate::model::qwen3moe::{expert_forward, rmsnorm_rows, rope_tokens, softmax, split_gate, topk_moe};
+use crate::ops::deltanet;
+use crate::ops::oracle::{attention_reference, expert_forward, rmsnorm_rows, rope_tokens, split_gate, topk_moe};
+use crate::ops::TopkNorm;
 use crate::quant::{self, GgmlType};
 use crate::synth::{random_f32, random_ints, random_matrix};
 
@@ -422,7 +422,8 @@ pub fn reference(op: &Op, i: &Inputs) -> Result<Output> {
     let values = match *op {
         Op::Gemv { .. } | Op::Moe { .. } => return products(&CpuRef, op, i),
         Op::TopkMoe { n, n_experts, k, renorm } => {
-            let (ids, w) = topk_moe(&i.f[0][..n * n_experts], n_experts, k, renorm);
+            let norm = if renorm { TopkNorm::Renorm } else { TopkNorm::Softmax };
+            let (ids, w) = topk_moe(&i.f[0][..n * n_experts], n_experts, k, norm);
             return Ok(Output { values: w, ids, second: Vec::new(), guards_ok: true });
         }
         Op::RmsNorm { width, .. } => {
@@ -522,45 +523,6 @@ pub fn products(b: &dyn Backend, op: &Op, i: &Inputs) -> Result<Output> {
         _ => unreachable!("products() is for gemv and moe"),
     };
     Ok(Output { values, ids: Vec::new(), second: Vec::new(), guards_ok: true })
-}
-
-/// Causal GQA attention with an f16 cache, as the CPU engine computes it: q, k, v rounded to
-/// f16, scores in f32, softmax, then the weights rounded to f16 before the V sum.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_reference(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    n: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    hd: usize,
-    pos0: usize,
-    scale: f32,
-) -> Vec<f32> {
-    let r = |x: f32| f16::from_f32(x).to_f32();
-    let kv_width = n_kv_heads * hd;
-    let mut o = vec![0f32; n * n_heads * hd];
-    for t in 0..n {
-        let n_seen = pos0 + t + 1;
-        for h in 0..n_heads {
-            let kvh = h / (n_heads / n_kv_heads);
-            let qh: Vec<f32> = q[(t * n_heads + h) * hd..][..hd].iter().map(|&x| r(x)).collect();
-            let mut s: Vec<f32> = (0..n_seen)
-                .map(|p| {
-                    let kp = &k[p * kv_width + kvh * hd..][..hd];
-                    qh.iter().zip(kp).map(|(a, &b)| a * r(b)).sum::<f32>() * scale
-                })
-                .collect();
-            softmax(&mut s);
-            let oh = &mut o[(t * n_heads + h) * hd..][..hd];
-            for (p, &w) in s.iter().enumerate() {
-                let vp = &v[p * kv_width + kvh * hd..][..hd];
-                oh.iter_mut().zip(vp).for_each(|(o, &x)| *o += r(w) * r(x));
-            }
-        }
-    }
-    o
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

@@ -141,7 +141,7 @@ fn run_rejects_bad_input_clearly() {
     assert!(stderr(&o).contains("top_p"), "{}", stderr(&o));
     let o = rotary(&["run", "--backend", "gpu9000"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("unknown backend 'gpu9000'"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--backend gpu9000: want cpu, cpu-ref, sim or cuda"), "{}", stderr(&o));
     let o = rotary(&["run", "--think", "on"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--think needs --chat"), "{}", stderr(&o));

@@ -2,7 +2,7 @@
 //! recurrence's outputs and final state, for any length (shorter than a chunk, several chunks,
 //! a ragged last chunk), both value-head orders, a non-zero starting state and strong decay.
 
-use rotary::model::deltanet::{self, Shape};
+use rotary::ops::deltanet::{self, Shape};
 use rotary::synth::random_f32;
 
 fn nmse(want: &[f32], got: &[f32]) -> f64 {

@@ -10,11 +10,12 @@
 #[cfg(rotary_emu)]
 mod emulated {
     use rotary::backend::cuda::device::{emu_reset_peak, emu_stats, Device as Gpu};
-    use rotary::model::qwen3moe::Logits;
+    use rotary::Logits;
     use rotary::model::weights::{ModelFile, Weights};
-    use rotary::model::Engine;
+    use rotary::Engine;
     use rotary::rotary::device::{upload, Device, Kernel, Stream};
-    use rotary::rotary::{MoePolicy, Options, StreamSession};
+    use rotary::rotary::{open_device, BackendKind, MoePolicy, Options};
+    use rotary::Session;
     use rotary::synth::{Preset, QuantMix, SynthOptions};
     use std::sync::{Mutex, Once};
 
@@ -31,7 +32,7 @@ mod emulated {
     }
 
     fn open(budget: Option<u64>) -> Box<dyn Device> {
-        rotary::rotary::open_device("cuda", 0, budget, 0.0, Some(2)).expect("emulated cuda")
+        open_device(BackendKind::Cuda, 0, budget, 0.0, Some(2)).expect("emulated cuda")
     }
 
     /// The previous link_stats timed a copy batch still in flight with cudaEventElapsedTime and
@@ -106,7 +107,7 @@ mod emulated {
             assert_eq!(ffi::rotary_malloc(&mut fill, free - (6 << 20)), 0, "fill device 1 but 6 MiB");
         }
         {
-            let mut dev = rotary::rotary::open_device("cuda", 1, Some(total), 0.0, Some(2)).expect("device 1");
+            let mut dev = open_device(BackendKind::Cuda, 1, Some(total), 0.0, Some(2)).expect("device 1");
             assert!(dev.link_peak_gbps().is_none(), "no room to measure the link");
             dev.launch(&Kernel::Add { y: y as u64, x: x as u64, n: 64 }).expect("the first launch after a failed measurement");
             let ev = dev.record(Stream::Compute).expect("record");
@@ -181,7 +182,7 @@ mod emulated {
         let n_vocab = w.cfg.n_vocab as usize;
         let prompt: Vec<u32> = (0..16).map(|i| (i * 37 + 5) % 500).collect();
 
-        let mut resident = StreamSession::new(&w, open(None), n_ctx, Options::default(), "cuda", &mut |_, _| {}).expect("resident");
+        let mut resident = Session::new(&w, open(None), n_ctx, Options::default(), "cuda", &mut |_, _| {}).expect("resident");
         let mut want = vec![resident.forward(&prompt, Logits::Last).expect("prefill")];
         let mut tokens = Vec::with_capacity(TOKENS);
         for _ in 0..TOKENS {
@@ -199,7 +200,7 @@ mod emulated {
         emu_reset_peak(0).expect("reset");
         let started = std::time::Instant::now();
         let opts = Options { moe_policy: MoePolicy::Gpu, max_slots: Some(10), ..Options::default() };
-        let mut s = StreamSession::new(&w, open(Some(budget)), n_ctx, opts, "cuda", &mut |_, _| {}).expect("streamed");
+        let mut s = Session::new(&w, open(Some(budget)), n_ctx, opts, "cuda", &mut |_, _| {}).expect("streamed");
         let mut peak_events = 0i64;
         let mut differ = Vec::new();
         for (step, want) in want.iter().enumerate() {
@@ -249,7 +250,7 @@ mod emulated {
         let _turn = setup();
         let file = small_vocab_tiny(4);
         let w = Weights::load(&file).expect("weights");
-        let resident = StreamSession::new(&w, open(None), 256, Options::default(), "cuda", &mut |_, _| {}).expect("resident");
+        let resident = Session::new(&w, open(None), 256, Options::default(), "cuda", &mut |_, _| {}).expect("resident");
         let (fixed, slot) = (resident.plan.fixed_bytes(), resident.plan.slot_bytes);
         drop(resident);
         let reserve = rotary::rotary::plan::LAUNCH_RESERVE;
@@ -257,7 +258,7 @@ mod emulated {
         for (what, budget) in [("the old arithmetic", fixed - reserve + 5 * slot + slot / 2), ("the plan", fixed + 5 * slot + slot / 2)] {
             emu_reset_peak(0).expect("reset");
             let opts = Options { moe_policy: MoePolicy::Cpu, ..Options::default() };
-            let mut s = match StreamSession::new(&w, open(Some(budget)), 256, opts, "cuda", &mut |_, _| {}) {
+            let mut s = match Session::new(&w, open(Some(budget)), 256, opts, "cuda", &mut |_, _| {}) {
                 Ok(s) => s,
                 Err(e) => {
                     println!("budget by {what}, {:.2} MiB: refused: {e}", budget as f64 / 1048576.0);

@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use rotary::backend::cpu_ref::CpuRef;
-use rotary::model::qwen3moe::{Logits, Session};
+use rotary::rotary::BackendKind;
+use rotary::{Engine, Logits, Session};
 use rotary::model::weights::{ModelFile, Weights};
 
 fn fixture(name: &str) -> PathBuf {
@@ -70,9 +70,8 @@ fn check_fixture_within(name: &str, max_nmse: f64) {
     let r = reference(&dir);
     let file = ModelFile::open(&dir).unwrap();
     let w = Weights::load(&file).unwrap();
-    let backend = CpuRef;
     let n_vocab = w.cfg.n_vocab as usize;
-    let mut s = Session::new(&w, &backend, 128).unwrap();
+    let mut s = Session::open(&w, BackendKind::CpuRef, 128, None).unwrap();
     let logits = s.forward(&r.prompt, Logits::All).unwrap(); // [T, vocab]
     let last = &logits[(r.prompt.len() - 1) * n_vocab..];
     let e = nmse(&r.last_logits, last);
@@ -98,7 +97,7 @@ fn check_fixture_within(name: &str, max_nmse: f64) {
     assert_eq!(greedy, r.greedy, "{name}: greedy tokens");
 
     // Decode vs prefill: the prompt one token at a time gives the batched logits.
-    let mut s = Session::new(&w, &backend, 128).unwrap();
+    let mut s = Session::open(&w, BackendKind::CpuRef, 128, None).unwrap();
     let mut stepped = Vec::with_capacity(logits.len());
     for &tok in &r.prompt {
         stepped.extend(s.forward(&[tok], Logits::Last).unwrap());
@@ -137,11 +136,10 @@ fn matches_transformers_qwen35moe_text_layout() {
 fn context_overflow_names_both_numbers() {
     let file = ModelFile::open(&fixture("hf-qwen3moe-tiny")).unwrap();
     let w = Weights::load(&file).unwrap();
-    let backend = CpuRef;
-    let mut s = Session::new(&w, &backend, 8).unwrap();
+    let mut s = Session::open(&w, BackendKind::CpuRef, 8, None).unwrap();
     let err = s.forward(&[1; 9], Logits::Last).unwrap_err();
     assert!(err.to_string().contains("9 tokens do not fit the context of 8"), "{err}");
-    assert!(Session::new(&w, &backend, 100_000).is_err(), "context beyond the model's");
+    assert!(Session::open(&w, BackendKind::CpuRef, 100_000, None).is_err(), "context beyond the model's");
     let err = s.forward(&[600], Logits::Last).unwrap_err();
     assert!(err.to_string().contains("600"), "{err}");
 }

@@ -7,9 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use rotary::backend::{self, Backend};
 use rotary::format::gguf::Gguf;
-use rotary::model::qwen3moe::{Logits, Session};
+use rotary::rotary::BackendKind;
+use rotary::{Engine, Logits, Session};
 use rotary::model::weights::{ModelFile, Weights};
 use rotary::synth::{self, Preset, QuantMix, SynthOptions};
 
@@ -54,7 +54,7 @@ fn nmse(reference: &[f32], ours: &[f32]) -> f64 {
     num / reference.iter().map(|&a| (a as f64).powi(2)).sum::<f64>()
 }
 
-fn check(mix: QuantMix, backend: &dyn Backend) {
+fn check(mix: QuantMix, backend: BackendKind) {
     check_preset("tiny", mix, backend);
 }
 
@@ -71,15 +71,15 @@ struct Bounds {
     margin: f32,
 }
 
-fn bounds(preset: &str, backend: &dyn Backend) -> Bounds {
-    match (preset, backend.is_reference()) {
+fn bounds(preset: &str, backend: BackendKind) -> Bounds {
+    match (preset, backend == BackendKind::CpuRef) {
         ("tiny", _) => Bounds { nmse: Some(5e-4), top64: Some(0.1), margin: 0.02 },
         (_, false) => Bounds { nmse: Some(5e-4), top64: None, margin: 0.05 },
         (_, true) => Bounds { nmse: None, top64: None, margin: 0.1 },
     }
 }
 
-fn check_preset(preset: &str, mix: QuantMix, backend: &dyn Backend) {
+fn check_preset(preset: &str, mix: QuantMix, backend: BackendKind) {
     let f = load(preset, mix.name());
     let opts = SynthOptions::new(Preset::by_name(preset).unwrap(), mix, 1);
     let bytes = synth::to_bytes(&opts).unwrap();
@@ -91,7 +91,7 @@ fn check_preset(preset: &str, mix: QuantMix, backend: &dyn Backend) {
     let file = ModelFile::Gguf(Gguf::from_bytes(bytes).unwrap());
     let w = Weights::load(&file).unwrap();
     let n_vocab = w.cfg.n_vocab as usize;
-    let mut s = Session::new(&w, backend, 64).unwrap();
+    let mut s = Session::open(&w, backend, 64, Some(2)).unwrap();
     let logits = s.forward(&f.tokens, Logits::All).unwrap();
     let row = |t: usize| &logits[t * n_vocab..(t + 1) * n_vocab];
     let what = format!("{preset} {} on {}", mix.name(), backend.name());
@@ -104,7 +104,7 @@ fn check_preset(preset: &str, mix: QuantMix, backend: &dyn Backend) {
         }
     }
     let hf = fixture_dir(preset).join(format!("{}.hf.f16", mix.name()));
-    if backend.is_reference() && hf.exists() {
+    if backend == BackendKind::CpuRef && hf.exists() {
         let full = read_f16(&hf);
         for (i, &t) in f.full_positions.iter().enumerate() {
             let e = nmse(&full[i * n_vocab..(i + 1) * n_vocab], row(t));
@@ -132,35 +132,35 @@ fn check_preset(preset: &str, mix: QuantMix, backend: &dyn Backend) {
     println!("{what}: top-64 max |d| {worst:.3}; top-1 agrees at all {checked} positions with margin > {}", b.margin);
 }
 
-fn backends() -> Vec<Box<dyn Backend>> {
-    ["cpu-ref", "cpu"].iter().filter_map(|n| backend::by_name(n, Some(2)).ok()).collect()
+fn backends() -> [BackendKind; 2] {
+    [BackendKind::CpuRef, BackendKind::Cpu]
 }
 
 #[test]
 fn q8_0_matches_llama_cpp() {
     for b in backends() {
-        check(QuantMix::Q8_0, b.as_ref());
+        check(QuantMix::Q8_0, b);
     }
 }
 
 #[test]
 fn q4_k_m_matches_llama_cpp() {
     for b in backends() {
-        check(QuantMix::Q4KM, b.as_ref());
+        check(QuantMix::Q4KM, b);
     }
 }
 
 #[test]
 fn qwen35_q8_0_matches_llama_cpp() {
     for b in backends() {
-        check_preset("qwen35-tiny", QuantMix::Q8_0, b.as_ref());
+        check_preset("qwen35-tiny", QuantMix::Q8_0, b);
     }
 }
 
 #[test]
 fn qwen35_q4_k_m_matches_llama_cpp() {
     for b in backends() {
-        check_preset("qwen35-tiny", QuantMix::Q4KM, b.as_ref());
+        check_preset("qwen35-tiny", QuantMix::Q4KM, b);
     }
 }
 

@@ -4,18 +4,29 @@
 //! mode, prefetch or CPU fallback), the VRAM budget as a promise, the cache policies, and the
 //! simulator's own rules (bounds-checked memory, ordered copies).
 
-use rotary::model::qwen3moe::Logits;
+use rotary::Logits;
 use rotary::model::weights::{ModelFile, Weights};
-use rotary::model::Engine;
+use rotary::Engine;
 use rotary::rotary::cache::{Allocation, ExpertCache, Policy};
 use rotary::rotary::device::{upload, Device, Stream};
 use rotary::rotary::sim::SimDevice;
-use rotary::rotary::{MoePolicy, Options, PinMode, StreamSession};
+use rotary::rotary::{open_device, BackendKind, MoePolicy, Options, PinMode};
+use rotary::Session;
 use rotary::synth::{Preset, QuantMix, SynthOptions};
 use rotary::Error;
 use std::sync::Mutex;
 
 const N_CTX: usize = 256;
+
+/// A backend by the name the tests print.
+fn kind(name: &str) -> BackendKind {
+    match name {
+        "cpu" => BackendKind::Cpu,
+        "cpu-ref" => BackendKind::CpuRef,
+        "sim" => BackendKind::Sim,
+        _ => BackendKind::Cuda,
+    }
+}
 
 fn tiny() -> ModelFile {
     ModelFile::Gguf(rotary::run::embedded_default().expect("tiny"))
@@ -29,13 +40,13 @@ fn qwen35_tiny() -> ModelFile {
     ModelFile::Gguf(rotary::format::gguf::Gguf::from_bytes(bytes).expect("gguf"))
 }
 
-fn session<'w>(w: &'w Weights<'w>, budget: Option<u64>, opts: Options) -> rotary::Result<StreamSession<'w>> {
+fn session<'w>(w: &'w Weights<'w>, budget: Option<u64>, opts: Options) -> rotary::Result<Session<'w>> {
     session_on(w, "sim", budget, opts)
 }
 
-fn session_on<'w>(w: &'w Weights<'w>, backend: &'static str, budget: Option<u64>, opts: Options) -> rotary::Result<StreamSession<'w>> {
-    let dev = rotary::rotary::open_device(backend, 0, budget, 50.0, Some(2))?;
-    StreamSession::new(w, dev, N_CTX, opts, backend, &mut |_, _| {})
+fn session_on<'w>(w: &'w Weights<'w>, backend: &'static str, budget: Option<u64>, opts: Options) -> rotary::Result<Session<'w>> {
+    let dev = open_device(kind(backend), 0, budget, 50.0, Some(2))?;
+    Session::new(w, dev, N_CTX, opts, backend, &mut |_, _| {})
 }
 
 /// Budget beyond the plan's arithmetic that a device needs for a given number of slots: none
@@ -54,7 +65,7 @@ static CUDA_TURN: Mutex<()> = Mutex::new(());
 /// line saying why).
 fn devices() -> Vec<&'static str> {
     let mut out = vec!["sim"];
-    match rotary::rotary::open_device("cuda", 0, None, 0.0, Some(2)) {
+    match open_device(BackendKind::Cuda, 0, None, 0.0, Some(2)) {
         Ok(_) => out.push("cuda"),
         Err(e) => println!("SKIP cuda: {e}"),
     }
@@ -108,9 +119,8 @@ fn qwen35_prefill_and_decode_leave_the_same_state() {
     let file = qwen35_tiny();
     let w = Weights::load(&file).expect("weights");
     for name in ["cpu-ref", "cpu"] {
-        let backend = rotary::backend::by_name(name, Some(2)).expect("backend");
-        let mut batched = rotary::model::qwen3moe::Session::new(&w, backend.as_ref(), N_CTX).expect("session");
-        let mut stepped = rotary::model::qwen3moe::Session::new(&w, backend.as_ref(), N_CTX).expect("session");
+        let mut batched = Session::open(&w, kind(name), N_CTX, Some(2)).expect("session");
+        let mut stepped = Session::open(&w, kind(name), N_CTX, Some(2)).expect("session");
         batched.forward(&prompt(), Logits::Last).expect("prefill");
         for &t in &prompt() {
             stepped.forward(&[t], Logits::Last).expect("decode");
@@ -140,8 +150,7 @@ fn qwen35_streamed_logits_are_bit_identical_to_resident() {
 fn qwen35_reset_clears_the_recurrent_state() {
     let file = qwen35_tiny();
     let w = Weights::load(&file).expect("weights");
-    let backend = rotary::backend::by_name("cpu", Some(2)).expect("cpu");
-    let mut cpu = rotary::model::qwen3moe::Session::new(&w, backend.as_ref(), N_CTX).expect("session");
+    let mut cpu = Session::open(&w, kind("cpu"), N_CTX, Some(2)).expect("session");
     let check = |s: &mut dyn Engine| {
         let logits = if s.backend_name() == "cuda" { Logits::Last } else { Logits::All };
         let first = s.forward(&prompt(), logits).expect("first");
@@ -176,14 +185,13 @@ fn streamed_matches_resident_on(w: &Weights, backend: &'static str) {
     let want = if cuda { trace_last(&mut resident, &prompt(), n_vocab, 4) } else { trace(&mut resident, &prompt(), n_vocab) };
     // The streamed runs decode the resident run's tokens (they are its greedy choices).
     let tokens: Vec<u32> = want[..want.len() - 1].iter().map(|l| rotary::run::argmax(&l[l.len() - n_vocab..])).collect();
-    let run = |s: &mut StreamSession| {
+    let run = |s: &mut Session| {
         if cuda { trace_tokens(s, &prompt(), &tokens) } else { trace(s, &prompt(), n_vocab) }
     };
     // How far the CPU engine (8-bit activations) is from the device on the same tokens: the
     // scale of what CPU-computed experts may change on CUDA.
     let cpu_gap: Vec<f64> = if cuda {
-        let backend = rotary::backend::by_name("cpu", Some(2)).expect("cpu");
-        let mut cpu = rotary::model::qwen3moe::Session::new(w, backend.as_ref(), N_CTX).expect("cpu session");
+        let mut cpu = Session::open(w, kind("cpu"), N_CTX, Some(2)).expect("cpu session");
         trace_tokens(&mut cpu, &prompt(), &tokens).iter().zip(&want).map(|(c, r)| nmse(c, r)).collect()
     } else {
         Vec::new()
@@ -418,7 +426,7 @@ fn experts_computed_on_the_cpu_are_loaded_behind() {
         // A link so slow the cost model sends every miss to the CPU.
         let dev = SimDevice::new(Some(budget), 0.001, Some(2)).expect("sim");
         let opts = Options { moe_policy, load_behind, prefetch: false, link_gbps: 0.001, ..Options::default() };
-        let mut s = StreamSession::new(&w, Box::new(dev), N_CTX, opts, "sim", &mut |_, _| {}).expect("session");
+        let mut s = Session::new(&w, Box::new(dev), N_CTX, opts, "sim", &mut |_, _| {}).expect("session");
         s.set_router(Router::new(RoutingMode::Sticky(1.0), l, k, 3).expect("router"));
         s.forward(&prompt()[..3], Logits::Last).expect("prompt");
         let before = s.stats();
@@ -542,7 +550,7 @@ fn spy_run(opts: Options, slots: u64) -> (Vec<Call>, rotary::rotary::Stats, usiz
     let budget = resident.plan.fixed_bytes() + slots * resident.plan.slot_bytes;
     drop(resident);
     let (spy, calls) = Spy::new(Box::new(SimDevice::new(Some(budget), 50.0, Some(2)).expect("sim")), false);
-    let mut s = StreamSession::new(&w, Box::new(spy), N_CTX, opts, "sim", &mut |_, _| {}).expect("streamed");
+    let mut s = Session::new(&w, Box::new(spy), N_CTX, opts, "sim", &mut |_, _| {}).expect("streamed");
     trace_last(&mut s, &prompt(), w.cfg.n_vocab as usize, 4);
     let dim = w.cfg.dim as usize;
     let log = calls.lock().expect("log").clone();
@@ -589,7 +597,7 @@ fn prefetches_queue_behind_demand_loads_in_pieces() {
     let opts = Options { moe_policy: MoePolicy::Gpu, ..Options::default() };
     let (calls, st, _) = spy_run(opts, 5);
     assert!(st.prefetch_loads > 0 && st.misses > 0, "{st}");
-    let chunk = rotary::rotary::engine::PREFETCH_CHUNK;
+    let chunk = rotary::rotary::residency::PREFETCH_CHUNK;
     let mut last_demand = None;
     let (mut batches, mut ordered, mut pending) = (0, 0, false);
     for c in &calls {
@@ -629,9 +637,9 @@ fn cuda_without_the_wait_on_copied_experts_goes_wrong() {
     let budget = resident.plan.fixed_bytes() + 3 * resident.plan.slot_bytes + slack("cuda");
     drop(resident);
     let opts = Options { moe_policy: MoePolicy::Gpu, prefetch: false, max_slots: Some(3), ..Options::default() };
-    let inner = rotary::rotary::open_device("cuda", 0, Some(budget), 0.0, Some(2)).expect("cuda");
+    let inner = open_device(BackendKind::Cuda, 0, Some(budget), 0.0, Some(2)).expect("cuda");
     let (dev, _) = Spy::new(inner, true);
-    let mut s = StreamSession::new(&w, Box::new(dev), N_CTX, opts, "cuda", &mut |_, _| {}).expect("streamed");
+    let mut s = Session::new(&w, Box::new(dev), N_CTX, opts, "cuda", &mut |_, _| {}).expect("streamed");
     let got = trace_last(&mut s, &prompt(), n_vocab, 4);
     let same = got.iter().zip(&want).all(|(g, w)| g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()));
     println!("cuda without the copy wait: {}; {}", if same { "identical" } else { "differs" }, s.stats());

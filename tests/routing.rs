@@ -2,9 +2,11 @@
 //! rate, trace replay, the recorder's round trip through a real run, and that a routing mode
 //! changes which experts run while the router's weights stay its own.
 
-use rotary::model::qwen3moe::{softmax, Logits, Session};
+use rotary::ops::oracle::softmax;
+use rotary::rotary::BackendKind;
+use rotary::{Logits, Session};
 use rotary::model::weights::{ModelFile, Weights};
-use rotary::model::Engine;
+use rotary::Engine;
 use rotary::routing::{Recorder, Router, RoutingMode, Trace};
 
 #[test]
@@ -79,17 +81,16 @@ fn recorded_routing_replays_exactly() {
     let dir = std::env::temp_dir().join(format!("rotary-routing-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("run.trace");
-    let backend = rotary::backend::cpu_ref::CpuRef;
     let tokens: Vec<u32> = (0..9).map(|i| 100 + 37 * i).collect();
 
     // Model routing, recorded.
-    let mut s = Session::new(&w, &backend, 64).expect("session");
+    let mut s = Session::open(&w, BackendKind::CpuRef, 64, None).expect("session");
     let mut rec = Router::new(RoutingMode::Model, l, k, 1).expect("router");
     rec.record_to(Recorder::create(&path, l, k).expect("recorder"));
-    s.router = Some(rec);
+    s.set_router(rec);
     let model_logits = s.forward(&tokens, Logits::All).expect("forward");
     let plain = {
-        let mut s = Session::new(&w, &backend, 64).expect("session");
+        let mut s = Session::open(&w, BackendKind::CpuRef, 64, None).expect("session");
         s.forward(&tokens, Logits::All).expect("forward")
     };
     assert_eq!(model_logits, plain, "model routing through the Router equals the built-in top-k");
@@ -97,12 +98,12 @@ fn recorded_routing_replays_exactly() {
     assert_eq!((trace.n_layers, trace.k, trace.tokens.len()), (l, k, tokens.len()));
 
     // Replaying the trace gives the same experts, hence the same logits.
-    let mut s = Session::new(&w, &backend, 64).expect("session");
+    let mut s = Session::open(&w, BackendKind::CpuRef, 64, None).expect("session");
     s.set_router(Router::new(RoutingMode::Trace(path.clone()), l, k, 1).expect("router"));
     assert_eq!(s.forward(&tokens, Logits::All).expect("forward"), plain);
 
     // Sticky routing with P = 1 changes what runs after the first token.
-    let mut s = Session::new(&w, &backend, 64).expect("session");
+    let mut s = Session::open(&w, BackendKind::CpuRef, 64, None).expect("session");
     s.set_router(Router::new(RoutingMode::Sticky(1.0), l, k, 1).expect("router"));
     assert_ne!(s.forward(&tokens, Logits::All).expect("forward"), plain);
 

@@ -150,7 +150,8 @@ fn qwen35_presets_and_the_mtp_block() {
     assert_eq!(cfg.tensor_table().len(), 733);
     assert_eq!(cfg.tensor_table().len() + cfg.mtp_tensors().len(), 753);
 
-    use rotary::model::qwen3moe::{Logits, Session};
+    use rotary::rotary::BackendKind;
+    use rotary::{Engine, Logits, Session};
     use rotary::model::weights::{ModelFile, Weights};
     let mut logits = Vec::new();
     for mtp in [false, true] {
@@ -161,8 +162,7 @@ fn qwen35_presets_and_the_mtp_block() {
         let file = ModelFile::Gguf(g);
         let w = Weights::load(&file).unwrap();
         assert_eq!((w.cfg.n_layers, w.cfg.n_nextn_layers), (8, u64::from(mtp)));
-        let backend = rotary::backend::by_name("cpu-ref", Some(1)).unwrap();
-        let mut s = Session::new(&w, backend.as_ref(), 32).unwrap();
+        let mut s = Session::open(&w, BackendKind::CpuRef, 32, Some(1)).unwrap();
         logits.push(s.forward(&[72, 101, 108, 108, 111, 248045], Logits::Last).unwrap());
     }
     assert!(logits[0] == logits[1], "the MTP block changed the main model's logits");

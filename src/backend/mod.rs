@@ -1,12 +1,12 @@
-//! Backends: where the heavy arithmetic runs. The forward pass (src/model/) is written once and
-//! calls a `Backend` for every matrix product; everything else is O(dim) per token and stays in
-//! plain scalar code beside it.
+//! Backends: where the heavy arithmetic runs. The host kernels (src/ops/host.rs) call a
+//! `Backend` for every matrix product; everything else is O(dim) per token and stays in plain
+//! scalar code beside it.
 //!
 //! - `cpu_ref`: scalar f32, obviously correct. The oracle every other backend is tested against.
 //! - `cpu`: fast: activations quantized the way ggml does, SIMD dot products, threads.
-//! - `cuda`: the GPU (kernels in csrc/, generated instances from gen/), with its own
-//!   GPU-resident forward pass; in a build without nvcc, `cuda_stub` has the same API and
-//!   answers `Error::CudaNotCompiled`.
+//! - `cuda`: the GPU's FFI (kernels in csrc/, generated instances from gen/), driven through
+//!   src/rotary/cuda.rs; in a build without nvcc, `cuda_stub` has the same API and answers
+//!   `Error::CudaNotCompiled`.
 
 pub mod cpu;
 pub mod cpu_ref;
@@ -82,15 +82,6 @@ pub trait Backend: Send + Sync {
     /// `y[t, i] = Σ_j w[i, j] · x[t, j]` for `n` tokens: x is `[n, w.cols]`, y is `[n, w.rows]`,
     /// both row-major f32. The hot operation: every projection and expert goes through it.
     fn matmul(&self, w: &Mat, x: &[f32], n: usize, y: &mut [f32]) -> Result<()>;
-}
-
-/// A backend by its CLI name.
-pub fn by_name(name: &str, threads: Option<usize>) -> Result<Box<dyn Backend>> {
-    match name {
-        "cpu" => Ok(Box::new(cpu::CpuBackend::new(threads)?)),
-        "cpu-ref" => Ok(Box::new(cpu_ref::CpuRef)),
-        _ => Err(Error::Usage(format!("unknown backend '{name}' (cpu, cpu-ref)"))),
-    }
 }
 
 /// The thread count a backend uses: the flag, else the physical cores.

@@ -5,15 +5,17 @@
 use std::path::{Path, PathBuf};
 
 use rotary::bench::{self, PaperResult, SweepPoint};
-use rotary::inspect::{self, human_bytes};
+use rotary::units::{self, human_bytes};
 use rotary::model::weights::{ModelFile, Weights};
-use rotary::model::Engine;
+use rotary::rotary::BackendKind;
+use rotary::Engine;
 use rotary::rotary::cache::Policy;
 use rotary::routing::RoutingMode;
 use rotary::synth::{self, Preset, QuantMix, SynthOptions};
 use rotary::{Error, Result};
 
-use super::{bytes_bar, open_stream, router, ModelArgs};
+use super::session::{backend_kind, cache_policy, open_stream, router};
+use super::{bytes_bar, ModelArgs};
 
 pub struct PaperArgs {
     pub preset: Option<String>,
@@ -59,11 +61,12 @@ struct Config {
 
 pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
     let gpu = rotary::backend::cuda::COMPILED && rotary::backend::cuda::CudaOps::open(args.device).is_ok();
-    let backend = args.backend.clone().unwrap_or_else(|| if gpu { "cuda".into() } else { "sim".into() });
-    if !matches!(backend.as_str(), "cuda" | "sim" | "cpu" | "cpu-ref") {
-        return Err(Error::Usage(format!("bench --paper: unknown --backend {backend}")));
-    }
-    let host = matches!(backend.as_str(), "cpu" | "cpu-ref");
+    let backend = match &args.backend {
+        Some(b) => backend_kind(b)?,
+        None if gpu => BackendKind::Cuda,
+        None => BackendKind::Sim,
+    };
+    let host = !backend.is_device();
     if host && p.sweep.is_some() {
         return Err(Error::Usage("--sweep needs --backend cuda or sim (a VRAM cache to sweep)".into()));
     }
@@ -71,7 +74,7 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
     let path = match &args.model {
         Some(m) => m.clone(),
         None => {
-            let preset = p.preset.clone().unwrap_or_else(|| if backend == "cuda" { "qwen3-30b-a3b".into() } else { "small".into() });
+            let preset = p.preset.clone().unwrap_or_else(|| if backend == BackendKind::Cuda { "qwen3-30b-a3b".into() } else { "small".into() });
             if !matches!(preset.as_str(), "qwen3-30b-a3b" | "qwen35-35b-a3b") {
                 notes.push(format!("scaled preset '{preset}' (not a real model's shape)"));
             }
@@ -81,7 +84,7 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
     if host {
         notes.push("CPU engine: every weight in host memory, no VRAM budget".to_string());
     }
-    if backend == "sim" {
+    if backend == BackendKind::Sim {
         notes.push(format!("simulated GPU: CPU kernels, {} GB/s link; tok/s is not a GPU figure", args.rotary.sim_link_gbps));
     }
     let file = ModelFile::open(&path)?;
@@ -91,14 +94,14 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
     let n_decode = p.n_decode.unwrap_or(bench::PAPER_DECODE);
     let n_ctx = (prompt.len() + n_decode + 1).div_ceil(256) * 256;
     let r = &args.rotary;
-    let user_budget = r.vram_budget.as_deref().map(inspect::parse_size).transpose()?;
+    let user_budget = r.vram_budget.as_deref().map(units::parse_size).transpose()?;
     // The budget: the flag; on a GPU 8 GiB; on the simulator the 30B's expert residency at
     // 8 GiB applied to this model (so the cache is as tight as on the paper's laptop).
     let base = Config {
         label: String::new(),
-        budget: user_budget.or(if backend == "cuda" { Some(bench::PAPER_BUDGET) } else { None }),
+        budget: user_budget.or(if backend == BackendKind::Cuda { Some(bench::PAPER_BUDGET) } else { None }),
         residency: None,
-        policy: Policy::by_name(&r.cache_policy)?,
+        policy: cache_policy(&r.cache_policy)?,
         routing: args.routing.clone(),
     };
     let mut base = base;
@@ -114,7 +117,7 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         Some(spec) => sweep_configs(spec, &base)?,
     };
     let mut results = Vec::new();
-    let job = Job { args, w: &weights, backend: &backend, n_ctx, prompt: &prompt, n_decode };
+    let job = Job { args, w: &weights, backend, n_ctx, prompt: &prompt, n_decode };
     for c in &configs {
         let mut res = if host { run_host(&job, c)? } else { run_config(&job, c)? };
         res.model = model.clone();
@@ -155,7 +158,7 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
             "policy" => "cache policy",
             _ => "routing",
         };
-        let title = format!("rotary: decode and hit rate, {} ({backend}, routing {})", short(&model), base.routing);
+        let title = format!("rotary: decode and hit rate, {} ({backend}, routing {})", short(&model), base.routing, backend = backend.name());
         let svg = bench::sweep_svg(&title, x_label, &points);
         std::fs::write(&p.plot, svg).map_err(|e| Error::Io { path: p.plot.clone(), source: e })?;
         eprintln!("chart: {}", p.plot.display());
@@ -197,7 +200,7 @@ fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
                     (c.budget, c.residency) = (None, Some(f / 100.0));
                 } else {
                     let with_unit = if it.chars().any(|ch| ch.is_ascii_alphabetic()) { it.to_string() } else { format!("{it}{unit}") };
-                    (c.budget, c.residency) = (Some(inspect::parse_size(&with_unit)?), None);
+                    (c.budget, c.residency) = (Some(units::parse_size(&with_unit)?), None);
                     c.label = with_unit;
                 }
                 out.push(c);
@@ -206,7 +209,7 @@ fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
         "policy" => {
             for it in &items {
                 let mut c = base.clone();
-                c.policy = Policy::by_name(it)?;
+                c.policy = cache_policy(it)?;
                 c.label = it.to_string();
                 out.push(c);
             }
@@ -229,7 +232,7 @@ fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
 struct Job<'a> {
     args: &'a ModelArgs,
     w: &'a Weights<'a>,
-    backend: &'a str,
+    backend: BackendKind,
     n_ctx: usize,
     prompt: &'a [u32],
     n_decode: usize,
@@ -241,7 +244,7 @@ fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
     let budget = match (c.budget, c.residency) {
         (Some(b), _) => Some(b),
         (None, Some(f)) => {
-            let probe = open_stream(args, w, "sim", n_ctx, None, Some(c.policy))?;
+            let probe = open_stream(args, w, BackendKind::Sim, n_ctx, None, Some(c.policy))?;
             let slots = (f * probe.plan.n_experts_total as f64).ceil() as u64;
             Some(probe.plan.fixed_bytes() + slots * probe.plan.slot_bytes)
         }
@@ -268,8 +271,7 @@ fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
 /// The protocol on the CPU engine (no VRAM, no expert stats).
 fn run_host(j: &Job, c: &Config) -> Result<PaperResult> {
     let Job { args, w, backend, n_ctx, prompt, n_decode } = *j;
-    let b = rotary::backend::by_name(backend, args.threads)?;
-    let mut s = rotary::model::qwen3moe::Session::new(w, b.as_ref(), n_ctx)?;
+    let mut s = open_stream(args, w, backend, n_ctx, None, None)?;
     if let Some(r) = router(&c.routing, &w.cfg, None)? {
         s.set_router(r);
     }

@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::format::gguf::Gguf;
 use crate::format::hf::HfDir;
 use crate::format::safetensors::Dtype;
-use crate::model::{deltanet, Arch, ModelConfig};
+use crate::model::{Arch, ModelConfig};
+use crate::ops::deltanet;
 use crate::quant::{self, GgmlType};
 
 /// An opened model file of either format.

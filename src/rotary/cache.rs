@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 
 use super::device::Event;
-use crate::error::{Error, Result};
 
 const LFRU_HALF_LIFE: f64 = 512.0;
 
@@ -24,15 +23,6 @@ pub enum Policy {
 }
 
 impl Policy {
-    pub fn by_name(s: &str) -> Result<Policy> {
-        match s {
-            "lru" => Ok(Policy::Lru),
-            "lfru" => Ok(Policy::Lfru),
-            "layer" | "layer-aware" => Ok(Policy::LayerAware),
-            _ => Err(Error::Usage(format!("--cache-policy {s}: want lru, lfru or layer"))),
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Policy::Lru => "lru",
@@ -46,16 +36,6 @@ impl Policy {
 pub enum Allocation {
     Global,
     PerLayer,
-}
-
-impl Allocation {
-    pub fn by_name(s: &str) -> Result<Allocation> {
-        match s {
-            "global" => Ok(Allocation::Global),
-            "layer" | "per-layer" => Ok(Allocation::PerLayer),
-            _ => Err(Error::Usage(format!("--cache-alloc {s}: want global or layer"))),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default)]

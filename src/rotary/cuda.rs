@@ -15,7 +15,8 @@ use super::device::{Addr, Device, Event, Kernel, LinkStats, Stream};
 use super::plan::LAUNCH_RESERVE;
 use crate::backend::cuda::device::{check, Device as Gpu};
 use crate::backend::cuda::ffi;
-use crate::backend::cuda::kernels::{self, gdn_head_order, quant_of};
+use crate::backend::cuda::kernels::{self, gdn_head_order, quant_of, topk_norm};
+use crate::ops::KvType;
 use crate::error::{Error, Result};
 
 /// The driver's page for device memory, and the largest allocation it packs into shared
@@ -494,6 +495,11 @@ impl Drop for CudaDevice {
 
 /// The FFI params of a kernel, launched on the compute stream.
 fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
+    if let Kernel::KvStore { cache, .. } | Kernel::Attention { cache, .. } = k {
+        if cache.ty != KvType::F16 {
+            return Err(Error::Usage(format!("the CUDA kernels keep an f16 KV cache, not {:?}", cache.ty)));
+        }
+    }
     let p = |a: Addr| a as *mut f32;
     let cache = |c: &super::device::KvCache| ffi::RotaryKvCache {
         k: c.k as *mut u16,
@@ -515,14 +521,14 @@ fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
                 cols: cols as i32,
                 n_tokens: n as i32,
             }),
-            Kernel::TopkMoe { logits, ids, weights, n, n_experts, k, renorm } => kernels::topk_moe(gpu, &ffi::RotaryTopkMoe {
+            Kernel::TopkMoe { logits, ids, weights, n, n_experts, k, norm } => kernels::topk_moe(gpu, &ffi::RotaryTopkMoe {
                 logits: p(logits),
                 ids: ids as *mut i32,
                 weights: p(weights),
                 n_tokens: n as i32,
                 n_experts: n_experts as i32,
                 k: k as i32,
-                norm: if renorm { ffi::RotaryTopkNorm::ROTARY_TOPK_RENORM } else { ffi::RotaryTopkNorm::ROTARY_TOPK_SOFTMAX },
+                norm: topk_norm(norm),
             }),
             Kernel::Moe {
                 ty_gate_up, ty_down, gate, up, down, ids, weights, x, act, out, offsets, pairs, residual,
@@ -613,7 +619,7 @@ fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
                 n_tokens: n as i32,
                 n_v_heads: n_v as i32,
             }),
-            Kernel::GdnRule { qkv, beta, decay, state, o, n, n_k, n_v, head_k, head_v, tiled } => {
+            Kernel::GdnRule { qkv, beta, decay, state, o, n, n_k, n_v, head_k, head_v, order } => {
                 kernels::gdn_rule(gpu, &ffi::RotaryGdnRule {
                     qkv: p(qkv),
                     beta: p(beta),
@@ -625,7 +631,7 @@ fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
                     n_v_heads: n_v as i32,
                     head_k: head_k as i32,
                     head_v: head_v as i32,
-                    order: gdn_head_order(tiled),
+                    order: gdn_head_order(order),
                 })
             }
             Kernel::GatedNorm { x, z, w, rows, width, eps } => kernels::gated_norm(gpu, &ffi::RotaryGatedNorm {

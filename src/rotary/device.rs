@@ -1,15 +1,13 @@
-//! The small device trait the rotary drives: memory under a budget, copies on their own
-//! streams, events that order them, and the kernels of the forward pass. `SimDevice` (CPU
-//! kernels, threads for the copy engines) and `CudaDevice` (csrc/ through the FFI) implement it,
-//! so everything above it (the streamed forward, the expert cache, prefetch, the CPU fallback)
-//! runs and is tested on machines without a GPU.
+//! The small device trait the forward pass and the rotary drive: memory under a budget, copies
+//! on their own streams, events that order them, and the op vocabulary (src/ops/). `HostDevice`
+//! (`cpu`, `cpu-ref`: memory is host memory), `SimDevice` (host kernels, a budget, a thread for
+//! the copy engine) and `CudaDevice` (csrc/ through the FFI) implement it, so everything above
+//! it (the forward, the expert cache, prefetch, the CPU fallback) runs and is tested on
+//! machines without a GPU.
 
 use crate::error::Result;
-use crate::quant::GgmlType;
-
-/// A device address: a CUDA device pointer, or for the simulator a host pointer into memory
-/// the simulator owns. Kernels receive addresses, as the CUDA kernels receive pointers.
-pub type Addr = u64;
+pub use crate::ops::host::Plain;
+pub use crate::ops::{Addr, Kernel, KvCache, KvType};
 
 /// Where work is queued. Work on one stream runs in order; streams are ordered against each
 /// other only by events.
@@ -26,93 +24,6 @@ pub enum Stream {
 /// An event recorded on a stream: complete when everything queued before it there is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Event(pub u64);
-
-/// The paged f16 KV cache of one layer (RotaryKvCache).
-#[derive(Copy, Clone, Debug)]
-pub struct KvCache {
-    pub k: Addr,          // [n_pages, page_size, kv_width] f16
-    pub v: Addr,          // [n_pages, page_size, kv_width] f16
-    pub page_table: Addr, // [n_pages] i32
-    pub page_size: usize,
-    pub kv_width: usize,
-}
-
-/// The kernels of abi.h, with the same contracts (see csrc/include/abi.h), in Rust terms.
-/// Sizes are element counts; every address is 16-byte aligned.
-#[derive(Clone, Debug)]
-pub enum Kernel {
-    /// y [n, rows] = W [rows, cols] · x [n, cols].
-    Gemv { ty: GgmlType, w: Addr, x: Addr, y: Addr, rows: usize, cols: usize, n: usize },
-    /// logits [n, n_experts] → ids [n, k] i32, weights [n, k].
-    TopkMoe { logits: Addr, ids: Addr, weights: Addr, n: usize, n_experts: usize, k: usize, renorm: bool },
-    /// Routed experts into the residual. A negative id −1−e marks a pair whose `out` row the
-    /// host already wrote (computed on the CPU): the expert stages skip it, the combine adds it.
-    Moe {
-        ty_gate_up: GgmlType,
-        ty_down: GgmlType,
-        gate: Addr,      // [n_experts] u64 addresses of [ffn, dim]
-        up: Addr,        // [n_experts] u64 addresses of [ffn, dim]
-        down: Addr,      // [n_experts] u64 addresses of [dim, ffn]
-        ids: Addr,       // [n, k] i32
-        weights: Addr,   // [n, k] f32
-        x: Addr,         // [n, dim]
-        act: Addr,       // [n * k, ffn]
-        out: Addr,       // [n * k, dim]
-        offsets: Addr,   // [n_experts + 1] i32
-        pairs: Addr,     // [n * k] i32
-        residual: Addr,  // [n, dim]
-        dim: usize,
-        ffn: usize,
-        n: usize,
-        k: usize,
-        n_experts: usize,
-    },
-    RmsNorm { x: Addr, w: Addr, y: Addr, rows: usize, width: usize, eps: f32 },
-    Rope { x: Addr, inv_freq: Addr, n: usize, n_heads: usize, head_dim: usize, rope_dims: usize, pos0: usize },
-    KvStore { cache: KvCache, k: Addr, v: Addr, n: usize, pos0: usize },
-    Attention {
-        cache: KvCache,
-        q: Addr,
-        o: Addr,
-        n: usize,
-        n_heads: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-        pos0: usize,
-        scale: f32,
-    },
-    Add { y: Addr, x: Addr, n: usize },
-    /// Gated attention (qwen35moe): qg [n, n_heads, 2 * head_dim] = [q_h | gate_h] per head →
-    /// q, gate [n, n_heads * head_dim].
-    SplitGate { qg: Addr, q: Addr, gate: Addr, n: usize, n_heads: usize, head_dim: usize },
-    /// y[i] *= sigmoid(g[i]), i < n.
-    SigmoidMul { y: Addr, g: Addr, n: usize },
-    /// x[i] = sigmoid(x[i]), i < n (the shared expert's per-token weight).
-    Sigmoid { x: Addr, n: usize },
-    /// Gated DeltaNet causal conv + SiLU in place on x [n, channels]; state [kernel-1, channels]
-    /// (previous inputs, oldest first) advanced by n; w [channels, kernel] f32.
-    GdnConv { x: Addr, state: Addr, w: Addr, n: usize, channels: usize, kernel: usize },
-    /// beta [n, n_v] ← sigmoid(beta); alpha [n, n_v] ← exp(a · softplus(alpha + dt_bias)).
-    GdnGates { beta: Addr, alpha: Addr, dt_bias: Addr, a: Addr, n: usize, n_v: usize },
-    /// The gated delta rule over n tokens (src/model/deltanet.rs `delta_rule`): qkv [n,
-    /// 2·n_k·dk + n_v·dv] convolved, beta/decay [n, n_v], state [n_v, dk, dv] f32 updated,
-    /// o [n, n_v·dv]. Value head h reads key head h % n_k (tiled) or h / (n_v / n_k).
-    GdnRule {
-        qkv: Addr,
-        beta: Addr,
-        decay: Addr,
-        state: Addr,
-        o: Addr,
-        n: usize,
-        n_k: usize,
-        n_v: usize,
-        head_k: usize,
-        head_v: usize,
-        tiled: bool,
-    },
-    /// x [rows, width] ← rmsnorm(x) · w · silu(z), w [width] (plain weight), in place.
-    GatedNorm { x: Addr, z: Addr, w: Addr, rows: usize, width: usize, eps: f32 },
-}
 
 /// Bytes moved over the host link and how long the link was busy moving them.
 #[derive(Copy, Clone, Debug, Default)]
@@ -180,6 +91,35 @@ pub trait Device {
     /// Queue a kernel on the compute stream.
     fn launch(&mut self, k: &Kernel) -> Result<()>;
 
+    /// Hand out host bytes (weights in the file mapping) as device memory: a copy into a new
+    /// allocation on a GPU and the simulator; the bytes themselves on a host device.
+    ///
+    /// # Safety
+    /// `data` must stay valid and unchanged while the device may read it.
+    unsafe fn map(&mut self, data: &[u8], what: &str) -> Result<Addr> {
+        let a = self.alloc(data.len().max(1) as u64, what)?;
+        // SAFETY: the compute stream consumes the source before h2d returns; `a` holds it.
+        unsafe { self.h2d(Stream::Compute, a, data.as_ptr(), data.len())? };
+        Ok(a)
+    }
+
+    /// Device memory is host memory (`cpu`, `cpu-ref`): `map` copies nothing, so resident
+    /// experts need no slots.
+    fn is_host(&self) -> bool {
+        false
+    }
+
+    /// Tokens per micro-batch (workspaces are sized for it): small on a GPU, where VRAM is
+    /// the budget; a whole prompt on the host, where weights stream once per batch.
+    fn max_batch(&self) -> usize {
+        super::plan::UBATCH
+    }
+
+    /// How the KV cache stores keys and values on this device.
+    fn kv_type(&self) -> KvType {
+        KvType::F16
+    }
+
     fn link_stats(&self) -> LinkStats;
 
     /// The host link's peak for pinned copies (measured at start on a GPU), GB/s.
@@ -207,14 +147,6 @@ pub fn alloc_upload<T: Copy>(dev: &mut dyn Device, data: &[T], what: &str) -> Re
     upload(dev, a, data)?;
     Ok(a)
 }
-
-/// Plain numbers a device buffer can be read into: every bit pattern is a value.
-pub trait Plain: Copy {}
-impl Plain for f32 {}
-impl Plain for i32 {}
-
-// Device memory holds little-endian values; so does the host this runs on.
-const _: () = assert!(cfg!(target_endian = "little"));
 
 /// Copy device values into `out` (after everything queued on the compute stream), straight
 /// into its memory: the decode loop reads ids and logits this way without a staging buffer.

@@ -3,7 +3,7 @@
 //! exactly these amounts; `rotary inspect --vram-budget` prints the same plan.
 
 use crate::error::{Error, Result};
-use crate::inspect::human_bytes;
+use crate::units::human_bytes;
 use crate::model::ModelConfig;
 
 /// Tokens per micro-batch: prompts run in slices of this many (workspaces are sized for it).

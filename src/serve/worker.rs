@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::model::Engine;
+use crate::forward::Engine;
 use crate::run::{generate, Generation};
 use crate::sample::{Sampler, StopStrings};
 use crate::tokenizer::Tokenizer;

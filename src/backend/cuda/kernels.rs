@@ -5,6 +5,7 @@
 use super::device::{check, Device};
 use super::ffi;
 use crate::error::{Error, Result};
+use crate::ops::{HeadOrder, TopkNorm};
 use crate::quant::GgmlType;
 
 /// The ABI's name for a weight format.
@@ -25,12 +26,19 @@ pub fn quant_of(ty: GgmlType, tensor: &str) -> Result<ffi::RotaryQuant> {
     })
 }
 
-/// The ABI's name for a DeltaNet value-head order (`tiled`: GGUF's h % n_k; else HF's groups).
-pub fn gdn_head_order(tiled: bool) -> ffi::RotaryGdnHeadOrder {
-    if tiled {
-        ffi::RotaryGdnHeadOrder::ROTARY_GDN_TILED
-    } else {
-        ffi::RotaryGdnHeadOrder::ROTARY_GDN_GROUPED
+/// The ABI's name for a DeltaNet value-head order.
+pub fn gdn_head_order(order: HeadOrder) -> ffi::RotaryGdnHeadOrder {
+    match order {
+        HeadOrder::Tiled => ffi::RotaryGdnHeadOrder::ROTARY_GDN_TILED,
+        HeadOrder::Grouped => ffi::RotaryGdnHeadOrder::ROTARY_GDN_GROUPED,
+    }
+}
+
+/// The ABI's name for top-k weighting.
+pub fn topk_norm(norm: TopkNorm) -> ffi::RotaryTopkNorm {
+    match norm {
+        TopkNorm::Renorm => ffi::RotaryTopkNorm::ROTARY_TOPK_RENORM,
+        TopkNorm::Softmax => ffi::RotaryTopkNorm::ROTARY_TOPK_SOFTMAX,
     }
 }
 

@@ -333,7 +333,7 @@ impl CudaOps {
                     n_v_heads: n_v as i32,
                     head_k: head_k as i32,
                     head_v: head_v as i32,
-                    order: gdn_head_order(tiled),
+                    order: gdn_head_order(if tiled { crate::ops::HeadOrder::Tiled } else { crate::ops::HeadOrder::Grouped }),
                 };
                 second = Some(state);
                 (Launch::GdnRule(p), out)

@@ -1,13 +1,13 @@
 //! Gated DeltaNet, the linear-attention mixer of qwen35moe (models.md §2.2; HF
 //! `Qwen3_5MoeGatedDeltaNet`, llama.cpp `delta-net-base.cpp`), as plain functions over slices.
 //!
-//! The CPU forward pass, the simulator's kernels and the selftest reference all call these, so
+//! The host kernels (src/ops/host.rs) and the selftest reference both call these, so
 //! a streamed run agrees with a resident one to the bit. Per layer the state is the last
 //! `conv_kernel - 1` projected inputs (`conv`, `[K-1, channels]`) and one fp32 matrix per value
 //! head (`s`, `[n_v_heads][head_k][head_v]`, v contiguous). Prefill runs the same recurrence
 //! token by token as decode, so prefill and decode leave the same state.
 
-use crate::model::qwen3moe::silu;
+use super::oracle::silu;
 
 /// The shape of one Gated DeltaNet layer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,632 @@
+//! Expert residency: which routed experts are in device memory, and how the others arrive.
+//!
+//! Per layer, the router's ids come to the host (with the next layer's predicted ids, when
+//! prefetching). Each needed expert is a cache hit, a demand load (copied into a slot on the
+//! copy stream; the compute stream waits on one event per layer), or (CPU fallback) computed
+//! on the host from host memory, its output row uploaded: activations cross the link instead
+//! of weights. The MoE kernel reads the experts through the layer's pointer table. When every
+//! expert fits they are placed at start and no id ever comes to the host.
+//!
+//! The host side of the copies lives here too: every expert packed once into pinned memory,
+//! or a ring of pinned staging buffers that loader threads fill from the file mapping.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::cache::{Allocation, ExpertCache};
+use super::device::{download, upload, Addr, Device, Event, Stream};
+use super::options::{MoePolicy, Options, PinMode, Stats};
+use super::plan::Plan;
+use super::upload::{expert_bytes, DLayer, Scratch};
+use crate::backend::cpu::CpuBackend;
+use crate::error::{Error, Result};
+use crate::model::weights::Weights;
+use crate::model::ModelConfig;
+use crate::ops::host::{expert_rows, group_pairs};
+
+/// One layer's experts on the device: their bytes and the address of its pointer table.
+#[derive(Copy, Clone)]
+struct ExpertShape {
+    gate_bytes: usize, // one expert's gate (= up) bytes
+    down_bytes: usize,
+    table: Addr, // [3, n_experts] u64: gate, up, down addresses
+}
+
+pub struct Residency<'w> {
+    w: &'w Weights<'w>,
+    opts: Options,
+    n_experts: usize,
+    k: usize,
+    dim: usize,
+    shape: Vec<ExpertShape>,
+    /// Every expert in device memory (placed at start): nothing to resolve per layer.
+    pub resident: bool,
+    n_slots: usize,
+    slot_bytes: u64,
+    slots: Addr,
+    cache: ExpertCache,
+    host: HostExperts,
+    /// Host mirror of each layer's pointer table.
+    tables: Vec<Vec<u64>>,
+    /// The previous layer's prediction of each layer's experts, per token.
+    predicted: Vec<Option<Vec<Vec<usize>>>>,
+    /// Per layer, the experts most recently computed on the CPU (at most GHOSTS · k): a second
+    /// CPU miss of one of them admits it into the cache (load-behind).
+    ghosts: Vec<VecDeque<usize>>,
+    /// The CPU fallback's kernels (streaming only) and their measured seconds per byte of
+    /// expert weights (cost model).
+    cpu: Option<CpuBackend>,
+    cpu_s_per_byte: f64,
+    /// Slots the current layer's experts occupy (protected from eviction while it runs).
+    used_slots: Vec<usize>,
+    /// The copy-stream event after the latest demand loads (prefetches queue behind it).
+    last_demand: Option<Event>,
+    pinned_bytes: u64,
+    pub stats: Stats,
+}
+
+impl<'w> Residency<'w> {
+    /// Allocate the expert cache (last: it takes what really fits) and place the experts:
+    /// all of them when the plan says they fit, else the host source of the copies.
+    /// `progress(bytes)` counts expert bytes placed.
+    pub fn new(
+        w: &'w Weights<'w>,
+        dev: &mut dyn Device,
+        plan: &mut Plan,
+        layers: &[DLayer],
+        opts: Options,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Residency<'w>> {
+        let c = &w.cfg;
+        // The plan's arithmetic is ideal (256-byte rounding); a device charges in its own
+        // pages and loads code lazily. The cache gets what really fits now.
+        if let Some(room) = dev.largest_alloc()? {
+            let fit = (room / plan.slot_bytes) as usize;
+            if fit < plan.n_slots {
+                plan.n_slots = fit;
+                check_slots(plan, c, &opts)?;
+            }
+        }
+        let resident = plan.all_resident();
+        // A host device reads resident experts where the mapping has them: no slots.
+        let slot_space = if resident && dev.is_host() { 0 } else { plan.n_slots as u64 * plan.slot_bytes };
+        let slots = dev.alloc(slot_space.max(1), "expert cache")?;
+        let n_layers = c.n_layers as usize;
+        let shape = layers.iter().map(|l| ExpertShape { gate_bytes: l.gate_bytes, down_bytes: l.down_bytes, table: l.tables }).collect();
+        let mut r = Residency {
+            w,
+            n_experts: c.n_experts as usize,
+            k: c.n_experts_used as usize,
+            dim: c.dim as usize,
+            shape,
+            resident,
+            n_slots: plan.n_slots,
+            slot_bytes: plan.slot_bytes,
+            slots,
+            cache: ExpertCache::new(plan.n_slots, n_layers, opts.policy, opts.alloc),
+            host: HostExperts::None,
+            tables: vec![vec![0u64; 3 * c.n_experts as usize]; n_layers],
+            predicted: vec![None; n_layers],
+            ghosts: vec![VecDeque::new(); n_layers],
+            cpu: None,
+            cpu_s_per_byte: 0.0,
+            used_slots: Vec::new(),
+            last_demand: None,
+            pinned_bytes: 0,
+            stats: Stats { n_layers: c.n_layers, vram_budget_bytes: dev.budget_bytes(), ..Stats::default() },
+            opts,
+        };
+        r.stats.per_layer_hits = vec![0; n_layers];
+        r.stats.per_layer_misses = vec![0; n_layers];
+        let mut done = 0u64;
+        r.place_experts(dev, &mut done, progress)?;
+        if !resident {
+            r.cpu = Some(CpuBackend::new(r.opts.threads)?);
+            r.calibrate_cpu()?;
+        }
+        Ok(r)
+    }
+
+    /// Per layer, the hits and misses; in total, what the cache counted.
+    pub fn fill_stats(&self, s: &mut Stats) {
+        for (l, c) in self.cache.per_layer.iter().enumerate() {
+            s.per_layer_hits[l] = c.hits;
+            s.per_layer_misses[l] = c.misses;
+        }
+        let t = self.cache.totals();
+        (s.hits, s.misses) = (t.hits, t.misses);
+    }
+
+    /// Resident: every lookup of these n tokens' k experts hits (counted, no ids on the host).
+    pub fn count_resident(&mut self, l: usize, n: usize) {
+        self.cache.per_layer[l].hits += (n * self.k) as u64;
+        self.stats.gpu_experts += (n * self.k) as u64;
+    }
+
+    /// After the layer's MoE launch: each slot it read holds a reference to that compute event
+    /// (a refill of the slot waits for it).
+    pub fn layer_done(&mut self, dev: &mut dyn Device) -> Result<()> {
+        let ev = dev.record(Stream::Compute)?;
+        for &slot in &self.used_slots {
+            dev.retain(ev);
+            if let Some(old) = self.cache.slots[slot].last_read.replace(ev) {
+                dev.release(old);
+            }
+        }
+        dev.release(ev);
+        Ok(())
+    }
+
+    /// Whether the next layer's experts are predicted and loaded ahead.
+    pub fn prefetches(&self) -> bool {
+        self.opts.prefetch
+    }
+
+    /// Pinned host memory held (packed experts or the staging ring).
+    pub fn pinned_bytes(&self) -> u64 {
+        self.pinned_bytes
+    }
+
+    /// Resident: every expert into its slot now (on a host device, the table points into
+    /// the mapping). Streaming: the host source of the copies.
+    fn place_experts(&mut self, dev: &mut dyn Device, done: &mut u64, progress: &mut dyn FnMut(u64)) -> Result<()> {
+        let w = self.w;
+        if self.resident {
+            let mut slot = 0;
+            for (l, layer) in w.layers.iter().enumerate() {
+                for (e, x) in layer.experts.iter().enumerate() {
+                    let (g, d) = (self.shape[l].gate_bytes, self.shape[l].down_bytes);
+                    if dev.is_host() {
+                        let name = |part: &str| format!("blk.{l}.ffn_{part}_exps.weight expert {e}");
+                        // SAFETY: the weights outlive the device (see upload::place).
+                        let parts = unsafe {
+                            [dev.map(x.gate.data, &name("gate"))?, dev.map(x.up.data, &name("up"))?, dev.map(x.down.data, &name("down"))?]
+                        };
+                        let n = self.n_experts;
+                        (self.tables[l][e], self.tables[l][n + e], self.tables[l][2 * n + e]) = (parts[0], parts[1], parts[2]);
+                    } else {
+                        let at = self.slot_addr(slot);
+                        upload(dev, at, x.gate.data)?;
+                        upload(dev, at + g as u64, x.up.data)?;
+                        upload(dev, at + 2 * g as u64, x.down.data)?;
+                        self.set_table(l, e, slot);
+                    }
+                    self.cache.insert(slot, l, e);
+                    slot += 1;
+                    *done += (2 * g + d) as u64;
+                }
+                progress(*done);
+                let t = self.tables[l].clone();
+                upload(dev, self.shape[l].table, &t)?;
+            }
+            return Ok(());
+        }
+        let per_expert = |s: &ExpertShape| (2 * s.gate_bytes + s.down_bytes) as u64;
+        let packed: u64 = self.shape.iter().map(|s| per_expert(s) * self.n_experts as u64).sum();
+        let pin_all = match self.opts.pin {
+            PinMode::All => true,
+            PinMode::Ring => false,
+            PinMode::Auto => mem_available().is_some_and(|m| packed < m / 2),
+        };
+        if pin_all {
+            let base = dev.alloc_host(packed, "pinned experts")?;
+            self.pinned_bytes = packed;
+            let mut offsets = Vec::with_capacity(self.shape.len());
+            let mut at = 0usize;
+            for (l, layer) in w.layers.iter().enumerate() {
+                let mut offs = Vec::with_capacity(layer.experts.len());
+                for x in &layer.experts {
+                    offs.push(at);
+                    for part in [x.gate.data, x.up.data, x.down.data] {
+                        // SAFETY: base holds `packed` bytes; the parts of all experts sum to it.
+                        unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), base.add(at), part.len()) };
+                        at += part.len();
+                    }
+                    *done += per_expert(&self.shape[l]);
+                }
+                progress(*done);
+                offsets.push(offs);
+            }
+            self.host = HostExperts::Packed { base, offsets };
+        } else {
+            let n = ring_len(self.n_experts).min(2 * self.n_slots.max(1));
+            let staging = (0..n).map(|_| dev.alloc_host(self.slot_bytes, "pinned staging")).collect::<Result<Vec<_>>>()?;
+            self.pinned_bytes = n as u64 * self.slot_bytes;
+            self.host = HostExperts::Ring { staging, last_copy: vec![None; n], next: 0 };
+            *done += packed;
+            progress(*done);
+        }
+        Ok(())
+    }
+
+    /// Time one expert on the CPU: the cost model's CPU speed.
+    fn calibrate_cpu(&mut self) -> Result<()> {
+        let cpu = self.cpu.as_ref().expect("streaming sessions have CPU kernels");
+        let x = &self.w.layers[0].experts[0];
+        let input = vec![0.5f32; self.dim];
+        expert_rows(cpu, [&x.gate, &x.up, &x.down], &input, &[0], 1)?; // warm
+        let start = Instant::now();
+        expert_rows(cpu, [&x.gate, &x.up, &x.down], &input, &[0], 1)?;
+        let (g, d) = expert_bytes(x);
+        self.cpu_s_per_byte = start.elapsed().as_secs_f64() / (2 * g + d) as f64;
+        Ok(())
+    }
+
+    fn slot_addr(&self, slot: usize) -> Addr {
+        assert!(slot < self.cache.len(), "slot {slot} of {}", self.cache.len());
+        self.slots + slot as u64 * self.slot_bytes
+    }
+
+    fn set_table(&mut self, l: usize, e: usize, slot: usize) {
+        let n = self.n_experts;
+        let at = self.slot_addr(slot);
+        let g = self.shape[l].gate_bytes as u64;
+        self.tables[l][e] = at;
+        self.tables[l][n + e] = at + g;
+        self.tables[l][2 * n + e] = at + 2 * g;
+    }
+
+    /// Make layer `l`'s experts for these ids available: hits, demand loads into slots, CPU
+    /// fallback (output rows uploaded, ids marked). Updates the layer's pointer table.
+    pub fn resolve(&mut self, dev: &mut dyn Device, l: usize, n: usize, ids: &[i32], s: &Scratch) -> Result<()> {
+        let (dim, k) = (self.dim, self.k);
+        if let Some(pred) = self.predicted[l].take() {
+            for (t, p) in pred.iter().enumerate().take(n) {
+                let truth = &ids[t * k..(t + 1) * k];
+                self.stats.prefetch_correct += p.iter().filter(|&&e| truth.contains(&(e as i32))).count() as u64;
+                self.stats.prefetch_predicted += k as u64;
+            }
+        }
+        let mut needed: Vec<usize> = Vec::with_capacity(n * k);
+        for &e in ids {
+            assert!(e >= 0 && (e as u64) < self.n_experts as u64, "router id {e}");
+            if !needed.contains(&(e as usize)) {
+                needed.push(e as usize);
+            }
+        }
+        self.used_slots.clear();
+        let mut misses = Vec::new();
+        let mut in_flight = Vec::new(); // prefetches the hits still wait for
+        for &e in &needed {
+            match self.cache.lookup(l, e) {
+                Some(slot) => {
+                    in_flight.extend(self.cache.slots[slot].ready.take());
+                    self.used_slots.push(slot);
+                    self.set_table(l, e, slot);
+                }
+                None => misses.push(e),
+            }
+        }
+        let (gpu, cpu) = self.split(dev, l, &misses);
+        // The CPU experts start from h as it is now: it comes down before the compute stream
+        // queues any wait for a copy, so they run while the copies do (max, not sum).
+        let mut h = Vec::new(); // [n, dim] when some expert runs on the CPU
+        if !cpu.is_empty() {
+            h.resize(n * dim, 0f32);
+            download(dev, s.h, &mut h)?;
+        }
+        for ev in in_flight {
+            dev.wait(Stream::Compute, ev)?;
+            dev.release(ev);
+        }
+        let mut jobs = Vec::with_capacity(gpu.len());
+        for &e in &gpu {
+            let slot = self.cache.victim(l, &self.used_slots).expect("split() keeps loads within capacity");
+            self.before_refill(dev, Stream::Copy, slot)?;
+            jobs.push((l, e, slot));
+            self.cache.insert(slot, l, e);
+            self.used_slots.push(slot);
+            self.set_table(l, e, slot);
+        }
+        if !gpu.is_empty() {
+            self.copy_experts(dev, Stream::Copy, &jobs)?;
+            let ev = dev.record(Stream::Copy)?;
+            dev.wait(Stream::Compute, ev)?;
+            // Prefetches queued from now on start after these demand loads (load_async).
+            if let Some(old) = self.last_demand.replace(ev) {
+                dev.release(old);
+            }
+        }
+        let table = std::mem::take(&mut self.tables[l]);
+        upload(dev, self.shape[l].table, &table)?;
+        self.tables[l] = table;
+        if !cpu.is_empty() {
+            // Activations cross the link instead of weights: h down (above), output rows up.
+            // Each CPU expert once over its pairs, as the MoE kernel would (same rows, same bits).
+            let cpu_kernels = self.cpu.as_ref().expect("streaming sessions have CPU kernels");
+            let mut marked = ids.to_vec();
+            let on_cpu: Vec<i32> = ids.iter().map(|&e| if cpu.contains(&(e as usize)) { e } else { -1 }).collect();
+            for (e, pairs) in group_pairs(&on_cpu, self.n_experts)?.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+                let x = &self.w.layers[l].experts[e];
+                let y = expert_rows(cpu_kernels, [&x.gate, &x.up, &x.down], &h, pairs, k)?; // [pairs, dim]
+                for (i, &pair) in pairs.iter().enumerate() {
+                    upload(dev, s.out + (pair * dim * 4) as u64, &y[i * dim..(i + 1) * dim])?;
+                    marked[pair] = -1 - e as i32;
+                }
+            }
+            upload(dev, s.ids, &marked)?;
+            if self.opts.load_behind && self.opts.moe_policy != MoePolicy::Cpu {
+                // Admission on a second miss: an expert that ran on the CPU recently and runs
+                // there again is copied into the cache behind the compute (prefetch stream), so
+                // its next reuse hits. One-off misses (no reuse) cost no link traffic.
+                let ghosts = &mut self.ghosts[l];
+                let again: Vec<usize> = cpu.iter().copied().filter(|e| ghosts.contains(e)).collect();
+                for &e in &cpu {
+                    ghosts.retain(|&g| g != e);
+                    ghosts.push_back(e);
+                }
+                while ghosts.len() > GHOSTS * k {
+                    ghosts.pop_front();
+                }
+                let used = self.used_slots.clone();
+                self.stats.behind_loads += self.load_async(dev, l, &again, used)? as u64;
+            }
+        }
+        self.stats.cpu_experts += cpu.len() as u64;
+        self.stats.gpu_experts += (needed.len() - cpu.len()) as u64;
+        Ok(())
+    }
+
+    /// Which misses load into VRAM and which run on the CPU. Loads never exceed the slots the
+    /// layer may use beside its hits; what does not fit runs on the CPU whatever the policy.
+    fn split(&self, dev: &dyn Device, l: usize, misses: &[usize]) -> (Vec<usize>, Vec<usize>) {
+        let room = self.cache.capacity(l).saturating_sub(self.used_slots.len());
+        let (mut gpu, mut cpu) = (Vec::new(), Vec::new());
+        let bytes = (2 * self.shape[l].gate_bytes + self.shape[l].down_bytes) as f64;
+        let link = self.link_bytes_per_s(dev);
+        let (mut t_link, mut t_cpu) = (0.0f64, 0.0f64);
+        for &e in misses {
+            let to_gpu = gpu.len() < room
+                && match self.opts.moe_policy {
+                    MoePolicy::Gpu => true,
+                    MoePolicy::Cpu => false,
+                    // Both sides work at once: give each miss to the side that finishes first.
+                    MoePolicy::Auto => t_link + bytes / link <= t_cpu + bytes * self.cpu_s_per_byte,
+                };
+            if to_gpu {
+                t_link += bytes / link;
+                gpu.push(e);
+            } else {
+                t_cpu += bytes * self.cpu_s_per_byte;
+                cpu.push(e);
+            }
+        }
+        (gpu, cpu)
+    }
+
+    /// The link's measured speed (bytes/s), or the configured estimate before any copy.
+    fn link_bytes_per_s(&self, dev: &dyn Device) -> f64 {
+        let s = dev.link_stats();
+        if s.busy_seconds > 0.01 {
+            s.h2d_bytes as f64 / s.busy_seconds
+        } else {
+            dev.link_peak_gbps().unwrap_or(self.opts.link_gbps) * 1e9
+        }
+    }
+
+    /// Queue the copies of experts (l, e) into their slots on `stream`: from packed pinned
+    /// memory one copy each; in ring mode loader threads first fill staging buffers from the
+    /// file mapping in parallel (page faults happen there, on the host, while the device works
+    /// through what is already queued).
+    fn copy_experts(&mut self, dev: &mut dyn Device, stream: Stream, jobs: &[(usize, usize, usize)]) -> Result<()> {
+        let w = self.w;
+        let sizes: Vec<(Addr, usize)> = jobs
+            .iter()
+            .map(|&(l, _, slot)| (self.slot_addr(slot), 2 * self.shape[l].gate_bytes + self.shape[l].down_bytes))
+            .collect();
+        match &mut self.host {
+            HostExperts::Packed { base, offsets } => {
+                for (&(l, e, _), &(dst, bytes)) in jobs.iter().zip(&sizes) {
+                    // SAFETY: the packed buffer lives as long as the device and is never
+                    // written after load; offsets[l][e] + bytes lies inside it.
+                    let src = unsafe { base.add(offsets[l][e]) };
+                    // SAFETY: dst is a slot of slot_bytes >= bytes; src stays valid (above).
+                    unsafe { h2d_chunked(dev, stream, dst, src, bytes)? };
+                }
+                Ok(())
+            }
+            HostExperts::Ring { staging, last_copy, next } => {
+                // Take a staging buffer per job (waiting for the copy that last read it).
+                let mut bufs = Vec::with_capacity(jobs.len());
+                for _ in jobs {
+                    let i = *next;
+                    *next = (i + 1) % staging.len();
+                    if let Some(ev) = last_copy[i].take() {
+                        dev.sync_event(ev)?;
+                        dev.release(ev);
+                    }
+                    bufs.push(i);
+                }
+                assert!(jobs.len() <= staging.len(), "{} loads for {} staging buffers", jobs.len(), staging.len());
+                let fills: Vec<Fill> = jobs
+                    .iter()
+                    .zip(&bufs)
+                    .map(|(&(l, e, _), &i)| {
+                        let x = &w.layers[l].experts[e];
+                        Fill { dst: staging[i], parts: [x.gate.data, x.up.data, x.down.data] }
+                    })
+                    .collect();
+                load_parallel(&fills);
+                for (&i, &(dst, bytes)) in bufs.iter().zip(&sizes) {
+                    // SAFETY: the buffer stays unchanged until the event recorded right after
+                    // this copy completes (its next use waits for it).
+                    unsafe { h2d_chunked(dev, stream, dst, staging[i], bytes)? };
+                    last_copy[i] = Some(dev.record(stream)?);
+                }
+                Ok(())
+            }
+            HostExperts::None => unreachable!("resident sessions never load experts"),
+        }
+    }
+
+    /// Order a refill of `slot` on `stream` after everything that touches the slot: the
+    /// compute that last read it, and a prefetch still filling it (two copies into one slot on
+    /// two streams would land in either order).
+    fn before_refill(&mut self, dev: &mut dyn Device, stream: Stream, slot: usize) -> Result<()> {
+        if let Some(ev) = self.cache.slots[slot].last_read {
+            dev.wait(stream, ev)?;
+        }
+        if let Some(ev) = self.cache.slots[slot].ready.take() {
+            dev.wait(stream, ev)?;
+            dev.release(ev);
+        }
+        Ok(())
+    }
+
+    /// Speculatively load layer `l`'s predicted experts on the prefetch stream, behind every
+    /// demand load; remember the prediction to measure its recall.
+    pub fn prefetch(&mut self, dev: &mut dyn Device, l: usize, n: usize, pred: &[i32]) -> Result<()> {
+        let k = self.k;
+        let per_token: Vec<Vec<usize>> = (0..n).map(|t| pred[t * k..(t + 1) * k].iter().map(|&e| e as usize).collect()).collect();
+        let mut want: Vec<usize> = Vec::new();
+        for e in per_token.iter().flatten() {
+            if !want.contains(e) {
+                want.push(*e);
+            }
+        }
+        self.predicted[l] = Some(per_token);
+        // Only as many as the layer can hold without evicting its own predicted experts.
+        let protected: Vec<usize> = want.iter().filter_map(|&e| self.cache.peek(l, e)).collect();
+        self.stats.prefetch_loads += self.load_async(dev, l, &want, protected)? as u64;
+        Ok(())
+    }
+
+    /// Load layer `l`'s `experts` (those not cached) on the prefetch stream into slots other
+    /// than `protected`, as many as the layer may hold; each slot's `ready` event orders its
+    /// first reader after the copy. Returns how many were queued.
+    fn load_async(&mut self, dev: &mut dyn Device, l: usize, experts: &[usize], mut protected: Vec<usize>) -> Result<usize> {
+        let mut loaded = Vec::new();
+        for &e in experts {
+            if self.cache.peek(l, e).is_some() || protected.len() >= self.cache.capacity(l) {
+                continue;
+            }
+            let Some(slot) = self.cache.victim(l, &protected) else { break };
+            self.before_refill(dev, Stream::Prefetch, slot)?;
+            self.cache.insert(slot, l, e);
+            self.set_table(l, e, slot);
+            protected.push(slot);
+            loaded.push(slot);
+        }
+        let n_loaded = loaded.len();
+        if !loaded.is_empty() {
+            let jobs: Vec<(usize, usize, usize)> =
+                loaded.iter().map(|&slot| (l, self.cache.slots[slot].key.expect("just inserted").1, slot)).collect();
+            // Never ahead of a demand load on the link: the two copy streams are peers on a
+            // GPU (the simulator serves demand first); this makes the GPU behave the same.
+            if let Some(ev) = self.last_demand {
+                dev.wait(Stream::Prefetch, ev)?;
+            }
+            self.copy_experts(dev, Stream::Prefetch, &jobs)?;
+            let ev = dev.record(Stream::Prefetch)?;
+            for slot in loaded {
+                dev.retain(ev);
+                self.cache.slots[slot].ready = Some(ev);
+            }
+            dev.release(ev);
+        }
+        Ok(n_loaded)
+    }
+}
+
+/// Speculative copies go in pieces of at most this many bytes: a demand copy queued on the
+/// other stream waits for one piece on the shared link, not for a whole batch of experts.
+pub const PREFETCH_CHUNK: usize = 512 << 10;
+
+/// `dev.h2d`, in PREFETCH_CHUNK pieces on the prefetch stream.
+///
+/// # Safety
+/// As `Device::h2d`.
+unsafe fn h2d_chunked(dev: &mut dyn Device, stream: Stream, dst: Addr, src: *const u8, bytes: usize) -> Result<()> {
+    let piece = if stream == Stream::Prefetch { PREFETCH_CHUNK } else { bytes.max(1) };
+    let mut at = 0;
+    while at < bytes {
+        let n = piece.min(bytes - at);
+        // SAFETY: the caller's contract covers [src, src + bytes) and [dst, dst + bytes).
+        unsafe { dev.h2d(stream, dst + at as u64, src.add(at), n)? };
+        at += n;
+    }
+    Ok(())
+}
+
+/// Streaming needs the k experts of a token's layer in VRAM at once (unless every miss runs on
+/// the CPU).
+pub fn check_slots(plan: &Plan, c: &ModelConfig, opts: &Options) -> Result<()> {
+    let k = c.n_experts_used as usize;
+    let per_layer = match opts.alloc {
+        Allocation::Global => plan.n_slots,
+        Allocation::PerLayer => plan.n_slots / c.n_layers.max(1) as usize,
+    };
+    if !plan.all_resident() && opts.moe_policy != MoePolicy::Cpu && per_layer < k {
+        return Err(Error::Usage(format!(
+            "VRAM budget: {} expert slots fit after the dense part ({per_layer} per layer), a \
+             layer needs {k} (raise --vram-budget, use --cache-alloc global, or --moe-policy \
+             cpu to compute missed experts on the CPU)",
+            plan.n_slots
+        )));
+    }
+    Ok(())
+}
+
+/// Where the copy engine reads experts.
+enum HostExperts {
+    /// Pinned, packed gate|up|down per expert; offsets[l][e].
+    Packed { base: *mut u8, offsets: Vec<Vec<usize>> },
+    /// Pinned staging buffers filled from the mapping; the copy that last read each.
+    Ring { staging: Vec<*mut u8>, last_copy: Vec<Option<Event>>, next: usize },
+    /// Every expert is resident: no host source needed after load.
+    None,
+}
+
+/// Staging buffers of the ring: a full micro-batch's loads for one layer (at most one per
+/// slot a layer may use, at most every expert) and the next layer's prefetches.
+fn ring_len(n_experts: usize) -> usize {
+    2 * n_experts
+}
+
+/// Recently CPU-computed experts remembered per layer, in units of top-k (see `ghosts`).
+const GHOSTS: usize = 4;
+
+/// Loader threads per batch of staging fills.
+const LOADERS: usize = 4;
+
+/// One staging fill: the expert's three parts, back to back, into `dst`.
+struct Fill<'a> {
+    dst: *mut u8,
+    parts: [&'a [u8]; 3],
+}
+
+// SAFETY: each Fill writes a distinct staging buffer that no copy reads until it is queued
+// after load_parallel returns; the parts are shared read-only views of the file mapping.
+unsafe impl Send for Fill<'_> {}
+unsafe impl Sync for Fill<'_> {}
+
+/// Fill staging buffers from the mapping, on up to LOADERS threads.
+fn load_parallel(fills: &[Fill]) {
+    let fill = |f: &Fill| {
+        let mut at = 0;
+        for part in f.parts {
+            // SAFETY: dst holds slot_bytes >= the expert's bytes and is not read by any copy
+            // until this returns (see Fill).
+            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), f.dst.add(at), part.len()) };
+            at += part.len();
+        }
+    };
+    if fills.len() <= 1 {
+        fills.iter().for_each(fill);
+        return;
+    }
+    let per = fills.len().div_ceil(LOADERS);
+    std::thread::scope(|s| {
+        for chunk in fills.chunks(per) {
+            s.spawn(move || chunk.iter().for_each(fill));
+        }
+    });
+}
+
+/// Available RAM (Linux MemAvailable), if known.
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
