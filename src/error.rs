@@ -75,6 +75,8 @@ pub enum Error {
     Cuda { call: String, code: i32, name: String, message: String },
     /// Device memory the plan needs and the device does not have.
     DeviceOutOfMemory { what: String, bytes_requested: u64, bytes_free: u64 },
+    /// Streaming needs a layer's k experts in device memory at once.
+    TooFewSlots { slots: usize, per_layer: usize, need: usize },
 }
 
 impl Error {
@@ -172,6 +174,12 @@ impl fmt::Display for Error {
             DeviceOutOfMemory { what, bytes_requested, bytes_free } => write!(
                 f,
                 "device memory: {what} needs {bytes_requested} bytes, {bytes_free} bytes are free"
+            ),
+            TooFewSlots { slots, per_layer, need } => write!(
+                f,
+                "VRAM budget: {slots} expert slots fit after the dense part ({per_layer} per layer), \
+                 a layer needs {need} (a larger budget, slots shared by all layers, or missed \
+                 experts computed on the CPU would run it)"
             ),
         }
     }

@@ -282,7 +282,7 @@ impl Report {
             hb(self.expert_bytes_per_token), self.expert_bytes_per_token)?;
         if let Some(p) = &self.plan {
             write!(f, "{p}")?;
-            writeln!(f, "  (device overhead: a CUDA context estimate; --backend cuda measures it)")?;
+            writeln!(f, "  (device overhead: a CUDA context estimate; a run on the GPU measures it)")?;
         }
         Ok(())
     }

@@ -295,13 +295,14 @@ enum Command {
     },
     /// Check every kernel of a backend against the scalar CPU reference (NMSE per case).
     Selftest {
-        /// cuda (the GPU kernels) or cpu (the fast CPU kernels).
+        /// cuda (the GPU kernels), cpu (the fast CPU kernels), cpu-ref (the oracle itself) or
+        /// sim (the simulator's memory checks around the host kernels).
         #[arg(long, default_value = "cuda")]
         backend: String,
         /// CUDA device ordinal.
         #[arg(long, default_value_t = 0)]
         device: usize,
-        /// Threads for --backend cpu (default: physical cores).
+        /// Threads for --backend cpu and sim (default: physical cores).
         #[arg(short = 't', long)]
         threads: Option<usize>,
         /// Machine-readable output.
@@ -563,15 +564,12 @@ fn cmd_tokenize(model: Option<PathBuf>, json: bool, parse_special: bool, text: &
 }
 
 fn cmd_selftest(backend: &str, device: usize, threads: Option<usize>, json: bool, perf: bool) -> Result<()> {
-    use rotary::selftest::{self, OpsBackend, Status};
-    let mut ops: Box<dyn OpsBackend> = match backend {
-        "cuda" => Box::new(rotary::backend::cuda::CudaOps::open(device)?),
-        "cpu" => Box::new(selftest::CpuOps::new(threads)?),
-        other => return Err(rotary::Error::Usage(format!("--backend {other}: want cuda or cpu"))),
-    };
+    use rotary::selftest::{self, Status};
+    let kind = session::backend_kind(backend)?;
+    let mut dev = rotary::rotary::open_device(kind, device, None, 12.0, threads)?;
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_message(format!("selftest {backend}"));
-    let report = selftest::run(ops.as_mut(), perf)?;
+    let report = selftest::run(dev.as_mut(), kind.name(), perf)?;
     bar.finish_and_clear();
     if json {
         println!("{}", selftest::to_json(&report));

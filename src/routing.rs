@@ -27,7 +27,7 @@ pub enum RoutingMode {
 
 impl RoutingMode {
     pub fn parse(s: &str) -> Result<RoutingMode> {
-        let bad = || Error::Usage(format!("--routing {s}: want model, sticky:P (0 <= P <= 1) or trace:FILE"));
+        let bad = || Error::Usage(format!("routing mode {s}: want model, sticky:P (0 <= P <= 1) or trace:FILE"));
         if s == "model" {
             return Ok(RoutingMode::Model);
         }

@@ -498,7 +498,7 @@ pub fn plan(opts: &SynthOptions) -> Result<(Writer, Vec<TensorDesc>)> {
     w.kv("general.quantization_version", Value::U32(2));
     let u = |v: u64| Value::U32(v as u32);
     if opts.mtp && cfg.ssm.is_none() {
-        return Err(Error::Usage("--mtp: only qwen35moe presets carry an MTP block".into()));
+        return Err(Error::Usage("an MTP block: only qwen35moe presets carry one".into()));
     }
     let n_nextn = u64::from(opts.mtp);
     w.kv(&format!("{a}.block_count"), u(cfg.n_layers + n_nextn));

@@ -1,22 +1,27 @@
-//! The op table of `rotary selftest`: the fast CPU backend's products against the reference,
-//! the reference itself against the forward pass it stands for, the comparison's own rules,
-//! and the CUDA backend where there is a device (else a SKIP line saying why).
+//! The op table of `rotary selftest` on every device: the host kernels (`cpu`, `cpu-ref`) and
+//! the simulator against the oracle, the oracle against the rules it stands for, the
+//! comparison's own rules, and CUDA where there is a device (else a SKIP line saying why).
 
 use rotary::backend::cpu_ref::CpuRef;
-use rotary::selftest::{self, CpuOps, Op, OpsBackend, Status};
+use rotary::ops::{HeadOrder, TopkNorm};
+use rotary::rotary::{open_device, BackendKind};
+use rotary::selftest::{self, Op, Status};
+
+/// Every case runs on the device and passes.
+fn passes_every_case(kind: BackendKind) {
+    let mut dev = open_device(kind, 0, None, 50.0, Some(2)).expect("device");
+    let results = selftest::run(dev.as_mut(), kind.name(), false).expect("selftest").cases;
+    for r in &results {
+        assert_eq!(r.status, Status::Pass, "{} {} {} {}: {:?} {}", kind.name(), r.op, r.quant, r.shape, r.nmse, r.note);
+    }
+    assert!(results.len() >= 90, "{} cases", results.len());
+}
 
 #[test]
-fn cpu_backend_passes_every_case_it_implements() {
-    let mut ops = CpuOps::new(Some(2)).expect("cpu backend");
-    let results = selftest::run(&mut ops, false).expect("selftest").cases;
-    let passed = results.iter().filter(|r| r.status == Status::Pass).count();
-    for r in &results {
-        assert_ne!(r.status, Status::Fail, "{} {} {}: {:?} {}", r.op, r.quant, r.shape, r.nmse, r.note);
+fn host_devices_and_the_simulator_pass_every_case() {
+    for kind in [BackendKind::Cpu, BackendKind::CpuRef, BackendKind::Sim] {
+        passes_every_case(kind);
     }
-    // Every gemv and moe case really ran (the CPU backend has its own products).
-    let products = results.iter().filter(|r| r.op == "gemv" || r.op == "moe").count();
-    assert_eq!(passed, products);
-    assert!(products >= 40);
 }
 
 #[test]
@@ -38,10 +43,12 @@ fn every_format_and_op_is_in_the_table() {
     }
     // The delta rule at decode and prefill in both head orders, and continuing a state.
     for (n, order) in [(1, true), (1, false), (17, true), (17, false)] {
-        let found = cases.iter().any(|c| matches!(c.op, Op::GdnRule { n: m, tiled, .. } if m == n && tiled == order));
-        assert!(found, "gdn_rule n={n} tiled={order} missing");
+        let order = if order { HeadOrder::Tiled } else { HeadOrder::Grouped };
+        let found = cases.iter().any(|c| matches!(c.op, Op::GdnRule { n: m, order: o, .. } if m == n && o == order));
+        assert!(found, "gdn_rule n={n} {order:?} missing");
     }
     assert!(cases.iter().any(|c| matches!(c.op, Op::GdnRule { n: 1, warm: true, .. })));
+    assert!(cases.iter().any(|c| matches!(c.op, Op::TopkMoe { norm: TopkNorm::Softmax, .. })));
     // Decode (1 token), odd counts and batches past a tile of 8.
     for n in [1, 3, 11] {
         assert!(cases.iter().any(|c| matches!(c.op, Op::Gemv { n: m, .. } if m == n)));
@@ -50,44 +57,33 @@ fn every_format_and_op_is_in_the_table() {
 
 #[test]
 fn a_wrong_result_fails() {
-    // The comparison is not vacuous: perturb the reference and it must fail.
-    struct Wrong;
-    impl OpsBackend for Wrong {
-        fn name(&self) -> &'static str {
-            "wrong"
+    // The comparison is not vacuous: perturb the reference and it must fail. A +1 in one
+    // element of a product over hundreds may stay under 5e-4; elementwise cases, ids and
+    // guards always fail.
+    let mut failed = Vec::new();
+    for (idx, case) in selftest::cases(false).iter().enumerate() {
+        let op = &case.op;
+        let i = selftest::inputs(op, 1000 + idx as u64 * 17).expect("inputs");
+        let want = selftest::reference(op, &i).expect("reference");
+        let mut got = want.clone();
+        if let Some(v) = got.values.first_mut() {
+            *v += 1.0;
         }
-        fn device(&self) -> String {
-            "none".into()
+        if let Op::TopkMoe { .. } = op {
+            got.ids[0] = (got.ids[0] + 1) % 8;
         }
-        fn run(&mut self, op: &Op, i: &selftest::Inputs) -> rotary::Result<Option<selftest::Output>> {
-            let mut out = selftest::reference(op, i)?;
-            if let Some(v) = out.values.first_mut() {
-                *v += 1.0;
-            }
-            if let Op::TopkMoe { .. } = op {
-                out.ids[0] = (out.ids[0] + 1) % 8;
-            }
-            if let Op::Add { .. } = op {
-                out.guards_ok = false;
-            }
-            Ok(Some(out))
+        if let Op::Add { .. } = op {
+            got.guards_ok = false;
         }
-        fn time(&mut self, _: &Op, _: &selftest::Inputs) -> rotary::Result<Option<f64>> {
-            Ok(None)
-        }
-        fn copy_gbps(&mut self) -> rotary::Result<Option<f64>> {
-            Ok(None)
+        if selftest::compare(op, &got, &want).1 == Status::Fail {
+            failed.push(op.name());
         }
     }
-    let results = selftest::run(&mut Wrong, false).expect("selftest").cases;
-    let failed: Vec<_> = results.iter().filter(|r| r.status == Status::Fail).collect();
-    // A +1 in one element of a product over hundreds may stay under 5e-4; elementwise cases,
-    // ids and guards always fail.
     for op in [
         "rmsnorm", "rope_neox", "embed", "add", "topk_moe", "split_gate", "sigmoid_mul", "sigmoid", "gdn_conv",
         "gdn_gates", "gated_norm",
     ] {
-        assert!(failed.iter().any(|r| r.op == op), "{op} did not fail");
+        assert!(failed.contains(&op), "{op} did not fail");
     }
     let nan = selftest::nmse(&[f32::NAN], &[1.0]);
     assert!(nan.is_nan());
@@ -126,9 +122,9 @@ fn reference_products_are_the_cpu_ref_backend() {
 
 #[test]
 fn cuda_backend_where_there_is_a_device() {
-    match rotary::backend::cuda::CudaOps::open(0) {
-        Ok(mut ops) => {
-            let results = selftest::run(&mut ops, false).expect("selftest").cases;
+    match open_device(BackendKind::Cuda, 0, None, 12.0, Some(2)) {
+        Ok(mut dev) => {
+            let results = selftest::run(dev.as_mut(), "cuda", false).expect("selftest").cases;
             for r in &results {
                 assert_eq!(r.status, Status::Pass, "{} {} {}: {:?} {}", r.op, r.quant, r.shape, r.nmse, r.note);
             }

@@ -481,6 +481,9 @@ impl Device for Spy {
     fn alloc(&mut self, bytes: u64, what: &str) -> rotary::Result<u64> {
         self.inner.alloc(bytes, what)
     }
+    fn free(&mut self, addr: u64) {
+        self.inner.free(addr)
+    }
     fn peak_bytes(&self) -> u64 {
         self.inner.peak_bytes()
     }

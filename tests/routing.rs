@@ -16,7 +16,7 @@ fn modes_parse_and_reject_clearly() {
     assert!(matches!(RoutingMode::parse("trace:x.trace"), Ok(RoutingMode::Trace(_))));
     for bad in ["sticky:1.5", "sticky:x", "trace:", "random", ""] {
         let e = RoutingMode::parse(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
-        assert!(e.to_string().contains("--routing"), "{e}");
+        assert!(e.to_string().contains(&format!("routing mode {bad}")), "{e}");
     }
     assert_eq!(RoutingMode::Sticky(0.45).label(), "sticky:0.45");
 }

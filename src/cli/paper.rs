@@ -60,7 +60,7 @@ struct Config {
 }
 
 pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
-    let gpu = rotary::backend::cuda::COMPILED && rotary::backend::cuda::CudaOps::open(args.device).is_ok();
+    let gpu = rotary::backend::cuda::device_available(args.device);
     let backend = match &args.backend {
         Some(b) => backend_kind(b)?,
         None if gpu => BackendKind::Cuda,

@@ -138,6 +138,12 @@ pub fn open_stream<'w>(
     let s = Session::new(w, dev, n_ctx, opts, kind.name(), &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
+    })
+    .map_err(|e| match e {
+        Error::TooFewSlots { .. } => Error::Usage(format!(
+            "{e}: raise --vram-budget, use --cache-alloc global, or --moe-policy cpu to compute missed experts on the CPU"
+        )),
+        e => e,
     })?;
     bar.finish_and_clear();
     Ok(s)
@@ -149,7 +155,7 @@ pub fn router(
     cfg: &rotary::model::ModelConfig,
     record: Option<&Path>,
 ) -> Result<Option<rotary::routing::Router>> {
-    let mode = rotary::routing::RoutingMode::parse(routing)?;
+    let mode = rotary::routing::RoutingMode::parse(routing).map_err(|e| Error::Usage(format!("--routing: {e}")))?;
     if matches!(mode, rotary::routing::RoutingMode::Model) && record.is_none() {
         return Ok(None);
     }

@@ -26,6 +26,7 @@ pub trait Plain: Copy + Default {}
 impl Plain for f32 {}
 impl Plain for i32 {}
 impl Plain for u16 {}
+impl Plain for u32 {}
 impl Plain for u64 {}
 impl Plain for u8 {}
 
@@ -55,6 +56,14 @@ impl HostMemory {
         self.regions.insert(addr, Region { owned: Some(mem), bytes: rounded as usize, what: what.to_string() });
         self.owned_bytes += rounded;
         addr as Addr
+    }
+
+    /// Give back an allocation (a mapped region is forgotten).
+    pub fn free(&mut self, addr: Addr) {
+        let region = self.regions.remove(&(addr as usize)).expect("free of an address never handed out");
+        if region.owned.is_some() {
+            self.owned_bytes -= region.bytes as u64;
+        }
     }
 
     /// Bytes of the allocations this memory owns.
@@ -169,6 +178,17 @@ impl HostKernels {
                 mem.write(weights, &w_out, "topk weights")
             }
             Kernel::Moe { .. } => self.moe(mem, k),
+            Kernel::Embed { ty, table, tokens, x, n, dim } => {
+                let row_bytes = ty.row_bytes(dim as u64).unwrap_or(0) as usize;
+                let ids = mem.read::<i32>(tokens, n, "embed tokens")?;
+                let mut out = vec![0f32; n * dim]; // [n, dim]
+                for (t, &id) in ids.iter().enumerate() {
+                    let at = table + (id.max(0) as usize * row_bytes) as u64;
+                    let row = mem.view::<u8>(at, row_bytes, "embed table row")?;
+                    crate::quant::dequantize(ty, row, &mut out[t * dim..(t + 1) * dim])?;
+                }
+                mem.write(x, &out, "embed x")
+            }
             Kernel::RmsNorm { x, w, y, rows, width, eps } => {
                 let mut xs = mem.read::<f32>(x, rows * width, "rmsnorm x")?;
                 rmsnorm_rows(&mut xs, mem.view(w, width, "rmsnorm w")?, eps);

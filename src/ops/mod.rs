@@ -101,6 +101,8 @@ pub enum Kernel {
         n_experts: usize,
     },
     RmsNorm { x: Addr, w: Addr, y: Addr, rows: usize, width: usize, eps: f32 },
+    /// x [n, dim] ← rows tokens[t] of the table [n_vocab, dim] (any weight format), dequantized.
+    Embed { ty: GgmlType, table: Addr, tokens: Addr, x: Addr, n: usize, dim: usize },
     Rope { x: Addr, inv_freq: Addr, n: usize, n_heads: usize, head_dim: usize, rope_dims: usize, pos0: usize },
     KvStore { cache: KvCache, k: Addr, v: Addr, n: usize, pos0: usize },
     Attention {

@@ -13,10 +13,10 @@ use std::ptr;
 
 use super::device::{Addr, Device, Event, Kernel, LinkStats, Stream};
 use super::plan::LAUNCH_RESERVE;
-use crate::backend::cuda::device::{check, Device as Gpu};
+use crate::backend::cuda::device::{check, Gpu};
 use crate::backend::cuda::ffi;
-use crate::backend::cuda::kernels::{self, gdn_head_order, quant_of, topk_norm};
-use crate::ops::KvType;
+use crate::backend::cuda::kernels::{self, quant_of};
+use crate::ops::{HeadOrder, KvCache, KvType, TopkNorm};
 use crate::error::{Error, Result};
 
 /// The driver's page for device memory, and the largest allocation it packs into shared
@@ -284,6 +284,15 @@ impl Device for CudaDevice {
         Ok(p as Addr)
     }
 
+    fn free(&mut self, addr: Addr) {
+        let p = addr as *mut c_void;
+        let at = self.allocs.iter().position(|&a| a == p).expect("free of an address never allocated");
+        self.allocs.swap_remove(at);
+        // SAFETY: allocated by alloc(), freed once (removed from allocs above); cudaFree waits
+        // for the device to finish with it.
+        unsafe { ffi::rotary_free(p) };
+    }
+
     fn peak_bytes(&self) -> u64 {
         // Lazily loaded kernel code arrives with first launches: measure now too.
         let _ = self.measure_in_use();
@@ -471,6 +480,31 @@ impl Device for CudaDevice {
     fn link_peak_gbps(&self) -> Option<f64> {
         self.link_peak_gbps
     }
+
+    /// Device-to-device copy of 512 MiB timed with events, best of 5.
+    fn copy_gbps(&mut self) -> Result<Option<f64>> {
+        let bytes = 512u64 << 20;
+        let (src, dst) = (self.alloc(bytes, "copy bandwidth source")?, self.alloc(bytes, "copy bandwidth destination")?);
+        let mut best = f64::MAX;
+        let result = (|| {
+            for _ in 0..5 {
+                let start = crate::backend::cuda::device::Event::new()?;
+                let end = crate::backend::cuda::device::Event::new()?;
+                start.record(&self.gpu)?;
+                // SAFETY: both allocations hold `bytes` bytes.
+                let code = unsafe {
+                    ffi::rotary_memcpy_async(dst as *mut c_void, src as *const c_void, bytes, ffi::RotaryCopyKind::ROTARY_COPY_D2D, self.gpu.stream())
+                };
+                check(code, "cudaMemcpyAsync(D2D)")?;
+                end.record(&self.gpu)?;
+                best = best.min(end.elapsed_ms_since(&start)? as f64 / 1e3);
+            }
+            Ok(Some(2.0 * bytes as f64 / best / 1e9))
+        })();
+        self.free(src);
+        self.free(dst);
+        result
+    }
 }
 
 impl Drop for CudaDevice {
@@ -493,22 +527,41 @@ impl Drop for CudaDevice {
     }
 }
 
-/// The FFI params of a kernel, launched on the compute stream.
+/// The FFI params of a kernel (each built here and nowhere else), launched on the compute
+/// stream.
 fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
-    if let Kernel::KvStore { cache, .. } | Kernel::Attention { cache, .. } = k {
-        if cache.ty != KvType::F16 {
-            return Err(Error::Usage(format!("the CUDA kernels keep an f16 KV cache, not {:?}", cache.ty)));
+    match k {
+        Kernel::Gemv { .. } | Kernel::TopkMoe { .. } | Kernel::Moe { .. } | Kernel::Embed { .. } => launch_products(gpu, k),
+        Kernel::GdnConv { .. } | Kernel::GdnGates { .. } | Kernel::GdnRule { .. } | Kernel::GatedNorm { .. } => {
+            launch_deltanet(gpu, k)
         }
+        _ => launch_mixing(gpu, k),
     }
-    let p = |a: Addr| a as *mut f32;
-    let cache = |c: &super::device::KvCache| ffi::RotaryKvCache {
-        k: c.k as *mut u16,
-        v: c.v as *mut u16,
-        page_table: c.page_table as *const i32,
-        page_size: c.page_size as i32,
-        kv_width: c.kv_width as i32,
-    };
-    // SAFETY: the engine builds every kernel from allocations sized by the plan (the
+}
+
+fn p(a: Addr) -> *mut f32 {
+    a as *mut f32
+}
+
+/// The ABI's name for a DeltaNet value-head order.
+fn gdn_head_order(order: HeadOrder) -> ffi::RotaryGdnHeadOrder {
+    match order {
+        HeadOrder::Tiled => ffi::RotaryGdnHeadOrder::ROTARY_GDN_TILED,
+        HeadOrder::Grouped => ffi::RotaryGdnHeadOrder::ROTARY_GDN_GROUPED,
+    }
+}
+
+/// The ABI's name for top-k weighting.
+fn topk_norm(norm: TopkNorm) -> ffi::RotaryTopkNorm {
+    match norm {
+        TopkNorm::Renorm => ffi::RotaryTopkNorm::ROTARY_TOPK_RENORM,
+        TopkNorm::Softmax => ffi::RotaryTopkNorm::ROTARY_TOPK_SOFTMAX,
+    }
+}
+
+
+fn launch_products(gpu: &Gpu, k: &Kernel) -> Result<()> {
+    // SAFETY: the forward builds every kernel from allocations sized by the plan (the
     // simulator checks the same kernels' extents against its allocations in CI).
     unsafe {
         match *k {
@@ -553,6 +606,38 @@ fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
                 k: k as i32,
                 n_experts: n_experts as i32,
             }),
+            Kernel::Embed { ty, table, tokens, x, n, dim } => kernels::embed(gpu, &ffi::RotaryEmbed {
+                quant: quant_of(ty, "embed")?,
+                table: table as *const c_void,
+                tokens: tokens as *const i32,
+                x: p(x),
+                n_tokens: n as i32,
+                dim: dim as i32,
+            }),
+            _ => unreachable!("a product kernel"),
+        }
+    }
+}
+
+/// The paged f16 cache (the only cache type the CUDA kernels keep).
+fn kv_cache(c: &KvCache) -> Result<ffi::RotaryKvCache> {
+    if c.ty != KvType::F16 {
+        return Err(Error::Usage(format!("the CUDA kernels keep an f16 KV cache, not {:?}", c.ty)));
+    }
+    Ok(ffi::RotaryKvCache {
+        k: c.k as *mut u16,
+        v: c.v as *mut u16,
+        page_table: c.page_table as *const i32,
+        page_size: c.page_size as i32,
+        kv_width: c.kv_width as i32,
+    })
+}
+
+fn launch_mixing(gpu: &Gpu, k: &Kernel) -> Result<()> {
+    // SAFETY: the forward builds every kernel from allocations sized by the plan (the
+    // simulator checks the same kernels' extents against its allocations in CI).
+    unsafe {
+        match *k {
             Kernel::RmsNorm { x, w, y, rows, width, eps } => kernels::rmsnorm(gpu, &ffi::RotaryRmsNorm {
                 x: p(x),
                 w: p(w),
@@ -571,7 +656,7 @@ fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
                 pos0: pos0 as i32,
             }),
             Kernel::KvStore { cache: c, k: kk, v, n, pos0 } => kernels::kv_store(gpu, &ffi::RotaryKvStore {
-                cache: cache(&c),
+                cache: kv_cache(&c)?,
                 k: p(kk),
                 v: p(v),
                 n_tokens: n as i32,
@@ -579,7 +664,7 @@ fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
             }),
             Kernel::Attention { cache: c, q, o, n, n_heads, n_kv_heads, head_dim, pos0, scale } => {
                 kernels::attention(gpu, &ffi::RotaryAttention {
-                    cache: cache(&c),
+                    cache: kv_cache(&c)?,
                     q: p(q),
                     o: p(o),
                     n_tokens: n as i32,
@@ -603,6 +688,16 @@ fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
                 kernels::sigmoid_mul(gpu, &ffi::RotarySigmoidMul { y: p(y), g: p(g), n: n as i64 })
             }
             Kernel::Sigmoid { x, n } => kernels::sigmoid(gpu, &ffi::RotarySigmoid { x: p(x), n: n as i64 }),
+            _ => unreachable!("an attention-side kernel"),
+        }
+    }
+}
+
+fn launch_deltanet(gpu: &Gpu, k: &Kernel) -> Result<()> {
+    // SAFETY: the forward builds every kernel from allocations sized by the plan (the
+    // simulator checks the same kernels' extents against its allocations in CI).
+    unsafe {
+        match *k {
             Kernel::GdnConv { x, state, w, n, channels, kernel } => kernels::gdn_conv(gpu, &ffi::RotaryGdnConv {
                 x: p(x),
                 state: p(state),
@@ -642,6 +737,7 @@ fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
                 width: width as i32,
                 eps,
             }),
+            _ => unreachable!("a DeltaNet kernel"),
         }
     }
 }

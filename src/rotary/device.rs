@@ -40,6 +40,10 @@ pub trait Device {
     /// `Error::DeviceOutOfMemory` naming `what`.
     fn alloc(&mut self, bytes: u64, what: &str) -> Result<Addr>;
 
+    /// Give back an allocation of `alloc` (the selftest's cases; the engine allocates once and
+    /// frees nothing until the device drops).
+    fn free(&mut self, addr: Addr);
+
     /// The most device memory in use at once: this process's allocations plus the device's
     /// own overhead.
     fn peak_bytes(&self) -> u64;
@@ -121,6 +125,12 @@ pub trait Device {
     }
 
     fn link_stats(&self) -> LinkStats;
+
+    /// The device memory's copy bandwidth in GB/s (bytes read + written), measured now; None
+    /// where the device has no memory of its own to measure (the simulator).
+    fn copy_gbps(&mut self) -> Result<Option<f64>> {
+        Ok(None)
+    }
 
     /// The host link's peak for pinned copies (measured at start on a GPU), GB/s.
     fn link_peak_gbps(&self) -> Option<f64> {

@@ -47,11 +47,29 @@ impl HostDevice {
 impl Device for HostDevice {
     fn describe(&self) -> String {
         let b = self.backend();
-        format!("{} (host memory, {} threads)", b.name(), b.threads())
+        format!("CPU ({} kernels, {} threads, host memory)", b.name(), b.threads())
     }
 
     fn alloc(&mut self, bytes: u64, what: &str) -> Result<Addr> {
         Ok(self.mem.alloc(bytes, what))
+    }
+
+    fn free(&mut self, addr: Addr) {
+        self.mem.free(addr);
+    }
+
+    /// Memory copy bandwidth: 256 MiB copied, best of 3.
+    fn copy_gbps(&mut self) -> Result<Option<f64>> {
+        let src = vec![1u8; 256 << 20];
+        let mut dst = vec![0u8; 256 << 20];
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let start = std::time::Instant::now();
+            dst.copy_from_slice(&src);
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(&dst);
+        Ok(Some(2.0 * src.len() as f64 / best / 1e9))
     }
 
     /// Workspaces, caches and state (the weights are the mapping, counted by nobody here).

@@ -557,12 +557,7 @@ pub fn check_slots(plan: &Plan, c: &ModelConfig, opts: &Options) -> Result<()> {
         Allocation::PerLayer => plan.n_slots / c.n_layers.max(1) as usize,
     };
     if !plan.all_resident() && opts.moe_policy != MoePolicy::Cpu && per_layer < k {
-        return Err(Error::Usage(format!(
-            "VRAM budget: {} expert slots fit after the dense part ({per_layer} per layer), a \
-             layer needs {k} (raise --vram-budget, use --cache-alloc global, or --moe-policy \
-             cpu to compute missed experts on the CPU)",
-            plan.n_slots
-        )));
+        return Err(Error::TooFewSlots { slots: plan.n_slots, per_layer, need: k });
     }
     Ok(())
 }

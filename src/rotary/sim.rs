@@ -155,6 +155,10 @@ impl Device for SimDevice {
         Ok(addr)
     }
 
+    fn free(&mut self, addr: Addr) {
+        self.mem.free(addr);
+    }
+
     fn peak_bytes(&self) -> u64 {
         self.peak_bytes
     }

@@ -2,7 +2,6 @@
 //! compute stream, device buffers that free themselves, events for timing.
 
 use std::ffi::{c_void, CStr};
-use std::marker::PhantomData;
 use std::ptr;
 
 use super::ffi;
@@ -43,14 +42,6 @@ pub fn emu_reset_peak(ordinal: usize) -> Result<()> {
     check(unsafe { ffi::rotary_emu_reset_peak(ordinal as i32) }, "rotary_emu_reset_peak")
 }
 
-/// Element types that may live in a device buffer (plain bits, no drop, any bit pattern valid).
-pub trait DeviceCopy: Copy + Default + 'static {}
-impl DeviceCopy for u8 {}
-impl DeviceCopy for u16 {}
-impl DeviceCopy for i32 {}
-impl DeviceCopy for u64 {}
-impl DeviceCopy for f32 {}
-
 /// What the device says about itself.
 #[derive(Clone, Debug)]
 pub struct DeviceInfo {
@@ -70,17 +61,17 @@ impl std::fmt::Display for DeviceInfo {
 }
 
 /// One CUDA device, made current, with the stream every kernel of this process runs on.
-pub struct Device {
+pub struct Gpu {
     pub ordinal: usize,
     pub info: DeviceInfo,
     stream: *mut c_void,
 }
 
 // SAFETY: the stream handle is only used through the runtime, which is thread-safe. The
-// runtime's current device is per host thread: whoever moves a Device to another thread calls
+// runtime's current device is per host thread: whoever moves a Gpu to another thread calls
 // `make_current` there before using it (the rotary's CudaDevice does on every entry point).
-unsafe impl Send for Device {}
-unsafe impl Sync for Device {}
+unsafe impl Send for Gpu {}
+unsafe impl Sync for Gpu {}
 
 thread_local! {
     /// The device this thread last made current (-1: none yet): cudaSetDevice only on change.
@@ -90,16 +81,16 @@ thread_local! {
 /// Make `ordinal` the calling thread's current device.
 fn set_current(ordinal: usize) -> Result<()> {
     if CURRENT.with(|c| c.get()) != ordinal as i32 {
-        // SAFETY: the ordinal was validated when the Device opened.
+        // SAFETY: the ordinal was validated when the Gpu opened.
         check(unsafe { ffi::rotary_set_device(ordinal as i32) }, "cudaSetDevice")?;
         CURRENT.with(|c| c.set(ordinal as i32));
     }
     Ok(())
 }
 
-impl Device {
+impl Gpu {
     /// Device `ordinal`: `NoCudaDevice` when the runtime finds none (no driver, no GPU).
-    pub fn open(ordinal: usize) -> Result<Device> {
+    pub fn open(ordinal: usize) -> Result<Gpu> {
         let mut count = 0i32;
         // SAFETY: count is a valid out-pointer.
         let code = unsafe { ffi::rotary_device_count(&mut count) };
@@ -132,7 +123,7 @@ impl Device {
         let mut stream = ptr::null_mut();
         // SAFETY: stream is a valid out-pointer.
         check(unsafe { ffi::rotary_stream_create(&mut stream) }, "cudaStreamCreate")?;
-        Ok(Device { ordinal, info, stream })
+        Ok(Gpu { ordinal, info, stream })
     }
 
     pub fn stream(&self) -> *mut c_void {
@@ -160,125 +151,12 @@ impl Device {
         check(unsafe { ffi::rotary_mem_info(&mut free, &mut total) }, "cudaMemGetInfo")?;
         Ok((free, total))
     }
-
-    /// A zeroed device buffer of `len` elements; `what` names it in errors.
-    pub fn alloc<T: DeviceCopy>(&self, len: usize, what: &str) -> Result<DevBuf<T>> {
-        let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
-        let (free, _) = self.mem_info()?; // (makes the device current)
-        if bytes > free {
-            return Err(Error::DeviceOutOfMemory { what: what.into(), bytes_requested: bytes, bytes_free: free });
-        }
-        let mut p = ptr::null_mut();
-        // SAFETY: p is a valid out-pointer; the buffer is freed in DevBuf::drop.
-        let code = unsafe { ffi::rotary_malloc(&mut p, bytes) };
-        if code != 0 {
-            return Err(Error::DeviceOutOfMemory { what: what.into(), bytes_requested: bytes, bytes_free: free });
-        }
-        let buf = DevBuf { ptr: p.cast::<T>(), len, _t: PhantomData };
-        // SAFETY: p holds `bytes` bytes.
-        check(unsafe { ffi::rotary_memset_async(p, 0, bytes, self.stream) }, "cudaMemsetAsync")?;
-        Ok(buf)
-    }
-
-    /// A device copy of `data`.
-    pub fn upload<T: DeviceCopy>(&self, data: &[T], what: &str) -> Result<DevBuf<T>> {
-        let mut buf = self.alloc(data.len(), what)?;
-        self.write(&mut buf, 0, data)?;
-        self.sync()?;
-        Ok(buf)
-    }
-
-    /// Copy `data` into `buf` at element `at`, queued on the stream. From pageable memory the
-    /// runtime has staged the bytes when this returns, so `data` may be reused at once.
-    pub fn write<T: DeviceCopy>(&self, buf: &mut DevBuf<T>, at: usize, data: &[T]) -> Result<()> {
-        assert!(at + data.len() <= buf.len, "write {}+{} into {}", at, data.len(), buf.len);
-        if data.is_empty() {
-            return Ok(());
-        }
-        // SAFETY: the destination range is inside buf (asserted); the source is a live slice.
-        unsafe { self.memcpy(buf.ptr.add(at).cast(), data.as_ptr().cast(), std::mem::size_of_val(data), ffi::RotaryCopyKind::ROTARY_COPY_H2D) }
-    }
-
-    /// Copy `out.len()` elements of `buf` from element `at` to the host (waits for the stream).
-    pub fn read<T: DeviceCopy>(&self, buf: &DevBuf<T>, at: usize, out: &mut [T]) -> Result<()> {
-        assert!(at + out.len() <= buf.len, "read {}+{} from {}", at, out.len(), buf.len);
-        if out.is_empty() {
-            return Ok(());
-        }
-        // SAFETY: the source range is inside buf (asserted); out is a live, writable slice.
-        unsafe { self.memcpy(out.as_mut_ptr().cast(), buf.ptr.add(at).cast(), std::mem::size_of_val(out), ffi::RotaryCopyKind::ROTARY_COPY_D2H)? };
-        self.sync()
-    }
-
-    /// Queue a copy of `bytes` on the stream.
-    ///
-    /// # Safety
-    /// `dst` and `src` must be valid for `bytes` in the memory spaces `kind` names.
-    unsafe fn memcpy(&self, dst: *mut std::ffi::c_void, src: *const std::ffi::c_void, bytes: usize, kind: ffi::RotaryCopyKind) -> Result<()> {
-        self.make_current()?;
-        // SAFETY: the caller's contract.
-        let code = unsafe { ffi::rotary_memcpy_async(dst, src, bytes as u64, kind, self.stream) };
-        check(code, &format!("cudaMemcpyAsync({kind:?})"))
-    }
 }
 
-impl Drop for Device {
+impl Drop for Gpu {
     fn drop(&mut self) {
-        // SAFETY: the stream was created by this Device and is destroyed once.
+        // SAFETY: the stream was created by this Gpu and is destroyed once.
         unsafe { ffi::rotary_stream_destroy(self.stream) };
-    }
-}
-
-/// `len` elements of T in device memory, freed on drop.
-pub struct DevBuf<T: DeviceCopy> {
-    ptr: *mut T,
-    len: usize,
-    _t: PhantomData<T>,
-}
-
-// SAFETY: a device pointer is an address in the device's space; moving it between threads is
-// safe, and all access goes through the runtime.
-unsafe impl<T: DeviceCopy> Send for DevBuf<T> {}
-unsafe impl<T: DeviceCopy> Sync for DevBuf<T> {}
-
-impl<T: DeviceCopy> DevBuf<T> {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn bytes(&self) -> u64 {
-        (self.len * std::mem::size_of::<T>()) as u64
-    }
-
-    pub fn ptr(&self) -> *const T {
-        self.ptr
-    }
-
-    pub fn mut_ptr(&self) -> *mut T {
-        self.ptr
-    }
-
-    /// The device address of element `at` (for kernels that take an offset view).
-    pub fn ptr_at(&self, at: usize) -> *mut T {
-        assert!(at <= self.len, "offset {at} of {}", self.len);
-        // SAFETY: at <= len: inside the allocation or one past its end.
-        unsafe { self.ptr.add(at) }
-    }
-
-    /// The address as an integer (for device-side pointer tables).
-    pub fn addr(&self) -> u64 {
-        self.ptr as u64
-    }
-}
-
-impl<T: DeviceCopy> Drop for DevBuf<T> {
-    fn drop(&mut self) {
-        // SAFETY: ptr came from rotary_malloc and is freed once.
-        unsafe { ffi::rotary_free(self.ptr.cast()) };
     }
 }
 
@@ -293,7 +171,7 @@ impl Event {
         Ok(Event(e))
     }
 
-    pub fn record(&self, dev: &Device) -> Result<()> {
+    pub fn record(&self, dev: &Gpu) -> Result<()> {
         // SAFETY: both handles are alive.
         check(unsafe { ffi::rotary_event_record(self.0, dev.stream()) }, "cudaEventRecord")
     }

@@ -2,10 +2,9 @@
 //! kernel. They only queue work on the device's stream; errors of the kernel itself surface at
 //! the next synchronisation.
 
-use super::device::{check, Device};
+use super::device::{check, Gpu};
 use super::ffi;
 use crate::error::{Error, Result};
-use crate::ops::{HeadOrder, TopkNorm};
 use crate::quant::GgmlType;
 
 /// The ABI's name for a weight format.
@@ -26,22 +25,6 @@ pub fn quant_of(ty: GgmlType, tensor: &str) -> Result<ffi::RotaryQuant> {
     })
 }
 
-/// The ABI's name for a DeltaNet value-head order.
-pub fn gdn_head_order(order: HeadOrder) -> ffi::RotaryGdnHeadOrder {
-    match order {
-        HeadOrder::Tiled => ffi::RotaryGdnHeadOrder::ROTARY_GDN_TILED,
-        HeadOrder::Grouped => ffi::RotaryGdnHeadOrder::ROTARY_GDN_GROUPED,
-    }
-}
-
-/// The ABI's name for top-k weighting.
-pub fn topk_norm(norm: TopkNorm) -> ffi::RotaryTopkNorm {
-    match norm {
-        TopkNorm::Renorm => ffi::RotaryTopkNorm::ROTARY_TOPK_RENORM,
-        TopkNorm::Softmax => ffi::RotaryTopkNorm::ROTARY_TOPK_SOFTMAX,
-    }
-}
-
 macro_rules! launchers {
     ($($(#[$doc:meta])* $name:ident($ty:ident) => $ffi:ident;)*) => {$(
         $(#[$doc])*
@@ -49,7 +32,7 @@ macro_rules! launchers {
         /// # Safety
         /// Every pointer in `p` must be a live device allocation of at least the extent the
         /// params struct's documentation in abi.h gives for its dimensions.
-        pub unsafe fn $name(dev: &Device, p: &ffi::$ty) -> Result<()> {
+        pub unsafe fn $name(dev: &Gpu, p: &ffi::$ty) -> Result<()> {
             dev.make_current()?;
             // SAFETY: p is a valid params struct (the caller vouches for its pointers); the
             // launcher only reads it and queues work on the device's stream.

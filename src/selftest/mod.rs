@@ -5,18 +5,21 @@
 //! around device outputs must come back untouched; the router's expert ids are compared as
 //! sets; ops with two outputs (a state they advance, a second tensor) compare both.
 //!
-//! The reference here is the `cpu-ref` backend plus the scalar steps of the forward pass
-//! (src/model/qwen3moe.rs, src/model/deltanet.rs), i.e. exactly what the CPU engine computes
-//! with.
+//! The cases are the op vocabulary (src/ops/) at chosen shapes, run on any device (`device`:
+//! cpu, cpu-ref, sim, cuda), like ggml's test-backend-ops. The reference is the oracle
+//! (src/ops/oracle.rs, src/ops/deltanet.rs) with the `cpu-ref` backend's products.
+
+mod device;
+
+pub use device::run;
 
 
-use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu_ref::CpuRef;
 use crate::backend::{Backend, Mat};
 use crate::error::Result;
 use crate::ops::deltanet;
 use crate::ops::oracle::{attention_reference, expert_forward, rmsnorm_rows, rope_tokens, split_gate, topk_moe};
-use crate::ops::TopkNorm;
+use crate::ops::{HeadOrder, TopkNorm};
 use crate::quant::{self, GgmlType};
 use crate::synth::{random_f32, random_ints, random_matrix};
 
@@ -40,7 +43,7 @@ pub enum Op {
     /// Routed SwiGLU experts added to a residual (RotaryMoe).
     Moe { ty_gate_up: GgmlType, ty_down: GgmlType, dim: usize, ffn: usize, n_experts: usize, k: usize, n: usize },
     /// softmax → top-k → optional renormalisation.
-    TopkMoe { n: usize, n_experts: usize, k: usize, renorm: bool },
+    TopkMoe { n: usize, n_experts: usize, k: usize, norm: TopkNorm },
     RmsNorm { rows: usize, width: usize },
     Rope { n: usize, n_heads: usize, head_dim: usize, rope_dims: usize, pos0: usize },
     /// KV store into a paged f16 cache (shuffled pages), then causal GQA attention.
@@ -58,8 +61,8 @@ pub enum Op {
     /// Gated DeltaNet beta and decay for [n, n_v].
     GdnGates { n: usize, n_v: usize },
     /// The gated delta rule over n tokens. `warm`: a random initial state (decode continues a
-    /// state), else zeros (the first micro-batch of a prompt). `tiled`: GGUF's head order.
-    GdnRule { n: usize, n_k: usize, n_v: usize, head_k: usize, head_v: usize, tiled: bool, warm: bool },
+    /// state), else zeros (the first micro-batch of a prompt). `order`: GGUF's (tiled) or HF's.
+    GdnRule { n: usize, n_k: usize, n_v: usize, head_k: usize, head_v: usize, order: HeadOrder, warm: bool },
     /// rmsnorm(x) · w · silu(z) of rows of `width`.
     GatedNorm { rows: usize, width: usize },
 }
@@ -100,8 +103,8 @@ impl Op {
             Op::Moe { dim, ffn, n_experts, k, n, .. } => {
                 format!("dim={dim} ffn={ffn} experts={n_experts} k={k} n={n}")
             }
-            Op::TopkMoe { n, n_experts, k, renorm } => {
-                format!("n={n} experts={n_experts} k={k} {}", if renorm { "renorm" } else { "softmax" })
+            Op::TopkMoe { n, n_experts, k, norm } => {
+                format!("n={n} experts={n_experts} k={k} {}", if norm == TopkNorm::Renorm { "renorm" } else { "softmax" })
             }
             Op::RmsNorm { rows, width } => format!("rows={rows} width={width}"),
             Op::Rope { n, n_heads, head_dim, rope_dims, pos0 } => {
@@ -115,9 +118,9 @@ impl Op {
             Op::SplitGate { n, n_heads, head_dim } => format!("n={n} heads={n_heads} head_dim={head_dim}"),
             Op::GdnConv { n, channels, kernel } => format!("n={n} channels={channels} kernel={kernel}"),
             Op::GdnGates { n, n_v } => format!("n={n} v_heads={n_v}"),
-            Op::GdnRule { n, n_k, n_v, head_k, head_v, tiled, warm } => format!(
+            Op::GdnRule { n, n_k, n_v, head_k, head_v, order, warm } => format!(
                 "n={n} heads={n_k}/{n_v} dk={head_k} dv={head_v} {} {}",
-                if tiled { "tiled" } else { "grouped" },
+                if order == HeadOrder::Tiled { "tiled" } else { "grouped" },
                 if warm { "warm" } else { "cold" }
             ),
             Op::GatedNorm { rows, width } => format!("rows={rows} width={width}"),
@@ -186,7 +189,8 @@ pub fn cases(perf: bool) -> Vec<Case> {
         add(Op::Moe { ty_gate_up: GgmlType::Q4K, ty_down: GgmlType::Q6K, dim: 512, ffn: 512, n_experts: 1, k: 1, n });
     }
     for (n_experts, k, renorm) in [(128, 8, true), (256, 8, true), (60, 4, false), (512, 16, true), (8, 2, true)] {
-        add(Op::TopkMoe { n: 5, n_experts, k, renorm });
+        let norm = if renorm { TopkNorm::Renorm } else { TopkNorm::Softmax };
+        add(Op::TopkMoe { n: 5, n_experts, k, norm });
     }
     add(Op::RmsNorm { rows: 5, width: 2048 });
     add(Op::RmsNorm { rows: 5 * 32, width: 128 });
@@ -215,7 +219,7 @@ pub fn cases(perf: bool) -> Vec<Case> {
             add_perf(Op::Moe { ty_gate_up: gu, ty_down: down, dim: 2048, ffn: 768, n_experts: 128, k: 8, n: 1 });
         }
         // Qwen3.5-35B-A3B's Gated DeltaNet at decode: one layer's state read and written.
-        add_perf(Op::GdnRule { n: 1, n_k: 16, n_v: 32, head_k: 128, head_v: 128, tiled: true, warm: true });
+        add_perf(Op::GdnRule { n: 1, n_k: 16, n_v: 32, head_k: 128, head_v: 128, order: HeadOrder::Tiled, warm: true });
     }
     out
 }
@@ -225,6 +229,7 @@ pub fn cases(perf: bool) -> Vec<Case> {
 /// and cold states; and small odd shapes (partial column slices, key rows not a multiple of
 /// the warps, the largest head_k and conv kernel, fewer tokens than the conv's history).
 fn qwen35_cases(add: &mut impl FnMut(Op)) {
+    let order = |tiled| if tiled { HeadOrder::Tiled } else { HeadOrder::Grouped };
     for n in [1, 3] {
         add(Op::SplitGate { n, n_heads: 16, head_dim: 256 });
     }
@@ -245,12 +250,12 @@ fn qwen35_cases(add: &mut impl FnMut(Op)) {
         (17, true, true),
         (17, false, false),
     ] {
-        add(Op::GdnRule { n, n_k: 16, n_v: 32, head_k: 128, head_v: 128, tiled, warm });
+        add(Op::GdnRule { n, n_k: 16, n_v: 32, head_k: 128, head_v: 128, order: order(tiled), warm });
     }
     for (n, n_k, n_v, head_k, head_v, tiled) in
         [(5, 2, 6, 24, 40, true), (5, 2, 6, 24, 40, false), (2, 3, 3, 33, 70, false), (2, 1, 2, 256, 32, true)]
     {
-        add(Op::GdnRule { n, n_k, n_v, head_k, head_v, tiled, warm: true });
+        add(Op::GdnRule { n, n_k, n_v, head_k, head_v, order: order(tiled), warm: true });
     }
     for (rows, width) in [(32, 128), (17 * 32, 128), (3, 40), (2, 256)] {
         add(Op::GatedNorm { rows, width });
@@ -398,20 +403,6 @@ pub struct Output {
     pub guards_ok: bool,
 }
 
-/// A backend under test.
-pub trait OpsBackend {
-    fn name(&self) -> &'static str;
-    /// The device, in words.
-    fn device(&self) -> String;
-    /// Run one op; `None` when this backend has no implementation of its own for it (the
-    /// case is then reported "skip").
-    fn run(&mut self, op: &Op, input: &Inputs) -> Result<Option<Output>>;
-    /// Seconds per evaluation of `op` (median of repeated timed runs), if measurable.
-    fn time(&mut self, op: &Op, input: &Inputs) -> Result<Option<f64>>;
-    /// The device's measured memory copy bandwidth in GB/s (bytes read + written), if any.
-    fn copy_gbps(&mut self) -> Result<Option<f64>>;
-}
-
 /// A matrix view over a case's bytes.
 fn mat<'a>(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Mat<'a>> {
     Mat::new(ty, rows, cols, data, "selftest")
@@ -421,8 +412,7 @@ fn mat<'a>(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Mat
 pub fn reference(op: &Op, i: &Inputs) -> Result<Output> {
     let values = match *op {
         Op::Gemv { .. } | Op::Moe { .. } => return products(&CpuRef, op, i),
-        Op::TopkMoe { n, n_experts, k, renorm } => {
-            let norm = if renorm { TopkNorm::Renorm } else { TopkNorm::Softmax };
+        Op::TopkMoe { n, n_experts, k, norm } => {
             let (ids, w) = topk_moe(&i.f[0][..n * n_experts], n_experts, k, norm);
             return Ok(Output { values: w, ids, second: Vec::new(), guards_ok: true });
         }
@@ -482,7 +472,8 @@ fn two_outputs(op: &Op, i: &Inputs) -> Output {
             deltanet::gates(&mut beta, &mut decay, &i.f[2], &i.f[3]);
             (beta, decay)
         }
-        Op::GdnRule { n, n_k, n_v, head_k, head_v, tiled, .. } => {
+        Op::GdnRule { n, n_k, n_v, head_k, head_v, order, .. } => {
+            let tiled = order == HeadOrder::Tiled;
             let sh = deltanet::Shape { n_k_heads: n_k, n_v_heads: n_v, head_k, head_v, conv_kernel: 1, tiled };
             let (mut state, mut o) = (i.f[3].clone(), vec![0f32; n * sh.inner()]);
             deltanet::delta_rule(&i.f[0], &i.f[1], &i.f[2], &mut state, &sh, n, &mut o);
@@ -578,7 +569,7 @@ pub fn nmse(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Compare a backend's output with the reference: NaN, guards, ids as sets, then NMSE.
-fn compare(op: &Op, got: &Output, want: &Output) -> (Option<f64>, Status, String) {
+pub fn compare(op: &Op, got: &Output, want: &Output) -> (Option<f64>, Status, String) {
     if !got.guards_ok {
         return (None, Status::Fail, "guard values around the output were overwritten".into());
     }
@@ -636,98 +627,6 @@ pub struct Report {
 impl Report {
     pub fn count(&self, s: Status) -> usize {
         self.cases.iter().filter(|r| r.status == s).count()
-    }
-}
-
-/// Run every case on `backend`. `perf`: also the large shapes, and GB/s for the products.
-pub fn run(backend: &mut dyn OpsBackend, perf: bool) -> Result<Report> {
-    let copy_gbps = if perf { backend.copy_gbps()? } else { None };
-    let mut results = Vec::new();
-    for (idx, case) in cases(perf).iter().enumerate() {
-        let op = &case.op;
-        let input = inputs(op, 1000 + idx as u64 * 17)?;
-        let mut r = CaseResult {
-            op: op.name(),
-            quant: op.quant(),
-            shape: op.shape(),
-            backend: backend.name(),
-            nmse: None,
-            max_nmse: op.max_nmse(),
-            status: Status::Skip,
-            note: String::new(),
-            gbps: None,
-            peak_fraction: None,
-        };
-        match backend.run(op, &input)? {
-            None => r.note = "same code as cpu-ref on this backend".into(),
-            Some(got) => {
-                let want = reference(op, &input)?;
-                (r.nmse, r.status, r.note) = compare(op, &got, &want);
-            }
-        }
-        if perf && r.status == Status::Pass {
-            if let (Some(bytes), Some(secs)) = (op.weight_bytes(), backend.time(op, &input)?) {
-                let gbps = bytes as f64 / secs / 1e9;
-                r.gbps = Some(gbps);
-                r.peak_fraction = copy_gbps.map(|c| gbps / c);
-            }
-        }
-        results.push(r);
-    }
-    Ok(Report { device: backend.device(), copy_gbps, cases: results })
-}
-
-/// The fast CPU backend under test: its matrix products are its own code (SIMD, threads,
-/// activation quantization); the other ops (qwen35moe's included: the CPU engine calls
-/// deltanet.rs itself) are the reference's code, reported as skipped.
-pub struct CpuOps {
-    cpu: CpuBackend,
-}
-
-impl CpuOps {
-    pub fn new(threads: Option<usize>) -> Result<CpuOps> {
-        Ok(CpuOps { cpu: CpuBackend::new(threads)? })
-    }
-}
-
-impl OpsBackend for CpuOps {
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-
-    fn device(&self) -> String {
-        format!("CPU ({} threads)", self.cpu.threads())
-    }
-
-    fn run(&mut self, op: &Op, input: &Inputs) -> Result<Option<Output>> {
-        match op {
-            Op::Gemv { .. } | Op::Moe { .. } => products(&self.cpu, op, input).map(Some),
-            _ => Ok(None),
-        }
-    }
-
-    fn time(&mut self, op: &Op, input: &Inputs) -> Result<Option<f64>> {
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let start = std::time::Instant::now();
-            products(&self.cpu, op, input)?;
-            times.push(start.elapsed().as_secs_f64());
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(Some(times[times.len() / 2]))
-    }
-
-    fn copy_gbps(&mut self) -> Result<Option<f64>> {
-        let src = vec![1u8; 256 << 20];
-        let mut dst = vec![0u8; 256 << 20];
-        let mut best = f64::MAX;
-        for _ in 0..3 {
-            let start = std::time::Instant::now();
-            dst.copy_from_slice(&src);
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        std::hint::black_box(&dst);
-        Ok(Some(2.0 * src.len() as f64 / best / 1e9))
     }
 }
 
