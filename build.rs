@@ -30,7 +30,14 @@ fn main() {
     println!("cargo::rerun-if-changed=gen");
     println!("cargo::rerun-if-changed=csrc");
     for var in [
-        "NVCC", "CUDA_HOME", "CUDA_PATH", "ROTARY_CUDA_ARCH", "REQUIRE_CUDA", "ROTARY_NO_CUDA", "ROTARY_CUDA", "PATH",
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "ROTARY_CUDA_ARCH",
+        "REQUIRE_CUDA",
+        "ROTARY_NO_CUDA",
+        "ROTARY_CUDA",
+        "PATH",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
@@ -65,7 +72,8 @@ fn main() {
                 eprintln!("error: REQUIRE_CUDA=1 but the CUDA build is impossible: {why}");
                 std::process::exit(1);
             }
-            let hint = if why.contains("nvcc not found") { " (run gen/install-cuda.sh)" } else { "" };
+            let hint =
+                if why.contains("nvcc not found") { " (run gen/install-cuda.sh)" } else { "" };
             println!("cargo::warning=building without CUDA: {why}{hint}");
             println!("cargo::rustc-env=ROTARY_CUDA_STATUS=not compiled ({why})");
         }
@@ -140,9 +148,14 @@ fn build_emulated() -> Result<String, String> {
     let mut build = cc::Build::new();
     build.cpp(true).opt_level(2).debug(false).warnings(false);
     // The emulated cuda_runtime.h / cuda_fp16.h come first on the include path.
-    build.include(emu.join("include")).include(&emu).include(manifest.join("csrc")).include(manifest.join("csrc/include"));
+    build
+        .include(emu.join("include"))
+        .include(&emu)
+        .include(manifest.join("csrc"))
+        .include(manifest.join("csrc/include"));
     build.define("ROTARY_EMU", None);
-    for f in ["-std=c++17", "-pthread", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-x", "c++"] {
+    for f in ["-std=c++17", "-pthread", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-x", "c++"]
+    {
         build.flag(f);
     }
     build.files(csrc_sources(&manifest)?).files(&generated).files(&emu_sources);
@@ -151,7 +164,8 @@ fn build_emulated() -> Result<String, String> {
     for lib in ["stdc++", "pthread"] {
         println!("cargo::rustc-link-lib={lib}");
     }
-    let cc_name = compiler.path().file_name().map_or("c++".into(), |n| n.to_string_lossy().into_owned());
+    let cc_name =
+        compiler.path().file_name().map_or("c++".into(), |n| n.to_string_lossy().into_owned());
     Ok(format!("emulated on the host (SIMT emulator csrc/emu/, built by {cc_name}; sm from ROTARY_EMU_SM, default 89)"))
 }
 
@@ -176,7 +190,8 @@ fn nvcc_wrapper(out: &Path, nvcc: &Path, report_dir: &Path) -> Result<PathBuf, S
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
     }
     Ok(path)
 }
@@ -191,7 +206,8 @@ fn collect_ptxas_report(dir: &Path) -> Result<String, String> {
     files.sort();
     let mut entries = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
         entries.extend(ptxas::parse(&text));
     }
     // Demangle all names in one c++filt call (binutils); keep them mangled without it.
@@ -206,7 +222,8 @@ fn collect_ptxas_report(dir: &Path) -> Result<String, String> {
             let _ = stdin.write_all(mangled.join("\n").as_bytes());
         }
         if let Ok(o) = child.wait_with_output() {
-            let names: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect();
+            let names: Vec<String> =
+                String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect();
             if names.len() == entries.len() {
                 for (e, n) in entries.iter_mut().zip(names) {
                     e.name = n;
@@ -236,7 +253,8 @@ fn check_libclang() -> Result<String, String> {
         )
     };
     clang_sys::load().map_err(fail)?;
-    let library = clang_sys::get_library().ok_or_else(|| fail("clang-sys kept no library".into()))?;
+    let library =
+        clang_sys::get_library().ok_or_else(|| fail("clang-sys kept no library".into()))?;
     let path = library.path().display().to_string();
     if !clang_sys::clang_createIndex::is_loaded() {
         return Err(fail(format!("{path} does not export clang_createIndex")));
@@ -257,7 +275,9 @@ fn write_abi(manifest: &Path, out: &Path) -> Result<(), String> {
         .derive_default(true)
         .layout_tests(true)
         .generate()
-        .map_err(|e| format!("bindgen over csrc/include/abi.h failed ({e}); is libclang installed?"))?;
+        .map_err(|e| {
+            format!("bindgen over csrc/include/abi.h failed ({e}); is libclang installed?")
+        })?;
     bindings.write_to_file(out.join("abi.rs")).map_err(|e| format!("writing abi.rs: {e}"))
 }
 
@@ -297,7 +317,10 @@ fn find_nvcc(manifest: &Path) -> Option<PathBuf> {
     candidates.push(PathBuf::from("/usr/local/cuda/bin/nvcc"));
     candidates.push(manifest.join(".cuda/nvidia/cu13/bin/nvcc"));
     if let Ok(o) = Command::new("python3")
-        .args(["-c", "import site; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()]))"])
+        .args([
+            "-c",
+            "import site; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()]))",
+        ])
         .output()
     {
         for line in String::from_utf8_lossy(&o.stdout).lines() {
@@ -308,9 +331,13 @@ fn find_nvcc(manifest: &Path) -> Option<PathBuf> {
 }
 
 fn nvcc_version(nvcc: &Path) -> Result<String, String> {
-    let o = Command::new(nvcc).arg("--version").output().map_err(|e| format!("{}: {e}", nvcc.display()))?;
+    let o = Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("{}: {e}", nvcc.display()))?;
     let text = String::from_utf8_lossy(&o.stdout);
-    let line = text.lines().find(|l| l.contains("release")).ok_or("nvcc --version: no release line")?;
+    let line =
+        text.lines().find(|l| l.contains("release")).ok_or("nvcc --version: no release line")?;
     Ok(line.rsplit(", ").next().unwrap_or(line).trim_start_matches('V').to_string())
 }
 
@@ -318,10 +345,14 @@ fn nvcc_version(nvcc: &Path) -> Result<String, String> {
 /// (nvidia-smi), else DEFAULT_SMS.
 fn target_sms() -> Result<Vec<u32>, String> {
     if let Ok(list) = env::var("ROTARY_CUDA_ARCH") {
-        let sms = parse_sms(&list).ok_or(format!("ROTARY_CUDA_ARCH={list:?}: want e.g. 89 or 89;90"))?;
+        let sms =
+            parse_sms(&list).ok_or(format!("ROTARY_CUDA_ARCH={list:?}: want e.g. 89 or 89;90"))?;
         return Ok(sms);
     }
-    if let Ok(o) = Command::new("nvidia-smi").args(["--query-gpu=compute_cap", "--format=csv,noheader"]).output() {
+    if let Ok(o) = Command::new("nvidia-smi")
+        .args(["--query-gpu=compute_cap", "--format=csv,noheader"])
+        .output()
+    {
         let text = String::from_utf8_lossy(&o.stdout).replace('.', "");
         if let Some(sms) = parse_sms(&text.replace('\n', ";")) {
             return Ok(sms);

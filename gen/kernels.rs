@@ -35,14 +35,70 @@ impl Format {
 }
 
 pub const FORMATS: &[Format] = &[
-    Format { name: "f32", ggml_id: 0, abi_enum: "ROTARY_QUANT_F32", cuda_struct: "QuantF32", block_elems: 1, block_bytes: 4 },
-    Format { name: "f16", ggml_id: 1, abi_enum: "ROTARY_QUANT_F16", cuda_struct: "QuantF16", block_elems: 1, block_bytes: 2 },
-    Format { name: "q4_0", ggml_id: 2, abi_enum: "ROTARY_QUANT_Q4_0", cuda_struct: "QuantQ4_0", block_elems: 32, block_bytes: 18 },
-    Format { name: "q8_0", ggml_id: 8, abi_enum: "ROTARY_QUANT_Q8_0", cuda_struct: "QuantQ8_0", block_elems: 32, block_bytes: 34 },
-    Format { name: "q4_k", ggml_id: 12, abi_enum: "ROTARY_QUANT_Q4_K", cuda_struct: "QuantQ4_K", block_elems: 256, block_bytes: 144 },
-    Format { name: "q5_k", ggml_id: 13, abi_enum: "ROTARY_QUANT_Q5_K", cuda_struct: "QuantQ5_K", block_elems: 256, block_bytes: 176 },
-    Format { name: "q6_k", ggml_id: 14, abi_enum: "ROTARY_QUANT_Q6_K", cuda_struct: "QuantQ6_K", block_elems: 256, block_bytes: 210 },
-    Format { name: "bf16", ggml_id: 30, abi_enum: "ROTARY_QUANT_BF16", cuda_struct: "QuantBF16", block_elems: 1, block_bytes: 2 },
+    Format {
+        name: "f32",
+        ggml_id: 0,
+        abi_enum: "ROTARY_QUANT_F32",
+        cuda_struct: "QuantF32",
+        block_elems: 1,
+        block_bytes: 4,
+    },
+    Format {
+        name: "f16",
+        ggml_id: 1,
+        abi_enum: "ROTARY_QUANT_F16",
+        cuda_struct: "QuantF16",
+        block_elems: 1,
+        block_bytes: 2,
+    },
+    Format {
+        name: "q4_0",
+        ggml_id: 2,
+        abi_enum: "ROTARY_QUANT_Q4_0",
+        cuda_struct: "QuantQ4_0",
+        block_elems: 32,
+        block_bytes: 18,
+    },
+    Format {
+        name: "q8_0",
+        ggml_id: 8,
+        abi_enum: "ROTARY_QUANT_Q8_0",
+        cuda_struct: "QuantQ8_0",
+        block_elems: 32,
+        block_bytes: 34,
+    },
+    Format {
+        name: "q4_k",
+        ggml_id: 12,
+        abi_enum: "ROTARY_QUANT_Q4_K",
+        cuda_struct: "QuantQ4_K",
+        block_elems: 256,
+        block_bytes: 144,
+    },
+    Format {
+        name: "q5_k",
+        ggml_id: 13,
+        abi_enum: "ROTARY_QUANT_Q5_K",
+        cuda_struct: "QuantQ5_K",
+        block_elems: 256,
+        block_bytes: 176,
+    },
+    Format {
+        name: "q6_k",
+        ggml_id: 14,
+        abi_enum: "ROTARY_QUANT_Q6_K",
+        cuda_struct: "QuantQ6_K",
+        block_elems: 256,
+        block_bytes: 210,
+    },
+    Format {
+        name: "bf16",
+        ggml_id: 30,
+        abi_enum: "ROTARY_QUANT_BF16",
+        cuda_struct: "QuantBF16",
+        block_elems: 1,
+        block_bytes: 2,
+    },
 ];
 
 /// A tile: `warps` rows per block (one warp per row), `tokens` activation rows per pass.
@@ -64,8 +120,16 @@ pub struct TileChoice {
 }
 
 pub const TILES: &[TileChoice] = &[
-    TileChoice { sm_min: 90, single: Tile { warps: 8, tokens: 1 }, batch: Tile { warps: 8, tokens: 8 } },
-    TileChoice { sm_min: 0, single: Tile { warps: 4, tokens: 1 }, batch: Tile { warps: 4, tokens: 8 } },
+    TileChoice {
+        sm_min: 90,
+        single: Tile { warps: 8, tokens: 1 },
+        batch: Tile { warps: 8, tokens: 8 },
+    },
+    TileChoice {
+        sm_min: 0,
+        single: Tile { warps: 4, tokens: 1 },
+        batch: Tile { warps: 4, tokens: 8 },
+    },
 ];
 
 /// Every distinct tile in the table (each becomes an instance).
@@ -86,11 +150,13 @@ fn tile_suffix(t: Tile) -> String {
 }
 
 /// The quantized ops and the header holding their templates.
-pub const OPS: &[(&str, &str)] = &[("gemv", "gemv.cuh"), ("moe", "moe.cuh"), ("embed", "embed.cuh")];
+pub const OPS: &[(&str, &str)] =
+    &[("gemv", "gemv.cuh"), ("moe", "moe.cuh"), ("embed", "embed.cuh")];
 
 /// The instance file of `op` for format `f`.
 fn instance_file(op: &str, f: &Format) -> String {
-    let mut s = format!("{BANNER}\n// Instances of {op} for {}.\n#include \"{op}.cuh\"\n\n", f.name);
+    let mut s =
+        format!("{BANNER}\n// Instances of {op} for {}.\n#include \"{op}.cuh\"\n\n", f.name);
     let q = f.cuda_struct;
     match op {
         "gemv" => {
@@ -141,7 +207,11 @@ fn dispatch_file() -> String {
     for f in FORMATS {
         for t in tiles() {
             let sfx = tile_suffix(t);
-            let _ = writeln!(s, "int rotary_gemv_{}_{sfx}(const RotaryGemv *p, cudaStream_t s);", f.name);
+            let _ = writeln!(
+                s,
+                "int rotary_gemv_{}_{sfx}(const RotaryGemv *p, cudaStream_t s);",
+                f.name
+            );
             for stage in ["gate_up", "down"] {
                 let _ = writeln!(
                     s,
@@ -205,7 +275,9 @@ fn dispatch_file() -> String {
                     f.row_multiple()
                 );
             }
-            s.push_str("        default: return static_cast<int>(cudaErrorInvalidValue);\n        }\n");
+            s.push_str(
+                "        default: return static_cast<int>(cudaErrorInvalidValue);\n        }\n",
+            );
         }
         s.push_str("    }\n    return static_cast<int>(cudaErrorInvalidValue);\n}\n\n");
     }

@@ -67,7 +67,13 @@ pub fn to_tsv(entries: &[Entry]) -> String {
     for e in entries {
         tsv.push_str(&format!(
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
-            e.sm, e.name, e.registers, e.smem_bytes, e.stack_bytes, e.spill_store_bytes, e.spill_load_bytes
+            e.sm,
+            e.name,
+            e.registers,
+            e.smem_bytes,
+            e.stack_bytes,
+            e.spill_store_bytes,
+            e.spill_load_bytes
         ));
     }
     tsv

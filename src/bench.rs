@@ -71,7 +71,12 @@ pub fn paper_run(e: &mut dyn Engine, prompt: &[u32], n_decode: usize) -> Result<
         _ => None,
     };
     lat_ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat_ms.get(((lat_ms.len() as f64 * p) as usize).min(lat_ms.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let pct = |p: f64| {
+        lat_ms
+            .get(((lat_ms.len() as f64 * p) as usize).min(lat_ms.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
     Ok(PaperResult {
         decode_tok_s: n_decode as f64 / decode_s.max(1e-9),
         prefill_tok_s: prompt.len() as f64 / prefill_s.max(1e-9),
@@ -159,7 +164,13 @@ impl PaperResult {
 
 /// The expert residency (slots / experts) a budget gives the real `preset` at `quant`: used
 /// to scale a budget to a smaller preset on machines that cannot run the real one.
-pub fn residency(preset: &str, quant: QuantMix, n_ctx: usize, budget: u64, overhead: u64) -> Result<f64> {
+pub fn residency(
+    preset: &str,
+    quant: QuantMix,
+    n_ctx: usize,
+    budget: u64,
+    overhead: u64,
+) -> Result<f64> {
     let opts = SynthOptions::new(Preset::by_name(preset)?, quant, 0);
     let cfg = opts.preset.config(opts.n_vocab);
     let (_, tensors) = synth::plan(&opts)?;
@@ -169,7 +180,9 @@ pub fn residency(preset: &str, quant: QuantMix, n_ctx: usize, budget: u64, overh
         let rows: u64 = t.dims[1..].iter().product();
         let bytes = ty.row_bytes(t.dims[0]).unwrap_or(0) * rows.max(1);
         match t.role {
-            TensorRole::Expert => *expert_layer.entry(t.layer.unwrap_or(0)).or_insert(0u64) += bytes,
+            TensorRole::Expert => {
+                *expert_layer.entry(t.layer.unwrap_or(0)).or_insert(0u64) += bytes
+            }
             TensorRole::Embedding => {}
             _ => dense += align(bytes),
         }
@@ -202,8 +215,9 @@ pub fn sweep_svg(title: &str, x_label: &str, points: &[SweepPoint]) -> String {
     let py = |y: f64| mt + ph - y / ymax * ph;
     let ph_ = |r: f64| mt + ph - r * ph;
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" \
-         font-family=\"sans-serif\" font-size=\"13\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"13\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"{}\" y=\"28\" text-anchor=\"middle\" font-size=\"16\">{}</text>\n",
         w / 2.0,
         xml(title)
@@ -212,11 +226,27 @@ pub fn sweep_svg(title: &str, x_label: &str, points: &[SweepPoint]) -> String {
     for i in 0..=5 {
         let f = i as f64 / 5.0;
         let y = mt + ph - f * ph;
-        s += &format!("<line x1=\"{ml}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\n", ml + pw);
-        s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"end\" fill=\"#1f5fbf\">{:.1}</text>\n", ml - 6.0, y + 4.0, f * ymax);
-        s += &format!("<text x=\"{}\" y=\"{}\" fill=\"#c0392b\">{:.0}%</text>\n", ml + pw + 6.0, y + 4.0, f * 100.0);
+        s += &format!(
+            "<line x1=\"{ml}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\n",
+            ml + pw
+        );
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" fill=\"#1f5fbf\">{:.1}</text>\n",
+            ml - 6.0,
+            y + 4.0,
+            f * ymax
+        );
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"#c0392b\">{:.0}%</text>\n",
+            ml + pw + 6.0,
+            y + 4.0,
+            f * 100.0
+        );
     }
-    s += &format!("<rect x=\"{ml}\" y=\"{mt}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#333\"/>\n");
+    s += &format!(
+        "<rect x=\"{ml}\" y=\"{mt}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" \
+         stroke=\"#333\"/>\n"
+    );
     for p in points {
         s += &format!(
             "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
@@ -225,44 +255,75 @@ pub fn sweep_svg(title: &str, x_label: &str, points: &[SweepPoint]) -> String {
             xml(&p.label)
         );
     }
-    s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", ml + pw / 2.0, h - 15.0, xml(x_label));
     s += &format!(
-        "<text transform=\"translate(20,{}) rotate(-90)\" text-anchor=\"middle\" fill=\"#1f5fbf\">decode tok/s</text>\n",
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+        ml + pw / 2.0,
+        h - 15.0,
+        xml(x_label)
+    );
+    s += &format!(
+        "<text transform=\"translate(20,{}) rotate(-90)\" text-anchor=\"middle\" \
+         fill=\"#1f5fbf\">decode tok/s</text>\n",
         mt + ph / 2.0
     );
     s += &format!(
-        "<text transform=\"translate({},{}) rotate(90)\" text-anchor=\"middle\" fill=\"#c0392b\">expert cache hit rate</text>\n",
+        "<text transform=\"translate({},{}) rotate(90)\" text-anchor=\"middle\" \
+         fill=\"#c0392b\">expert cache hit rate</text>\n",
         w - 18.0,
         mt + ph / 2.0
     );
     // Series.
     let line = |f: &dyn Fn(&SweepPoint) -> (f64, f64)| -> String {
-        points.iter().map(|p| { let (x, y) = f(p); format!("{x:.1},{y:.1}") }).collect::<Vec<_>>().join(" ")
+        points
+            .iter()
+            .map(|p| {
+                let (x, y) = f(p);
+                format!("{x:.1},{y:.1}")
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     s += &format!(
         "<polyline points=\"{}\" fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"2.5\"/>\n",
         line(&|p| (px(p.x), py(p.decode_tok_s)))
     );
     s += &format!(
-        "<polyline points=\"{}\" fill=\"none\" stroke=\"#c0392b\" stroke-width=\"2\" stroke-dasharray=\"6,4\"/>\n",
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"#c0392b\" stroke-width=\"2\" \
+         stroke-dasharray=\"6,4\"/>\n",
         line(&|p| (px(p.x), ph_(p.hit_rate)))
     );
     for p in points {
-        s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#1f5fbf\"/>\n", px(p.x), py(p.decode_tok_s));
         s += &format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#1f5fbf\" font-size=\"11\">{:.1}</text>\n",
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#1f5fbf\"/>\n",
+            px(p.x),
+            py(p.decode_tok_s)
+        );
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#1f5fbf\" \
+             font-size=\"11\">{:.1}</text>\n",
             px(p.x),
             py(p.decode_tok_s) - 8.0,
             p.decode_tok_s
         );
-        s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#c0392b\"/>\n", px(p.x), ph_(p.hit_rate));
+        s += &format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#c0392b\"/>\n",
+            px(p.x),
+            ph_(p.hit_rate)
+        );
     }
     // Legend.
     let lx = ml + 12.0;
-    s += &format!("<line x1=\"{lx}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#1f5fbf\" stroke-width=\"2.5\"/>\n", mt + 14.0, lx + 24.0, mt + 14.0);
+    s += &format!(
+        "<line x1=\"{lx}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#1f5fbf\" \
+         stroke-width=\"2.5\"/>\n",
+        mt + 14.0,
+        lx + 24.0,
+        mt + 14.0
+    );
     s += &format!("<text x=\"{}\" y=\"{}\">decode tok/s</text>\n", lx + 30.0, mt + 18.0);
     s += &format!(
-        "<line x1=\"{lx}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#c0392b\" stroke-width=\"2\" stroke-dasharray=\"6,4\"/>\n",
+        "<line x1=\"{lx}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#c0392b\" stroke-width=\"2\" \
+         stroke-dasharray=\"6,4\"/>\n",
         mt + 32.0,
         lx + 24.0,
         mt + 32.0
@@ -277,7 +338,11 @@ fn nice_max(v: f64) -> f64 {
         return 1.0;
     }
     let mag = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|&m| m >= v * 1.05).unwrap_or(10.0 * mag)
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|&m| m >= v * 1.05)
+        .unwrap_or(10.0 * mag)
 }
 
 fn xml(s: &str) -> String {

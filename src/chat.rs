@@ -21,8 +21,10 @@ impl Message {
 /// Render `messages` with `template`, ending with the assistant's generation prompt.
 /// `thinking`: None leaves the template's default; Some(b) sets `enable_thinking = b`.
 pub fn render(template: &str, messages: &[Message], thinking: Option<bool>) -> Result<String> {
-    let messages: Vec<serde_json::Value> =
-        messages.iter().map(|m| serde_json::json!({ "role": m.role, "content": m.content })).collect();
+    let messages: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| serde_json::json!({ "role": m.role, "content": m.content }))
+        .collect();
     render_json(template, &messages, None, thinking)
 }
 
@@ -49,7 +51,9 @@ pub fn render_json(
     let messages = minijinja::Value::from_serialize(messages);
     let tools = tools.map(minijinja::Value::from_serialize);
     let ctx = match thinking {
-        Some(t) => context! { messages, tools, add_generation_prompt => true, enable_thinking => t },
+        Some(t) => {
+            context! { messages, tools, add_generation_prompt => true, enable_thinking => t }
+        }
         None => context! { messages, tools, add_generation_prompt => true },
     };
     tmpl.render(ctx).map_err(bad)

@@ -10,73 +10,169 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug)]
 pub enum Error {
     /// An OS-level I/O failure on a named file.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Any error, with the file it came from (wraps the errors of the readers).
-    File { path: PathBuf, source: Box<Error> },
+    File {
+        path: PathBuf,
+        source: Box<Error>,
+    },
 
     // --- GGUF container ---------------------------------------------------------------------
     /// The input ended before a field could be read.
-    Truncated { what: String, offset: u64, bytes_needed: u64, bytes_left: u64 },
-    BadMagic { found: [u8; 4] },
-    BadVersion { version: u32 },
+    Truncated {
+        what: String,
+        offset: u64,
+        bytes_needed: u64,
+        bytes_left: u64,
+    },
+    BadMagic {
+        found: [u8; 4],
+    },
+    BadVersion {
+        version: u32,
+    },
     /// A count (of keys, tensors, array elements, string bytes) is over a cap or over what the
     /// remaining bytes could possibly hold. Checked before anything is allocated from it.
-    CountTooLarge { what: String, offset: u64, count: u64, max: u64 },
+    CountTooLarge {
+        what: String,
+        offset: u64,
+        count: u64,
+        max: u64,
+    },
     /// A key, tensor name or string value that is not valid UTF-8 (policy: rejected).
-    InvalidUtf8 { what: String, offset: u64 },
-    EmptyKey { offset: u64 },
-    DuplicateKey { key: String },
+    InvalidUtf8 {
+        what: String,
+        offset: u64,
+    },
+    EmptyKey {
+        offset: u64,
+    },
+    DuplicateKey {
+        key: String,
+    },
     /// A metadata value type id outside the GGUF enum.
-    BadValueType { key: String, offset: u64, type_id: u32 },
+    BadValueType {
+        key: String,
+        offset: u64,
+        type_id: u32,
+    },
     /// An array whose elements are arrays (GGUF allows one level only).
-    NestedArray { key: String, offset: u64 },
+    NestedArray {
+        key: String,
+        offset: u64,
+    },
     /// A bool stored as a byte other than 0 or 1.
-    BadBool { key: String, offset: u64, byte: u8 },
+    BadBool {
+        key: String,
+        offset: u64,
+        byte: u8,
+    },
     /// A known key with the wrong value type.
-    KeyType { key: String, expected: String, found: String },
-    MissingKey { key: String },
+    KeyType {
+        key: String,
+        expected: String,
+        found: String,
+    },
+    MissingKey {
+        key: String,
+    },
     /// A key with the right type but a value that cannot be used.
-    BadValue { key: String, reason: String },
+    BadValue {
+        key: String,
+        reason: String,
+    },
 
     // --- tensors ------------------------------------------------------------------------------
-    DuplicateTensor { name: String },
+    DuplicateTensor {
+        name: String,
+    },
     /// Malformed tensor info or data placement (dims, type, offset, size).
-    BadTensor { name: String, offset: u64, reason: String },
-    UnknownType { name: String, type_id: u32 },
+    BadTensor {
+        name: String,
+        offset: u64,
+        reason: String,
+    },
+    UnknownType {
+        name: String,
+        type_id: u32,
+    },
     /// A tensor type the engine does not compute with.
-    UnsupportedType { name: String, ty: String },
-    MissingTensor { name: String },
-    TensorShape { name: String, expected: Vec<u64>, found: Vec<u64> },
+    UnsupportedType {
+        name: String,
+        ty: String,
+    },
+    MissingTensor {
+        name: String,
+    },
+    TensorShape {
+        name: String,
+        expected: Vec<u64>,
+        found: Vec<u64>,
+    },
 
     // --- safetensors / HF directory -----------------------------------------------------------
-    Safetensors { reason: String },
-    Json { what: String, reason: String },
+    Safetensors {
+        reason: String,
+    },
+    Json {
+        what: String,
+        reason: String,
+    },
     /// An HF directory that asks for something we refuse (unsafe shard path, remote code).
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 
     // --- tokenizer ----------------------------------------------------------------------------
-    Tokenizer { reason: String },
+    Tokenizer {
+        reason: String,
+    },
 
     // --- quantization --------------------------------------------------------------------------
     /// A buffer length that is not a whole number of blocks for the type.
-    QuantLength { ty: String, len: usize, reason: String },
+    QuantLength {
+        ty: String,
+        len: usize,
+        reason: String,
+    },
 
     // --- running a model ------------------------------------------------------------------------
     /// More tokens than the context holds (prompt + generated, or a prompt alone).
-    ContextOverflow { n_tokens: usize, n_ctx: usize },
+    ContextOverflow {
+        n_tokens: usize,
+        n_ctx: usize,
+    },
 
     // --- usage / devices ----------------------------------------------------------------------
     /// Bad command-line input (flag value, size string, preset name).
     Usage(String),
     CudaNotCompiled,
     /// A CUDA build on a machine without a usable device (no driver, no GPU).
-    NoCudaDevice { reason: String },
+    NoCudaDevice {
+        reason: String,
+    },
     /// A CUDA runtime call or kernel launch that failed: which, with the runtime's code.
-    Cuda { call: String, code: i32, name: String, message: String },
+    Cuda {
+        call: String,
+        code: i32,
+        name: String,
+        message: String,
+    },
     /// Device memory the plan needs and the device does not have.
-    DeviceOutOfMemory { what: String, bytes_requested: u64, bytes_free: u64 },
+    DeviceOutOfMemory {
+        what: String,
+        bytes_requested: u64,
+        bytes_free: u64,
+    },
     /// Streaming needs a layer's k experts in device memory at once.
-    TooFewSlots { slots: usize, per_layer: usize, need: usize },
+    TooFewSlots {
+        slots: usize,
+        per_layer: usize,
+        need: usize,
+    },
 }
 
 impl Error {
@@ -112,7 +208,9 @@ impl fmt::Display for Error {
                 "truncated at offset {offset}: {what} needs {bytes_needed} bytes, \
                  {bytes_left} left (incomplete download?)"
             ),
-            BadMagic { found } => write!(f, "not a GGUF file: magic is {found:02x?}, want \"GGUF\""),
+            BadMagic { found } => {
+                write!(f, "not a GGUF file: magic is {found:02x?}, want \"GGUF\"")
+            }
             BadVersion { version } => {
                 write!(f, "unsupported GGUF version {version} (0x{version:08x}); supported: 2, 3")
             }
@@ -159,7 +257,8 @@ impl fmt::Display for Error {
             QuantLength { ty, len, reason } => write!(f, "{ty} buffer of {len}: {reason}"),
             ContextOverflow { n_tokens, n_ctx } => write!(
                 f,
-                "{n_tokens} tokens do not fit the context of {n_ctx} (raise -c, or shorten the prompt)"
+                "{n_tokens} tokens do not fit the context of {n_ctx} \
+                 (raise -c, or shorten the prompt)"
             ),
             Usage(msg) => write!(f, "{msg}"),
             CudaNotCompiled => write!(
@@ -177,9 +276,9 @@ impl fmt::Display for Error {
             ),
             TooFewSlots { slots, per_layer, need } => write!(
                 f,
-                "VRAM budget: {slots} expert slots fit after the dense part ({per_layer} per layer), \
-                 a layer needs {need} (a larger budget, slots shared by all layers, or missed \
-                 experts computed on the CPU would run it)"
+                "VRAM budget: {slots} expert slots fit after the dense part \
+                 ({per_layer} per layer), a layer needs {need} (a larger budget, slots shared by \
+                 all layers, or missed experts computed on the CPU would run it)"
             ),
         }
     }

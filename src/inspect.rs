@@ -72,8 +72,10 @@ impl Report {
         });
         let checked = ModelConfig::from_gguf(h)
             .and_then(|c| c.check_tensors(h).map(|_| (c.tensor_table(), c)));
-        let format = format!("GGUF v{}, alignment {}, {} keys", h.version, h.alignment, h.kvs.len());
-        let mut r = Report::build(g.path().display().to_string(), format, tensors.collect(), checked);
+        let format =
+            format!("GGUF v{}, alignment {}, {} keys", h.version, h.alignment, h.kvs.len());
+        let mut r =
+            Report::build(g.path().display().to_string(), format, tensors.collect(), checked);
         r.file_bytes = g.file_bytes();
         r.architecture = h.get_str("general.architecture")?.map(str::to_string);
         r.name = h.get_str("general.name")?.map(str::to_string);
@@ -86,13 +88,13 @@ impl Report {
             TensorEntry { name: t.name.clone(), ty: t.dtype.to_string(), n_bytes: t.n_bytes() }
         });
         let tied = dir.config_bool_opt("tie_word_embeddings")?.unwrap_or(false);
-        let checked = ModelConfig::from_hf(dir)
-            .and_then(|c| {
-                let (prefix, fused) = ModelConfig::hf_layout(dir);
-                c.check_hf_tensors(dir).map(|_| (c.hf_tensor_table(prefix, tied, fused), c))
-            });
+        let checked = ModelConfig::from_hf(dir).and_then(|c| {
+            let (prefix, fused) = ModelConfig::hf_layout(dir);
+            c.check_hf_tensors(dir).map(|_| (c.hf_tensor_table(prefix, tied, fused), c))
+        });
         let format = format!("HF directory, {} safetensors shard(s)", dir.shards().len());
-        let mut r = Report::build(dir.dir().display().to_string(), format, tensors.collect(), checked);
+        let mut r =
+            Report::build(dir.dir().display().to_string(), format, tensors.collect(), checked);
         r.file_bytes = dir.shards().iter().map(|s| s.bytes().len() as u64).sum();
         r.architecture = dir.config_str_opt("model_type")?.map(str::to_string);
         if dir.config_has_remote_code() {
@@ -157,7 +159,8 @@ impl Report {
     }
 
     fn account_roles(&mut self, tensors: &[TensorEntry], table: &[TensorDesc], cfg: &ModelConfig) {
-        let bytes: HashMap<&str, u64> = tensors.iter().map(|t| (t.name.as_str(), t.n_bytes)).collect();
+        let bytes: HashMap<&str, u64> =
+            tensors.iter().map(|t| (t.name.as_str(), t.n_bytes)).collect();
         let mut per_layer_experts: HashMap<u64, u64> = HashMap::new();
         for want in table {
             let Some(&n_bytes) = bytes.get(want.name.as_str()) else { continue };
@@ -175,7 +178,8 @@ impl Report {
                 }
             }
         }
-        self.expert_slot_bytes = per_layer_experts.values().max().copied().unwrap_or(0) / cfg.n_experts.max(1);
+        self.expert_slot_bytes =
+            per_layer_experts.values().max().copied().unwrap_or(0) / cfg.n_experts.max(1);
         // Every layer reads n_experts_used experts; expert e of a layer is 1/n_experts of it.
         let per_layer_all = self.expert_bytes / cfg.n_layers;
         self.expert_bytes_avg = per_layer_all / cfg.n_experts;
@@ -187,7 +191,11 @@ impl Report {
         self.tensor_bytes - self.expert_bytes - self.embedding_bytes
     }
 
-    fn budget_plan(&self, cfg: &ModelConfig, budget_bytes: u64) -> Result<crate::rotary::plan::Plan> {
+    fn budget_plan(
+        &self,
+        cfg: &ModelConfig,
+        budget_bytes: u64,
+    ) -> Result<crate::rotary::plan::Plan> {
         let n_ctx = PLAN_CONTEXT.min(cfg.context_length) as usize;
         crate::rotary::plan::Plan::new(
             cfg,
@@ -226,7 +234,13 @@ pub fn kv_lines(g: &Gguf) -> Vec<String> {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hb = human_bytes;
-        writeln!(f, "file          {} ({}, {} bytes)", self.path, hb(self.file_bytes), self.file_bytes)?;
+        writeln!(
+            f,
+            "file          {} ({}, {} bytes)",
+            self.path,
+            hb(self.file_bytes),
+            self.file_bytes
+        )?;
         writeln!(f, "format        {}, {} tensors", self.format, self.n_tensors)?;
         if let Some(name) = &self.name {
             writeln!(f, "name          {name}")?;
@@ -235,17 +249,39 @@ impl fmt::Display for Report {
         writeln!(f, "architecture  {arch}")?;
         if let Some(c) = &self.config {
             writeln!(f, "layers        {} (+{} nextn/MTP, skipped)", c.n_layers, c.n_nextn_layers)?;
-            writeln!(f, "dim           {}   vocab {}   context {}", c.dim, c.n_vocab, c.context_length)?;
-            writeln!(f, "attention     {} q heads / {} kv heads x {} (rope {} dims, theta {}), rms eps {:e}",
-                c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dims, c.rope_theta, c.rms_eps as f32)?;
+            writeln!(
+                f,
+                "dim           {}   vocab {}   context {}",
+                c.dim, c.n_vocab, c.context_length
+            )?;
+            writeln!(
+                f,
+                "attention     {} q heads / {} kv heads x {} (rope {} dims, theta {}), \
+                 rms eps {:e}",
+                c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dims, c.rope_theta, c.rms_eps as f32
+            )?;
             if let Some(s) = &c.ssm {
                 let n_attn = (0..c.n_layers).filter(|&l| c.is_full_attention(l)).count() as u64;
                 let state = (c.n_layers - n_attn) * s.n_v_heads * s.state_size * s.state_size * 4;
-                writeln!(f, "mixers        {} gated attention (every {}th layer) + {} Gated DeltaNet: {} k / {} v heads \
-                    x {}, conv {}, fp32 state {}", n_attn, s.full_attention_interval, c.n_layers - n_attn,
-                    s.n_k_heads, s.n_v_heads, s.state_size, s.conv_kernel, human_bytes(state))?;
+                writeln!(
+                    f,
+                    "mixers        {} gated attention (every {}th layer) + {} Gated DeltaNet: \
+                     {} k / {} v heads x {}, conv {}, fp32 state {}",
+                    n_attn,
+                    s.full_attention_interval,
+                    c.n_layers - n_attn,
+                    s.n_k_heads,
+                    s.n_v_heads,
+                    s.state_size,
+                    s.conv_kernel,
+                    human_bytes(state)
+                )?;
             }
-            write!(f, "experts       {} per layer, top-{}, ffn {}", c.n_experts, c.n_experts_used, c.expert_ffn_dim)?;
+            write!(
+                f,
+                "experts       {} per layer, top-{}, ffn {}",
+                c.n_experts, c.n_experts_used, c.expert_ffn_dim
+            )?;
             if c.shared_ffn_dim > 0 {
                 write!(f, ", shared expert ffn {}", c.shared_ffn_dim)?;
             }
@@ -273,16 +309,35 @@ impl Report {
         let hb = human_bytes;
         let dense = self.dense_resident_bytes();
         writeln!(f, "bytes:")?;
-        writeln!(f, "  routed experts        {:>12}  ({} per expert on average)",
-            hb(self.expert_bytes), hb(self.expert_bytes_avg))?;
-        writeln!(f, "  dense, VRAM-resident  {:>12}  (incl. output {})", hb(dense), hb(self.output_bytes))?;
-        writeln!(f, "  token embedding       {:>12}  (host-resident: one row per token)",
-            hb(self.embedding_bytes))?;
-        writeln!(f, "  expert bytes / token  {:>12}  ({} bytes, no cache hits)",
-            hb(self.expert_bytes_per_token), self.expert_bytes_per_token)?;
+        writeln!(
+            f,
+            "  routed experts        {:>12}  ({} per expert on average)",
+            hb(self.expert_bytes),
+            hb(self.expert_bytes_avg)
+        )?;
+        writeln!(
+            f,
+            "  dense, VRAM-resident  {:>12}  (incl. output {})",
+            hb(dense),
+            hb(self.output_bytes)
+        )?;
+        writeln!(
+            f,
+            "  token embedding       {:>12}  (host-resident: one row per token)",
+            hb(self.embedding_bytes)
+        )?;
+        writeln!(
+            f,
+            "  expert bytes / token  {:>12}  ({} bytes, no cache hits)",
+            hb(self.expert_bytes_per_token),
+            self.expert_bytes_per_token
+        )?;
         if let Some(p) = &self.plan {
             write!(f, "{p}")?;
-            writeln!(f, "  (device overhead: a CUDA context estimate; a run on the GPU measures it)")?;
+            writeln!(
+                f,
+                "  (device overhead: a CUDA context estimate; a run on the GPU measures it)"
+            )?;
         }
         Ok(())
     }

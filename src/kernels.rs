@@ -7,7 +7,8 @@
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelResources {
     pub sm: u32,
-    /// Demangled when the build machine had c++filt: `void gemv_kernel<QuantQ4_K, 8, 1>(RotaryGemv)`.
+    /// Demangled when the build machine had c++filt:
+    /// `void gemv_kernel<QuantQ4_K, 8, 1>(RotaryGemv)`.
     pub name: String,
     pub registers: u32,
     pub smem_static_bytes: u64,
@@ -36,14 +37,18 @@ impl KernelResources {
         if matches!(base, "gemv_kernel" | "moe_pair_kernel" | "moe_grouped_kernel") {
             // WARPS is the first integer among the top-level template arguments (the format
             // may itself be a template, the MoE stage is an enum cast).
-            return template_args(&self.name).iter().find_map(|a| a.parse::<u32>().ok()).map(|w| w * 32);
+            return template_args(&self.name)
+                .iter()
+                .find_map(|a| a.parse::<u32>().ok())
+                .map(|w| w * 32);
         }
         Some(match base {
-            "embed_kernel" | "gdn_conv_kernel" | "gdn_rule_kernel" | "topk_moe_kernel" | "attention_kernel"
-            | "gated_norm_kernel" => 128,
+            "embed_kernel" | "gdn_conv_kernel" | "gdn_rule_kernel" | "topk_moe_kernel"
+            | "attention_kernel" | "gated_norm_kernel" => 128,
             "rope_neox_kernel" => 64,
-            "rmsnorm_kernel" | "kv_store_kernel" | "add_kernel" | "split_gate_kernel" | "sigmoid_mul_kernel"
-            | "sigmoid_kernel" | "gdn_gates_kernel" | "moe_group_kernel" | "moe_combine_kernel" => 256,
+            "rmsnorm_kernel" | "kv_store_kernel" | "add_kernel" | "split_gate_kernel"
+            | "sigmoid_mul_kernel" | "sigmoid_kernel" | "gdn_gates_kernel" | "moe_group_kernel"
+            | "moe_combine_kernel" => 256,
             _ => return None,
         })
     }
@@ -97,8 +102,20 @@ pub struct SmLimits {
 
 pub fn sm_limits(sm: u32) -> Option<SmLimits> {
     match sm {
-        89 => Some(SmLimits { max_warps: 48, max_blocks: 24, registers: 65536, smem_bytes: 100 << 10, smem_reserved_per_block: 1024 }),
-        90 => Some(SmLimits { max_warps: 64, max_blocks: 32, registers: 65536, smem_bytes: 228 << 10, smem_reserved_per_block: 1024 }),
+        89 => Some(SmLimits {
+            max_warps: 48,
+            max_blocks: 24,
+            registers: 65536,
+            smem_bytes: 100 << 10,
+            smem_reserved_per_block: 1024,
+        }),
+        90 => Some(SmLimits {
+            max_warps: 64,
+            max_blocks: 32,
+            registers: 65536,
+            smem_bytes: 228 << 10,
+            smem_reserved_per_block: 1024,
+        }),
         _ => None,
     }
 }
@@ -112,7 +129,11 @@ pub fn occupancy(k: &KernelResources, threads: u32, lim: &SmLimits) -> (u32, f64
     let regs_per_warp = (k.registers.max(1) * 32).div_ceil(256) * 256;
     let by_regs = (lim.registers / regs_per_warp) / warps;
     let smem = k.smem_static_bytes + k.dynamic_smem_bytes();
-    let by_smem = if smem == 0 { u32::MAX } else { (lim.smem_bytes / (smem + lim.smem_reserved_per_block)) as u32 };
+    let by_smem = if smem == 0 {
+        u32::MAX
+    } else {
+        (lim.smem_bytes / (smem + lim.smem_reserved_per_block)) as u32
+    };
     let blocks = by_warps.min(by_regs).min(by_smem).min(lim.max_blocks);
     (blocks, f64::from(blocks * warps) / f64::from(lim.max_warps))
 }
@@ -148,5 +169,8 @@ pub fn parse_report(tsv: &str) -> Vec<KernelResources> {
 /// The kernels whose spills CI refuses: the products and attention, where a spill costs
 /// bandwidth on every token.
 pub fn is_hot(k: &KernelResources) -> bool {
-    matches!(k.base_name(), "gemv_kernel" | "moe_pair_kernel" | "moe_grouped_kernel" | "attention_kernel")
+    matches!(
+        k.base_name(),
+        "gemv_kernel" | "moe_pair_kernel" | "moe_grouped_kernel" | "attention_kernel"
+    )
 }

@@ -15,27 +15,33 @@ use rotary::format::hf::HfDir;
 use rotary::tokenizer::{Tokenizer, VocabSpec};
 use std::io::Write;
 
-use rotary::ops::oracle::top_k;
-use rotary::units;
-use rotary::Logits;
-use session::with_session;
+use generate::{cancel, cmd_bench, cmd_logits, cmd_run, RunOptions};
 use rotary::chat::Message;
+use rotary::ops::oracle::top_k;
 use rotary::run::Generation;
 use rotary::sample::{Sampler, SamplerParams, StopStrings};
+use rotary::units;
+use rotary::Logits;
 use rotary::Result;
+use session::with_session;
 
+#[path = "cli/generate.rs"]
+mod generate;
 #[path = "cli/paper.rs"]
 mod paper;
-#[path = "cli/session.rs"]
-mod session;
 #[path = "cli/serve.rs"]
 mod serve;
+#[path = "cli/session.rs"]
+mod session;
 
-const VERSION: &str =
-    concat!(env!("CARGO_PKG_VERSION"), "\ncuda: ", env!("ROTARY_CUDA_STATUS"));
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ncuda: ", env!("ROTARY_CUDA_STATUS"));
 
 #[derive(Parser)]
-#[command(name = "rotary", version = VERSION, about = "MoE inference with experts rotating through VRAM")]
+#[command(
+    name = "rotary",
+    version = VERSION,
+    about = "MoE inference with experts rotating through VRAM"
+)]
 struct Cli {
     /// More logging on stderr (-v, -vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -368,12 +374,26 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat { model, system, think, n_predict, sampling, chat_template_file } => {
             let think = think.map(|t| t == "on");
             let template = serve::template_file(chat_template_file.as_deref())?;
-            serve::cmd_chat(&model, serve::ChatArgs { system, think, n_predict, sampling, template })
+            serve::cmd_chat(
+                &model,
+                serve::ChatArgs { system, think, n_predict, sampling, template },
+            )
         }
         Command::Logits { model, prompt, top, full_last, json } => {
             cmd_logits(&model, &prompt, top, full_last, json)
         }
-        Command::Bench { model, n_prompt, n_gen, reps, json, paper, preset, quant, sweep, plot } => {
+        Command::Bench {
+            model,
+            n_prompt,
+            n_gen,
+            reps,
+            json,
+            paper,
+            preset,
+            quant,
+            sweep,
+            plot,
+        } => {
             if paper || sweep.is_some() {
                 let p = paper::PaperArgs { preset, quant, sweep, plot, n_decode: n_gen, json };
                 paper::cmd_paper(&model, &p)
@@ -395,7 +415,10 @@ fn cmd_kernels(sm: Option<u32>, json: bool) -> Result<()> {
     use rotary::kernels::{self, sm_limits};
     let all = kernels::report();
     if all.is_empty() {
-        println!("no SASS in this build (cuda: {}): ptxas reports come from the nvcc build", env!("ROTARY_CUDA_STATUS"));
+        println!(
+            "no SASS in this build (cuda: {}): ptxas reports come from the nvcc build",
+            env!("ROTARY_CUDA_STATUS")
+        );
         return Ok(());
     }
     let rows: Vec<_> = all.iter().filter(|k| sm.is_none_or(|s| k.sm == s)).collect();
@@ -413,7 +436,8 @@ fn cmd_kernels(sm: Option<u32>, json: bool) -> Result<()> {
                 let o = occ(k);
                 serde_json::json!({
                     "sm": k.sm, "kernel": k.name, "registers": k.registers,
-                    "smem_static_bytes": k.smem_static_bytes, "dynamic_smem_bytes": k.dynamic_smem_bytes(),
+                    "smem_static_bytes": k.smem_static_bytes,
+                    "dynamic_smem_bytes": k.dynamic_smem_bytes(),
                     "stack_bytes": k.stack_bytes, "spill_store_bytes": k.spill_store_bytes,
                     "spill_load_bytes": k.spill_load_bytes, "block_threads": o.map(|x| x.0),
                     "blocks_per_sm": o.map(|x| x.1 .0), "occupancy": o.map(|x| x.1 .1),
@@ -423,7 +447,10 @@ fn cmd_kernels(sm: Option<u32>, json: bool) -> Result<()> {
         println!("{}", serde_json::json!({ "cuda": env!("ROTARY_CUDA_STATUS"), "kernels": items }));
         return Ok(());
     }
-    println!("{:<6} {:>4} {:>7} {:>6} {:>7} {:>7} {:>7} {:>10}  kernel", "sm", "regs", "smem", "stack", "spill", "threads", "blk/SM", "occupancy");
+    println!(
+        "{:<6} {:>4} {:>7} {:>6} {:>7} {:>7} {:>7} {:>10}  kernel",
+        "sm", "regs", "smem", "stack", "spill", "threads", "blk/SM", "occupancy"
+    );
     for k in &rows {
         let (threads, blocks, pct) = match occ(k) {
             Some((t, (b, o))) => (t.to_string(), b.to_string(), format!("{:.0}%", o * 100.0)),
@@ -431,7 +458,10 @@ fn cmd_kernels(sm: Option<u32>, json: bool) -> Result<()> {
         };
         let smem = k.smem_static_bytes + k.dynamic_smem_bytes();
         let spill = k.spill_store_bytes + k.spill_load_bytes;
-        println!("sm_{:<3} {:>4} {:>7} {:>6} {:>7} {:>7} {:>7} {:>10}  {}", k.sm, k.registers, smem, k.stack_bytes, spill, threads, blocks, pct, k.name);
+        println!(
+            "sm_{:<3} {:>4} {:>7} {:>6} {:>7} {:>7} {:>7} {:>10}  {}",
+            k.sm, k.registers, smem, k.stack_bytes, spill, threads, blocks, pct, k.name
+        );
     }
     let hot_spills: Vec<_> = rows.iter().filter(|k| kernels::is_hot(k) && k.spills()).collect();
     println!(
@@ -508,7 +538,9 @@ fn cmd_inspect(file: Option<PathBuf>, budget: Option<&str>, kv: bool, tensors: b
     let g = match &file {
         Some(path) => Gguf::open(path)?,
         None => {
-            eprintln!("no file given: inspecting the embedded tiny model (rotary synth --preset tiny)");
+            eprintln!(
+                "no file given: inspecting the embedded tiny model (rotary synth --preset tiny)"
+            );
             embedded_default()?
         }
     };
@@ -563,7 +595,13 @@ fn cmd_tokenize(model: Option<PathBuf>, json: bool, parse_special: bool, text: &
     Ok(())
 }
 
-fn cmd_selftest(backend: &str, device: usize, threads: Option<usize>, json: bool, perf: bool) -> Result<()> {
+fn cmd_selftest(
+    backend: &str,
+    device: usize,
+    threads: Option<usize>,
+    json: bool,
+    perf: bool,
+) -> Result<()> {
     use rotary::selftest::{self, Status};
     let kind = session::backend_kind(backend)?;
     let mut dev = rotary::rotary::open_device(kind, device, None, 12.0, threads)?;
@@ -583,171 +621,4 @@ fn cmd_selftest(backend: &str, device: usize, threads: Option<usize>, json: bool
         return Err(rotary::Error::Usage(format!("selftest: {failed} case(s) failed")));
     }
     Ok(())
-}
-
-
-struct RunOptions {
-    record_routing: Option<PathBuf>,
-    n_predict: usize,
-    sampling: SamplingArgs,
-    chat: bool,
-    think: Option<bool>,
-    stops: Vec<String>,
-}
-
-/// The prompt as token ids: raw text, or a user turn in the model's chat template.
-fn prompt_ids(tok: &Tokenizer, prompt: &str, chat: bool, think: Option<bool>) -> Result<Vec<u32>> {
-    if !chat {
-        return tok.encode(prompt, true);
-    }
-    let template = tok.chat_template().ok_or_else(|| {
-        rotary::Error::Usage("--chat: the model has no chat template".into())
-    })?;
-    let text = rotary::chat::render(template, &[Message::new("user", prompt)], think)?;
-    tok.encode(&text, true)
-}
-
-fn cmd_run(args: &ModelArgs, prompt: &str, o: RunOptions) -> Result<()> {
-    // Flags are checked before the model loads.
-    if o.think.is_some() && !o.chat {
-        return Err(rotary::Error::Usage("--think needs --chat".into()));
-    }
-    let mut sampler = Sampler::new(o.sampling.params())?;
-    let mut stops = StopStrings::new(o.stops.clone());
-    cancel::install();
-    with_session(args, o.record_routing.as_deref(), |session, tok| {
-        let ids = prompt_ids(tok, prompt, o.chat, o.think)?;
-        if !o.chat {
-            print!("{prompt}");
-        }
-        let mut out = std::io::stdout();
-        let stats = rotary::run::generate(session, tok, &ids, Generation {
-            n_predict: o.n_predict,
-            sample: &mut |logits, history| sampler.sample(logits, history),
-            on_text: &mut |text| {
-                let (emit, stopped) = stops.push(text);
-                print!("{emit}");
-                let _ = out.flush();
-                stopped
-            },
-            cancelled: &cancel::requested,
-        })?;
-        if !stops.is_stopped() {
-            print!("{}", stops.flush());
-        }
-        println!();
-        let rss = rotary::run::peak_rss_bytes().map_or("?".into(), units::human_bytes);
-        eprintln!(
-            "prompt: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s ({}) | peak RSS {rss}",
-            stats.prompt_tokens, stats.prompt_tok_s(), stats.generated_tokens, stats.decode_tok_s(),
-            stats.stop_reason
-        );
-        Ok(())
-    })
-}
-
-/// Ctrl-C during generation: the first press stops after the current token (stats are still
-/// printed); the handler then restores the default, so a second press ends the process.
-mod cancel {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    static REQUESTED: AtomicBool = AtomicBool::new(false);
-
-    pub fn requested() -> bool {
-        REQUESTED.load(Ordering::Relaxed)
-    }
-
-    /// Forget an earlier Ctrl-C (`rotary chat`: each answer can be stopped on its own).
-    pub fn reset() {
-        REQUESTED.store(false, Ordering::Relaxed);
-    }
-
-    #[cfg(unix)]
-    pub fn install() {
-        const SIGINT: i32 = 2;
-        const SIG_DFL: usize = 0;
-        extern "C" {
-            fn signal(signum: i32, handler: usize) -> usize;
-        }
-        extern "C" fn on_sigint(_: i32) {
-            REQUESTED.store(true, Ordering::Relaxed);
-            // SAFETY: signal() is async-signal-safe; restoring the default disposition makes
-            // a second Ctrl-C terminate as usual.
-            unsafe { signal(SIGINT, SIG_DFL) };
-        }
-        // SAFETY: installs a handler that only stores to an atomic and calls signal(), both
-        // async-signal-safe; libc's signal() is linked by std on every unix target.
-        unsafe { signal(SIGINT, on_sigint as extern "C" fn(i32) as usize) };
-    }
-
-    #[cfg(not(unix))]
-    pub fn install() {}
-}
-
-fn cmd_logits(args: &ModelArgs, prompt: &str, top: usize, full_last: bool, json: bool) -> Result<()> {
-    with_session(args, None, |session, tok| {
-        let ids = tok.encode(prompt, true)?;
-        let logits = session.forward(&ids, Logits::All)?; // [n, vocab]
-        let n_vocab = logits.len() / ids.len();
-        let rows: Vec<&[f32]> = logits.chunks_exact(n_vocab).collect();
-        let tops: Vec<Vec<(usize, f32)>> = rows.iter().map(|r| top_k(r, top)).collect();
-        if json {
-            let positions: Vec<String> = tops
-                .iter()
-                .map(|t| {
-                    let pairs: Vec<String> = t.iter().map(|(i, v)| format!("[{i}, {v}]")).collect();
-                    format!("{{\"top\": [{}]}}", pairs.join(", "))
-                })
-                .collect();
-            let tokens: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-            print!("{{\"tokens\": [{}], \"positions\": [{}]", tokens.join(", "), positions.join(", "));
-            if let Some(stats) = session.rotary_stats() {
-                print!(", \"stats\": {}", stats.to_json());
-            }
-            if full_last {
-                let last: Vec<String> = rows[rows.len() - 1].iter().map(|v| v.to_string()).collect();
-                print!(", \"last_logits\": [{}]", last.join(", "));
-            }
-            println!("}}");
-            return Ok(());
-        }
-        for (pos, (id, t)) in ids.iter().zip(&tops).enumerate() {
-            let piece = String::from_utf8_lossy(tok.token_bytes(*id)).into_owned();
-            let list: Vec<String> = t.iter().map(|(i, v)| format!("{i}:{v:.4}")).collect();
-            println!("{pos:>4} {id:>7} {piece:<12?} top: {}", list.join("  "));
-        }
-        if full_last {
-            let last: Vec<String> = rows[rows.len() - 1].iter().map(|v| v.to_string()).collect();
-            println!("last_logits: {}", last.join(" "));
-        }
-        Ok(())
-    })
-}
-
-fn cmd_bench(args: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) -> Result<()> {
-    if reps == 0 {
-        return Err(rotary::Error::Usage("-r must be at least 1".into()));
-    }
-    let model = args.model.as_ref().map_or("<embedded tiny>".into(), |p| p.display().to_string());
-    with_session(args, None, |session, tok| {
-        let threads = session.threads();
-        let r = rotary::run::bench(session, tok.n_vocab(), n_prompt, n_gen, reps)?;
-        if json {
-            let stats = session.rotary_stats().map_or(String::new(), |s| format!(", \"stats\": {}", s.to_json()));
-            println!(
-                "{{\"model\": {model:?}, \"backend\": {:?}, \"threads\": {threads}, \
-                 \"n_prompt\": {n_prompt}, \"n_gen\": {n_gen}, \"repetitions\": {reps}, \
-                 \"pp_tok_s\": {:.3}, \"pp_tok_s_sd\": {:.3}, \"tg_tok_s\": {:.3}, \
-                 \"tg_tok_s_sd\": {:.3}{stats}}}",
-                session.backend_name(), r.pp_tok_s, r.pp_tok_s_sd, r.tg_tok_s, r.tg_tok_s_sd
-            );
-        } else {
-            println!("| model | backend | threads | test | t/s |");
-            println!("| --- | --- | ---: | --- | ---: |");
-            let b = session.backend_name();
-            println!("| {model} | {b} | {threads} | pp{n_prompt} | {:.2} ± {:.2} |", r.pp_tok_s, r.pp_tok_s_sd);
-            println!("| {model} | {b} | {threads} | tg{n_gen} | {:.2} ± {:.2} |", r.tg_tok_s, r.tg_tok_s_sd);
-        }
-        Ok(())
-    })
 }

@@ -27,7 +27,11 @@ pub enum RoutingMode {
 
 impl RoutingMode {
     pub fn parse(s: &str) -> Result<RoutingMode> {
-        let bad = || Error::Usage(format!("routing mode {s}: want model, sticky:P (0 <= P <= 1) or trace:FILE"));
+        let bad = || {
+            Error::Usage(format!(
+                "routing mode {s}: want model, sticky:P (0 <= P <= 1) or trace:FILE"
+            ))
+        };
         if s == "model" {
             return Ok(RoutingMode::Model);
         }
@@ -36,7 +40,11 @@ impl RoutingMode {
             return if (0.0..=1.0).contains(&p) { Ok(RoutingMode::Sticky(p)) } else { Err(bad()) };
         }
         if let Some(f) = s.strip_prefix("trace:") {
-            return if f.is_empty() { Err(bad()) } else { Ok(RoutingMode::Trace(PathBuf::from(f))) };
+            return if f.is_empty() {
+                Err(bad())
+            } else {
+                Ok(RoutingMode::Trace(PathBuf::from(f)))
+            };
         }
         Err(bad())
     }
@@ -64,12 +72,16 @@ const MAX_TRACE_TOKENS: usize = 1 << 20;
 
 impl Trace {
     pub fn load(path: &Path) -> Result<Trace> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.into(), source: e })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Io { path: path.into(), source: e })?;
         Trace::parse(&text).map_err(|e| e.in_file(path))
     }
 
     pub fn parse(text: &str) -> Result<Trace> {
-        let bad = |line: usize, why: &str| Error::BadValue { key: format!("routing trace line {line}"), reason: why.into() };
+        let bad = |line: usize, why: &str| Error::BadValue {
+            key: format!("routing trace line {line}"),
+            reason: why.into(),
+        };
         let mut lines = text.lines();
         let header = lines.next().ok_or_else(|| bad(1, "empty file"))?;
         let mut fields = header.split_whitespace();
@@ -93,7 +105,10 @@ impl Trace {
             }
             let mut tok = Vec::with_capacity(n_layers);
             for g in groups {
-                let ids: Vec<usize> = g.split_whitespace().map(|s| s.parse()).collect::<std::result::Result<_, _>>()
+                let ids: Vec<usize> = g
+                    .split_whitespace()
+                    .map(|s| s.parse())
+                    .collect::<std::result::Result<_, _>>()
                     .map_err(|_| bad(i + 2, "an expert id is not a number"))?;
                 if ids.len() != k {
                     return Err(bad(i + 2, &format!("{} ids in a group, want {k}", ids.len())));
@@ -136,8 +151,10 @@ impl Recorder {
         if layer + 1 == self.n_layers {
             let io = |e| Error::Io { path: self.path.clone(), source: e };
             for tok in std::mem::take(&mut self.pending) {
-                let groups: Vec<String> =
-                    tok.iter().map(|g| g.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" ")).collect();
+                let groups: Vec<String> = tok
+                    .iter()
+                    .map(|g| g.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" "))
+                    .collect();
                 writeln!(self.out, "{}", groups.join(";")).map_err(io)?;
             }
             self.out.flush().map_err(io)?;
@@ -176,7 +193,15 @@ impl Router {
             }
             _ => None,
         };
-        Ok(Router { mode, trace, prev: vec![None; n_layers], routed: vec![0; n_layers], rng: seed | 1, recorder: None, k })
+        Ok(Router {
+            mode,
+            trace,
+            prev: vec![None; n_layers],
+            routed: vec![0; n_layers],
+            rng: seed | 1,
+            recorder: None,
+            k,
+        })
     }
 
     pub fn record_to(&mut self, r: Recorder) {
@@ -206,10 +231,20 @@ impl Router {
     /// Layer `layer`'s experts for n tokens: `ids` and `weights` are [n, k] outputs, `probs`
     /// [n, n_experts] the router's softmax probabilities; weights are the probabilities of the
     /// chosen experts (renormalised if `renorm`).
-    pub fn route(&mut self, layer: usize, probs: &[f32], renorm: bool, ids: &mut [usize], weights: &mut [f32]) -> Result<()> {
+    pub fn route(
+        &mut self,
+        layer: usize,
+        probs: &[f32],
+        renorm: bool,
+        ids: &mut [usize],
+        weights: &mut [f32],
+    ) -> Result<()> {
         let k = self.k;
         let n = ids.len() / k;
-        assert!(n > 0 && ids.len() == n * k && weights.len() == n * k, "ids and weights are [n, k]");
+        assert!(
+            n > 0 && ids.len() == n * k && weights.len() == n * k,
+            "ids and weights are [n, k]"
+        );
         let n_experts = probs.len() / n;
         for t in 0..n {
             let p = &probs[t * n_experts..(t + 1) * n_experts];
@@ -227,7 +262,9 @@ impl Router {
                     let at = self.routed[layer] % tr.tokens.len();
                     let ids = tr.tokens[at][layer].clone();
                     if let Some(&bad) = ids.iter().find(|&&e| e >= n_experts) {
-                        return Err(Error::Usage(format!("routing trace: expert {bad} of {n_experts}")));
+                        return Err(Error::Usage(format!(
+                            "routing trace: expert {bad} of {n_experts}"
+                        )));
                     }
                     ids
                 }

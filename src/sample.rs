@@ -1,10 +1,10 @@
 //! Logits → one token id, and stop strings over the streamed text.
 //!
 //! [`Sampler`] runs llama.cpp's default chain in its order: repetition penalty over the last
-//! `repeat_last_n` tokens → top-k → top-p → min-p → temperature → draw. `temp <= 0` is greedy
-//! (argmax of the penalized logits, lowest id on ties), as llama.cpp's temperature sampler keeps
-//! only the maximum there. Draws come from our own seeded PRNG (xoshiro256**, seeded through
-//! splitmix64), so a seed fixes the sequence on every machine.
+//! `repeat_last_n` tokens → top-k → top-p → min-p → temperature → draw. `temp <= 0` is
+//! greedy (argmax of the penalized logits, lowest id on ties), as llama.cpp's temperature
+//! sampler keeps only the maximum there. Draws come from our own seeded PRNG (xoshiro256**,
+//! seeded through splitmix64), so a seed fixes the sequence on every machine.
 //!
 //! Non-finite logits: NaN counts as -inf (never drawn), +inf as `f32::MAX` (always the maximum);
 //! if nothing finite is left, `sample` returns `Error::Usage`.

@@ -19,7 +19,9 @@ use crate::format::gguf::{self, Array, Value, Writer};
 use crate::model::config::SsmConfig;
 use crate::model::{Arch, ModelConfig, TensorDesc, TensorRole};
 use crate::quant::{self, GgmlType};
-use crate::tokenizer::{byte_to_unicode, VocabSpec, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_USER_DEFINED};
+use crate::tokenizer::{
+    byte_to_unicode, VocabSpec, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_USER_DEFINED,
+};
 
 /// Named model shapes. The qwen3moe presets use Qwen3's vocabulary size, context and RoPE θ;
 /// the qwen35moe presets Qwen3.5's (248,320, 262,144, 1e7, RoPE on a quarter of each head).
@@ -40,24 +42,59 @@ pub struct Preset {
     pub ssm: Option<SsmConfig>,
 }
 
-const fn qwen3(name: &'static str, n_layers: u64, dim: u64, experts: (u64, u64, u64), heads: (u64, u64, u64)) -> Preset {
+const fn qwen3(
+    name: &'static str,
+    n_layers: u64,
+    dim: u64,
+    experts: (u64, u64, u64),
+    heads: (u64, u64, u64),
+) -> Preset {
     Preset {
-        name, arch: Arch::Qwen3Moe, n_layers, dim, n_experts: experts.0, n_experts_used: experts.1,
-        expert_ffn_dim: experts.2, n_heads: heads.0, n_kv_heads: heads.1, head_dim: heads.2,
-        shared_ffn_dim: 0, ssm: None,
+        name,
+        arch: Arch::Qwen3Moe,
+        n_layers,
+        dim,
+        n_experts: experts.0,
+        n_experts_used: experts.1,
+        expert_ffn_dim: experts.2,
+        n_heads: heads.0,
+        n_kv_heads: heads.1,
+        head_dim: heads.2,
+        shared_ffn_dim: 0,
+        ssm: None,
     }
 }
 
 /// qwen35moe: `gdn` = (key heads, value heads, state size); conv 4, every 4th layer attention.
-const fn qwen35(name: &'static str, n_layers: u64, dim: u64, experts: (u64, u64, u64), heads: (u64, u64, u64), gdn: (u64, u64, u64)) -> Preset {
+const fn qwen35(
+    name: &'static str,
+    n_layers: u64,
+    dim: u64,
+    experts: (u64, u64, u64),
+    heads: (u64, u64, u64),
+    gdn: (u64, u64, u64),
+) -> Preset {
     let ssm = SsmConfig {
-        conv_kernel: 4, inner_size: gdn.1 * gdn.2, state_size: gdn.2, n_k_heads: gdn.0,
-        n_v_heads: gdn.1, full_attention_interval: 4,
+        conv_kernel: 4,
+        inner_size: gdn.1 * gdn.2,
+        state_size: gdn.2,
+        n_k_heads: gdn.0,
+        n_v_heads: gdn.1,
+        full_attention_interval: 4,
     };
     Preset {
-        name, arch: Arch::Qwen35Moe, n_layers, dim, n_experts: experts.0, n_experts_used: experts.1,
-        expert_ffn_dim: experts.2, n_heads: heads.0, n_kv_heads: heads.1, head_dim: heads.2,
-        shared_ffn_dim: experts.2, ssm: Some(ssm),
+        name,
+        arch: Arch::Qwen35Moe,
+        n_layers,
+        dim,
+        n_experts: experts.0,
+        n_experts_used: experts.1,
+        expert_ffn_dim: experts.2,
+        n_heads: heads.0,
+        n_kv_heads: heads.1,
+        head_dim: heads.2,
+        shared_ffn_dim: experts.2,
+        ssm: Some(ssm),
     }
 }
 
@@ -202,15 +239,32 @@ fn q4_k_m_type(t: &TensorDesc, n_layers: u64) -> GgmlType {
 
 /// Qwen3's special tokens and their ids (models.md §5).
 pub const QWEN3_SPECIALS: [(u32, &str); 26] = [
-    (151643, "<|endoftext|>"), (151644, "<|im_start|>"), (151645, "<|im_end|>"),
-    (151646, "<|object_ref_start|>"), (151647, "<|object_ref_end|>"), (151648, "<|box_start|>"),
-    (151649, "<|box_end|>"), (151650, "<|quad_start|>"), (151651, "<|quad_end|>"),
-    (151652, "<|vision_start|>"), (151653, "<|vision_end|>"), (151654, "<|vision_pad|>"),
-    (151655, "<|image_pad|>"), (151656, "<|video_pad|>"), (151657, "<tool_call>"),
-    (151658, "</tool_call>"), (151659, "<|fim_prefix|>"), (151660, "<|fim_middle|>"),
-    (151661, "<|fim_suffix|>"), (151662, "<|fim_pad|>"), (151663, "<|repo_name|>"),
-    (151664, "<|file_sep|>"), (151665, "<tool_response>"), (151666, "</tool_response>"),
-    (151667, "<think>"), (151668, "</think>"),
+    (151643, "<|endoftext|>"),
+    (151644, "<|im_start|>"),
+    (151645, "<|im_end|>"),
+    (151646, "<|object_ref_start|>"),
+    (151647, "<|object_ref_end|>"),
+    (151648, "<|box_start|>"),
+    (151649, "<|box_end|>"),
+    (151650, "<|quad_start|>"),
+    (151651, "<|quad_end|>"),
+    (151652, "<|vision_start|>"),
+    (151653, "<|vision_end|>"),
+    (151654, "<|vision_pad|>"),
+    (151655, "<|image_pad|>"),
+    (151656, "<|video_pad|>"),
+    (151657, "<tool_call>"),
+    (151658, "</tool_call>"),
+    (151659, "<|fim_prefix|>"),
+    (151660, "<|fim_middle|>"),
+    (151661, "<|fim_suffix|>"),
+    (151662, "<|fim_pad|>"),
+    (151663, "<|repo_name|>"),
+    (151664, "<|file_sep|>"),
+    (151665, "<tool_response>"),
+    (151666, "</tool_response>"),
+    (151667, "<think>"),
+    (151668, "</think>"),
 ];
 
 /// A minimal ChatML template (the real Qwen template comes with a vocab source).
@@ -396,9 +450,9 @@ const SC_RMS: f32 = 48.3;
 fn fill_blocks(ty: GgmlType, d: Dist, rng: &mut Rng, out: &mut [u8]) {
     let a = d.sigma * SQRT3; // half-width of a uniform with std σ
     match ty {
-        GgmlType::F32 => out.chunks_exact_mut(4).for_each(|c| {
-            c.copy_from_slice(&(d.center + a * rng.symmetric()).to_le_bytes())
-        }),
+        GgmlType::F32 => out
+            .chunks_exact_mut(4)
+            .for_each(|c| c.copy_from_slice(&(d.center + a * rng.symmetric()).to_le_bytes())),
         GgmlType::F16 => out.chunks_exact_mut(2).for_each(|c| {
             c.copy_from_slice(&f16::from_f32(d.center + a * rng.symmetric()).to_le_bytes())
         }),
@@ -480,7 +534,14 @@ pub struct SynthOptions {
 impl SynthOptions {
     pub fn new(preset: Preset, mix: QuantMix, seed: u64) -> SynthOptions {
         let n_vocab = preset.n_vocab();
-        SynthOptions { preset, mix, seed, vocab: byte_level_vocab_for(preset.arch, n_vocab), n_vocab, mtp: false }
+        SynthOptions {
+            preset,
+            mix,
+            seed,
+            vocab: byte_level_vocab_for(preset.arch, n_vocab),
+            n_vocab,
+            mtp: false,
+        }
     }
 }
 
@@ -642,7 +703,11 @@ pub fn write_to(
 
 /// Write the preset to `path` (through `path.partial`, renamed when complete, so an
 /// interrupted run never leaves a file that looks finished).
-pub fn write(opts: &SynthOptions, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<SynthStats> {
+pub fn write(
+    opts: &SynthOptions,
+    path: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<SynthStats> {
     let start = std::time::Instant::now();
     let partial = path.with_extension("gguf.partial");
     let file = std::fs::File::create(&partial).map_err(|e| Error::io(&partial, e))?;
@@ -670,7 +735,13 @@ pub fn to_bytes(opts: &SynthOptions) -> Result<Vec<u8>> {
 
 /// `rows` x `cols` random weights of `ty` (std `sigma`, zero-mean), built in the quantized
 /// domain as synth's tensors are: fast at any size.
-pub fn random_matrix(ty: GgmlType, rows: usize, cols: usize, sigma: f32, seed: u64) -> Result<Vec<u8>> {
+pub fn random_matrix(
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    sigma: f32,
+    seed: u64,
+) -> Result<Vec<u8>> {
     let bytes = ty.row_bytes(cols as u64).ok_or_else(|| Error::QuantLength {
         ty: ty.name().into(),
         len: cols,

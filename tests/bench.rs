@@ -2,7 +2,10 @@
 //! the sweep chart is a well-formed SVG naming its axes, and the scaled budget's residency
 //! matches the planner for the real 30B-A3B shape.
 
-use rotary::bench::{project, residency, sweep_svg, SweepPoint, LAPTOP_LINK_GBPS, LAPTOP_VRAM_EFFICIENCY, LAPTOP_VRAM_GBPS};
+use rotary::bench::{
+    project, residency, sweep_svg, SweepPoint, LAPTOP_LINK_GBPS, LAPTOP_VRAM_EFFICIENCY,
+    LAPTOP_VRAM_GBPS,
+};
 use rotary::synth::QuantMix;
 
 #[test]
@@ -28,7 +31,11 @@ fn sweep_chart_is_svg_with_axes_and_points() {
     let svg = sweep_svg("a <title>", "VRAM budget (GiB)", &points);
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("a &lt;title&gt;"), "titles are escaped");
-    assert!(svg.contains("VRAM budget (GiB)") && svg.contains("decode tok/s") && svg.contains("hit rate"));
+    assert!(
+        svg.contains("VRAM budget (GiB)")
+            && svg.contains("decode tok/s")
+            && svg.contains("hit rate")
+    );
     assert_eq!(svg.matches("<polyline").count(), 2);
     assert_eq!(svg.matches("<circle").count(), 6);
     for l in ["4GiB", "6.3GiB", "8GiB"] {
@@ -40,7 +47,9 @@ fn sweep_chart_is_svg_with_axes_and_points() {
 fn thirty_b_residency_at_8_and_6_3_gib() {
     let ctx = rotary::inspect::CUDA_CONTEXT_BYTES_ESTIMATE;
     let r8 = residency("qwen3-30b-a3b", QuantMix::Q4KM, 4096, 8 << 30, ctx).expect("plan");
-    let r63 = residency("qwen3-30b-a3b", QuantMix::Q4KM, 4096, (6.3 * (1u64 << 30) as f64) as u64, ctx).expect("plan");
+    let r63 =
+        residency("qwen3-30b-a3b", QuantMix::Q4KM, 4096, (6.3 * (1u64 << 30) as f64) as u64, ctx)
+            .expect("plan");
     // anchors §1: 26-32% at ~6.3 GB; more at 8 GiB.
     assert!((0.25..0.30).contains(&r63), "{r63}");
     assert!((0.34..0.40).contains(&r8), "{r8}");

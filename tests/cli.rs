@@ -41,8 +41,13 @@ fn inspect_embedded_default() {
     let o = rotary(&["inspect", "--vram-budget", "1GiB"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    for needle in ["architecture  qwen3moe", "layers        4", "experts       8 per layer, top-2",
-        "expert bytes / token", "expert cache"] {
+    for needle in [
+        "architecture  qwen3moe",
+        "layers        4",
+        "experts       8 per layer, top-2",
+        "expert bytes / token",
+        "expert cache",
+    ] {
         assert!(out.contains(needle), "missing '{needle}' in:\n{out}");
     }
     assert!(stderr(&o).contains("embedded tiny model"));
@@ -104,9 +109,13 @@ fn missing_file_is_named() {
 
 #[test]
 fn tokenize_with_llama_cpp_vocab() {
-    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama-vocab/ggml-vocab-qwen2.gguf");
+    let vocab =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama-vocab/ggml-vocab-qwen2.gguf");
     if !vocab.exists() {
-        println!("SKIP tokenize_with_llama_cpp_vocab: {} missing (run tests/fetch_data.py)", vocab.display());
+        println!(
+            "SKIP tokenize_with_llama_cpp_vocab: {} missing (run tests/fetch_data.py)",
+            vocab.display()
+        );
         return;
     }
     let o = rotary(&["tokenize", "-m", vocab.to_str().unwrap(), "Hello, world!"]);
@@ -141,7 +150,11 @@ fn run_rejects_bad_input_clearly() {
     assert!(stderr(&o).contains("top_p"), "{}", stderr(&o));
     let o = rotary(&["run", "--backend", "gpu9000"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("--backend gpu9000: want cpu, cpu-ref, sim or cuda"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--backend gpu9000: want cpu, cpu-ref, sim or cuda"),
+        "{}",
+        stderr(&o)
+    );
     let o = rotary(&["run", "--think", "on"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--think needs --chat"), "{}", stderr(&o));
@@ -149,7 +162,17 @@ fn run_rejects_bad_input_clearly() {
 
 #[test]
 fn logits_json_schema() {
-    let o = rotary(&["logits", "--backend", "cpu-ref", "-p", "Hi!", "--top", "3", "--json", "--full-last"]);
+    let o = rotary(&[
+        "logits",
+        "--backend",
+        "cpu-ref",
+        "-p",
+        "Hi!",
+        "--top",
+        "3",
+        "--json",
+        "--full-last",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["tokens"], serde_json::json!([72, 105, 33]));
@@ -164,7 +187,8 @@ fn bench_json_fields() {
     let o = rotary(&["bench", "--backend", "cpu-ref", "-p", "4", "-n", "2", "-r", "2", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    for key in ["pp_tok_s", "tg_tok_s", "pp_tok_s_sd", "tg_tok_s_sd", "threads", "backend", "model"] {
+    for key in ["pp_tok_s", "tg_tok_s", "pp_tok_s_sd", "tg_tok_s_sd", "threads", "backend", "model"]
+    {
         assert!(!v[key].is_null(), "missing {key} in {v}");
     }
     assert!(v["tg_tok_s"].as_f64().unwrap() > 0.0);
@@ -181,9 +205,13 @@ fn run_with_hf_directory_without_tokenizer_is_a_clear_error() {
 /// `synth --vocab`: the real Qwen tokenizer from llama.cpp's vocab GGUF ends up in the model.
 #[test]
 fn synth_with_real_vocab() {
-    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama-vocab/ggml-vocab-qwen2.gguf");
+    let vocab =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama-vocab/ggml-vocab-qwen2.gguf");
     if !vocab.exists() {
-        println!("SKIP synth_with_real_vocab: {} missing (run tests/fetch_data.py)", vocab.display());
+        println!(
+            "SKIP synth_with_real_vocab: {} missing (run tests/fetch_data.py)",
+            vocab.display()
+        );
         return;
     }
     let dir = temp_dir("vocab");
@@ -260,8 +288,16 @@ fn sim_backend_streams_under_a_budget_with_identical_logits() {
     assert_eq!(small_ctx["positions"], streamed["positions"]);
     assert_eq!(resident["positions"], streamed["positions"]);
     let stats = &streamed["stats"];
-    for key in ["peak_vram_bytes", "vram_budget_bytes", "hit_rate", "misses_per_layer_token",
-        "h2d_bytes_per_token", "link_gbps", "prefetch_recall", "cpu_expert_share"] {
+    for key in [
+        "peak_vram_bytes",
+        "vram_budget_bytes",
+        "hit_rate",
+        "misses_per_layer_token",
+        "h2d_bytes_per_token",
+        "link_gbps",
+        "prefetch_recall",
+        "cpu_expert_share",
+    ] {
         assert!(stats.get(key).is_some(), "stats lack {key}: {stats}");
     }
     assert!(stats["misses_per_layer_token"].as_f64().unwrap() > 0.0, "{stats}");
@@ -284,14 +320,35 @@ fn bench_paper_runs_scaled_on_the_simulator_and_sweeps() {
     let paper = |extra: &[&str]| {
         let mut args = vec!["bench", "--paper", "--preset", "tiny", "--quant", "q8_0", "-n", "12"];
         args.extend_from_slice(extra);
-        Command::new(env!("CARGO_BIN_EXE_rotary")).args(&args).env("XDG_CACHE_HOME", &cache).output().expect("run")
+        Command::new(env!("CARGO_BIN_EXE_rotary"))
+            .args(&args)
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .expect("run")
     };
     let o = paper(&["--json", "--backend", "sim"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    for key in ["decode_tok_s", "prefill_tok_s", "n_decode", "latency_ms_p50", "latency_ms_p99", "peak_vram_bytes",
-        "vram_budget_bytes", "peak_rss_bytes", "pinned_bytes", "hit_rate", "h2d_bytes_per_token", "link_gbps",
-        "prefetch_recall", "cpu_expert_share", "routing", "backend", "device", "model"] {
+    for key in [
+        "decode_tok_s",
+        "prefill_tok_s",
+        "n_decode",
+        "latency_ms_p50",
+        "latency_ms_p99",
+        "peak_vram_bytes",
+        "vram_budget_bytes",
+        "peak_rss_bytes",
+        "pinned_bytes",
+        "hit_rate",
+        "h2d_bytes_per_token",
+        "link_gbps",
+        "prefetch_recall",
+        "cpu_expert_share",
+        "routing",
+        "backend",
+        "device",
+        "model",
+    ] {
         assert!(v.get(key).is_some(), "{key} missing: {v}");
     }
     assert_eq!(v["n_decode"], 12);
@@ -302,10 +359,22 @@ fn bench_paper_runs_scaled_on_the_simulator_and_sweeps() {
     assert!(cache.join("rotary/tiny-q8_0-seed0.gguf").exists(), "the preset is cached");
     // A sweep over residency and routing modes draws its chart.
     let plot = cache.join("sweep.svg");
-    let o = paper(&["--backend", "sim", "--routing", "sticky:0.45", "--sweep", "vram=25%,100%", "--plot", plot.to_str().unwrap()]);
+    let o = paper(&[
+        "--backend",
+        "sim",
+        "--routing",
+        "sticky:0.45",
+        "--sweep",
+        "vram=25%,100%",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("== bench --paper 25% ==") && out.contains("routing    sticky:0.45"), "{out}");
+    assert!(
+        out.contains("== bench --paper 25% ==") && out.contains("routing    sticky:0.45"),
+        "{out}"
+    );
     let svg = std::fs::read_to_string(&plot).expect("chart written");
     assert!(svg.contains("<polyline") && svg.contains("residency"));
     // The CPU engine runs the protocol too (the llama.cpp CPU peer's counterpart).

@@ -13,8 +13,12 @@ fn nmse(want: &[f32], got: &[f32]) -> f64 {
 fn check(sh: &Shape, n: usize, chunk: usize, decay_mean: f32, seed: u64) {
     let (nv, dv) = (sh.n_v_heads, sh.head_v);
     let qkv = random_f32(n * sh.channels(), 0.0, 1.0, seed);
-    let beta: Vec<f32> = random_f32(n * nv, 0.0, 3.0, seed + 1).iter().map(|&x| deltanet::sigmoid(x)).collect();
-    let decay: Vec<f32> = random_f32(n * nv, decay_mean, 0.05, seed + 2).iter().map(|&x| x.clamp(1e-3, 1.0)).collect();
+    let beta: Vec<f32> =
+        random_f32(n * nv, 0.0, 3.0, seed + 1).iter().map(|&x| deltanet::sigmoid(x)).collect();
+    let decay: Vec<f32> = random_f32(n * nv, decay_mean, 0.05, seed + 2)
+        .iter()
+        .map(|&x| x.clamp(1e-3, 1.0))
+        .collect();
     let s0 = random_f32(sh.state_len(), 0.0, 0.5, seed + 3);
     let (mut s_rec, mut s_chk) = (s0.clone(), s0);
     let (mut o_rec, mut o_chk) = (vec![0f32; n * nv * dv], vec![0f32; n * nv * dv]);
@@ -28,7 +32,8 @@ fn check(sh: &Shape, n: usize, chunk: usize, decay_mean: f32, seed: u64) {
 #[test]
 fn chunked_form_equals_the_recurrence() {
     for tiled in [true, false] {
-        let sh = Shape { n_k_heads: 2, n_v_heads: 6, head_k: 16, head_v: 24, conv_kernel: 4, tiled };
+        let sh =
+            Shape { n_k_heads: 2, n_v_heads: 6, head_k: 16, head_v: 24, conv_kernel: 4, tiled };
         for (n, chunk) in [(1, 64), (5, 64), (64, 64), (150, 64), (37, 7), (20, 1)] {
             check(&sh, n, chunk, 0.9, 11 + n as u64);
         }

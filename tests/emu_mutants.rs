@@ -85,7 +85,12 @@ fn build_driver(cxx: &str, driver: &str, sources: &[&str], csrc: &Path, exe: &Pa
         .arg(csrc.join("emu/runtime.cpp"))
         .output()
         .expect("run the C++ compiler");
-    assert!(out.status.success(), "building {}: {}", exe.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "building {}: {}",
+        exe.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// (exit code, output) of the driver in `mode` under each seed.
@@ -93,8 +98,16 @@ fn run(exe: &Path, mode: &str) -> Vec<(i32, String)> {
     SEEDS
         .iter()
         .map(|seed| {
-            let out = Command::new(exe).arg(mode).env("ROTARY_EMU_SEED", seed.to_string()).output().expect("run");
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(exe)
+                .arg(mode)
+                .env("ROTARY_EMU_SEED", seed.to_string())
+                .output()
+                .expect("run");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             (out.status.code().unwrap_or(-1), text.trim().to_string())
         })
         .collect()
@@ -124,12 +137,21 @@ fn the_emulator_catches_broken_kernels() {
         copy_dir(&root().join("csrc"), &dir.join("csrc"));
         let path = dir.join("csrc").join(file);
         let text = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(text.matches(from).count(), 1, "{name}: the text to change is not once in csrc/{file}");
+        assert_eq!(
+            text.matches(from).count(),
+            1,
+            "{name}: the text to change is not once in csrc/{file}"
+        );
         std::fs::write(&path, text.replace(from, to)).expect("write");
         build(&cxx, &dir.join("csrc"), &dir.join("mutants"));
         let results = run(&dir.join("mutants"), mode);
         let caught: Vec<&(i32, String)> = results.iter().filter(|(code, _)| *code != 0).collect();
-        println!("{name}: caught under {} of {} seeds; {}", caught.len(), SEEDS.len(), results[0].1.replace('\n', " | "));
+        println!(
+            "{name}: caught under {} of {} seeds; {}",
+            caught.len(),
+            SEEDS.len(),
+            results[0].1.replace('\n', " | ")
+        );
         assert!(!caught.is_empty(), "{name}: not detected: {results:?}");
         assert!(caught.iter().all(|(code, _)| *code == 1 || *code == 2), "{name}: {results:?}");
     }
@@ -166,12 +188,18 @@ fn the_emulated_runtime_bites() {
     for (mode, env) in RUNTIME_MODES {
         let mut cmd = Command::new(&exe);
         cmd.arg(mode);
-        for var in ["ROTARY_EMU_LINK_GBPS", "ROTARY_EMU_SPILL", "ROTARY_EMU_DEVICES", "ROTARY_EMU_VRAM"] {
+        for var in
+            ["ROTARY_EMU_LINK_GBPS", "ROTARY_EMU_SPILL", "ROTARY_EMU_DEVICES", "ROTARY_EMU_VRAM"]
+        {
             cmd.env_remove(var);
         }
         cmd.envs(env.iter().copied());
         let out = cmd.output().expect("run");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         println!("--- {mode}\n{}", text.trim());
         assert_eq!(out.status.code(), Some(0), "runtime {mode}: {text}");
     }

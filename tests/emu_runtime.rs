@@ -10,13 +10,13 @@
 #[cfg(rotary_emu)]
 mod emulated {
     use rotary::backend::cuda::device::{emu_reset_peak, emu_stats, Gpu};
-    use rotary::Logits;
     use rotary::model::weights::{ModelFile, Weights};
-    use rotary::Engine;
     use rotary::rotary::device::{upload, Device, Kernel, Stream};
     use rotary::rotary::{open_device, BackendKind, MoePolicy, Options};
-    use rotary::Session;
     use rotary::synth::{Preset, QuantMix, SynthOptions};
+    use rotary::Engine;
+    use rotary::Logits;
+    use rotary::Session;
     use std::sync::{Mutex, Once};
 
     /// One test at a time: they read process-wide counters.
@@ -54,7 +54,8 @@ mod emulated {
         // The old pattern, with the runtime's own calls.
         {
             use rotary::backend::cuda::ffi;
-            let (mut start, mut end, mut stream) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+            let (mut start, mut end, mut stream) =
+                (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
             // SAFETY: valid out-pointers, live handles, a pinned source and a device
             // destination of `bytes`; everything is waited for before the handles go.
             unsafe {
@@ -62,10 +63,19 @@ mod emulated {
                 assert_eq!(ffi::rotary_event_create_timing(&mut start), 0);
                 assert_eq!(ffi::rotary_event_create_timing(&mut end), 0);
                 ffi::rotary_event_record(start, stream);
-                ffi::rotary_memcpy_async(dst as *mut _, host.cast(), bytes as u64, ffi::RotaryCopyKind::ROTARY_COPY_H2D, stream);
+                ffi::rotary_memcpy_async(
+                    dst as *mut _,
+                    host.cast(),
+                    bytes as u64,
+                    ffi::RotaryCopyKind::ROTARY_COPY_H2D,
+                    stream,
+                );
                 ffi::rotary_event_record(end, stream);
                 let mut ms = 0f32;
-                assert_eq!(ffi::rotary_event_elapsed_ms(&mut ms, start, end), ffi::ROTARY_NOT_READY as i32);
+                assert_eq!(
+                    ffi::rotary_event_elapsed_ms(&mut ms, start, end),
+                    ffi::ROTARY_NOT_READY as i32
+                );
                 let e = dev.launch(&add).expect_err("the leftover not-ready fails the next launch");
                 println!("old link_stats pattern: {e}");
                 ffi::rotary_stream_synchronize(stream);
@@ -84,7 +94,11 @@ mod emulated {
         dev.sync_event(ev).expect("sync");
         dev.release(ev);
         let after = dev.link_stats();
-        println!("link busy {:.1} ms before the batch ended, {:.1} ms after", before.busy_seconds * 1e3, after.busy_seconds * 1e3);
+        println!(
+            "link busy {:.1} ms before the batch ended, {:.1} ms after",
+            before.busy_seconds * 1e3,
+            after.busy_seconds * 1e3
+        );
         assert!(after.busy_seconds > 0.015, "the batch was timed once done: {after:?}");
         assert!(dev.stall_seconds() > 0.0, "the host waited for a copy event: a stall");
     }
@@ -96,7 +110,8 @@ mod emulated {
     fn a_failed_link_measurement_leaves_no_error_behind() {
         let _turn = setup();
         use rotary::backend::cuda::ffi;
-        let (mut fill, mut x, mut y) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+        let (mut fill, mut x, mut y) =
+            (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
         let (mut free, mut total) = (0u64, 0u64);
         // SAFETY: valid out-pointers; everything is freed below.
         unsafe {
@@ -104,12 +119,18 @@ mod emulated {
             assert_eq!(ffi::rotary_malloc(&mut x, 256), 0);
             assert_eq!(ffi::rotary_malloc(&mut y, 256), 0);
             assert_eq!(ffi::rotary_mem_info(&mut free, &mut total), 0);
-            assert_eq!(ffi::rotary_malloc(&mut fill, free - (6 << 20)), 0, "fill device 1 but 6 MiB");
+            assert_eq!(
+                ffi::rotary_malloc(&mut fill, free - (6 << 20)),
+                0,
+                "fill device 1 but 6 MiB"
+            );
         }
         {
-            let mut dev = open_device(BackendKind::Cuda, 1, Some(total), 0.0, Some(2)).expect("device 1");
+            let mut dev =
+                open_device(BackendKind::Cuda, 1, Some(total), 0.0, Some(2)).expect("device 1");
             assert!(dev.link_peak_gbps().is_none(), "no room to measure the link");
-            dev.launch(&Kernel::Add { y: y as u64, x: x as u64, n: 64 }).expect("the first launch after a failed measurement");
+            dev.launch(&Kernel::Add { y: y as u64, x: x as u64, n: 64 })
+                .expect("the first launch after a failed measurement");
             let ev = dev.record(Stream::Compute).expect("record");
             dev.sync_event(ev).expect("sync");
         }
@@ -133,7 +154,10 @@ mod emulated {
             // SAFETY: both hold 4096 bytes; the call is expected to refuse before copying.
             let _ = unsafe { dev.h2d(Stream::Compute, dst, host.add(64), 1024) };
         }));
-        assert!(refused.is_err(), "a compute-stream upload from the device's pinned memory went through");
+        assert!(
+            refused.is_err(),
+            "a compute-stream upload from the device's pinned memory went through"
+        );
     }
 
     /// cudaSetDevice is per host thread: a device opened on one thread and used from another
@@ -165,7 +189,10 @@ mod emulated {
             .into_iter()
             .filter(|(k, _)| !k.ends_with("_token_id"))
             .collect();
-        ModelFile::Gguf(rotary::format::gguf::Gguf::from_bytes(rotary::synth::to_bytes(&opts).expect("synth")).expect("gguf"))
+        ModelFile::Gguf(
+            rotary::format::gguf::Gguf::from_bytes(rotary::synth::to_bytes(&opts).expect("synth"))
+                .expect("gguf"),
+        )
     }
 
     /// The acceptance run: 2,000 streamed decode tokens on the emulated device end with the live
@@ -181,7 +208,9 @@ mod emulated {
         let n_vocab = w.cfg.n_vocab as usize;
         let prompt: Vec<u32> = (0..16).map(|i| (i * 37 + 5) % 500).collect();
 
-        let mut resident = Session::new(&w, open(None), n_ctx, Options::default(), "cuda", &mut |_, _| {}).expect("resident");
+        let mut resident =
+            Session::new(&w, open(None), n_ctx, Options::default(), "cuda", &mut |_, _| {})
+                .expect("resident");
         let mut want = vec![resident.forward(&prompt, Logits::Last).expect("prefill")];
         let mut tokens = Vec::with_capacity(TOKENS);
         for _ in 0..TOKENS {
@@ -198,8 +227,10 @@ mod emulated {
         let events_before = emu_stats(0).expect("stats").live_events;
         emu_reset_peak(0).expect("reset");
         let started = std::time::Instant::now();
-        let opts = Options { moe_policy: MoePolicy::Gpu, max_slots: Some(10), ..Options::default() };
-        let mut s = Session::new(&w, open(Some(budget)), n_ctx, opts, "cuda", &mut |_, _| {}).expect("streamed");
+        let opts =
+            Options { moe_policy: MoePolicy::Gpu, max_slots: Some(10), ..Options::default() };
+        let mut s = Session::new(&w, open(Some(budget)), n_ctx, opts, "cuda", &mut |_, _| {})
+            .expect("streamed");
         let mut peak_events = 0i64;
         let mut differ = Vec::new();
         for (step, want) in want.iter().enumerate() {
@@ -212,7 +243,8 @@ mod emulated {
                 differ.push(step);
             }
             if step % 100 == 0 {
-                peak_events = peak_events.max(emu_stats(0).expect("stats").live_events - events_before);
+                peak_events =
+                    peak_events.max(emu_stats(0).expect("stats").live_events - events_before);
             }
         }
         let st = s.stats();
@@ -228,12 +260,31 @@ mod emulated {
             emu.code_bytes as f64 / 1048576.0,
             emu.kernels_loaded
         );
-        assert!(differ.is_empty(), "logits differ from resident at {} steps, first {:?}", differ.len(), differ.first());
-        assert!(st.misses > 100 && st.cpu_experts == 0, "the run streamed, all on the device: {st}");
+        assert!(
+            differ.is_empty(),
+            "logits differ from resident at {} steps, first {:?}",
+            differ.len(),
+            differ.first()
+        );
+        assert!(
+            st.misses > 100 && st.cpu_experts == 0,
+            "the run streamed, all on the device: {st}"
+        );
         assert!(st.prefetch_loads > 0, "prefetch ran: {st}");
-        assert!(live.max(peak_events) < 200, "events keep piling up: {live} live, {peak_events} seen");
-        assert!(emu.peak_bytes <= budget, "the device's peak {} exceeds the budget {budget}", emu.peak_bytes);
-        assert!(st.peak_vram_bytes <= budget, "reported peak {} over budget {budget}", st.peak_vram_bytes);
+        assert!(
+            live.max(peak_events) < 200,
+            "events keep piling up: {live} live, {peak_events} seen"
+        );
+        assert!(
+            emu.peak_bytes <= budget,
+            "the device's peak {} exceeds the budget {budget}",
+            emu.peak_bytes
+        );
+        assert!(
+            st.peak_vram_bytes <= budget,
+            "reported peak {} over budget {budget}",
+            st.peak_vram_bytes
+        );
     }
 
     /// A plan sized by 256-byte arithmetic fills the budget to within one slot; the driver's
@@ -249,24 +300,34 @@ mod emulated {
         let _turn = setup();
         let file = small_vocab_tiny(4);
         let w = Weights::load(&file).expect("weights");
-        let resident = Session::new(&w, open(None), 256, Options::default(), "cuda", &mut |_, _| {}).expect("resident");
+        let resident =
+            Session::new(&w, open(None), 256, Options::default(), "cuda", &mut |_, _| {})
+                .expect("resident");
         let (fixed, slot) = (resident.plan.fixed_bytes(), resident.plan.slot_bytes);
         drop(resident);
         let reserve = rotary::rotary::plan::LAUNCH_RESERVE;
         let mut ran = 0;
-        for (what, budget) in [("the old arithmetic", fixed - reserve + 5 * slot + slot / 2), ("the plan", fixed + 5 * slot + slot / 2)] {
+        for (what, budget) in [
+            ("the old arithmetic", fixed - reserve + 5 * slot + slot / 2),
+            ("the plan", fixed + 5 * slot + slot / 2),
+        ] {
             emu_reset_peak(0).expect("reset");
             let opts = Options { moe_policy: MoePolicy::Cpu, ..Options::default() };
-            let mut s = match Session::new(&w, open(Some(budget)), 256, opts, "cuda", &mut |_, _| {}) {
-                Ok(s) => s,
-                Err(e) => {
-                    println!("budget by {what}, {:.2} MiB: refused: {e}", budget as f64 / 1048576.0);
-                    assert!(e.to_string().contains("VRAM budget"), "{e}");
-                    continue;
-                }
-            };
+            let mut s =
+                match Session::new(&w, open(Some(budget)), 256, opts, "cuda", &mut |_, _| {}) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        println!(
+                            "budget by {what}, {:.2} MiB: refused: {e}",
+                            budget as f64 / 1048576.0
+                        );
+                        assert!(e.to_string().contains("VRAM budget"), "{e}");
+                        continue;
+                    }
+                };
             let prompt: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % 500).collect();
-            let mut last = s.forward(&prompt, Logits::Last).expect("prefill: every kernel's first launch");
+            let mut last =
+                s.forward(&prompt, Logits::Last).expect("prefill: every kernel's first launch");
             for _ in 0..4 {
                 let next = rotary::run::argmax(&last);
                 last = s.forward(&[next], Logits::Last).expect("decode");
@@ -280,7 +341,11 @@ mod emulated {
                 emu.kernels_loaded,
                 emu.code_bytes as f64 / 1048576.0
             );
-            assert!(emu.peak_bytes <= budget, "the device's own peak {} exceeds the budget {budget}", emu.peak_bytes);
+            assert!(
+                emu.peak_bytes <= budget,
+                "the device's own peak {} exceeds the budget {budget}",
+                emu.peak_bytes
+            );
             assert_eq!(st.peak_vram_bytes, emu.peak_bytes, "the reported peak is the device's");
             ran += 1;
         }

@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use rotary::model::weights::{ModelFile, Weights};
 use rotary::rotary::BackendKind;
 use rotary::{Engine, Logits, Session};
-use rotary::model::weights::{ModelFile, Weights};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -33,10 +33,14 @@ fn reference(dir: &Path) -> Reference {
         .iter()
         .map(|p| {
             let pairs = p["top"].as_array().unwrap();
-            pairs.iter().map(|e| (e[0].as_u64().unwrap() as u32, e[1].as_f64().unwrap() as f32)).collect()
+            pairs
+                .iter()
+                .map(|e| (e[0].as_u64().unwrap() as u32, e[1].as_f64().unwrap() as f32))
+                .collect()
         })
         .collect();
-    let last_logits = v["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let last_logits =
+        v["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     Reference { prompt: ids(&v["prompt"]), top, last_logits, greedy: ids(&v["greedy"]) }
 }
 
@@ -82,7 +86,10 @@ fn check_fixture_within(name: &str, max_nmse: f64) {
         let row = &logits[t * n_vocab..(t + 1) * n_vocab];
         for &(id, v) in top {
             let ours = row[id as usize];
-            assert!((ours - v).abs() <= 1e-4 * (1.0 + v.abs()), "{name} pos {t} id {id}: {ours} vs {v}");
+            assert!(
+                (ours - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                "{name} pos {t} id {id}: {ours} vs {v}"
+            );
         }
         assert_eq!(argmax(row), top[0].0, "{name} pos {t}: top-1");
     }
@@ -139,7 +146,10 @@ fn context_overflow_names_both_numbers() {
     let mut s = Session::open(&w, BackendKind::CpuRef, 8, None).unwrap();
     let err = s.forward(&[1; 9], Logits::Last).unwrap_err();
     assert!(err.to_string().contains("9 tokens do not fit the context of 8"), "{err}");
-    assert!(Session::open(&w, BackendKind::CpuRef, 100_000, None).is_err(), "context beyond the model's");
+    assert!(
+        Session::open(&w, BackendKind::CpuRef, 100_000, None).is_err(),
+        "context beyond the model's"
+    );
     let err = s.forward(&[600], Logits::Last).unwrap_err();
     assert!(err.to_string().contains("600"), "{err}");
 }

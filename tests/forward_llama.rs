@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use rotary::format::gguf::Gguf;
-use rotary::rotary::BackendKind;
-use rotary::{Engine, Logits, Session};
 use rotary::model::weights::{ModelFile, Weights};
+use rotary::rotary::BackendKind;
 use rotary::synth::{self, Preset, QuantMix, SynthOptions};
+use rotary::{Engine, Logits, Session};
 
 fn fixture_dir(preset: &str) -> PathBuf {
     let dir = if preset == "tiny" { "llama" } else { "llama-qwen35" };
@@ -31,14 +31,24 @@ fn load(preset: &str, mix: &str) -> Fixture {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let u = |x: &serde_json::Value| x.as_u64().unwrap();
     let top = v["positions"].as_array().unwrap().iter().map(|p| {
-        p["top"].as_array().unwrap().iter().map(|e| (u(&e[0]) as u32, e[1].as_f64().unwrap() as f32)).collect()
+        p["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (u(&e[0]) as u32, e[1].as_f64().unwrap() as f32))
+            .collect()
     });
     let full = read_f16(&fixture_dir(preset).join(format!("{mix}.full.f16")));
     Fixture {
         sha256: v["gguf_sha256"].as_str().unwrap().to_string(),
         tokens: v["tokens"].as_array().unwrap().iter().map(|x| u(x) as u32).collect(),
         top: top.collect(),
-        full_positions: v["full_positions"].as_array().unwrap().iter().map(|x| u(x) as usize).collect(),
+        full_positions: v["full_positions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| u(x) as usize)
+            .collect(),
         full,
     }
 }
@@ -119,7 +129,11 @@ fn check_preset(preset: &str, mix: QuantMix, backend: BackendKind) {
             let d = (ours[id as usize] - v).abs();
             worst = worst.max(d);
             if let Some(max) = b.top64 {
-                assert!(d <= max, "{what}: pos {t} id {id}: ours {} llama.cpp {v}", ours[id as usize]);
+                assert!(
+                    d <= max,
+                    "{what}: pos {t} id {id}: ours {} llama.cpp {v}",
+                    ours[id as usize]
+                );
             }
         }
         let margin = top[0].1 - top[1].1;
@@ -204,11 +218,21 @@ mod sha256 {
             for i in 0..64 {
                 let s1 = v[4].rotate_right(6) ^ v[4].rotate_right(11) ^ v[4].rotate_right(25);
                 let ch = (v[4] & v[5]) ^ (!v[4] & v[6]);
-                let t1 = v[7].wrapping_add(s1).wrapping_add(ch).wrapping_add(K[i]).wrapping_add(w[i]);
+                let t1 =
+                    v[7].wrapping_add(s1).wrapping_add(ch).wrapping_add(K[i]).wrapping_add(w[i]);
                 let s0 = v[0].rotate_right(2) ^ v[0].rotate_right(13) ^ v[0].rotate_right(22);
                 let maj = (v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]);
                 let t2 = s0.wrapping_add(maj);
-                v = [t1.wrapping_add(t2), v[0], v[1], v[2], v[3].wrapping_add(t1), v[4], v[5], v[6]];
+                v = [
+                    t1.wrapping_add(t2),
+                    v[0],
+                    v[1],
+                    v[2],
+                    v[3].wrapping_add(t1),
+                    v[4],
+                    v[5],
+                    v[6],
+                ];
             }
             for (a, b) in h.iter_mut().zip(v) {
                 *a = a.wrapping_add(b);

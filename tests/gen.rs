@@ -10,7 +10,8 @@ use rotary::quant::GgmlType;
 #[test]
 fn formats_match_the_cpu_quant_table() {
     for f in kernels::FORMATS {
-        let ty = GgmlType::from_id(f.ggml_id).unwrap_or_else(|| panic!("{}: unknown ggml id", f.name));
+        let ty =
+            GgmlType::from_id(f.ggml_id).unwrap_or_else(|| panic!("{}: unknown ggml id", f.name));
         assert_eq!(ty.block_elems(), f.block_elems as usize, "{}", f.name);
         assert_eq!(ty.block_bytes(), f.block_bytes as usize, "{}", f.name);
         assert_eq!(ty.name().to_lowercase(), f.name, "{}", f.name);
@@ -42,7 +43,13 @@ fn every_op_has_every_format_and_tile() {
         assert!(find(&format!("embed_{}.cu", f.name)).is_some());
     }
     let dispatch = find("dispatch.cu").expect("dispatch.cu");
-    for entry in ["rotary_gemv(", "rotary_embed(", "rotary_moe_gate_up_dispatch(", "rotary_moe_down_dispatch(", "rotary_quant_supported("] {
+    for entry in [
+        "rotary_gemv(",
+        "rotary_embed(",
+        "rotary_moe_gate_up_dispatch(",
+        "rotary_moe_down_dispatch(",
+        "rotary_quant_supported(",
+    ] {
         assert!(dispatch.contains(entry), "dispatch lacks {entry}");
     }
     for f in kernels::FORMATS {
@@ -84,17 +91,35 @@ fn hot_kernels_do_not_spill() {
     }
     let sms: std::collections::BTreeSet<u32> = report.iter().map(|k| k.sm).collect();
     for sm in &sms {
-        for base in ["gemv_kernel", "moe_pair_kernel", "moe_grouped_kernel", "attention_kernel", "gdn_rule_kernel"] {
-            assert!(report.iter().any(|k| k.sm == *sm && k.base_name() == base), "sm_{sm}: no {base} in the report");
+        for base in [
+            "gemv_kernel",
+            "moe_pair_kernel",
+            "moe_grouped_kernel",
+            "attention_kernel",
+            "gdn_rule_kernel",
+        ] {
+            assert!(
+                report.iter().any(|k| k.sm == *sm && k.base_name() == base),
+                "sm_{sm}: no {base} in the report"
+            );
         }
     }
     for k in &report {
-        assert!(k.block_threads().is_some(), "{}: threads per block unknown to src/kernels.rs", k.name);
+        assert!(
+            k.block_threads().is_some(),
+            "{}: threads per block unknown to src/kernels.rs",
+            k.name
+        );
     }
     let spills: Vec<String> = report
         .iter()
         .filter(|k| rotary::kernels::is_hot(k) && k.spills())
-        .map(|k| format!("sm_{} {} ({} B stores, {} B loads)", k.sm, k.name, k.spill_store_bytes, k.spill_load_bytes))
+        .map(|k| {
+            format!(
+                "sm_{} {} ({} B stores, {} B loads)",
+                k.sm, k.name, k.spill_store_bytes, k.spill_load_bytes
+            )
+        })
         .collect();
     assert!(spills.is_empty(), "hot kernels spill: {spills:?}");
 }
@@ -137,8 +162,14 @@ fn ptxas_report_is_parsed() {
                 ptxas info    : Used 255 registers, used 0 barriers, 380 bytes cmem[0]\n";
     let e = ptxas::parse(text);
     assert_eq!(e.len(), 2);
-    assert_eq!((e[0].sm.as_str(), e[0].registers, e[0].smem_bytes, e[0].spill_store_bytes), ("sm_89", 72, 4128, 0));
-    assert_eq!((e[1].stack_bytes, e[1].spill_store_bytes, e[1].spill_load_bytes, e[1].registers), (40, 24, 16, 255));
+    assert_eq!(
+        (e[0].sm.as_str(), e[0].registers, e[0].smem_bytes, e[0].spill_store_bytes),
+        ("sm_89", 72, 4128, 0)
+    );
+    assert_eq!(
+        (e[1].stack_bytes, e[1].spill_store_bytes, e[1].spill_load_bytes, e[1].registers),
+        (40, 24, 16, 255)
+    );
     let rows = rotary::kernels::parse_report(&ptxas::to_tsv(&e));
     assert_eq!(rows[0].smem_static_bytes, 4128);
     assert!(rows[1].spills() && !rows[0].spills());

@@ -152,7 +152,10 @@ fn kv_malformed() {
     let mut v = 50u64.to_le_bytes().to_vec();
     v.extend_from_slice(b"short");
     expect_err!(one_kv(8, &v), Error::Truncated { .. }, names "some.key");
-    expect_err!(one_kv(8, &[4, 0, 0, 0, 0, 0, 0, 0, 0xc3, 0x28, b'a', b'b']), Error::InvalidUtf8 { .. });
+    expect_err!(
+        one_kv(8, &[4, 0, 0, 0, 0, 0, 0, 0, 0xc3, 0x28, b'a', b'b']),
+        Error::InvalidUtf8 { .. }
+    );
     expect_err!(one_kv(4, &[1, 2]), Error::Truncated { .. }, names "some.key");
 }
 
@@ -236,7 +239,8 @@ fn tensor_info_malformed() {
     gguf::parse(&two(64)).expect("contiguous pair parses");
     expect_err!(two(0), Error::BadTensor { .. }, names "'b'"); // overlap
     expect_err!(two(96), Error::BadTensor { .. }, names "'b'"); // gap
-    let dup = B::header(3, 2, 0).tensor(b"a", &[8], 0, 0).tensor(b"a", &[8], 0, 32).data(64).bytes();
+    let dup =
+        B::header(3, 2, 0).tensor(b"a", &[8], 0, 0).tensor(b"a", &[8], 0, 32).data(64).bytes();
     expect_err!(dup, Error::DuplicateTensor { .. }, names "'a'");
     // CVE-2025-53630 replica: each size is fine, the running sum wraps.
     let huge = B::header(3, 2, 0)
@@ -334,7 +338,11 @@ fn truncation_sweep_rejects_every_proper_prefix() {
     let (bytes, _) = every_value_file();
     gguf::parse(&bytes).expect("the full file parses");
     for len in 0..bytes.len() {
-        assert!(gguf::parse(&bytes[..len]).is_err(), "prefix of {len}/{} bytes accepted", bytes.len());
+        assert!(
+            gguf::parse(&bytes[..len]).is_err(),
+            "prefix of {len}/{} bytes accepted",
+            bytes.len()
+        );
     }
 }
 
@@ -458,7 +466,10 @@ fn reads_llama_cpp_vocab_file() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/llama-vocab/ggml-vocab-qwen2.gguf");
     if !path.exists() {
-        println!("SKIP reads_llama_cpp_vocab_file: {} missing (run tests/fetch_data.py)", path.display());
+        println!(
+            "SKIP reads_llama_cpp_vocab_file: {} missing (run tests/fetch_data.py)",
+            path.display()
+        );
         return;
     }
     let g = Gguf::open(&path).unwrap();

@@ -150,8 +150,15 @@ fn traversal_shard_names_are_refused() {
     dir.write("a/b.safetensors", safetensors(&[("a", &[1.0])]));
     let outside_name = format!("../{}", outside.file_name().unwrap().to_string_lossy());
     let names = [
-        "../x.safetensors", outside_name.as_str(), "/etc/passwd", "a/b.safetensors",
-        "a\\b.safetensors", "..", "", "x\u{0}.safetensors", "C:x.safetensors",
+        "../x.safetensors",
+        outside_name.as_str(),
+        "/etc/passwd",
+        "a/b.safetensors",
+        "a\\b.safetensors",
+        "..",
+        "",
+        "x\u{0}.safetensors",
+        "C:x.safetensors",
     ];
     for name in names {
         dir.write("model.safetensors.index.json", index(&[("model.embed_tokens.weight", name)]));

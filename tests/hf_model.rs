@@ -18,7 +18,10 @@ fn transformers_fixture_config_and_tensors() {
     let dir = HfDir::open(fixture()).unwrap();
     let cfg = ModelConfig::from_hf(&dir).unwrap();
     assert_eq!(cfg.arch, Arch::Qwen3Moe);
-    assert_eq!((cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim), (3, 64, 4, 2, 32));
+    assert_eq!(
+        (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim),
+        (3, 64, 4, 2, 32)
+    );
     assert_eq!((cfg.n_experts, cfg.n_experts_used, cfg.expert_ffn_dim), (8, 2, 32));
     assert_eq!((cfg.n_vocab, cfg.context_length), (512, 256));
     assert!(cfg.norm_topk_prob);
@@ -52,14 +55,62 @@ fn check(dir: &Path) -> rotary::Result<()> {
 #[test]
 fn edited_configs_are_rejected_by_name() {
     let cases: Vec<(&str, Edit, &str)> = vec![
-        ("topk", Box::new(|c| { c.insert("num_experts_per_tok".into(), 9.into()); }), "expert_used_count"),
-        ("type", Box::new(|c| { c.insert("model_type".into(), "llama".into()); }), "model_type"),
-        ("ffn", Box::new(|c| { c.insert("moe_intermediate_size".into(), 16.into()); }), "gate_proj"),
-        ("heads", Box::new(|c| { c.insert("num_attention_heads".into(), 0.into()); }), "num_attention_heads"),
-        ("layers", Box::new(|c| { c.insert("num_hidden_layers".into(), 4.into()); }), "model.layers.3"),
-        ("noexp", Box::new(|c| { c.remove("num_local_experts"); }), "num_experts or num_local_experts"),
-        ("sparse", Box::new(|c| { c.insert("decoder_sparse_step".into(), 2.into()); }), "decoder_sparse_step"),
-        ("theta", Box::new(|c| { c.insert("rope_parameters".into(), serde_json::json!({"rope_theta": -1.0})); }), "rope_theta"),
+        (
+            "topk",
+            Box::new(|c| {
+                c.insert("num_experts_per_tok".into(), 9.into());
+            }),
+            "expert_used_count",
+        ),
+        (
+            "type",
+            Box::new(|c| {
+                c.insert("model_type".into(), "llama".into());
+            }),
+            "model_type",
+        ),
+        (
+            "ffn",
+            Box::new(|c| {
+                c.insert("moe_intermediate_size".into(), 16.into());
+            }),
+            "gate_proj",
+        ),
+        (
+            "heads",
+            Box::new(|c| {
+                c.insert("num_attention_heads".into(), 0.into());
+            }),
+            "num_attention_heads",
+        ),
+        (
+            "layers",
+            Box::new(|c| {
+                c.insert("num_hidden_layers".into(), 4.into());
+            }),
+            "model.layers.3",
+        ),
+        (
+            "noexp",
+            Box::new(|c| {
+                c.remove("num_local_experts");
+            }),
+            "num_experts or num_local_experts",
+        ),
+        (
+            "sparse",
+            Box::new(|c| {
+                c.insert("decoder_sparse_step".into(), 2.into());
+            }),
+            "decoder_sparse_step",
+        ),
+        (
+            "theta",
+            Box::new(|c| {
+                c.insert("rope_parameters".into(), serde_json::json!({"rope_theta": -1.0}));
+            }),
+            "rope_theta",
+        ),
     ];
     for (tag, edit, needle) in cases {
         let dir = edited(tag, edit);

@@ -12,7 +12,17 @@ fn passes_every_case(kind: BackendKind) {
     let mut dev = open_device(kind, 0, None, 50.0, Some(2)).expect("device");
     let results = selftest::run(dev.as_mut(), kind.name(), false).expect("selftest").cases;
     for r in &results {
-        assert_eq!(r.status, Status::Pass, "{} {} {} {}: {:?} {}", kind.name(), r.op, r.quant, r.shape, r.nmse, r.note);
+        assert_eq!(
+            r.status,
+            Status::Pass,
+            "{} {} {} {}: {:?} {}",
+            kind.name(),
+            r.op,
+            r.quant,
+            r.shape,
+            r.nmse,
+            r.note
+        );
     }
     assert!(results.len() >= 90, "{} cases", results.len());
 }
@@ -36,15 +46,28 @@ fn every_format_and_op_is_in_the_table() {
         }
     }
     for op in [
-        "moe", "topk_moe", "rmsnorm", "rope_neox", "attention", "add", "split_gate", "sigmoid_mul", "sigmoid",
-        "gdn_conv", "gdn_gates", "gdn_rule", "gated_norm",
+        "moe",
+        "topk_moe",
+        "rmsnorm",
+        "rope_neox",
+        "attention",
+        "add",
+        "split_gate",
+        "sigmoid_mul",
+        "sigmoid",
+        "gdn_conv",
+        "gdn_gates",
+        "gdn_rule",
+        "gated_norm",
     ] {
         assert!(cases.iter().any(|c| c.op.name() == op), "{op} missing");
     }
     // The delta rule at decode and prefill in both head orders, and continuing a state.
     for (n, order) in [(1, true), (1, false), (17, true), (17, false)] {
         let order = if order { HeadOrder::Tiled } else { HeadOrder::Grouped };
-        let found = cases.iter().any(|c| matches!(c.op, Op::GdnRule { n: m, order: o, .. } if m == n && o == order));
+        let found = cases
+            .iter()
+            .any(|c| matches!(c.op, Op::GdnRule { n: m, order: o, .. } if m == n && o == order));
         assert!(found, "gdn_rule n={n} {order:?} missing");
     }
     assert!(cases.iter().any(|c| matches!(c.op, Op::GdnRule { n: 1, warm: true, .. })));
@@ -80,8 +103,17 @@ fn a_wrong_result_fails() {
         }
     }
     for op in [
-        "rmsnorm", "rope_neox", "embed", "add", "topk_moe", "split_gate", "sigmoid_mul", "sigmoid", "gdn_conv",
-        "gdn_gates", "gated_norm",
+        "rmsnorm",
+        "rope_neox",
+        "embed",
+        "add",
+        "topk_moe",
+        "split_gate",
+        "sigmoid_mul",
+        "sigmoid",
+        "gdn_conv",
+        "gdn_gates",
+        "gated_norm",
     ] {
         assert!(failed.contains(&op), "{op} did not fail");
     }
@@ -126,7 +158,16 @@ fn cuda_backend_where_there_is_a_device() {
         Ok(mut dev) => {
             let results = selftest::run(dev.as_mut(), "cuda", false).expect("selftest").cases;
             for r in &results {
-                assert_eq!(r.status, Status::Pass, "{} {} {}: {:?} {}", r.op, r.quant, r.shape, r.nmse, r.note);
+                assert_eq!(
+                    r.status,
+                    Status::Pass,
+                    "{} {} {}: {:?} {}",
+                    r.op,
+                    r.quant,
+                    r.shape,
+                    r.nmse,
+                    r.note
+                );
             }
         }
         Err(e) => println!("SKIP cuda selftest: {e}"),

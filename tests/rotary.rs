@@ -4,16 +4,16 @@
 //! mode, prefetch or CPU fallback), the VRAM budget as a promise, the cache policies, and the
 //! simulator's own rules (bounds-checked memory, ordered copies).
 
-use rotary::Logits;
 use rotary::model::weights::{ModelFile, Weights};
-use rotary::Engine;
 use rotary::rotary::cache::{Allocation, ExpertCache, Policy};
 use rotary::rotary::device::{upload, Device, Stream};
 use rotary::rotary::sim::SimDevice;
 use rotary::rotary::{open_device, BackendKind, MoePolicy, Options, PinMode};
-use rotary::Session;
 use rotary::synth::{Preset, QuantMix, SynthOptions};
+use rotary::Engine;
 use rotary::Error;
+use rotary::Logits;
+use rotary::Session;
 use std::sync::Mutex;
 
 const N_CTX: usize = 256;
@@ -35,16 +35,26 @@ fn tiny() -> ModelFile {
 /// `rotary synth --preset qwen35-tiny --quant q8_0` in memory (Gated DeltaNet, gated
 /// attention, shared expert).
 fn qwen35_tiny() -> ModelFile {
-    let opts = SynthOptions::new(Preset::by_name("qwen35-tiny").expect("preset"), QuantMix::Q8_0, 0);
+    let opts =
+        SynthOptions::new(Preset::by_name("qwen35-tiny").expect("preset"), QuantMix::Q8_0, 0);
     let bytes = rotary::synth::to_bytes(&opts).expect("synth");
     ModelFile::Gguf(rotary::format::gguf::Gguf::from_bytes(bytes).expect("gguf"))
 }
 
-fn session<'w>(w: &'w Weights<'w>, budget: Option<u64>, opts: Options) -> rotary::Result<Session<'w>> {
+fn session<'w>(
+    w: &'w Weights<'w>,
+    budget: Option<u64>,
+    opts: Options,
+) -> rotary::Result<Session<'w>> {
     session_on(w, "sim", budget, opts)
 }
 
-fn session_on<'w>(w: &'w Weights<'w>, backend: &'static str, budget: Option<u64>, opts: Options) -> rotary::Result<Session<'w>> {
+fn session_on<'w>(
+    w: &'w Weights<'w>,
+    backend: &'static str,
+    budget: Option<u64>,
+    opts: Options,
+) -> rotary::Result<Session<'w>> {
     let dev = open_device(kind(backend), 0, budget, 50.0, Some(2))?;
     Session::new(w, dev, N_CTX, opts, backend, &mut |_, _| {})
 }
@@ -54,7 +64,11 @@ fn session_on<'w>(w: &'w Weights<'w>, backend: &'static str, budget: Option<u64>
 /// driver's 2 MiB pages (rounding of each large allocation, small ones in shared chunks).
 /// Tests that need an exact cache size add this and cap the slots with `max_slots`.
 fn slack(backend: &str) -> u64 {
-    if backend == "cuda" { rotary::rotary::plan::LAUNCH_RESERVE + (64 << 20) } else { 0 }
+    if backend == "cuda" {
+        rotary::rotary::plan::LAUNCH_RESERVE + (64 << 20)
+    } else {
+        0
+    }
 }
 
 /// CUDA tests take turns: each measures the device's free memory (its overhead) when it opens,
@@ -157,7 +171,11 @@ fn qwen35_reset_clears_the_recurrent_state() {
         s.forward(&[5, 6, 7], Logits::Last).expect("more");
         s.reset();
         let again = s.forward(&prompt(), logits).expect("again");
-        assert!(first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: state leaked", s.backend_name());
+        assert!(
+            first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{}: state leaked",
+            s.backend_name()
+        );
     };
     check(&mut cpu);
     for backend in devices() {
@@ -182,17 +200,32 @@ fn streamed_matches_resident_on(w: &Weights, backend: &'static str) {
     // decode steps (every position and 12 steps on the simulator).
     let cuda = backend == "cuda";
     let n_vocab = w.cfg.n_vocab as usize;
-    let want = if cuda { trace_last(&mut resident, &prompt(), n_vocab, 4) } else { trace(&mut resident, &prompt(), n_vocab) };
+    let want = if cuda {
+        trace_last(&mut resident, &prompt(), n_vocab, 4)
+    } else {
+        trace(&mut resident, &prompt(), n_vocab)
+    };
     // The streamed runs decode the resident run's tokens (they are its greedy choices).
-    let tokens: Vec<u32> = want[..want.len() - 1].iter().map(|l| rotary::run::argmax(&l[l.len() - n_vocab..])).collect();
+    let tokens: Vec<u32> = want[..want.len() - 1]
+        .iter()
+        .map(|l| rotary::run::argmax(&l[l.len() - n_vocab..]))
+        .collect();
     let run = |s: &mut Session| {
-        if cuda { trace_tokens(s, &prompt(), &tokens) } else { trace(s, &prompt(), n_vocab) }
+        if cuda {
+            trace_tokens(s, &prompt(), &tokens)
+        } else {
+            trace(s, &prompt(), n_vocab)
+        }
     };
     // How far the CPU engine (8-bit activations) is from the device on the same tokens: the
     // scale of what CPU-computed experts may change on CUDA.
     let cpu_gap: Vec<f64> = if cuda {
         let mut cpu = Session::open(w, kind("cpu"), N_CTX, Some(2)).expect("cpu session");
-        trace_tokens(&mut cpu, &prompt(), &tokens).iter().zip(&want).map(|(c, r)| nmse(c, r)).collect()
+        trace_tokens(&mut cpu, &prompt(), &tokens)
+            .iter()
+            .zip(&want)
+            .map(|(c, r)| nmse(c, r))
+            .collect()
     } else {
         Vec::new()
     };
@@ -202,21 +235,41 @@ fn streamed_matches_resident_on(w: &Weights, backend: &'static str) {
     drop(resident);
     let k = w.cfg.n_experts_used;
     let configs: Vec<(&str, u64, Options)> = vec![
-        ("lru global auto pinned", 5, Options { pin: PinMode::All, moe_policy: MoePolicy::Auto, ..Options::default() }),
+        (
+            "lru global auto pinned",
+            5,
+            Options { pin: PinMode::All, moe_policy: MoePolicy::Auto, ..Options::default() },
+        ),
         ("lru gpu-only", 3, Options { moe_policy: MoePolicy::Gpu, ..Options::default() }),
         ("cpu for every miss", 3, Options { moe_policy: MoePolicy::Cpu, ..Options::default() }),
-        ("lfru ring", 6, Options { policy: Policy::Lfru, pin: PinMode::Ring, moe_policy: MoePolicy::Gpu, ..Options::default() }),
+        (
+            "lfru ring",
+            6,
+            Options {
+                policy: Policy::Lfru,
+                pin: PinMode::Ring,
+                moe_policy: MoePolicy::Gpu,
+                ..Options::default()
+            },
+        ),
         (
             "layer-aware per-layer no prefetch",
             w.cfg.n_layers * k,
-            Options { policy: Policy::LayerAware, alloc: Allocation::PerLayer, prefetch: false, moe_policy: MoePolicy::Gpu, ..Options::default() },
+            Options {
+                policy: Policy::LayerAware,
+                alloc: Allocation::PerLayer,
+                prefetch: false,
+                moe_policy: MoePolicy::Gpu,
+                ..Options::default()
+            },
         ),
         ("no CPU, roomy", 20, Options { moe_policy: MoePolicy::Gpu, ..Options::default() }),
     ];
     for (name, slots, opts) in configs {
         let budget = fixed + slots * slot + slack(backend);
         let opts = Options { max_slots: Some(slots as usize), ..opts };
-        let mut s = session_on(w, backend, Some(budget), opts).unwrap_or_else(|e| panic!("{backend} {name}: {e}"));
+        let mut s = session_on(w, backend, Some(budget), opts)
+            .unwrap_or_else(|e| panic!("{backend} {name}: {e}"));
         assert_eq!(s.plan.n_slots as u64, slots, "{backend} {name}");
         let got = run(&mut s);
         let st = s.stats();
@@ -230,14 +283,24 @@ fn streamed_matches_resident_on(w: &Weights, backend: &'static str) {
         for (step, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(g.len(), w.len(), "{backend} {name}: step {step}");
             if exact {
-                assert!(g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "{backend} {name}: step {step} differs");
+                assert!(
+                    g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{backend} {name}: step {step} differs"
+                );
             } else {
                 let (nmse, bound) = (nmse(g, w), 1e-3f64.max(2.0 * cpu_gap[step]));
-                assert!(nmse <= bound, "{backend} {name}: step {step} NMSE {nmse:.3e} (bound {bound:.1e})");
+                assert!(
+                    nmse <= bound,
+                    "{backend} {name}: step {step} NMSE {nmse:.3e} (bound {bound:.1e})"
+                );
             }
         }
         assert!(st.misses > 0, "{backend} {name}: nothing streamed");
-        assert!(st.peak_vram_bytes <= budget, "{backend} {name}: peak {} over budget {budget}", st.peak_vram_bytes);
+        assert!(
+            st.peak_vram_bytes <= budget,
+            "{backend} {name}: peak {} over budget {budget}",
+            st.peak_vram_bytes
+        );
         if name.starts_with("cpu") {
             // Misses run on the host; only prefetches cross the link.
             assert!(st.cpu_expert_share() > 0.0);
@@ -259,7 +322,9 @@ fn prefetch_recall_and_stats_are_reported() {
     let resident = session(&w, None, Options::default()).expect("resident");
     let budget = resident.plan.fixed_bytes() + 6 * resident.plan.slot_bytes;
     drop(resident);
-    let mut s = session(&w, Some(budget), Options { moe_policy: MoePolicy::Gpu, ..Options::default() }).expect("streamed");
+    let mut s =
+        session(&w, Some(budget), Options { moe_policy: MoePolicy::Gpu, ..Options::default() })
+            .expect("streamed");
     trace(&mut s, &prompt(), w.cfg.n_vocab as usize);
     let st = s.stats();
     let recall = st.prefetch_recall().expect("recall measured");
@@ -267,7 +332,16 @@ fn prefetch_recall_and_stats_are_reported() {
     assert!(st.prefetch_loads > 0);
     assert!(st.hits + st.misses > 0 && st.tokens == 37 + 12);
     let j = st.to_json();
-    for key in ["peak_vram_bytes", "vram_budget_bytes", "hit_rate", "misses_per_layer_token", "h2d_bytes_per_token", "link_gbps", "prefetch_recall", "cpu_expert_share"] {
+    for key in [
+        "peak_vram_bytes",
+        "vram_budget_bytes",
+        "hit_rate",
+        "misses_per_layer_token",
+        "h2d_bytes_per_token",
+        "link_gbps",
+        "prefetch_recall",
+        "cpu_expert_share",
+    ] {
         assert!(j.get(key).is_some(), "stats lack {key}");
     }
 }
@@ -326,7 +400,7 @@ fn lfru_keeps_the_frequent_expert() {
 #[test]
 fn layer_aware_evicts_the_layer_that_returns_last() {
     let mut c = ExpertCache::new(3, 4, Policy::LayerAware, Allocation::Global);
-    c.insert(0, 1, 0); // layer 1: the next layer when running layer 0... 
+    c.insert(0, 1, 0); // layer 1: the next layer when running layer 0...
     c.insert(1, 3, 0);
     c.insert(2, 0, 0); // layer 0: just ran, comes back last
     assert_eq!(c.victim(0, &[]), Some(2));
@@ -399,7 +473,9 @@ fn sticky_routing_streams_identically_too() {
     resident.set_router(router());
     let want = trace(&mut resident, &prompt(), w.cfg.n_vocab as usize);
     let budget = resident.plan.fixed_bytes() + 5 * resident.plan.slot_bytes;
-    let mut s = session(&w, Some(budget), Options { moe_policy: MoePolicy::Auto, ..Options::default() }).expect("streamed");
+    let mut s =
+        session(&w, Some(budget), Options { moe_policy: MoePolicy::Auto, ..Options::default() })
+            .expect("streamed");
     s.set_router(router());
     let got = trace(&mut s, &prompt(), w.cfg.n_vocab as usize);
     for (step, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -422,11 +498,20 @@ fn experts_computed_on_the_cpu_are_loaded_behind() {
     let budget = resident.plan.fixed_bytes() + 12 * resident.plan.slot_bytes;
     drop(resident);
     let mut runs = Vec::new();
-    for (load_behind, moe_policy) in [(true, MoePolicy::Auto), (false, MoePolicy::Auto), (true, MoePolicy::Cpu)] {
+    for (load_behind, moe_policy) in
+        [(true, MoePolicy::Auto), (false, MoePolicy::Auto), (true, MoePolicy::Cpu)]
+    {
         // A link so slow the cost model sends every miss to the CPU.
         let dev = SimDevice::new(Some(budget), 0.001, Some(2)).expect("sim");
-        let opts = Options { moe_policy, load_behind, prefetch: false, link_gbps: 0.001, ..Options::default() };
-        let mut s = Session::new(&w, Box::new(dev), N_CTX, opts, "sim", &mut |_, _| {}).expect("session");
+        let opts = Options {
+            moe_policy,
+            load_behind,
+            prefetch: false,
+            link_gbps: 0.001,
+            ..Options::default()
+        };
+        let mut s =
+            Session::new(&w, Box::new(dev), N_CTX, opts, "sim", &mut |_, _| {}).expect("session");
         s.set_router(Router::new(RoutingMode::Sticky(1.0), l, k, 3).expect("router"));
         s.forward(&prompt()[..3], Logits::Last).expect("prompt");
         let before = s.stats();
@@ -436,8 +521,16 @@ fn experts_computed_on_the_cpu_are_loaded_behind() {
         runs.push((st, logits, s.stats()));
     }
     let (with, without, cpu) = (&runs[0], &runs[1], &runs[2]);
-    assert!(with.2.behind_loads > 0 && with.0.hit_rate() > 0.9, "with load-behind: decode hit {}", with.0.hit_rate());
-    assert!(without.2.behind_loads == 0 && without.0.hit_rate() < 0.1, "without: hit {}", without.0.hit_rate());
+    assert!(
+        with.2.behind_loads > 0 && with.0.hit_rate() > 0.9,
+        "with load-behind: decode hit {}",
+        with.0.hit_rate()
+    );
+    assert!(
+        without.2.behind_loads == 0 && without.0.hit_rate() < 0.1,
+        "without: hit {}",
+        without.0.hit_rate()
+    );
     assert!(cpu.2.behind_loads == 0 && cpu.2.h2d_bytes == 0, "--moe-policy cpu loaded experts");
     assert!(runs.iter().all(|r| r.1 == runs[0].1), "the logits depend on where experts ran");
 }
@@ -465,7 +558,10 @@ struct Spy {
 }
 
 impl Spy {
-    fn new(inner: Box<dyn Device>, skip_copy_wait: bool) -> (Spy, std::sync::Arc<Mutex<Vec<Call>>>) {
+    fn new(
+        inner: Box<dyn Device>,
+        skip_copy_wait: bool,
+    ) -> (Spy, std::sync::Arc<Mutex<Vec<Call>>>) {
         let calls = std::sync::Arc::new(Mutex::new(Vec::new()));
         (Spy { inner, calls: calls.clone(), skip_copy_wait, last_copy_event: None }, calls)
     }
@@ -499,7 +595,13 @@ impl Device for Spy {
     fn alloc_host(&mut self, bytes: u64, what: &str) -> rotary::Result<*mut u8> {
         self.inner.alloc_host(bytes, what)
     }
-    unsafe fn h2d(&mut self, stream: Stream, dst: u64, src: *const u8, bytes: usize) -> rotary::Result<()> {
+    unsafe fn h2d(
+        &mut self,
+        stream: Stream,
+        dst: u64,
+        src: *const u8,
+        bytes: usize,
+    ) -> rotary::Result<()> {
         self.log(Call::H2d(stream, bytes));
         // SAFETY: the caller's contract, passed on unchanged.
         unsafe { self.inner.h2d(stream, dst, src, bytes) }
@@ -521,7 +623,8 @@ impl Device for Spy {
         self.inner.release(event)
     }
     fn wait(&mut self, stream: Stream, event: rotary::rotary::device::Event) -> rotary::Result<()> {
-        if self.skip_copy_wait && stream == Stream::Compute && self.last_copy_event == Some(event.0) {
+        if self.skip_copy_wait && stream == Stream::Compute && self.last_copy_event == Some(event.0)
+        {
             return Ok(());
         }
         self.log(Call::Wait(stream, event.0));
@@ -552,8 +655,10 @@ fn spy_run(opts: Options, slots: u64) -> (Vec<Call>, rotary::rotary::Stats, usiz
     let resident = session(&w, None, Options::default()).expect("resident");
     let budget = resident.plan.fixed_bytes() + slots * resident.plan.slot_bytes;
     drop(resident);
-    let (spy, calls) = Spy::new(Box::new(SimDevice::new(Some(budget), 50.0, Some(2)).expect("sim")), false);
-    let mut s = Session::new(&w, Box::new(spy), N_CTX, opts, "sim", &mut |_, _| {}).expect("streamed");
+    let (spy, calls) =
+        Spy::new(Box::new(SimDevice::new(Some(budget), 50.0, Some(2)).expect("sim")), false);
+    let mut s =
+        Session::new(&w, Box::new(spy), N_CTX, opts, "sim", &mut |_, _| {}).expect("streamed");
     trace_last(&mut s, &prompt(), w.cfg.n_vocab as usize, 4);
     let dim = w.cfg.dim as usize;
     let log = calls.lock().expect("log").clone();
@@ -567,9 +672,17 @@ fn spy_run(opts: Options, slots: u64) -> (Vec<Call>, rotary::rotary::Stats, usiz
 fn cpu_experts_do_not_wait_for_the_demand_copies() {
     // Per-layer slots: a prompt's many experts overflow them, so layers load some and run the
     // rest on the CPU.
-    let opts = Options { alloc: Allocation::PerLayer, moe_policy: MoePolicy::Gpu, prefetch: false, ..Options::default() };
+    let opts = Options {
+        alloc: Allocation::PerLayer,
+        moe_policy: MoePolicy::Gpu,
+        prefetch: false,
+        ..Options::default()
+    };
     let (calls, st, dim) = spy_run(opts, 4 * 3);
-    assert!(st.cpu_experts > 0 && st.misses > st.cpu_experts, "loads and CPU experts both ran: {st}");
+    assert!(
+        st.cpu_experts > 0 && st.misses > st.cpu_experts,
+        "loads and CPU experts both ran: {st}"
+    );
     let mut copy_events = Vec::new();
     let (mut waiting, mut h_downloads, mut late) = (false, 0, 0);
     for c in &calls {
@@ -639,13 +752,26 @@ fn cuda_without_the_wait_on_copied_experts_goes_wrong() {
     let want = trace_last(&mut resident, &prompt(), n_vocab, 4);
     let budget = resident.plan.fixed_bytes() + 3 * resident.plan.slot_bytes + slack("cuda");
     drop(resident);
-    let opts = Options { moe_policy: MoePolicy::Gpu, prefetch: false, max_slots: Some(3), ..Options::default() };
+    let opts = Options {
+        moe_policy: MoePolicy::Gpu,
+        prefetch: false,
+        max_slots: Some(3),
+        ..Options::default()
+    };
     let inner = open_device(BackendKind::Cuda, 0, Some(budget), 0.0, Some(2)).expect("cuda");
     let (dev, _) = Spy::new(inner, true);
-    let mut s = Session::new(&w, Box::new(dev), N_CTX, opts, "cuda", &mut |_, _| {}).expect("streamed");
+    let mut s =
+        Session::new(&w, Box::new(dev), N_CTX, opts, "cuda", &mut |_, _| {}).expect("streamed");
     let got = trace_last(&mut s, &prompt(), n_vocab, 4);
-    let same = got.iter().zip(&want).all(|(g, w)| g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()));
-    println!("cuda without the copy wait: {}; {}", if same { "identical" } else { "differs" }, s.stats());
+    let same = got
+        .iter()
+        .zip(&want)
+        .all(|(g, w)| g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()));
+    println!(
+        "cuda without the copy wait: {}; {}",
+        if same { "identical" } else { "differs" },
+        s.stats()
+    );
     assert!(s.stats().misses > 0);
     assert!(!same, "a MoE kernel reading experts still being copied went unnoticed");
 }

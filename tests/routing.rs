@@ -2,12 +2,12 @@
 //! rate, trace replay, the recorder's round trip through a real run, and that a routing mode
 //! changes which experts run while the router's weights stay its own.
 
+use rotary::model::weights::{ModelFile, Weights};
 use rotary::ops::oracle::softmax;
 use rotary::rotary::BackendKind;
-use rotary::{Logits, Session};
-use rotary::model::weights::{ModelFile, Weights};
-use rotary::Engine;
 use rotary::routing::{Recorder, Router, RoutingMode, Trace};
+use rotary::Engine;
+use rotary::{Logits, Session};
 
 #[test]
 fn modes_parse_and_reject_clearly() {

@@ -25,10 +25,8 @@ fn file_from_header(header: &str, data: &[u8]) -> Vec<u8> {
 fn serialize(tensors: &[Spec], metadata: &[(&str, &str)]) -> Vec<u8> {
     let mut entries = Vec::new();
     if !metadata.is_empty() {
-        let kv: Vec<String> = metadata
-            .iter()
-            .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
-            .collect();
+        let kv: Vec<String> =
+            metadata.iter().map(|(k, v)| format!("{}:{}", json_str(k), json_str(v))).collect();
         entries.push(format!("\"__metadata__\":{{{}}}", kv.join(",")));
     }
     let mut data = Vec::new();
@@ -201,8 +199,12 @@ struct Case {
     mentions: &'static str,
 }
 
-fn case(what: &'static str, bytes: Vec<u8>, want: fn(&Error) -> bool, mentions: &'static str)
-    -> Case {
+fn case(
+    what: &'static str,
+    bytes: Vec<u8>,
+    want: fn(&Error) -> bool,
+    mentions: &'static str,
+) -> Case {
     Case { what, bytes, want, mentions }
 }
 
@@ -252,16 +254,25 @@ fn header_cases() -> Vec<Case> {
     vec![
         case("empty file", vec![], is_truncated, "header length"),
         case("7 bytes", vec![2, 0, 0, 0, 0, 0, 0], is_truncated, "header length"),
-        case("N over the 100 MB cap", huge(100_000_001), |e| {
-            matches!(e, Error::CountTooLarge { count: 100_000_001, .. })
-        }, "header length"),
-        case("N = u64::MAX", huge(u64::MAX), |e| {
-            matches!(e, Error::CountTooLarge { .. })
-        }, "header length"),
+        case(
+            "N over the 100 MB cap",
+            huge(100_000_001),
+            |e| matches!(e, Error::CountTooLarge { count: 100_000_001, .. }),
+            "header length",
+        ),
+        case(
+            "N = u64::MAX",
+            huge(u64::MAX),
+            |e| matches!(e, Error::CountTooLarge { .. }),
+            "header length",
+        ),
         case("N past the end", huge(3), is_truncated, "JSON header"),
-        case("header not UTF-8", not_utf8, |e| {
-            matches!(e, Error::InvalidUtf8 { offset: 10, .. })
-        }, "JSON header"),
+        case(
+            "header not UTF-8",
+            not_utf8,
+            |e| matches!(e, Error::InvalidUtf8 { offset: 10, .. }),
+            "JSON header",
+        ),
         case("header starts with a space", file_from_header(" {}", &[]), is_safetensors, "'{'"),
         case("header is an array", file_from_header("[]", &[]), is_safetensors, "'{'"),
         case("empty header (N = 0)", file_from_header("", &[]), is_safetensors, "empty"),
@@ -281,22 +292,37 @@ fn duplicate_and_metadata_cases() -> Vec<Case> {
     let meta_number = file_from_header("{\"__metadata__\":{\"k\":1}}", &[]);
     let meta_array = file_from_header("{\"__metadata__\":[\"k\"]}", &[]);
     vec![
-        case("duplicate tensor name", dup, |e| {
-            matches!(e, Error::DuplicateTensor { name } if name == "w")
-        }, "'w'"),
-        case("duplicate name via \\u escape", escaped, |e| {
-            matches!(e, Error::DuplicateTensor { name } if name == "w")
-        }, "'w'"),
+        case(
+            "duplicate tensor name",
+            dup,
+            |e| matches!(e, Error::DuplicateTensor { name } if name == "w"),
+            "'w'",
+        ),
+        case(
+            "duplicate name via \\u escape",
+            escaped,
+            |e| matches!(e, Error::DuplicateTensor { name } if name == "w"),
+            "'w'",
+        ),
         case("duplicate field in an entry", dup_field, is_bad_w, "key 'dtype' appears twice"),
-        case("duplicate metadata key", dup_meta, |e| {
-            matches!(e, Error::DuplicateKey { key } if key == "__metadata__.k")
-        }, "__metadata__.k"),
-        case("metadata value not a string", meta_number, |e| {
-            matches!(e, Error::KeyType { key, .. } if key == "__metadata__.k")
-        }, "__metadata__.k"),
-        case("metadata not an object", meta_array, |e| {
-            matches!(e, Error::KeyType { key, .. } if key == "__metadata__")
-        }, "__metadata__"),
+        case(
+            "duplicate metadata key",
+            dup_meta,
+            |e| matches!(e, Error::DuplicateKey { key } if key == "__metadata__.k"),
+            "__metadata__.k",
+        ),
+        case(
+            "metadata value not a string",
+            meta_number,
+            |e| matches!(e, Error::KeyType { key, .. } if key == "__metadata__.k"),
+            "__metadata__.k",
+        ),
+        case(
+            "metadata not an object",
+            meta_array,
+            |e| matches!(e, Error::KeyType { key, .. } if key == "__metadata__"),
+            "__metadata__",
+        ),
     ]
 }
 
@@ -337,9 +363,12 @@ fn layout_cases() -> Vec<Case> {
         case("gap between tensors", two("[0,4]", "[8,12]", 12), is_bad_b, "gap after tensor 'a'"),
         case("overlapping tensors", two("[0,4]", "[2,6]", 6), is_bad_b, "overlaps tensor 'a'"),
         case("same offsets twice", two("[0,4]", "[0,4]", 4), is_bad_b, "overlaps tensor 'a'"),
-        case("zero-size tensor inside another", zero_inside, |e| {
-            matches!(e, Error::BadTensor { name, .. } if name == "z")
-        }, "overlaps tensor 'a'"),
+        case(
+            "zero-size tensor inside another",
+            zero_inside,
+            |e| matches!(e, Error::BadTensor { name, .. } if name == "z"),
+            "overlaps tensor 'a'",
+        ),
         case("trailing bytes", two("[0,4]", "[4,8]", 9), is_safetensors, "last tensor 'b'"),
         case("data past the end", two("[0,4]", "[4,8]", 6), is_truncated, "tensor 'b'"),
         case("offset near u64::MAX", far, is_bad_w, "start at 0"),

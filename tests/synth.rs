@@ -150,12 +150,13 @@ fn qwen35_presets_and_the_mtp_block() {
     assert_eq!(cfg.tensor_table().len(), 733);
     assert_eq!(cfg.tensor_table().len() + cfg.mtp_tensors().len(), 753);
 
+    use rotary::model::weights::{ModelFile, Weights};
     use rotary::rotary::BackendKind;
     use rotary::{Engine, Logits, Session};
-    use rotary::model::weights::{ModelFile, Weights};
     let mut logits = Vec::new();
     for mtp in [false, true] {
-        let mut opts = SynthOptions::new(Preset::by_name("qwen35-tiny").unwrap(), QuantMix::Q8_0, 2);
+        let mut opts =
+            SynthOptions::new(Preset::by_name("qwen35-tiny").unwrap(), QuantMix::Q8_0, 2);
         opts.mtp = mtp;
         let g = Gguf::from_bytes(synth::to_bytes(&opts).unwrap()).unwrap();
         assert_eq!(g.tensors.len(), if mtp { 169 } else { 149 });

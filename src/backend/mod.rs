@@ -32,7 +32,13 @@ pub struct Mat<'a> {
 
 impl<'a> Mat<'a> {
     /// A matrix view, checking that `data` holds exactly rows x cols elements of `ty`.
-    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8], name: &str) -> Result<Mat<'a>> {
+    pub fn new(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+        name: &str,
+    ) -> Result<Mat<'a>> {
         let row_bytes = ty.row_bytes(cols as u64);
         let want = row_bytes.and_then(|r| r.checked_mul(rows as u64));
         if want != Some(data.len() as u64) {
@@ -60,7 +66,12 @@ impl<'a> Mat<'a> {
     pub fn rows_slice(&self, start: usize, count: usize) -> Mat<'a> {
         assert!(start + count <= self.rows, "rows {start}+{count} of {}", self.rows);
         let n = self.row_bytes();
-        Mat { ty: self.ty, rows: count, cols: self.cols, data: &self.data[start * n..(start + count) * n] }
+        Mat {
+            ty: self.ty,
+            rows: count,
+            cols: self.cols,
+            data: &self.data[start * n..(start + count) * n],
+        }
     }
 }
 

@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use rotary::bench::{self, PaperResult, SweepPoint};
-use rotary::units::{self, human_bytes};
 use rotary::model::weights::{ModelFile, Weights};
-use rotary::rotary::BackendKind;
-use rotary::Engine;
 use rotary::rotary::cache::Policy;
+use rotary::rotary::BackendKind;
 use rotary::routing::RoutingMode;
 use rotary::synth::{self, Preset, QuantMix, SynthOptions};
+use rotary::units::{self, human_bytes};
+use rotary::Engine;
 use rotary::{Error, Result};
 
 use super::session::{backend_kind, cache_policy, open_stream, router};
@@ -41,7 +41,8 @@ fn cached_preset(name: &str, quant: &str) -> Result<PathBuf> {
     let opts = SynthOptions::new(Preset::by_name(name)?, QuantMix::by_name(quant)?, 0);
     let total = synth::plan(&opts)?.0.layout()?.file_bytes;
     let tmp = path.with_extension("gguf.partial");
-    let bar = bytes_bar(total, &format!("synth {name} {quant} (once, cached in {})", base.display()));
+    let bar =
+        bytes_bar(total, &format!("synth {name} {quant} (once, cached in {})", base.display()));
     synth::write(&opts, &tmp, &mut |done, _| bar.set_position(done))?;
     bar.finish_and_clear();
     std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
@@ -68,13 +69,21 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
     };
     let host = !backend.is_device();
     if host && p.sweep.is_some() {
-        return Err(Error::Usage("--sweep needs --backend cuda or sim (a VRAM cache to sweep)".into()));
+        return Err(Error::Usage(
+            "--sweep needs --backend cuda or sim (a VRAM cache to sweep)".into(),
+        ));
     }
     let mut notes = Vec::new();
     let path = match &args.model {
         Some(m) => m.clone(),
         None => {
-            let preset = p.preset.clone().unwrap_or_else(|| if backend == BackendKind::Cuda { "qwen3-30b-a3b".into() } else { "small".into() });
+            let preset = p.preset.clone().unwrap_or_else(|| {
+                if backend == BackendKind::Cuda {
+                    "qwen3-30b-a3b".into()
+                } else {
+                    "small".into()
+                }
+            });
             if !matches!(preset.as_str(), "qwen3-30b-a3b" | "qwen35-35b-a3b") {
                 notes.push(format!("scaled preset '{preset}' (not a real model's shape)"));
             }
@@ -85,7 +94,10 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         notes.push("CPU engine: every weight in host memory, no VRAM budget".to_string());
     }
     if backend == BackendKind::Sim {
-        notes.push(format!("simulated GPU: CPU kernels, {} GB/s link; tok/s is not a GPU figure", args.rotary.sim_link_gbps));
+        notes.push(format!(
+            "simulated GPU: CPU kernels, {} GB/s link; tok/s is not a GPU figure",
+            args.rotary.sim_link_gbps
+        ));
     }
     let file = ModelFile::open(&path)?;
     let weights = Weights::load(&file)?;
@@ -93,24 +105,7 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
     let prompt = tok.encode(bench::PAPER_PROMPT, true)?;
     let n_decode = p.n_decode.unwrap_or(bench::PAPER_DECODE);
     let n_ctx = (prompt.len() + n_decode + 1).div_ceil(256) * 256;
-    let r = &args.rotary;
-    let user_budget = r.vram_budget.as_deref().map(units::parse_size).transpose()?;
-    // The budget: the flag; on a GPU 8 GiB; on the simulator the 30B's expert residency at
-    // 8 GiB applied to this model (so the cache is as tight as on the paper's laptop).
-    let base = Config {
-        label: String::new(),
-        budget: user_budget.or(if backend == BackendKind::Cuda { Some(bench::PAPER_BUDGET) } else { None }),
-        residency: None,
-        policy: cache_policy(&r.cache_policy)?,
-        routing: args.routing.clone(),
-    };
-    let mut base = base;
-    if base.budget.is_none() {
-        let ctx = rotary::inspect::CUDA_CONTEXT_BYTES_ESTIMATE;
-        let res = bench::residency("qwen3-30b-a3b", QuantMix::Q4KM, 4096, bench::PAPER_BUDGET, ctx)?;
-        base.residency = Some(res);
-        notes.push(format!("budget scaled: the 30B-A3B's expert residency at 8 GiB ({:.1}%)", 100.0 * res));
-    }
+    let base = base_config(args, backend, &mut notes)?;
     let model = path.display().to_string();
     let configs = match &p.sweep {
         None => vec![base.clone()],
@@ -128,46 +123,16 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         results.push((c.clone(), res));
     }
     if p.json {
-        let rows: Vec<serde_json::Value> = results.iter().map(|(c, r)| {
-            let mut v = r.to_json(c.budget);
-            v["label"] = serde_json::json!(c.label);
-            v
-        }).collect();
-        let out = if rows.len() == 1 { rows[0].clone() } else { serde_json::json!({ "sweep": rows }) };
-        println!("{out}");
+        print_json(&results);
     }
     if let Some(spec) = &p.sweep {
-        let (what, _) = spec.split_once('=').unwrap_or((spec, ""));
-        let points: Vec<SweepPoint> = results
-            .iter()
-            .enumerate()
-            .map(|(i, (c, r))| SweepPoint {
-                label: c.label.clone(),
-                x: match (what, c.budget, c.residency) {
-                    ("vram", Some(b), _) => b as f64 / (1u64 << 30) as f64,
-                    ("vram", None, Some(f)) => 100.0 * f,
-                    _ => i as f64,
-                },
-                decode_tok_s: r.decode_tok_s,
-                hit_rate: r.stats.as_ref().map_or(0.0, |s| s.hit_rate()),
-            })
-            .collect();
-        let x_label = match what {
-            "vram" if configs[0].budget.is_some() => "VRAM budget (GiB)",
-            "vram" => "expert cache residency (% of experts)",
-            "policy" => "cache policy",
-            _ => "routing",
-        };
-        let title = format!("rotary: decode and hit rate, {} ({backend}, routing {})", short(&model), base.routing, backend = backend.name());
-        let svg = bench::sweep_svg(&title, x_label, &points);
-        std::fs::write(&p.plot, svg).map_err(|e| Error::Io { path: p.plot.clone(), source: e })?;
-        eprintln!("chart: {}", p.plot.display());
-        // The PNG beside it, rendered by librsvg's rsvg-convert when it is installed.
-        let png = p.plot.with_extension("png");
-        match std::process::Command::new("rsvg-convert").arg(&p.plot).arg("-o").arg(&png).status() {
-            Ok(st) if st.success() => eprintln!("chart: {}", png.display()),
-            _ => eprintln!("(no PNG: install rsvg-convert, e.g. apt-get install librsvg2-bin)"),
-        }
+        let title = format!(
+            "rotary: decode and hit rate, {} ({}, routing {})",
+            short(&model),
+            backend.name(),
+            base.routing
+        );
+        sweep_chart(spec, &results, &title, &p.plot)?;
     }
     Ok(())
 }
@@ -176,10 +141,99 @@ fn short(path: &str) -> &str {
     Path::new(path).file_name().and_then(|f| f.to_str()).unwrap_or(path)
 }
 
+/// The configuration every sweep point starts from. The budget: the flag; on a GPU 8 GiB; on
+/// the simulator the 30B's expert residency at 8 GiB applied to this model (so the cache is as
+/// tight as on the paper's laptop).
+fn base_config(args: &ModelArgs, backend: BackendKind, notes: &mut Vec<String>) -> Result<Config> {
+    let r = &args.rotary;
+    let user_budget = r.vram_budget.as_deref().map(units::parse_size).transpose()?;
+    let mut base = Config {
+        label: String::new(),
+        budget: user_budget.or(if backend == BackendKind::Cuda {
+            Some(bench::PAPER_BUDGET)
+        } else {
+            None
+        }),
+        residency: None,
+        policy: cache_policy(&r.cache_policy)?,
+        routing: args.routing.clone(),
+    };
+    if base.budget.is_none() {
+        let ctx = rotary::inspect::CUDA_CONTEXT_BYTES_ESTIMATE;
+        let res =
+            bench::residency("qwen3-30b-a3b", QuantMix::Q4KM, 4096, bench::PAPER_BUDGET, ctx)?;
+        base.residency = Some(res);
+        notes.push(format!(
+            "budget scaled: the 30B-A3B's expert residency at 8 GiB ({:.1}%)",
+            100.0 * res
+        ));
+    }
+    Ok(base)
+}
+
+/// One result as JSON, or a sweep's as {"sweep": [...]}.
+fn print_json(results: &[(Config, PaperResult)]) {
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(c, r)| {
+            let mut v = r.to_json(c.budget);
+            v["label"] = serde_json::json!(c.label);
+            v
+        })
+        .collect();
+    let out = if rows.len() == 1 { rows[0].clone() } else { serde_json::json!({ "sweep": rows }) };
+    println!("{out}");
+}
+
+/// A sweep's SVG chart (and a PNG beside it where rsvg-convert is installed).
+fn sweep_chart(
+    spec: &str,
+    results: &[(Config, PaperResult)],
+    title: &str,
+    plot: &Path,
+) -> Result<()> {
+    let (what, _) = spec.split_once('=').unwrap_or((spec, ""));
+    let points: Vec<SweepPoint> = results
+        .iter()
+        .enumerate()
+        .map(|(i, (c, r))| SweepPoint {
+            label: c.label.clone(),
+            x: match (what, c.budget, c.residency) {
+                ("vram", Some(b), _) => b as f64 / (1u64 << 30) as f64,
+                ("vram", None, Some(f)) => 100.0 * f,
+                _ => i as f64,
+            },
+            decode_tok_s: r.decode_tok_s,
+            hit_rate: r.stats.as_ref().map_or(0.0, |s| s.hit_rate()),
+        })
+        .collect();
+    let x_label = match what {
+        "vram" if results[0].0.budget.is_some() => "VRAM budget (GiB)",
+        "vram" => "expert cache residency (% of experts)",
+        "policy" => "cache policy",
+        _ => "routing",
+    };
+    let svg = bench::sweep_svg(title, x_label, &points);
+    std::fs::write(plot, svg).map_err(|e| Error::Io { path: plot.to_path_buf(), source: e })?;
+    eprintln!("chart: {}", plot.display());
+    // The PNG beside it, rendered by librsvg's rsvg-convert when it is installed.
+    let png = plot.with_extension("png");
+    match std::process::Command::new("rsvg-convert").arg(plot).arg("-o").arg(&png).status() {
+        Ok(st) if st.success() => eprintln!("chart: {}", png.display()),
+        _ => eprintln!("(no PNG: install rsvg-convert, e.g. apt-get install librsvg2-bin)"),
+    }
+    Ok(())
+}
+
 /// `vram=4,5,6.3,8,12GiB` (a unit on the last value applies to all), `vram=10%,25%`,
 /// `policy=lru,lfru,layer`, `routing=model,sticky:0.45`.
 fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
-    let bad = || Error::Usage(format!("--sweep {spec}: want vram=4,6.3,8GiB, vram=10%,25%, policy=lru,lfru,layer or routing=model,sticky:0.45"));
+    let bad = || {
+        Error::Usage(format!(
+            "--sweep {spec}: want vram=4,6.3,8GiB, vram=10%,25%, policy=lru,lfru,layer or \
+             routing=model,sticky:0.45"
+        ))
+    };
     let (what, list) = spec.split_once('=').ok_or_else(bad)?;
     let items: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     if items.is_empty() || items.len() > 32 {
@@ -188,7 +242,12 @@ fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
     let mut out = Vec::new();
     match what {
         "vram" => {
-            let unit: String = items.last().expect("non-empty").chars().skip_while(|c| c.is_ascii_digit() || *c == '.').collect();
+            let unit: String = items
+                .last()
+                .expect("non-empty")
+                .chars()
+                .skip_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
             for it in &items {
                 let mut c = base.clone();
                 c.label = it.to_string();
@@ -199,7 +258,11 @@ fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
                     }
                     (c.budget, c.residency) = (None, Some(f / 100.0));
                 } else {
-                    let with_unit = if it.chars().any(|ch| ch.is_ascii_alphabetic()) { it.to_string() } else { format!("{it}{unit}") };
+                    let with_unit = if it.chars().any(|ch| ch.is_ascii_alphabetic()) {
+                        it.to_string()
+                    } else {
+                        format!("{it}{unit}")
+                    };
                     (c.budget, c.residency) = (Some(units::parse_size(&with_unit)?), None);
                     c.label = with_unit;
                 }
@@ -254,8 +317,14 @@ fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
     if let Some(r) = router(&c.routing, &w.cfg, None)? {
         s.set_router(r);
     }
-    eprintln!("{}: {} | {} expert slots of {} ({:.1}%)", c.label_or("run"), s.device(), s.plan.n_slots,
-        s.plan.n_experts_total, 100.0 * s.plan.n_slots as f64 / s.plan.n_experts_total.max(1) as f64);
+    eprintln!(
+        "{}: {} | {} expert slots of {} ({:.1}%)",
+        c.label_or("run"),
+        s.device(),
+        s.plan.n_slots,
+        s.plan.n_experts_total,
+        100.0 * s.plan.n_slots as f64 / s.plan.n_experts_total.max(1) as f64
+    );
     let mut r = bench::paper_run(&mut s, prompt, n_decode)?;
     r.device = s.device();
     r.routing = c.routing.clone();
@@ -263,7 +332,10 @@ fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
     if let Some(st) = &r.stats {
         let tokens = st.tokens.max(1) as f64;
         let cpu_bytes = st.cpu_experts as f64 * s.expert_bytes_avg() / tokens;
-        r.projection = Some(bench::project(s.read_bytes_per_token() as f64, st.h2d_bytes_per_token() + cpu_bytes));
+        r.projection = Some(bench::project(
+            s.read_bytes_per_token() as f64,
+            st.h2d_bytes_per_token() + cpu_bytes,
+        ));
     }
     Ok(r)
 }
@@ -283,12 +355,19 @@ fn run_host(j: &Job, c: &Config) -> Result<PaperResult> {
 
 impl Config {
     fn label_or<'a>(&'a self, d: &'a str) -> &'a str {
-        if self.label.is_empty() { d } else { &self.label }
+        if self.label.is_empty() {
+            d
+        } else {
+            &self.label
+        }
     }
 }
 
 fn print_result(c: &Config, r: &PaperResult) {
-    println!("== bench --paper{} ==", if c.label.is_empty() { String::new() } else { format!(" {}", c.label) });
+    println!(
+        "== bench --paper{} ==",
+        if c.label.is_empty() { String::new() } else { format!(" {}", c.label) }
+    );
     println!("model      {}", r.model);
     println!("device     {} ({})", r.device, r.backend);
     if !r.note.is_empty() {
@@ -310,7 +389,8 @@ fn print_result(c: &Config, r: &PaperResult) {
     );
     if let Some(p) = &r.projection {
         println!(
-            "projection RTX 4060 Laptop (PCIe 4.0 x8, 11.8 GB/s; 256 GB/s VRAM): {:.1} tok/s serial, {:.1} tok/s with full overlap [a projection, not a measurement]",
+            "projection RTX 4060 Laptop (PCIe 4.0 x8, 11.8 GB/s; 256 GB/s VRAM): {:.1} tok/s \
+             serial, {:.1} tok/s with full overlap [a projection, not a measurement]",
             p.serial_tok_s, p.overlap_tok_s
         );
         println!("           {}", p.formula);

@@ -25,11 +25,18 @@ pub struct ServeArgs {
 /// The text of --chat-template-file (bounded like every config file we read).
 pub fn template_file(path: Option<&std::path::Path>) -> Result<Option<String>> {
     let Some(path) = path else { return Ok(None) };
-    let meta = std::fs::metadata(path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
     if meta.len() > rotary::limits::JSON_CONFIG_BYTES_MAX {
-        return Err(Error::Usage(format!("{}: a chat template over {} bytes", path.display(), rotary::limits::JSON_CONFIG_BYTES_MAX)));
+        return Err(Error::Usage(format!(
+            "{}: a chat template over {} bytes",
+            path.display(),
+            rotary::limits::JSON_CONFIG_BYTES_MAX
+        )));
     }
-    std::fs::read_to_string(path).map(Some).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map(Some)
+        .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
 }
 
 /// The model's name for /v1/models: its file or folder name.
@@ -93,7 +100,10 @@ pub fn cmd_serve(args: ModelArgs, s: ServeArgs) -> Result<()> {
             .await
             .map_err(|e| Error::Usage(format!("cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr().map_err(|e| Error::Usage(e.to_string()))?;
-        eprintln!("rotary serve: listening on http://{local} (OpenAI API at http://{local}/v1; Ctrl-C stops)");
+        eprintln!(
+            "rotary serve: listening on http://{local} \
+             (OpenAI API at http://{local}/v1; Ctrl-C stops)"
+        );
         let stop = shutdown.clone();
         let signal = async move {
             wait_for_signal().await;
@@ -147,7 +157,10 @@ pub fn cmd_chat(args: &ModelArgs, c: ChatArgs) -> Result<()> {
     with_session(args, None, |engine, tok| {
         let template = match &c.template {
             Some(t) => t.clone(),
-            None => tok.chat_template().ok_or_else(|| Error::Usage("the model has no chat template".into()))?.to_string(),
+            None => tok
+                .chat_template()
+                .ok_or_else(|| Error::Usage("the model has no chat template".into()))?
+                .to_string(),
         };
         let metrics = Metrics::default();
         let mut cache = PromptCache { tokens: Vec::new() };
@@ -156,13 +169,17 @@ pub fn cmd_chat(args: &ModelArgs, c: ChatArgs) -> Result<()> {
         messages.extend(system.clone());
         let stdin = std::io::stdin();
         let mut out = std::io::stdout();
-        eprintln!("rotary chat: /exit to quit, /clear to start over, /save FILE to keep the conversation");
+        eprintln!(
+            "rotary chat: /exit to quit, /clear to start over, /save FILE to keep the conversation"
+        );
         let mut turn = 0u64;
         loop {
             print!("> ");
             let _ = out.flush();
             let mut line = String::new();
-            if stdin.lock().read_line(&mut line).map_err(|e| Error::Usage(format!("stdin: {e}")))? == 0 {
+            if stdin.lock().read_line(&mut line).map_err(|e| Error::Usage(format!("stdin: {e}")))?
+                == 0
+            {
                 println!();
                 return Ok(());
             }
@@ -191,7 +208,10 @@ pub fn cmd_chat(args: &ModelArgs, c: ChatArgs) -> Result<()> {
             let text = rotary::chat::render_json(&template, &messages, None, c.think)?;
             let ids = tok.encode(&text, true)?;
             let gen = GenRequest {
-                sampling: rotary::sample::SamplerParams { seed: sampling.seed.wrapping_add(turn), ..sampling.clone() },
+                sampling: rotary::sample::SamplerParams {
+                    seed: sampling.seed.wrapping_add(turn),
+                    ..sampling.clone()
+                },
                 max_tokens: Some(c.n_predict),
                 stops: Vec::new(),
                 presence_penalty: 0.0,
@@ -208,11 +228,20 @@ pub fn cmd_chat(args: &ModelArgs, c: ChatArgs) -> Result<()> {
                 let _ = out.flush();
                 answer.push_str(&t);
             };
-            let o = run_job(engine, tok, &mut cache, (&ids, &gen), &mut emit, &cancel::requested, &metrics)
-                .map_err(|e| Error::Usage(e.message))?;
+            let o = run_job(
+                engine,
+                tok,
+                &mut cache,
+                (&ids, &gen),
+                &mut emit,
+                &cancel::requested,
+                &metrics,
+            )
+            .map_err(|e| Error::Usage(e.message))?;
             println!();
             eprintln!(
-                "(prompt {} tokens, {} from the cache, {} evaluated | {} tokens at {:.1} tok/s, {})",
+                "(prompt {} tokens, {} from the cache, {} evaluated | \
+                 {} tokens at {:.1} tok/s, {})",
                 o.prompt_tokens,
                 o.cached_tokens,
                 o.prompt_tokens - o.cached_tokens,

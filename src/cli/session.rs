@@ -84,7 +84,10 @@ pub fn with_session<T>(
     }
     let budget = args.rotary.vram_budget.as_deref().map(units::parse_size).transpose()?;
     if budget.is_some() && !kind.is_device() {
-        return Err(Error::Usage(format!("--vram-budget needs --backend cuda or sim (not {})", kind.name())));
+        return Err(Error::Usage(format!(
+            "--vram-budget needs --backend cuda or sim (not {})",
+            kind.name()
+        )));
     }
     if args.model.is_none() {
         eprintln!("no model given (-m): using the embedded tiny model with random weights");
@@ -141,7 +144,8 @@ pub fn open_stream<'w>(
     })
     .map_err(|e| match e {
         Error::TooFewSlots { .. } => Error::Usage(format!(
-            "{e}: raise --vram-budget, use --cache-alloc global, or --moe-policy cpu to compute missed experts on the CPU"
+            "{e}: raise --vram-budget, use --cache-alloc global, or --moe-policy cpu to compute \
+             missed experts on the CPU"
         )),
         e => e,
     })?;
@@ -155,7 +159,8 @@ pub fn router(
     cfg: &rotary::model::ModelConfig,
     record: Option<&Path>,
 ) -> Result<Option<rotary::routing::Router>> {
-    let mode = rotary::routing::RoutingMode::parse(routing).map_err(|e| Error::Usage(format!("--routing: {e}")))?;
+    let mode = rotary::routing::RoutingMode::parse(routing)
+        .map_err(|e| Error::Usage(format!("--routing: {e}")))?;
     if matches!(mode, rotary::routing::RoutingMode::Model) && record.is_none() {
         return Ok(None);
     }

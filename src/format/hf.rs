@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::format::safetensors::{json_type, parse_json_strict, SafetensorsFile, TensorInfo,
-    TensorView};
+use crate::format::safetensors::{
+    json_type, parse_json_strict, SafetensorsFile, TensorInfo, TensorView,
+};
 use crate::limits;
 
 pub const CONFIG_FILE: &str = "config.json";

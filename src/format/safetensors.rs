@@ -38,13 +38,39 @@ pub const METADATA_KEY: &str = "__metadata__";
 /// sizes are known) but nothing computes with them.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Dtype {
-    Bool, U8, I8, I16, U16, F16, Bf16, I32, U32, F32, F64, I64, U64, F8E4M3, F8E5M2,
+    Bool,
+    U8,
+    I8,
+    I16,
+    U16,
+    F16,
+    Bf16,
+    I32,
+    U32,
+    F32,
+    F64,
+    I64,
+    U64,
+    F8E4M3,
+    F8E5M2,
 }
 
 impl Dtype {
     pub const ALL: [Dtype; 15] = [
-        Dtype::Bool, Dtype::U8, Dtype::I8, Dtype::I16, Dtype::U16, Dtype::F16, Dtype::Bf16,
-        Dtype::I32, Dtype::U32, Dtype::F32, Dtype::F64, Dtype::I64, Dtype::U64, Dtype::F8E4M3,
+        Dtype::Bool,
+        Dtype::U8,
+        Dtype::I8,
+        Dtype::I16,
+        Dtype::U16,
+        Dtype::F16,
+        Dtype::Bf16,
+        Dtype::I32,
+        Dtype::U32,
+        Dtype::F32,
+        Dtype::F64,
+        Dtype::I64,
+        Dtype::U64,
+        Dtype::F8E4M3,
         Dtype::F8E5M2,
     ];
 
@@ -52,9 +78,21 @@ impl Dtype {
     pub fn name(self) -> &'static str {
         use Dtype::*;
         match self {
-            Bool => "BOOL", U8 => "U8", I8 => "I8", I16 => "I16", U16 => "U16", F16 => "F16",
-            Bf16 => "BF16", I32 => "I32", U32 => "U32", F32 => "F32", F64 => "F64",
-            I64 => "I64", U64 => "U64", F8E4M3 => "F8_E4M3", F8E5M2 => "F8_E5M2",
+            Bool => "BOOL",
+            U8 => "U8",
+            I8 => "I8",
+            I16 => "I16",
+            U16 => "U16",
+            F16 => "F16",
+            Bf16 => "BF16",
+            I32 => "I32",
+            U32 => "U32",
+            F32 => "F32",
+            F64 => "F64",
+            I64 => "I64",
+            U64 => "U64",
+            F8E4M3 => "F8_E4M3",
+            F8E5M2 => "F8_E5M2",
         }
     }
 

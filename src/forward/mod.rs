@@ -69,7 +69,6 @@ struct Experts {
     ffn: usize,
 }
 
-
 pub struct Session<'w> {
     w: &'w Weights<'w>,
     dev: Box<dyn Device + 'w>,
@@ -113,13 +112,16 @@ impl<'w> Session<'w> {
         let mut plan = Plan::new(&c, n_ctx, dense, slot, dev.overhead_bytes(), dev.budget_bytes())?;
         plan.n_slots = plan.n_slots.min(opts.max_slots.unwrap_or(usize::MAX));
         check_slots(&plan, &c, &opts)?;
-        let experts_total: u64 = w.layers.iter().map(|l| l.experts.len() as u64).sum::<u64>() * slot;
+        let experts_total: u64 =
+            w.layers.iter().map(|l| l.experts.len() as u64).sum::<u64>() * slot;
         let total = dense + experts_total;
         let dw = DeviceWeights::upload(w, dev.as_mut(), n_ctx, &mut |done| progress(done, total))?;
         let ubatch = dev.max_batch();
         let s = Scratch::new(dev.as_mut(), &c, ubatch)?;
         let threads = opts.threads;
-        let rotary = Residency::new(w, dev.as_mut(), &mut plan, &dw.layers, opts, &mut |done| progress(dense + done, total))?;
+        let rotary = Residency::new(w, dev.as_mut(), &mut plan, &dw.layers, opts, &mut |done| {
+            progress(dense + done, total)
+        })?;
         // Every allocation above was zeroed, and the dense weights uploaded, on the compute
         // stream; expert copies run on the copy and prefetch streams, which no event orders
         // after that: this wait makes the order explicit.
@@ -144,9 +146,21 @@ impl<'w> Session<'w> {
     }
 
     /// A session on `kind` with default options and no budget (tests, tools).
-    pub fn open(w: &'w Weights<'w>, kind: BackendKind, n_ctx: usize, threads: Option<usize>) -> Result<Session<'w>> {
+    pub fn open(
+        w: &'w Weights<'w>,
+        kind: BackendKind,
+        n_ctx: usize,
+        threads: Option<usize>,
+    ) -> Result<Session<'w>> {
         let dev = crate::rotary::open_device(kind, 0, None, Options::default().link_gbps, threads)?;
-        Session::new(w, dev, n_ctx, Options { threads, ..Options::default() }, kind.name(), &mut |_, _| {})
+        Session::new(
+            w,
+            dev,
+            n_ctx,
+            Options { threads, ..Options::default() },
+            kind.name(),
+            &mut |_, _| {},
+        )
     }
 
     /// What the run measured: the rotary's counters, the device's link, stall and peak.
@@ -170,7 +184,13 @@ impl<'w> Session<'w> {
     /// and the k experts of every layer.
     pub fn read_bytes_per_token(&self) -> u64 {
         let k = self.cfg.n_experts_used;
-        self.plan.dense_bytes + self.dw.layers.iter().map(|l| k * (2 * l.gate_bytes + l.down_bytes) as u64).sum::<u64>()
+        self.plan.dense_bytes
+            + self
+                .dw
+                .layers
+                .iter()
+                .map(|l| k * (2 * l.gate_bytes + l.down_bytes) as u64)
+                .sum::<u64>()
     }
 
     /// The average bytes of one expert.
@@ -227,7 +247,14 @@ impl<'w> Session<'w> {
     }
 
     /// residual (s.x) += Σ_j weights[t, j] · expert_{ids[t, j]}(s.h) over `e`'s pointer table.
-    fn launch_moe(&mut self, e: Experts, ids: Addr, weights: Addr, n: usize, k: usize) -> Result<()> {
+    fn launch_moe(
+        &mut self,
+        e: Experts,
+        ids: Addr,
+        weights: Addr,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
         let (s, n_experts) = (self.s, e.n_experts);
         self.launch(Kernel::Moe {
             ty_gate_up: e.ty_gate_up,
@@ -272,7 +299,11 @@ impl<'w> Session<'w> {
     }
 
     fn topk_norm(&self) -> TopkNorm {
-        if self.cfg.norm_topk_prob { TopkNorm::Renorm } else { TopkNorm::Softmax }
+        if self.cfg.norm_topk_prob {
+            TopkNorm::Renorm
+        } else {
+            TopkNorm::Softmax
+        }
     }
 }
 
@@ -283,7 +314,10 @@ impl Engine for Session<'_> {
             return Err(Error::Usage("no tokens to evaluate".into()));
         }
         if self.n_past + tokens.len() > self.plan.n_ctx {
-            return Err(Error::ContextOverflow { n_tokens: self.n_past + tokens.len(), n_ctx: self.plan.n_ctx });
+            return Err(Error::ContextOverflow {
+                n_tokens: self.n_past + tokens.len(),
+                n_ctx: self.plan.n_ctx,
+            });
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(Error::Usage(format!("token id {bad} is not below n_vocab {n_vocab}")));
@@ -358,12 +392,17 @@ impl Engine for Session<'_> {
 
 /// The shapes the GPU kernels accept, checked once against the model.
 fn check_shapes(c: &ModelConfig) -> Result<()> {
-    let bad = |what: String| Err(Error::Usage(format!("the device engine cannot run this model: {what}")));
+    let bad = |what: String| {
+        Err(Error::Usage(format!("the device engine cannot run this model: {what}")))
+    };
     if c.head_dim % 32 != 0 || c.head_dim > 256 {
         return bad(format!("head_dim {} is not a multiple of 32 up to 256", c.head_dim));
     }
     if c.n_experts > 512 || c.n_experts_used > 16 {
-        return bad(format!("{} experts, {} used (at most 512 and 16)", c.n_experts, c.n_experts_used));
+        return bad(format!(
+            "{} experts, {} used (at most 512 and 16)",
+            c.n_experts, c.n_experts_used
+        ));
     }
     if c.dim % 32 != 0 || c.expert_ffn_dim % 32 != 0 {
         return bad(format!("dim {} and ffn {} must be multiples of 32", c.dim, c.expert_ffn_dim));
@@ -371,7 +410,10 @@ fn check_shapes(c: &ModelConfig) -> Result<()> {
     if let Some(s) = &c.ssm {
         // The DeltaNet kernels' limits (csrc/include/abi.h).
         if s.conv_kernel > 8 || s.state_size > 256 {
-            return bad(format!("DeltaNet conv kernel {} (at most 8) and state size {} (at most 256)", s.conv_kernel, s.state_size));
+            return bad(format!(
+                "DeltaNet conv kernel {} (at most 8) and state size {} (at most 256)",
+                s.conv_kernel, s.state_size
+            ));
         }
     }
     Ok(())

@@ -19,8 +19,9 @@ impl Session<'_> {
             let (attn_norm, mixer) = (self.dw.layers[l].attn_norm, self.dw.layers[l].mixer);
             self.rmsnorm(s.x, attn_norm, s.h, n, dim)?; // h [n, dim]
             match mixer {
-                DMixer::Attention(a) => self.attention(a, n)?, // x += Wo · (attention(h) ⊙ σ(gate))
-                DMixer::DeltaNet(g) => self.delta_net(g, n)?,  // x += Wout · delta_net(h)
+                // x += Wo · (attention(h) ⊙ σ(gate))
+                DMixer::Attention(a) => self.attention(a, n)?,
+                DMixer::DeltaNet(g) => self.delta_net(g, n)?, // x += Wout · delta_net(h)
             }
             self.moe(l, n)?; // x += Σ_j w_j · expert_j(h'), h' = rmsnorm(x) (left in s.h)
             self.shared_expert(l, n)?; // x += σ(gate_inp · h') · shared(h')
@@ -32,7 +33,8 @@ impl Session<'_> {
     /// over the micro-batch, gated norm, x += Wout o. The layer's state advances by n tokens
     /// (prefill runs the same recurrence as decode, so both leave the same state).
     fn delta_net(&mut self, g: DDeltaNet, n: usize) -> Result<()> {
-        let DDeltaNet { qkv, z, beta, alpha, out, conv, dt_bias, a, norm, conv_state, ssm_state } = g;
+        let DDeltaNet { qkv, z, beta, alpha, out, conv, dt_bias, a, norm, conv_state, ssm_state } =
+            g;
         let sh = self.w.gdn.expect("DeltaNet layers come with a DeltaNet shape");
         let (s, dim, eps) = (self.s, self.cfg.dim as usize, self.cfg.rms_eps as f32);
         let (channels, n_v) = (sh.channels(), sh.n_v_heads);
@@ -41,7 +43,14 @@ impl Session<'_> {
         self.gemv(beta, s.h, s.gdn_b, n)?; // [n, n_v]
         self.gemv(alpha, s.h, s.gdn_a, n)?; // [n, n_v]
         let kernel = sh.conv_kernel;
-        self.launch(Kernel::GdnConv { x: s.gdn_x, state: conv_state, w: conv, n, channels, kernel })?;
+        self.launch(Kernel::GdnConv {
+            x: s.gdn_x,
+            state: conv_state,
+            w: conv,
+            n,
+            channels,
+            kernel,
+        })?;
         self.launch(Kernel::GdnGates { beta: s.gdn_b, alpha: s.gdn_a, dt_bias, a, n, n_v })?;
         self.launch(Kernel::GdnRule {
             qkv: s.gdn_x,
@@ -69,7 +78,13 @@ impl Session<'_> {
         let Some(sx) = self.dw.layers[l].shared else { return Ok(()) };
         self.gemv(sx.gate_inp, s.h, s.router, n)?; // [n, 1]
         self.launch(Kernel::Sigmoid { x: s.router, n })?;
-        let shared = Experts { table: sx.table, n_experts: 1, ty_gate_up: sx.ty_gate_up, ty_down: sx.ty_down, ffn: sx.ffn };
+        let shared = Experts {
+            table: sx.table,
+            n_experts: 1,
+            ty_gate_up: sx.ty_gate_up,
+            ty_down: sx.ty_down,
+            ffn: sx.ffn,
+        };
         self.launch_moe(shared, sx.ids, s.router, n, 1)
     }
 
@@ -78,7 +93,9 @@ impl Session<'_> {
         let Some(sh) = self.w.gdn else { return Ok(()) };
         let zeros = vec![0f32; sh.state_len().max(sh.conv_state_len())];
         for l in 0..self.dw.layers.len() {
-            if let DMixer::DeltaNet(DDeltaNet { conv_state, ssm_state, .. }) = self.dw.layers[l].mixer {
+            if let DMixer::DeltaNet(DDeltaNet { conv_state, ssm_state, .. }) =
+                self.dw.layers[l].mixer
+            {
                 upload(self.dev.as_mut(), conv_state, &zeros[..sh.conv_state_len()])?;
                 upload(self.dev.as_mut(), ssm_state, &zeros[..sh.state_len()])?;
             }

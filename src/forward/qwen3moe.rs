@@ -38,7 +38,14 @@ impl Session<'_> {
         match gate {
             AttnGate::Sigmoid => {
                 self.gemv(wq, s.h, s.qg, n)?; // qg [n, n_heads, 2 * head_dim]
-                self.launch(Kernel::SplitGate { qg: s.qg, q: s.q, gate: s.gate, n, n_heads, head_dim: hd })?;
+                self.launch(Kernel::SplitGate {
+                    qg: s.qg,
+                    q: s.q,
+                    gate: s.gate,
+                    n,
+                    n_heads,
+                    head_dim: hd,
+                })?;
             }
             AttnGate::None => self.gemv(wq, s.h, s.q, n)?, // q [n, n_heads * head_dim]
         }
@@ -48,11 +55,29 @@ impl Session<'_> {
         self.rmsnorm(s.k, k_norm, s.k, n * n_kv_heads, hd)?;
         let inv_freq = self.dw.inv_freq;
         for (x, heads) in [(s.q, n_heads), (s.k, n_kv_heads)] {
-            self.launch(Kernel::Rope { x, inv_freq, n, n_heads: heads, head_dim: hd, rope_dims, pos0 })?;
+            self.launch(Kernel::Rope {
+                x,
+                inv_freq,
+                n,
+                n_heads: heads,
+                head_dim: hd,
+                rope_dims,
+                pos0,
+            })?;
         }
         self.launch(Kernel::KvStore { cache, k: s.k, v: s.v, n, pos0 })?;
         let scale = 1.0 / (hd as f32).sqrt();
-        self.launch(Kernel::Attention { cache, q: s.q, o: s.o, n, n_heads, n_kv_heads, head_dim: hd, pos0, scale })?;
+        self.launch(Kernel::Attention {
+            cache,
+            q: s.q,
+            o: s.o,
+            n,
+            n_heads,
+            n_kv_heads,
+            head_dim: hd,
+            pos0,
+            scale,
+        })?;
         if gate == AttnGate::Sigmoid {
             self.launch(Kernel::SigmoidMul { y: s.o, g: s.gate, n: n * n_heads * hd })?;
         }
@@ -63,12 +88,21 @@ impl Session<'_> {
     /// x += Σ_j w_j · expert_j(h), h = rmsnorm(x) (left in s.h): router and top-k on the
     /// device, experts from the rotary (resident, cached, loaded or computed on the CPU).
     pub(super) fn moe(&mut self, l: usize, n: usize) -> Result<()> {
-        let (dim, k, n_experts) = (self.cfg.dim as usize, self.cfg.n_experts_used as usize, self.cfg.n_experts as usize);
+        let (dim, k, n_experts) =
+            (self.cfg.dim as usize, self.cfg.n_experts_used as usize, self.cfg.n_experts as usize);
         let (s, norm, ub) = (self.s, self.topk_norm(), self.ubatch);
         let (ffn_norm, router) = (self.dw.layers[l].ffn_norm, self.dw.layers[l].router);
         self.rmsnorm(s.x, ffn_norm, s.h, n, dim)?; // h [n, dim]
         self.gemv(router, s.h, s.router, n)?; // router logits [n, n_experts]
-        self.launch(Kernel::TopkMoe { logits: s.router, ids: s.ids, weights: s.weights, n, n_experts, k, norm })?;
+        self.launch(Kernel::TopkMoe {
+            logits: s.router,
+            ids: s.ids,
+            weights: s.weights,
+            n,
+            n_experts,
+            k,
+            norm,
+        })?;
         let host_ids = self.route_on_host(l, n)?;
         let resident = self.rotary.resident;
         let predict = !resident && self.rotary.prefetches() && l + 1 < self.dw.layers.len();
@@ -102,7 +136,13 @@ impl Session<'_> {
         }
         let ly = &self.dw.layers[l];
         let ffn = self.cfg.expert_ffn_dim as usize;
-        let routed = Experts { table: ly.tables, n_experts, ty_gate_up: ly.ty_gate_up, ty_down: ly.ty_down, ffn };
+        let routed = Experts {
+            table: ly.tables,
+            n_experts,
+            ty_gate_up: ly.ty_gate_up,
+            ty_down: ly.ty_down,
+            ffn,
+        };
         self.launch_moe(routed, s.ids, s.weights, n, k)?;
         if !resident {
             self.rotary.layer_done(self.dev.as_mut())?;

@@ -198,7 +198,10 @@ impl ModelConfig {
         let a = self.arch.name();
         let bad = |key: &str, reason: String| Error::BadValue { key: format!("{a}.{key}"), reason };
         if self.n_vocab == 0 || self.n_vocab > limits::VOCAB_MAX {
-            return Err(bad("vocab_size", format!("{} is not in 1..={}", self.n_vocab, limits::VOCAB_MAX)));
+            return Err(bad(
+                "vocab_size",
+                format!("{} is not in 1..={}", self.n_vocab, limits::VOCAB_MAX),
+            ));
         }
         if self.n_layers == 0 {
             return Err(bad("block_count", "no layers left after the nextn (MTP) layers".into()));
@@ -209,11 +212,17 @@ impl ModelConfig {
         }
         if self.n_heads % self.n_kv_heads != 0 {
             let (h, kv) = (self.n_heads, self.n_kv_heads);
-            return Err(bad("attention.head_count_kv", format!("{kv} does not divide head_count {h}")));
+            return Err(bad(
+                "attention.head_count_kv",
+                format!("{kv} does not divide head_count {h}"),
+            ));
         }
         if self.rope_dims % 2 != 0 || self.rope_dims > self.head_dim {
             let (r, hd) = (self.rope_dims, self.head_dim);
-            return Err(bad("rope.dimension_count", format!("{r} must be even and <= head dim {hd}")));
+            return Err(bad(
+                "rope.dimension_count",
+                format!("{r} must be even and <= head dim {hd}"),
+            ));
         }
         if let Some(ssm) = &self.ssm {
             ssm.validate(a)?;
@@ -423,7 +432,10 @@ fn hf_f64_any(dir: &HfDir, keys: &[&str]) -> Result<Option<f64>> {
 
 fn hf_check(key: &str, v: u64, max: u64) -> Result<u64> {
     if v == 0 || v > max {
-        return Err(Error::BadValue { key: key.into(), reason: format!("{v} is not in 1..={max}") });
+        return Err(Error::BadValue {
+            key: key.into(),
+            reason: format!("{v} is not in 1..={max}"),
+        });
     }
     Ok(v)
 }
@@ -439,8 +451,10 @@ impl ModelConfig {
             "qwen3_moe" => Arch::Qwen3Moe,
             "qwen3_5_moe" | "qwen3_5_moe_text" => Arch::Qwen35Moe,
             _ => {
-                let reason = format!("'{model_type}' is not supported from HF files (supported: \
-                    qwen3_moe, qwen3_5_moe, qwen3_5_moe_text)");
+                let reason = format!(
+                    "'{model_type}' is not supported from HF files (supported: \
+                    qwen3_moe, qwen3_5_moe, qwen3_5_moe_text)"
+                );
                 return Err(Error::BadValue { key: "model_type".into(), reason });
             }
         };
@@ -461,8 +475,11 @@ impl ModelConfig {
                 (None, head_dim, 0, dir.config_bool_opt("norm_topk_prob")?.unwrap_or(false))
             }
             Arch::Qwen35Moe => {
-                let factor = hf_f64_any(dir, &["rope_parameters.partial_rotary_factor", "partial_rotary_factor"])?
-                    .unwrap_or(1.0);
+                let factor = hf_f64_any(
+                    dir,
+                    &["rope_parameters.partial_rotary_factor", "partial_rotary_factor"],
+                )?
+                .unwrap_or(1.0);
                 let rope_dims = (head_dim as f64 * factor).round() as u64;
                 let ssm = SsmConfig {
                     conv_kernel: hf_int(dir, "linear_conv_kernel_dim", 16)?,
@@ -478,7 +495,12 @@ impl ModelConfig {
                     return Err(Error::BadValue { key: "linear_value_head_dim".into(), reason });
                 }
                 // The Qwen3.5 router always renormalises (the attribute was removed).
-                (Some(ssm), rope_dims, hf_int(dir, "shared_expert_intermediate_size", limits::DIM_MAX)?, true)
+                (
+                    Some(ssm),
+                    rope_dims,
+                    hf_int(dir, "shared_expert_intermediate_size", limits::DIM_MAX)?,
+                    true,
+                )
             }
         };
         let cfg = ModelConfig {
@@ -510,10 +532,20 @@ impl ModelConfig {
     /// the role it plays. `prefix` is `model.` or `model.language_model.` (Qwen3.5's multimodal
     /// checkpoints). Qwen3 stores one 2-D tensor per expert; Qwen3.5 as transformers saves it
     /// too (`fused_experts` false) or as fused `gate_up_proj` [E, 2·ffn, dim] and `down_proj`.
-    pub fn hf_tensor_table(&self, prefix: &str, tied_embeddings: bool, fused_experts: bool) -> Vec<TensorDesc> {
+    pub fn hf_tensor_table(
+        &self,
+        prefix: &str,
+        tied_embeddings: bool,
+        fused_experts: bool,
+    ) -> Vec<TensorDesc> {
         let (dim, hd, ff) = (self.dim, self.head_dim, self.expert_ffn_dim);
         let mut table = vec![
-            desc(&format!("{prefix}embed_tokens.weight"), &[self.n_vocab, dim], TensorRole::Embedding, None),
+            desc(
+                &format!("{prefix}embed_tokens.weight"),
+                &[self.n_vocab, dim],
+                TensorRole::Embedding,
+                None,
+            ),
             desc(&format!("{prefix}norm.weight"), &[dim], TensorRole::Norm, None),
         ];
         if !tied_embeddings {
@@ -577,7 +609,8 @@ impl ModelConfig {
         } else {
             "model."
         };
-        let fused = dir.tensor_info(&format!("{prefix}layers.0.mlp.experts.gate_up_proj")).is_some();
+        let fused =
+            dir.tensor_info(&format!("{prefix}layers.0.mlp.experts.gate_up_proj")).is_some();
         (prefix, fused)
     }
 
@@ -596,7 +629,10 @@ impl ModelConfig {
             }
             use crate::format::safetensors::Dtype;
             if !matches!(found.dtype, Dtype::F32 | Dtype::F16 | Dtype::Bf16) {
-                return Err(Error::UnsupportedType { name: want.name, ty: found.dtype.to_string() });
+                return Err(Error::UnsupportedType {
+                    name: want.name,
+                    ty: found.dtype.to_string(),
+                });
             }
         }
         Ok(())
@@ -610,16 +646,22 @@ fn hf_attention_interval(dir: &HfDir, n_layers: u64) -> Result<u64> {
     let interval = match dir.config_u64_opt("full_attention_interval")? {
         Some(_) => hf_int(dir, "full_attention_interval", limits::LAYERS_MAX)?,
         None => match &types {
-            Some(t) => t.iter().position(|x| *x == "full_attention").map_or(n_layers + 1, |i| i as u64 + 1),
+            Some(t) => {
+                t.iter().position(|x| *x == "full_attention").map_or(n_layers + 1, |i| i as u64 + 1)
+            }
             None => 4,
         },
     };
     if let Some(t) = types {
-        let want = |l: u64| if (l + 1) % interval == 0 { "full_attention" } else { "linear_attention" };
-        let ok = t.len() as u64 == n_layers && t.iter().enumerate().all(|(l, x)| *x == want(l as u64));
+        let want =
+            |l: u64| if (l + 1) % interval == 0 { "full_attention" } else { "linear_attention" };
+        let ok =
+            t.len() as u64 == n_layers && t.iter().enumerate().all(|(l, x)| *x == want(l as u64));
         if !ok {
-            let reason = format!("must be linear_attention with every {interval}th layer full_attention, \
-                {n_layers} entries");
+            let reason = format!(
+                "must be linear_attention with every {interval}th layer full_attention, \
+                {n_layers} entries"
+            );
             return Err(Error::BadValue { key: "layer_types".into(), reason });
         }
     }

@@ -59,11 +59,15 @@ impl ModelFile {
                     Dtype::F16 => GgmlType::F16,
                     Dtype::Bf16 => GgmlType::BF16,
                     other => {
-                        return Err(Error::UnsupportedType { name: name.into(), ty: other.to_string() })
+                        return Err(Error::UnsupportedType {
+                            name: name.into(),
+                            ty: other.to_string(),
+                        })
                     }
                 };
                 let cols = *v.shape.last().unwrap_or(&1) as usize;
-                let rows = v.shape[..v.shape.len().saturating_sub(1)].iter().product::<u64>() as usize;
+                let rows =
+                    v.shape[..v.shape.len().saturating_sub(1)].iter().product::<u64>() as usize;
                 Mat::new(ty, rows, cols, v.data, name)
             }
         }
@@ -143,9 +147,9 @@ impl<'a> Layer<'a> {
 
 pub struct Weights<'a> {
     pub cfg: ModelConfig,
-    pub token_embd: Mat<'a>, // [n_vocab, dim]
+    pub token_embd: Mat<'a>,   // [n_vocab, dim]
     pub output_norm: Vec<f32>, // [dim]
-    pub output: Mat<'a>,     // [n_vocab, dim] (token_embd when tied)
+    pub output: Mat<'a>,       // [n_vocab, dim] (token_embd when tied)
     pub layers: Vec<Layer<'a>>,
     /// Gated DeltaNet shape with the value-head order of this file (qwen35moe only).
     pub gdn: Option<deltanet::Shape>,

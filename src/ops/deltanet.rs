@@ -25,7 +25,8 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// Channels of the q|k|v projection and of the convolution: [q n_k·dk | k n_k·dk | v n_v·dv].
+    /// Channels of the q|k|v projection and of the convolution:
+    /// [q n_k·dk | k n_k·dk | v n_v·dv].
     pub fn channels(&self) -> usize {
         2 * self.n_k_heads * self.head_k + self.n_v_heads * self.head_v
     }
@@ -94,7 +95,15 @@ pub fn gates(b: &mut [f32], alpha: &mut [f32], dt_bias: &[f32], a: &[f32]) {
 /// (q and k are l2-normalised here, q scaled by 1/√dk), `beta`/`decay` `[n, n_v]` from
 /// `gates`, `s` the recurrent state. Writes `o` `[n, n_v·dv]`:
 ///   S ← decay·S;  u = β·(v − Sᵀk);  S ← S + k uᵀ;  o = Sᵀq      (per value head)
-pub fn delta_rule(qkv: &[f32], beta: &[f32], decay: &[f32], s: &mut [f32], sh: &Shape, n: usize, o: &mut [f32]) {
+pub fn delta_rule(
+    qkv: &[f32],
+    beta: &[f32],
+    decay: &[f32],
+    s: &mut [f32],
+    sh: &Shape,
+    n: usize,
+    o: &mut [f32],
+) {
     let (nk, nv, dk, dv) = (sh.n_k_heads, sh.n_v_heads, sh.head_k, sh.head_v);
     let ch = sh.channels();
     assert!(qkv.len() == n * ch && beta.len() == n * nv && decay.len() == n * nv);
@@ -140,7 +149,8 @@ pub const CHUNK: usize = 64;
 /// per value head and chunk of c ≤ `chunk` tokens, with G the cumulative log decay and
 /// P[i][j] = exp(G_i − G_j) (j ≤ i), solve the unit lower-triangular system
 /// (I + strict_lower(β_i k_i·k_j P[i][j])) [U | W] = [β v | β k e^G], then
-///   v' = U − W S;  o = (q e^G) S + lower(q_i·k_j P[i][j]) v';  S ← e^{G_c} S + (k e^{G_c − G})ᵀ v'.
+///   v' = U − W S;  o = (q e^G) S + lower(q_i·k_j P[i][j]) v';
+///   S ← e^{G_c} S + (k e^{G_c − G})ᵀ v'.
 /// The same state and outputs as the recurrence up to rounding (NMSE ~1e-13, tests/deltanet.rs):
 /// the reference for a chunked device kernel. The engine's prefill keeps the recurrence: with
 /// 8-bit activations (the `cpu` backend) the chunked form's rounding flips activation roundings
@@ -186,7 +196,8 @@ pub fn delta_rule_chunked(
                 acc += decay[(t0 + i) * nv + h].ln();
                 *gi = acc;
             }
-            let pd = |i: usize, j: usize| (g[i] - g[j]).exp(); // j <= i
+            // P[i][j] = e^(G_i - G_j), j <= i.
+            let pd = |i: usize, j: usize| (g[i] - g[j]).exp();
             // Forward substitution: rows of U [c, dv] and W [c, dk].
             let (mut u, mut w) = (vec![0f32; c * dv], vec![0f32; c * dk]);
             for (i, &gi) in g.iter().enumerate() {
@@ -201,16 +212,25 @@ pub fn delta_rule_chunked(
                 for j in 0..i {
                     let a = b(i) * dot(ki(i), ki(j)) * pd(i, j);
                     let (done, row) = u.split_at_mut(ui);
-                    row[..dv].iter_mut().zip(&done[j * dv..(j + 1) * dv]).for_each(|(x, &y)| *x -= a * y);
+                    row[..dv]
+                        .iter_mut()
+                        .zip(&done[j * dv..(j + 1) * dv])
+                        .for_each(|(x, &y)| *x -= a * y);
                     let (done, row) = w.split_at_mut(wi);
-                    row[..dk].iter_mut().zip(&done[j * dk..(j + 1) * dk]).for_each(|(x, &y)| *x -= a * y);
+                    row[..dk]
+                        .iter_mut()
+                        .zip(&done[j * dk..(j + 1) * dk])
+                        .for_each(|(x, &y)| *x -= a * y);
                 }
             }
             // v' = U − W S, [c, dv].
             for i in 0..c {
                 for r in 0..dk {
                     let wr = w[i * dk + r];
-                    u[i * dv..(i + 1) * dv].iter_mut().zip(&st[r * dv..(r + 1) * dv]).for_each(|(x, &sv)| *x -= wr * sv);
+                    u[i * dv..(i + 1) * dv]
+                        .iter_mut()
+                        .zip(&st[r * dv..(r + 1) * dv])
+                        .for_each(|(x, &sv)| *x -= wr * sv);
                 }
             }
             // o_i = (q_i e^{G_i}) S + Σ_{j ≤ i} (q_i·k_j) P[i][j] v'_j.
@@ -234,7 +254,10 @@ pub fn delta_rule_chunked(
                 let f = (last - g[j]).exp();
                 for (r, &kr) in ki(j).iter().enumerate() {
                     let a = kr * f;
-                    st[r * dv..(r + 1) * dv].iter_mut().zip(&u[j * dv..(j + 1) * dv]).for_each(|(x, &y)| *x += a * y);
+                    st[r * dv..(r + 1) * dv]
+                        .iter_mut()
+                        .zip(&u[j * dv..(j + 1) * dv])
+                        .for_each(|(x, &y)| *x += a * y);
                 }
             }
         }

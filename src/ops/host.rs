@@ -53,14 +53,18 @@ impl HostMemory {
         let rounded = bytes.max(1).div_ceil(256) * 256;
         let mem = vec![0u64; (rounded / 8) as usize].into_boxed_slice();
         let addr = mem.as_ptr() as usize;
-        self.regions.insert(addr, Region { owned: Some(mem), bytes: rounded as usize, what: what.to_string() });
+        self.regions.insert(
+            addr,
+            Region { owned: Some(mem), bytes: rounded as usize, what: what.to_string() },
+        );
         self.owned_bytes += rounded;
         addr as Addr
     }
 
     /// Give back an allocation (a mapped region is forgotten).
     pub fn free(&mut self, addr: Addr) {
-        let region = self.regions.remove(&(addr as usize)).expect("free of an address never handed out");
+        let region =
+            self.regions.remove(&(addr as usize)).expect("free of an address never handed out");
         if region.owned.is_some() {
             self.owned_bytes -= region.bytes as u64;
         }
@@ -80,18 +84,27 @@ impl HostMemory {
         if data.is_empty() {
             return addr as Addr;
         }
-        self.regions.insert(addr, Region { owned: None, bytes: data.len(), what: what.to_string() });
+        self.regions
+            .insert(addr, Region { owned: None, bytes: data.len(), what: what.to_string() });
         addr as Addr
     }
 
     /// `addr..addr + bytes` inside one region, or an error naming the access.
     pub fn check(&self, addr: Addr, bytes: usize, what: &str) -> Result<usize> {
         let a = addr as usize;
-        let fail = || Error::Usage(format!("{what}: {bytes} bytes at {a:#x} outside any allocation"));
+        let fail =
+            || Error::Usage(format!("{what}: {bytes} bytes at {a:#x} outside any allocation"));
         let (&start, region) = self.regions.range(..=a).next_back().ok_or_else(fail)?;
         if a + bytes > start + region.bytes {
-            let reason = if a >= start + region.bytes { "lie outside any allocation".to_string() } else {
-                format!("at offset {} overrun '{}' ({} bytes)", a - start, region.what, region.bytes)
+            let reason = if a >= start + region.bytes {
+                "lie outside any allocation".to_string()
+            } else {
+                format!(
+                    "at offset {} overrun '{}' ({} bytes)",
+                    a - start,
+                    region.what,
+                    region.bytes
+                )
             };
             return Err(Error::Usage(format!("{what}: {bytes} bytes {reason}")));
         }
@@ -127,7 +140,13 @@ impl HostMemory {
     ///
     /// # Safety
     /// `src..src + bytes` must be valid for reads.
-    pub unsafe fn write_raw(&mut self, dst: Addr, src: *const u8, bytes: usize, what: &str) -> Result<()> {
+    pub unsafe fn write_raw(
+        &mut self,
+        dst: Addr,
+        src: *const u8,
+        bytes: usize,
+        what: &str,
+    ) -> Result<()> {
         let a = self.check(dst, bytes, what)?;
         // SAFETY: destination checked; the source by the caller's contract (ptr::copy allows
         // overlap, in case a caller copies within device memory).
@@ -135,7 +154,14 @@ impl HostMemory {
         Ok(())
     }
 
-    fn mat(&self, ty: GgmlType, addr: Addr, rows: usize, cols: usize, what: &str) -> Result<Mat<'_>> {
+    fn mat(
+        &self,
+        ty: GgmlType,
+        addr: Addr,
+        rows: usize,
+        cols: usize,
+        what: &str,
+    ) -> Result<Mat<'_>> {
         let row_bytes = ty.row_bytes(cols as u64).unwrap_or(0) as usize;
         Mat::new(ty, rows, cols, self.view(addr, rows * row_bytes, what)?, what)
     }
@@ -196,17 +222,26 @@ impl HostKernels {
             }
             Kernel::Rope { x, inv_freq, n, n_heads, head_dim, rope_dims, pos0 } => {
                 let mut xs = mem.read::<f32>(x, n * n_heads * head_dim, "rope x")?;
-                rope_tokens(&mut xs, mem.view(inv_freq, rope_dims / 2, "rope inv_freq")?, n, n_heads, head_dim, pos0);
+                rope_tokens(
+                    &mut xs,
+                    mem.view(inv_freq, rope_dims / 2, "rope inv_freq")?,
+                    n,
+                    n_heads,
+                    head_dim,
+                    pos0,
+                );
                 mem.write(x, &xs, "rope x")
             }
             Kernel::KvStore { cache, k: kk, v, n, pos0 } => {
                 for (src, dst, what) in [(kk, cache.k, "k cache"), (v, cache.v, "v cache")] {
-                    let rows = mem.read::<f32>(src, n * cache.kv_width, "kv_store k/v")?; // [n, kv_width]
+                    // [n, kv_width]
+                    let rows = mem.read::<f32>(src, n * cache.kv_width, "kv_store k/v")?;
                     for (t, row) in rows.chunks_exact(cache.kv_width).enumerate() {
                         let at = kv_row(mem, &cache, pos0 + t)?;
                         match cache.ty {
                             KvType::F16 => {
-                                let h: Vec<u16> = row.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
+                                let h: Vec<u16> =
+                                    row.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
                                 mem.write(dst + at as u64 * 2, &h, what)?;
                             }
                             KvType::F32 => mem.write(dst + at as u64 * 4, row, what)?,
@@ -234,7 +269,9 @@ impl HostKernels {
             }
             Kernel::SigmoidMul { y, g, n } => {
                 let mut ys = mem.read::<f32>(y, n, "sigmoid_mul y")?;
-                ys.iter_mut().zip(mem.view::<f32>(g, n, "sigmoid_mul g")?).for_each(|(y, &g)| *y *= deltanet::sigmoid(g));
+                ys.iter_mut()
+                    .zip(mem.view::<f32>(g, n, "sigmoid_mul g")?)
+                    .for_each(|(y, &g)| *y *= deltanet::sigmoid(g));
                 mem.write(y, &ys, "sigmoid_mul y")
             }
             Kernel::Sigmoid { x, n } => {
@@ -245,31 +282,58 @@ impl HostKernels {
             Kernel::GdnConv { x, state, w, n, channels, kernel } => {
                 let mut xs = mem.read::<f32>(x, n * channels, "gdn_conv x")?;
                 let mut st = mem.read::<f32>(state, (kernel - 1) * channels, "gdn_conv state")?;
-                deltanet::conv_silu(&mut xs, &mut st, mem.view(w, channels * kernel, "gdn_conv w")?, n, channels, kernel);
+                deltanet::conv_silu(
+                    &mut xs,
+                    &mut st,
+                    mem.view(w, channels * kernel, "gdn_conv w")?,
+                    n,
+                    channels,
+                    kernel,
+                );
                 mem.write(x, &xs, "gdn_conv x")?;
                 mem.write(state, &st, "gdn_conv state")
             }
             Kernel::GdnGates { beta, alpha, dt_bias, a, n, n_v } => {
                 let mut bs = mem.read::<f32>(beta, n * n_v, "gdn_gates beta")?;
                 let mut al = mem.read::<f32>(alpha, n * n_v, "gdn_gates alpha")?;
-                deltanet::gates(&mut bs, &mut al, mem.view(dt_bias, n_v, "gdn_gates dt_bias")?, mem.view(a, n_v, "gdn_gates a")?);
+                deltanet::gates(
+                    &mut bs,
+                    &mut al,
+                    mem.view(dt_bias, n_v, "gdn_gates dt_bias")?,
+                    mem.view(a, n_v, "gdn_gates a")?,
+                );
                 mem.write(beta, &bs, "gdn_gates beta")?;
                 mem.write(alpha, &al, "gdn_gates alpha")
             }
             Kernel::GdnRule { qkv, beta, decay, state, o, n, n_k, n_v, head_k, head_v, order } => {
                 let tiled = order == HeadOrder::Tiled;
-                let sh = deltanet::Shape { n_k_heads: n_k, n_v_heads: n_v, head_k, head_v, conv_kernel: 1, tiled };
+                let sh = deltanet::Shape {
+                    n_k_heads: n_k,
+                    n_v_heads: n_v,
+                    head_k,
+                    head_v,
+                    conv_kernel: 1,
+                    tiled,
+                };
                 let mut st = mem.read::<f32>(state, sh.state_len(), "gdn_rule state")?;
                 let mut out = vec![0f32; n * sh.inner()]; // [n, n_v·dv]
                 let xs = mem.view(qkv, n * sh.channels(), "gdn_rule qkv")?;
-                let (bs, ds) = (mem.view(beta, n * n_v, "gdn_rule beta")?, mem.view(decay, n * n_v, "gdn_rule decay")?);
+                let (bs, ds) = (
+                    mem.view(beta, n * n_v, "gdn_rule beta")?,
+                    mem.view(decay, n * n_v, "gdn_rule decay")?,
+                );
                 deltanet::delta_rule(xs, bs, ds, &mut st, &sh, n, &mut out);
                 mem.write(state, &st, "gdn_rule state")?;
                 mem.write(o, &out, "gdn_rule o")
             }
             Kernel::GatedNorm { x, z, w, rows, width, eps } => {
                 let mut xs = mem.read::<f32>(x, rows * width, "gated_norm x")?;
-                deltanet::gated_norm(&mut xs, mem.view(z, rows * width, "gated_norm z")?, mem.view(w, width, "gated_norm w")?, eps);
+                deltanet::gated_norm(
+                    &mut xs,
+                    mem.view(z, rows * width, "gated_norm z")?,
+                    mem.view(w, width, "gated_norm w")?,
+                    eps,
+                );
                 mem.write(x, &xs, "gated_norm x")
             }
         }
@@ -280,8 +344,24 @@ impl HostKernels {
     /// token residual += Σ_j weights[t, j] · out[t·k + j].
     fn moe(&mut self, mem: &mut HostMemory, kernel: &Kernel) -> Result<()> {
         let Kernel::Moe {
-            ty_gate_up, ty_down, gate, up, down, ids, weights, x, act: _, out, offsets: _, pairs: _,
-            residual, dim, ffn, n, k, n_experts,
+            ty_gate_up,
+            ty_down,
+            gate,
+            up,
+            down,
+            ids,
+            weights,
+            x,
+            act: _,
+            out,
+            offsets: _,
+            pairs: _,
+            residual,
+            dim,
+            ffn,
+            n,
+            k,
+            n_experts,
         } = *kernel
         else {
             unreachable!("moe() takes a Moe kernel")
@@ -300,11 +380,14 @@ impl HostKernels {
             let row = mem.view::<f32>(out + (pair * dim * 4) as u64, dim, "moe out")?;
             outs[pair * dim..(pair + 1) * dim].copy_from_slice(row);
         }
-        for (e, pairs) in group_pairs(&id, n_experts)?.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+        for (e, pairs) in
+            group_pairs(&id, n_experts)?.iter().enumerate().filter(|(_, p)| !p.is_empty())
+        {
             let g = mem.mat(ty_gate_up, gt[e], ffn, dim, "expert gate")?;
             let u = mem.mat(ty_gate_up, ut[e], ffn, dim, "expert up")?;
             let d = mem.mat(ty_down, dt[e], dim, ffn, "expert down")?;
-            let y = expert_rows(self.backend.as_ref(), [&g, &u, &d], &xs, pairs, k)?; // [pairs, dim]
+            // [pairs, dim]
+            let y = expert_rows(self.backend.as_ref(), [&g, &u, &d], &xs, pairs, k)?;
             for (i, &pair) in pairs.iter().enumerate() {
                 outs[pair * dim..(pair + 1) * dim].copy_from_slice(&y[i * dim..(i + 1) * dim]);
             }
@@ -318,7 +401,13 @@ impl HostKernels {
     /// Causal GQA attention over the paged cache: token t sees positions 0..=pos0 + t. Each kv
     /// head's cached keys and values are widened to f32 once and serve its group of q heads;
     /// long contexts split the kv heads over the backend's threads.
-    fn attention(&mut self, mem: &HostMemory, c: &KvCache, q: Addr, g: &AttnGeometry) -> Result<Vec<f32>> {
+    fn attention(
+        &mut self,
+        mem: &HostMemory,
+        c: &KvCache,
+        q: Addr,
+        g: &AttnGeometry,
+    ) -> Result<Vec<f32>> {
         let (n, hd, n_kv_heads) = (g.n, g.hd, g.n_kv_heads);
         let q_width = g.n_heads * hd;
         let mut qs = mem.read::<f32>(q, n * q_width, "attention q")?; // [n, n_heads * head_dim]
@@ -328,9 +417,13 @@ impl HostKernels {
         let pages = mem.view::<i32>(c.page_table, n_all.div_ceil(c.page_size), "page table")?;
         let rows = (0..n_all).map(|p| page_row(pages, c, p)).collect::<Result<Vec<_>>>()?;
         let n_pages_elems = rows.iter().max().map_or(0, |&r| r + c.kv_width);
-        let (kc, vc) = (CacheView::of(mem, c.k, c.ty, n_pages_elems)?, CacheView::of(mem, c.v, c.ty, n_pages_elems)?);
+        let (kc, vc) = (
+            CacheView::of(mem, c.k, c.ty, n_pages_elems)?,
+            CacheView::of(mem, c.v, c.ty, n_pages_elems)?,
+        );
         let work = n_all * n * q_width;
-        let threads = if work >= ATTN_PARALLEL_WORK { self.backend.threads().min(n_kv_heads) } else { 1 };
+        let threads =
+            if work >= ATTN_PARALLEL_WORK { self.backend.threads().min(n_kv_heads) } else { 1 };
         let per = n_kv_heads.div_ceil(threads.max(1));
         let n_jobs = n_kv_heads.div_ceil(per);
         if self.attn_scratch.len() < n_jobs {
@@ -346,7 +439,17 @@ impl HostKernels {
                     .zip(self.attn_scratch.iter_mut())
                     .map(|(h0, buf)| {
                         let (kc, vc) = (&kc, &vc);
-                        sc.spawn(move || attend_kv_heads(kc, vc, qs, rows, g, h0..(h0 + per).min(n_kv_heads), buf))
+                        sc.spawn(move || {
+                            attend_kv_heads(
+                                kc,
+                                vc,
+                                qs,
+                                rows,
+                                g,
+                                h0..(h0 + per).min(n_kv_heads),
+                                buf,
+                            )
+                        })
                     })
                     .collect();
                 jobs.into_iter().map(|j| j.join().expect("attention thread")).collect()
@@ -374,16 +477,25 @@ pub fn group_pairs(ids: &[i32], n_experts: usize) -> Result<Vec<Vec<usize>>> {
         if e < 0 {
             continue;
         }
-        let list = groups.get_mut(e as usize).ok_or_else(|| Error::Usage(format!("moe: expert id {e} of {n_experts}")))?;
+        let list = groups
+            .get_mut(e as usize)
+            .ok_or_else(|| Error::Usage(format!("moe: expert id {e} of {n_experts}")))?;
         list.push(pair);
     }
     Ok(groups)
 }
 
-/// One expert over the tokens of `pairs` (x rows pair / k): down · (silu(gate · x) ⊙ (up · x)),
-/// [pairs, dim]. The MoE kernel and the rotary's CPU fallback both run experts through this,
-/// with the same pairs, so a streamed run agrees with a resident one to the bit.
-pub fn expert_rows(b: &dyn Backend, [gate, up, down]: [&Mat; 3], x: &[f32], pairs: &[usize], k: usize) -> Result<Vec<f32>> {
+/// One expert over the tokens of `pairs` (x rows pair / k):
+/// down · (silu(gate · x) ⊙ (up · x)), [pairs, dim]. The MoE kernel and the rotary's CPU
+/// fallback both run experts through this, with the same pairs, so a streamed run agrees with a
+/// resident one to the bit.
+pub fn expert_rows(
+    b: &dyn Backend,
+    [gate, up, down]: [&Mat; 3],
+    x: &[f32],
+    pairs: &[usize],
+    k: usize,
+) -> Result<Vec<f32>> {
     let (dim, m, ffn) = (gate.cols, pairs.len(), gate.rows);
     let mut xe = Vec::with_capacity(m * dim); // [m, dim]
     pairs.iter().for_each(|&pair| xe.extend_from_slice(&x[pair / k * dim..(pair / k + 1) * dim]));
@@ -402,7 +514,9 @@ pub fn combine(residual: &mut [f32], out: &[f32], w: &[f32], dim: usize, k: usiz
         let mut acc = vec![0f32; dim];
         for j in 0..k {
             let pair = t * k + j;
-            acc.iter_mut().zip(&out[pair * dim..(pair + 1) * dim]).for_each(|(a, &o)| *a += w[pair] * o);
+            acc.iter_mut()
+                .zip(&out[pair * dim..(pair + 1) * dim])
+                .for_each(|(a, &o)| *a += w[pair] * o);
         }
         r.iter_mut().zip(&acc).for_each(|(r, a)| *r += a);
     }
@@ -455,7 +569,8 @@ impl<'a> CacheView<'a> {
             CacheView::F32(c) => dst.copy_from_slice(&c[at..at + dst.len()]),
             CacheView::F16(c) => {
                 // SAFETY: u16 and f16 have one layout (f16 is repr(transparent) over u16).
-                let h: &[f16] = unsafe { std::slice::from_raw_parts(c[at..].as_ptr().cast(), dst.len()) };
+                let h: &[f16] =
+                    unsafe { std::slice::from_raw_parts(c[at..].as_ptr().cast(), dst.len()) };
                 h.convert_to_f32_slice(dst);
             }
         }

@@ -75,36 +75,80 @@ pub enum AttnGate {
 #[derive(Clone, Debug)]
 pub enum Kernel {
     /// y [n, rows] = W [rows, cols] · x [n, cols].
-    Gemv { ty: GgmlType, w: Addr, x: Addr, y: Addr, rows: usize, cols: usize, n: usize },
+    Gemv {
+        ty: GgmlType,
+        w: Addr,
+        x: Addr,
+        y: Addr,
+        rows: usize,
+        cols: usize,
+        n: usize,
+    },
     /// logits [n, n_experts] → ids [n, k] i32, weights [n, k].
-    TopkMoe { logits: Addr, ids: Addr, weights: Addr, n: usize, n_experts: usize, k: usize, norm: TopkNorm },
+    TopkMoe {
+        logits: Addr,
+        ids: Addr,
+        weights: Addr,
+        n: usize,
+        n_experts: usize,
+        k: usize,
+        norm: TopkNorm,
+    },
     /// Routed experts into the residual. A negative id −1−e marks a pair whose `out` row the
     /// host already wrote (computed on the CPU): the expert stages skip it, the combine adds it.
     Moe {
         ty_gate_up: GgmlType,
         ty_down: GgmlType,
-        gate: Addr,      // [n_experts] u64 addresses of [ffn, dim]
-        up: Addr,        // [n_experts] u64 addresses of [ffn, dim]
-        down: Addr,      // [n_experts] u64 addresses of [dim, ffn]
-        ids: Addr,       // [n, k] i32
-        weights: Addr,   // [n, k] f32
-        x: Addr,         // [n, dim]
-        act: Addr,       // [n * k, ffn]
-        out: Addr,       // [n * k, dim]
-        offsets: Addr,   // [n_experts + 1] i32
-        pairs: Addr,     // [n * k] i32
-        residual: Addr,  // [n, dim]
+        gate: Addr,     // [n_experts] u64 addresses of [ffn, dim]
+        up: Addr,       // [n_experts] u64 addresses of [ffn, dim]
+        down: Addr,     // [n_experts] u64 addresses of [dim, ffn]
+        ids: Addr,      // [n, k] i32
+        weights: Addr,  // [n, k] f32
+        x: Addr,        // [n, dim]
+        act: Addr,      // [n * k, ffn]
+        out: Addr,      // [n * k, dim]
+        offsets: Addr,  // [n_experts + 1] i32
+        pairs: Addr,    // [n * k] i32
+        residual: Addr, // [n, dim]
         dim: usize,
         ffn: usize,
         n: usize,
         k: usize,
         n_experts: usize,
     },
-    RmsNorm { x: Addr, w: Addr, y: Addr, rows: usize, width: usize, eps: f32 },
+    RmsNorm {
+        x: Addr,
+        w: Addr,
+        y: Addr,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    },
     /// x [n, dim] ← rows tokens[t] of the table [n_vocab, dim] (any weight format), dequantized.
-    Embed { ty: GgmlType, table: Addr, tokens: Addr, x: Addr, n: usize, dim: usize },
-    Rope { x: Addr, inv_freq: Addr, n: usize, n_heads: usize, head_dim: usize, rope_dims: usize, pos0: usize },
-    KvStore { cache: KvCache, k: Addr, v: Addr, n: usize, pos0: usize },
+    Embed {
+        ty: GgmlType,
+        table: Addr,
+        tokens: Addr,
+        x: Addr,
+        n: usize,
+        dim: usize,
+    },
+    Rope {
+        x: Addr,
+        inv_freq: Addr,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+        rope_dims: usize,
+        pos0: usize,
+    },
+    KvStore {
+        cache: KvCache,
+        k: Addr,
+        v: Addr,
+        n: usize,
+        pos0: usize,
+    },
     Attention {
         cache: KvCache,
         q: Addr,
@@ -116,19 +160,51 @@ pub enum Kernel {
         pos0: usize,
         scale: f32,
     },
-    Add { y: Addr, x: Addr, n: usize },
+    Add {
+        y: Addr,
+        x: Addr,
+        n: usize,
+    },
     /// Gated attention (qwen35moe): qg [n, n_heads, 2 * head_dim] = [q_h | gate_h] per head →
     /// q, gate [n, n_heads * head_dim].
-    SplitGate { qg: Addr, q: Addr, gate: Addr, n: usize, n_heads: usize, head_dim: usize },
+    SplitGate {
+        qg: Addr,
+        q: Addr,
+        gate: Addr,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+    },
     /// y[i] *= sigmoid(g[i]), i < n.
-    SigmoidMul { y: Addr, g: Addr, n: usize },
+    SigmoidMul {
+        y: Addr,
+        g: Addr,
+        n: usize,
+    },
     /// x[i] = sigmoid(x[i]), i < n (the shared expert's per-token weight).
-    Sigmoid { x: Addr, n: usize },
+    Sigmoid {
+        x: Addr,
+        n: usize,
+    },
     /// Gated DeltaNet causal conv + SiLU in place on x [n, channels]; state [kernel-1, channels]
     /// (previous inputs, oldest first) advanced by n; w [channels, kernel] f32.
-    GdnConv { x: Addr, state: Addr, w: Addr, n: usize, channels: usize, kernel: usize },
+    GdnConv {
+        x: Addr,
+        state: Addr,
+        w: Addr,
+        n: usize,
+        channels: usize,
+        kernel: usize,
+    },
     /// beta [n, n_v] ← sigmoid(beta); alpha [n, n_v] ← exp(a · softplus(alpha + dt_bias)).
-    GdnGates { beta: Addr, alpha: Addr, dt_bias: Addr, a: Addr, n: usize, n_v: usize },
+    GdnGates {
+        beta: Addr,
+        alpha: Addr,
+        dt_bias: Addr,
+        a: Addr,
+        n: usize,
+        n_v: usize,
+    },
     /// The gated delta rule over n tokens (src/model/deltanet.rs `delta_rule`): qkv [n,
     /// 2·n_k·dk + n_v·dv] convolved, beta/decay [n, n_v], state [n_v, dk, dv] f32 updated,
     /// o [n, n_v·dv]. Value head h reads the key head `order` says.
@@ -146,6 +222,12 @@ pub enum Kernel {
         order: HeadOrder,
     },
     /// x [rows, width] ← rmsnorm(x) · w · silu(z), w [width] (plain weight), in place.
-    GatedNorm { x: Addr, z: Addr, w: Addr, rows: usize, width: usize, eps: f32 },
+    GatedNorm {
+        x: Addr,
+        z: Addr,
+        w: Addr,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    },
 }
-

@@ -10,7 +10,14 @@ use crate::error::Result;
 
 /// NeoX RoPE of `n` tokens of `n_heads` heads at positions pos0.., from the inverse
 /// frequencies (the simulator and the selftest reference; the forward pass inlines it).
-pub fn rope_tokens(x: &mut [f32], inv_freq: &[f32], n: usize, n_heads: usize, head_dim: usize, pos0: usize) {
+pub fn rope_tokens(
+    x: &mut [f32],
+    inv_freq: &[f32],
+    n: usize,
+    n_heads: usize,
+    head_dim: usize,
+    pos0: usize,
+) {
     for t in 0..n {
         let cs: Vec<(f32, f32)> = inv_freq
             .iter()
@@ -19,14 +26,22 @@ pub fn rope_tokens(x: &mut [f32], inv_freq: &[f32], n: usize, n_heads: usize, he
                 (c, s)
             })
             .collect();
-        x[t * n_heads * head_dim..(t + 1) * n_heads * head_dim].chunks_exact_mut(head_dim).for_each(|h| rope(h, &cs));
+        x[t * n_heads * head_dim..(t + 1) * n_heads * head_dim]
+            .chunks_exact_mut(head_dim)
+            .for_each(|h| rope(h, &cs));
     }
 }
 
 /// One expert on one token: down · (silu(gate · x) ⊙ (up · x)). The simulator's MoE kernel,
 /// the rotary's CPU fallback and the selftest reference share it, so a streamed run agrees
 /// with a resident one to the bit.
-pub fn expert_forward(b: &dyn Backend, gate: &Mat, up: &Mat, down: &Mat, x: &[f32]) -> Result<Vec<f32>> {
+pub fn expert_forward(
+    b: &dyn Backend,
+    gate: &Mat,
+    up: &Mat,
+    down: &Mat,
+    x: &[f32],
+) -> Result<Vec<f32>> {
     let (mut g, mut u, mut y) = (vec![0f32; gate.rows], vec![0f32; up.rows], vec![0f32; down.rows]);
     b.matmul(gate, x, 1, &mut g)?;
     b.matmul(up, x, 1, &mut u)?;
@@ -38,7 +53,9 @@ pub fn expert_forward(b: &dyn Backend, gate: &Mat, up: &Mat, down: &Mat, x: &[f3
 /// Split gated attention's packed q projection [n, n_heads, (q head_dim | gate head_dim)] into
 /// q and gate, each [n, n_heads * head_dim].
 pub fn split_gate(qg: &[f32], hd: usize, q: &mut [f32], gate: &mut [f32]) {
-    for ((pair, q), g) in qg.chunks_exact(2 * hd).zip(q.chunks_exact_mut(hd)).zip(gate.chunks_exact_mut(hd)) {
+    for ((pair, q), g) in
+        qg.chunks_exact(2 * hd).zip(q.chunks_exact_mut(hd)).zip(gate.chunks_exact_mut(hd))
+    {
         q.copy_from_slice(&pair[..hd]);
         g.copy_from_slice(&pair[hd..]);
     }
@@ -91,7 +108,12 @@ pub fn route_top_k(p: &[f32], k: usize, renorm: bool) -> Vec<(usize, f32)> {
 
 /// The `topk_moe` kernel on the host: router logits [n, n_experts] → ids and weights [n, k]
 /// (the simulator and the selftest reference).
-pub fn topk_moe(logits: &[f32], n_experts: usize, k: usize, norm: TopkNorm) -> (Vec<i32>, Vec<f32>) {
+pub fn topk_moe(
+    logits: &[f32],
+    n_experts: usize,
+    k: usize,
+    norm: TopkNorm,
+) -> (Vec<i32>, Vec<f32>) {
     let renorm = norm == TopkNorm::Renorm;
     let (mut ids, mut weights) = (Vec::with_capacity(logits.len() / n_experts * k), Vec::new());
     for row in logits.chunks_exact(n_experts) {
@@ -108,7 +130,6 @@ pub fn topk_moe(logits: &[f32], n_experts: usize, k: usize, norm: TopkNorm) -> (
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
-
 
 /// Causal GQA attention with an f16 cache, as the CPU engine computes it: q, k, v rounded to
 /// f16, scores in f32, softmax, then the weights rounded to f16 before the V sum.
@@ -148,4 +169,3 @@ pub fn attention_reference(
     }
     o
 }
-

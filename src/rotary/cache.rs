@@ -139,7 +139,9 @@ impl ExpertCache {
     /// not in `protected`. None when every candidate is protected.
     pub fn victim(&self, layer: usize, protected: &[usize]) -> Option<usize> {
         let range = self.range(layer);
-        if let Some(s) = range.clone().find(|&s| self.slots[s].key.is_none() && !protected.contains(&s)) {
+        if let Some(s) =
+            range.clone().find(|&s| self.slots[s].key.is_none() && !protected.contains(&s))
+        {
             return Some(s);
         }
         let now = self.clock;
@@ -160,12 +162,10 @@ impl ExpertCache {
                 }
             }
         };
-        range
-            .filter(|s| !protected.contains(s))
-            .min_by(|&a, &b| {
-                let (ca, cb) = (cost(a), cost(b));
-                ca.0.total_cmp(&cb.0).then(ca.1.cmp(&cb.1))
-            })
+        range.filter(|s| !protected.contains(s)).min_by(|&a, &b| {
+            let (ca, cb) = (cost(a), cost(b));
+            ca.0.total_cmp(&cb.0).then(ca.1.cmp(&cb.1))
+        })
     }
 
     /// Put (layer, expert) in `slot`, evicting what was there; returns the evicted key.
@@ -174,13 +174,20 @@ impl ExpertCache {
         if let Some(k) = old {
             self.map.remove(&k);
         }
-        self.slots[slot] = Slot { key: Some((layer, expert)), last_read: self.slots[slot].last_read, ..Slot::default() };
+        self.slots[slot] = Slot {
+            key: Some((layer, expert)),
+            last_read: self.slots[slot].last_read,
+            ..Slot::default()
+        };
         self.map.insert((layer, expert), slot);
         self.touch(slot);
         old
     }
 
     pub fn totals(&self) -> LayerCounts {
-        self.per_layer.iter().fold(LayerCounts::default(), |a, c| LayerCounts { hits: a.hits + c.hits, misses: a.misses + c.misses })
+        self.per_layer.iter().fold(LayerCounts::default(), |a, c| LayerCounts {
+            hits: a.hits + c.hits,
+            misses: a.misses + c.misses,
+        })
     }
 }

@@ -73,7 +73,8 @@ pub trait Device {
     /// Compute stream until this returns (it copies or stages the bytes), for the copy streams
     /// until an event recorded after it on that stream completes. `dst` must be an allocation
     /// of this device with room for `bytes`.
-    unsafe fn h2d(&mut self, stream: Stream, dst: Addr, src: *const u8, bytes: usize) -> Result<()>;
+    unsafe fn h2d(&mut self, stream: Stream, dst: Addr, src: *const u8, bytes: usize)
+        -> Result<()>;
 
     /// Copy device memory to the host after everything queued on the compute stream.
     fn d2h(&mut self, src: Addr, dst: &mut [u8]) -> Result<()>;
@@ -163,6 +164,8 @@ pub fn alloc_upload<T: Copy>(dev: &mut dyn Device, data: &[T], what: &str) -> Re
 pub fn download<T: Plain>(dev: &mut dyn Device, src: Addr, out: &mut [T]) -> Result<()> {
     // SAFETY: `out` is a live, exclusively borrowed slice; viewing its memory as bytes is
     // sound for Plain types (no padding, every byte pattern is a valid value).
-    let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(out)) };
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(out))
+    };
     dev.d2h(src, bytes)
 }

@@ -35,7 +35,13 @@ impl HostDevice {
     }
 
     fn with(backend: Box<dyn Backend>, kv: KvType) -> HostDevice {
-        HostDevice { mem: HostMemory::default(), kernels: HostKernels::new(backend), kv, host: Vec::new(), next_event: 1 }
+        HostDevice {
+            mem: HostMemory::default(),
+            kernels: HostKernels::new(backend),
+            kv,
+            host: Vec::new(),
+            next_event: 1,
+        }
     }
 
     /// The kernels' backend (`cpu` or `cpu-ref`).
@@ -88,7 +94,13 @@ impl Device for HostDevice {
         Ok(p)
     }
 
-    unsafe fn h2d(&mut self, _stream: Stream, dst: Addr, src: *const u8, bytes: usize) -> Result<()> {
+    unsafe fn h2d(
+        &mut self,
+        _stream: Stream,
+        dst: Addr,
+        src: *const u8,
+        bytes: usize,
+    ) -> Result<()> {
         // SAFETY: the caller's contract keeps src valid for `bytes`; the copy is done now.
         unsafe { self.mem.write_raw(dst, src, bytes, "upload destination") }
     }

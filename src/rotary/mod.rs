@@ -65,7 +65,9 @@ pub fn open_device(
     match kind {
         BackendKind::Cpu => Ok(Box::new(host::HostDevice::cpu(threads)?)),
         BackendKind::CpuRef => Ok(Box::new(host::HostDevice::reference())),
-        BackendKind::Sim => Ok(Box::new(sim::SimDevice::new(budget_bytes, sim_link_gbps, threads)?)),
+        BackendKind::Sim => {
+            Ok(Box::new(sim::SimDevice::new(budget_bytes, sim_link_gbps, threads)?))
+        }
         #[cfg(has_cuda)]
         BackendKind::Cuda => Ok(Box::new(cuda::CudaDevice::open(ordinal, budget_bytes)?)),
         #[cfg(not(has_cuda))]

@@ -114,10 +114,15 @@ impl Stats {
     }
     /// Achieved link speed while it was busy.
     pub fn link_gbps(&self) -> f64 {
-        if self.link_busy_seconds > 0.0 { self.h2d_bytes as f64 / self.link_busy_seconds / 1e9 } else { 0.0 }
+        if self.link_busy_seconds > 0.0 {
+            self.h2d_bytes as f64 / self.link_busy_seconds / 1e9
+        } else {
+            0.0
+        }
     }
     pub fn prefetch_recall(&self) -> Option<f64> {
-        (self.prefetch_predicted > 0).then(|| self.prefetch_correct as f64 / self.prefetch_predicted as f64)
+        (self.prefetch_predicted > 0)
+            .then(|| self.prefetch_correct as f64 / self.prefetch_predicted as f64)
     }
     pub fn cpu_expert_share(&self) -> f64 {
         self.cpu_experts as f64 / (self.cpu_experts + self.gpu_experts).max(1) as f64
@@ -162,4 +167,3 @@ impl std::fmt::Display for Stats {
         )
     }
 }
-

@@ -3,8 +3,8 @@
 //! exactly these amounts; `rotary inspect --vram-budget` prints the same plan.
 
 use crate::error::{Error, Result};
-use crate::units::human_bytes;
 use crate::model::ModelConfig;
+use crate::units::human_bytes;
 
 /// Tokens per micro-batch: prompts run in slices of this many (workspaces are sized for it).
 pub const UBATCH: usize = 64;
@@ -60,18 +60,19 @@ pub fn scratch_bytes(c: &ModelConfig) -> u64 {
     let (dim, q, kv) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
     let (e, k, ffn) = (c.n_experts, c.n_experts_used, act_ffn(c));
     let g = Qwen35Scratch::of(c);
-    let (gq, ch, inner, nv) = (if g.gated { q } else { 0 }, g.channels as u64, g.inner as u64, g.n_v as u64);
+    let (gq, ch, inner, nv) =
+        (if g.gated { q } else { 0 }, g.channels as u64, g.inner as u64, g.n_v as u64);
     let f32s = [
-        u * dim,     // x
-        u * dim,     // h
-        u * q,       // q
-        u * kv,      // k
-        u * kv,      // v
-        u * q,       // o
-        u * e,       // router logits
-        u * 2 * k,   // expert weights (true + predicted)
-        u * k * ffn, // expert activations
-        u * k * dim, // expert outputs
+        u * dim,                        // x
+        u * dim,                        // h
+        u * q,                          // q
+        u * kv,                         // k
+        u * kv,                         // v
+        u * q,                          // o
+        u * e,                          // router logits
+        u * 2 * k,                      // expert weights (true + predicted)
+        u * k * ffn,                    // expert activations
+        u * k * dim,                    // expert outputs
         LOGITS_ROWS as u64 * c.n_vocab, // logits
         (u * 2 * gq).max(1),            // gated attention q|gate
         (u * gq).max(1),                // gate
@@ -134,7 +135,8 @@ impl Plan {
         let n_experts_total = (c.n_layers * c.n_experts) as usize;
         // Per layer: the expert pointer table, and qwen35moe's shared-expert table and ids.
         let shared = if c.shared_ffn_dim > 0 { align(3 * 8) + align(UBATCH as u64 * 4) } else { 0 };
-        let tables_bytes = c.n_layers * (align(3 * c.n_experts * 8) + shared) + 2 * align(c.head_dim * 4);
+        let tables_bytes =
+            c.n_layers * (align(3 * c.n_experts * 8) + shared) + 2 * align(c.head_dim * 4);
         let mut plan = Plan {
             budget_bytes,
             dense_bytes,
@@ -169,7 +171,11 @@ impl Plan {
 
     /// Everything but the expert slots.
     pub fn fixed_bytes(&self) -> u64 {
-        self.dense_bytes + self.kv_bytes + self.scratch_bytes + self.tables_bytes + self.overhead_bytes
+        self.dense_bytes
+            + self.kv_bytes
+            + self.scratch_bytes
+            + self.tables_bytes
+            + self.overhead_bytes
     }
 
     pub fn expert_cache_bytes(&self) -> u64 {

@@ -89,10 +89,18 @@ impl<'w> Residency<'w> {
         }
         let resident = plan.all_resident();
         // A host device reads resident experts where the mapping has them: no slots.
-        let slot_space = if resident && dev.is_host() { 0 } else { plan.n_slots as u64 * plan.slot_bytes };
+        let slot_space =
+            if resident && dev.is_host() { 0 } else { plan.n_slots as u64 * plan.slot_bytes };
         let slots = dev.alloc(slot_space.max(1), "expert cache")?;
         let n_layers = c.n_layers as usize;
-        let shape = layers.iter().map(|l| ExpertShape { gate_bytes: l.gate_bytes, down_bytes: l.down_bytes, table: l.tables }).collect();
+        let shape = layers
+            .iter()
+            .map(|l| ExpertShape {
+                gate_bytes: l.gate_bytes,
+                down_bytes: l.down_bytes,
+                table: l.tables,
+            })
+            .collect();
         let mut r = Residency {
             w,
             n_experts: c.n_experts as usize,
@@ -113,7 +121,11 @@ impl<'w> Residency<'w> {
             used_slots: Vec::new(),
             last_demand: None,
             pinned_bytes: 0,
-            stats: Stats { n_layers: c.n_layers, vram_budget_bytes: dev.budget_bytes(), ..Stats::default() },
+            stats: Stats {
+                n_layers: c.n_layers,
+                vram_budget_bytes: dev.budget_bytes(),
+                ..Stats::default()
+            },
             opts,
         };
         r.stats.per_layer_hits = vec![0; n_layers];
@@ -169,7 +181,12 @@ impl<'w> Residency<'w> {
 
     /// Resident: every expert into its slot now (on a host device, the table points into
     /// the mapping). Streaming: the host source of the copies.
-    fn place_experts(&mut self, dev: &mut dyn Device, done: &mut u64, progress: &mut dyn FnMut(u64)) -> Result<()> {
+    fn place_experts(
+        &mut self,
+        dev: &mut dyn Device,
+        done: &mut u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
         let w = self.w;
         if self.resident {
             let mut slot = 0;
@@ -177,13 +194,19 @@ impl<'w> Residency<'w> {
                 for (e, x) in layer.experts.iter().enumerate() {
                     let (g, d) = (self.shape[l].gate_bytes, self.shape[l].down_bytes);
                     if dev.is_host() {
-                        let name = |part: &str| format!("blk.{l}.ffn_{part}_exps.weight expert {e}");
+                        let name =
+                            |part: &str| format!("blk.{l}.ffn_{part}_exps.weight expert {e}");
                         // SAFETY: the weights outlive the device (see upload::place).
                         let parts = unsafe {
-                            [dev.map(x.gate.data, &name("gate"))?, dev.map(x.up.data, &name("up"))?, dev.map(x.down.data, &name("down"))?]
+                            [
+                                dev.map(x.gate.data, &name("gate"))?,
+                                dev.map(x.up.data, &name("up"))?,
+                                dev.map(x.down.data, &name("down"))?,
+                            ]
                         };
                         let n = self.n_experts;
-                        (self.tables[l][e], self.tables[l][n + e], self.tables[l][2 * n + e]) = (parts[0], parts[1], parts[2]);
+                        (self.tables[l][e], self.tables[l][n + e], self.tables[l][2 * n + e]) =
+                            (parts[0], parts[1], parts[2]);
                     } else {
                         let at = self.slot_addr(slot);
                         upload(dev, at, x.gate.data)?;
@@ -219,7 +242,9 @@ impl<'w> Residency<'w> {
                     offs.push(at);
                     for part in [x.gate.data, x.up.data, x.down.data] {
                         // SAFETY: base holds `packed` bytes; the parts of all experts sum to it.
-                        unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), base.add(at), part.len()) };
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(part.as_ptr(), base.add(at), part.len())
+                        };
                         at += part.len();
                     }
                     *done += per_expert(&self.shape[l]);
@@ -230,7 +255,9 @@ impl<'w> Residency<'w> {
             self.host = HostExperts::Packed { base, offsets };
         } else {
             let n = ring_len(self.n_experts).min(2 * self.n_slots.max(1));
-            let staging = (0..n).map(|_| dev.alloc_host(self.slot_bytes, "pinned staging")).collect::<Result<Vec<_>>>()?;
+            let staging = (0..n)
+                .map(|_| dev.alloc_host(self.slot_bytes, "pinned staging"))
+                .collect::<Result<Vec<_>>>()?;
             self.pinned_bytes = n as u64 * self.slot_bytes;
             self.host = HostExperts::Ring { staging, last_copy: vec![None; n], next: 0 };
             *done += packed;
@@ -268,12 +295,20 @@ impl<'w> Residency<'w> {
 
     /// Make layer `l`'s experts for these ids available: hits, demand loads into slots, CPU
     /// fallback (output rows uploaded, ids marked). Updates the layer's pointer table.
-    pub fn resolve(&mut self, dev: &mut dyn Device, l: usize, n: usize, ids: &[i32], s: &Scratch) -> Result<()> {
+    pub fn resolve(
+        &mut self,
+        dev: &mut dyn Device,
+        l: usize,
+        n: usize,
+        ids: &[i32],
+        s: &Scratch,
+    ) -> Result<()> {
         let (dim, k) = (self.dim, self.k);
         if let Some(pred) = self.predicted[l].take() {
             for (t, p) in pred.iter().enumerate().take(n) {
                 let truth = &ids[t * k..(t + 1) * k];
-                self.stats.prefetch_correct += p.iter().filter(|&&e| truth.contains(&(e as i32))).count() as u64;
+                self.stats.prefetch_correct +=
+                    p.iter().filter(|&&e| truth.contains(&(e as i32))).count() as u64;
                 self.stats.prefetch_predicted += k as u64;
             }
         }
@@ -311,7 +346,10 @@ impl<'w> Residency<'w> {
         }
         let mut jobs = Vec::with_capacity(gpu.len());
         for &e in &gpu {
-            let slot = self.cache.victim(l, &self.used_slots).expect("split() keeps loads within capacity");
+            let slot = self
+                .cache
+                .victim(l, &self.used_slots)
+                .expect("split() keeps loads within capacity");
             self.before_refill(dev, Stream::Copy, slot)?;
             jobs.push((l, e, slot));
             self.cache.insert(slot, l, e);
@@ -335,10 +373,16 @@ impl<'w> Residency<'w> {
             // Each CPU expert once over its pairs, as the MoE kernel would (same rows, same bits).
             let cpu_kernels = self.cpu.as_ref().expect("streaming sessions have CPU kernels");
             let mut marked = ids.to_vec();
-            let on_cpu: Vec<i32> = ids.iter().map(|&e| if cpu.contains(&(e as usize)) { e } else { -1 }).collect();
-            for (e, pairs) in group_pairs(&on_cpu, self.n_experts)?.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            let on_cpu: Vec<i32> =
+                ids.iter().map(|&e| if cpu.contains(&(e as usize)) { e } else { -1 }).collect();
+            for (e, pairs) in group_pairs(&on_cpu, self.n_experts)?
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !p.is_empty())
+            {
                 let x = &self.w.layers[l].experts[e];
-                let y = expert_rows(cpu_kernels, [&x.gate, &x.up, &x.down], &h, pairs, k)?; // [pairs, dim]
+                // [pairs, dim]
+                let y = expert_rows(cpu_kernels, [&x.gate, &x.up, &x.down], &h, pairs, k)?;
                 for (i, &pair) in pairs.iter().enumerate() {
                     upload(dev, s.out + (pair * dim * 4) as u64, &y[i * dim..(i + 1) * dim])?;
                     marked[pair] = -1 - e as i32;
@@ -350,7 +394,8 @@ impl<'w> Residency<'w> {
                 // there again is copied into the cache behind the compute (prefetch stream), so
                 // its next reuse hits. One-off misses (no reuse) cost no link traffic.
                 let ghosts = &mut self.ghosts[l];
-                let again: Vec<usize> = cpu.iter().copied().filter(|e| ghosts.contains(e)).collect();
+                let again: Vec<usize> =
+                    cpu.iter().copied().filter(|e| ghosts.contains(e)).collect();
                 for &e in &cpu {
                     ghosts.retain(|&g| g != e);
                     ghosts.push_back(e);
@@ -408,11 +453,18 @@ impl<'w> Residency<'w> {
     /// memory one copy each; in ring mode loader threads first fill staging buffers from the
     /// file mapping in parallel (page faults happen there, on the host, while the device works
     /// through what is already queued).
-    fn copy_experts(&mut self, dev: &mut dyn Device, stream: Stream, jobs: &[(usize, usize, usize)]) -> Result<()> {
+    fn copy_experts(
+        &mut self,
+        dev: &mut dyn Device,
+        stream: Stream,
+        jobs: &[(usize, usize, usize)],
+    ) -> Result<()> {
         let w = self.w;
         let sizes: Vec<(Addr, usize)> = jobs
             .iter()
-            .map(|&(l, _, slot)| (self.slot_addr(slot), 2 * self.shape[l].gate_bytes + self.shape[l].down_bytes))
+            .map(|&(l, _, slot)| {
+                (self.slot_addr(slot), 2 * self.shape[l].gate_bytes + self.shape[l].down_bytes)
+            })
             .collect();
         match &mut self.host {
             HostExperts::Packed { base, offsets } => {
@@ -437,7 +489,12 @@ impl<'w> Residency<'w> {
                     }
                     bufs.push(i);
                 }
-                assert!(jobs.len() <= staging.len(), "{} loads for {} staging buffers", jobs.len(), staging.len());
+                assert!(
+                    jobs.len() <= staging.len(),
+                    "{} loads for {} staging buffers",
+                    jobs.len(),
+                    staging.len()
+                );
                 let fills: Vec<Fill> = jobs
                     .iter()
                     .zip(&bufs)
@@ -475,9 +532,17 @@ impl<'w> Residency<'w> {
 
     /// Speculatively load layer `l`'s predicted experts on the prefetch stream, behind every
     /// demand load; remember the prediction to measure its recall.
-    pub fn prefetch(&mut self, dev: &mut dyn Device, l: usize, n: usize, pred: &[i32]) -> Result<()> {
+    pub fn prefetch(
+        &mut self,
+        dev: &mut dyn Device,
+        l: usize,
+        n: usize,
+        pred: &[i32],
+    ) -> Result<()> {
         let k = self.k;
-        let per_token: Vec<Vec<usize>> = (0..n).map(|t| pred[t * k..(t + 1) * k].iter().map(|&e| e as usize).collect()).collect();
+        let per_token: Vec<Vec<usize>> = (0..n)
+            .map(|t| pred[t * k..(t + 1) * k].iter().map(|&e| e as usize).collect())
+            .collect();
         let mut want: Vec<usize> = Vec::new();
         for e in per_token.iter().flatten() {
             if !want.contains(e) {
@@ -494,7 +559,13 @@ impl<'w> Residency<'w> {
     /// Load layer `l`'s `experts` (those not cached) on the prefetch stream into slots other
     /// than `protected`, as many as the layer may hold; each slot's `ready` event orders its
     /// first reader after the copy. Returns how many were queued.
-    fn load_async(&mut self, dev: &mut dyn Device, l: usize, experts: &[usize], mut protected: Vec<usize>) -> Result<usize> {
+    fn load_async(
+        &mut self,
+        dev: &mut dyn Device,
+        l: usize,
+        experts: &[usize],
+        mut protected: Vec<usize>,
+    ) -> Result<usize> {
         let mut loaded = Vec::new();
         for &e in experts {
             if self.cache.peek(l, e).is_some() || protected.len() >= self.cache.capacity(l) {
@@ -509,8 +580,10 @@ impl<'w> Residency<'w> {
         }
         let n_loaded = loaded.len();
         if !loaded.is_empty() {
-            let jobs: Vec<(usize, usize, usize)> =
-                loaded.iter().map(|&slot| (l, self.cache.slots[slot].key.expect("just inserted").1, slot)).collect();
+            let jobs: Vec<(usize, usize, usize)> = loaded
+                .iter()
+                .map(|&slot| (l, self.cache.slots[slot].key.expect("just inserted").1, slot))
+                .collect();
             // Never ahead of a demand load on the link: the two copy streams are peers on a
             // GPU (the simulator serves demand first); this makes the GPU behave the same.
             if let Some(ev) = self.last_demand {
@@ -536,7 +609,13 @@ pub const PREFETCH_CHUNK: usize = 512 << 10;
 ///
 /// # Safety
 /// As `Device::h2d`.
-unsafe fn h2d_chunked(dev: &mut dyn Device, stream: Stream, dst: Addr, src: *const u8, bytes: usize) -> Result<()> {
+unsafe fn h2d_chunked(
+    dev: &mut dyn Device,
+    stream: Stream,
+    dst: Addr,
+    src: *const u8,
+    bytes: usize,
+) -> Result<()> {
     let piece = if stream == Stream::Prefetch { PREFETCH_CHUNK } else { bytes.max(1) };
     let mut at = 0;
     while at < bytes {
@@ -624,4 +703,3 @@ fn mem_available() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
-

@@ -1,7 +1,8 @@
 //! `--backend sim`: a simulated GPU. Kernels are the host kernels (src/ops/host.rs, as `cpu`
 //! runs them); device memory is an arena capped at the budget, and every kernel's operands are
-//! checked against its allocations, like a memory sanitizer; the copy engine is a thread of its own that moves bytes at
-//! `link_gbps`, demand loads ahead of prefetches; events order it against the compute stream.
+//! checked against its allocations, like a memory sanitizer; the copy engine is a thread of its
+//! own that moves bytes at `link_gbps`, demand loads ahead of prefetches; events order it against
+//! the compute stream.
 //!
 //! The compute stream runs on the calling thread: a kernel has finished when `launch` returns,
 //! and waiting for a copy event blocks the caller (that wait is the stall a real GPU would see).
@@ -61,11 +62,21 @@ pub struct SimDevice {
 impl SimDevice {
     /// A simulated device with at most `budget_bytes` of memory (None: unlimited), a host link
     /// of `link_gbps` GB/s and `threads` CPU threads for its kernels.
-    pub fn new(budget_bytes: Option<u64>, link_gbps: f64, threads: Option<usize>) -> Result<SimDevice> {
+    pub fn new(
+        budget_bytes: Option<u64>,
+        link_gbps: f64,
+        threads: Option<usize>,
+    ) -> Result<SimDevice> {
         if !(link_gbps > 0.0 && link_gbps.is_finite()) {
-            return Err(Error::Usage(format!("simulated link speed {link_gbps} GB/s: want a positive number")));
+            return Err(Error::Usage(format!(
+                "simulated link speed {link_gbps} GB/s: want a positive number"
+            )));
         }
-        let link = Arc::new(Link { state: Mutex::new(LinkState::default()), wake: Condvar::new(), gbps: link_gbps });
+        let link = Arc::new(Link {
+            state: Mutex::new(LinkState::default()),
+            wake: Condvar::new(),
+            gbps: link_gbps,
+        });
         let worker_link = Arc::clone(&link);
         let worker = std::thread::Builder::new()
             .name("sim-link".into())
@@ -135,7 +146,11 @@ fn link_worker(link: &Link) {
 impl Device for SimDevice {
     fn describe(&self) -> String {
         let budget = self.budget_bytes.map_or("unlimited".into(), crate::units::human_bytes);
-        format!("sim (CPU kernels, {} threads; memory {budget}; link {} GB/s)", self.threads(), self.link.gbps)
+        format!(
+            "sim (CPU kernels, {} threads; memory {budget}; link {} GB/s)",
+            self.threads(),
+            self.link.gbps
+        )
     }
 
     fn alloc(&mut self, bytes: u64, what: &str) -> Result<Addr> {
@@ -174,7 +189,13 @@ impl Device for SimDevice {
         Ok(p)
     }
 
-    unsafe fn h2d(&mut self, stream: Stream, dst: Addr, src: *const u8, bytes: usize) -> Result<()> {
+    unsafe fn h2d(
+        &mut self,
+        stream: Stream,
+        dst: Addr,
+        src: *const u8,
+        bytes: usize,
+    ) -> Result<()> {
         self.mem.check(dst, bytes, "h2d destination")?;
         if stream == Stream::Compute {
             // SAFETY: dst range checked; src valid for bytes by the caller's contract.
@@ -182,11 +203,19 @@ impl Device for SimDevice {
             return Ok(());
         }
         let mut st = self.link.state.lock().expect("link lock");
-        let (mut off, chunk) = (0, if stream == Stream::Prefetch { PREFETCH_CHUNK } else { bytes.max(1) });
+        let (mut off, chunk) =
+            (0, if stream == Stream::Prefetch { PREFETCH_CHUNK } else { bytes.max(1) });
         while off < bytes {
             let b = chunk.min(bytes - off);
-            let job = Job { stream, kind: JobKind::Copy { dst: dst as usize + off, src: src as usize + off, bytes: b } };
-            if stream == Stream::Prefetch { st.prefetch.push_back(job) } else { st.demand.push_back(job) }
+            let job = Job {
+                stream,
+                kind: JobKind::Copy { dst: dst as usize + off, src: src as usize + off, bytes: b },
+            };
+            if stream == Stream::Prefetch {
+                st.prefetch.push_back(job)
+            } else {
+                st.demand.push_back(job)
+            }
             off += b;
         }
         drop(st);

@@ -73,7 +73,7 @@ pub struct DLayer {
     pub ffn_norm: Addr, // [dim]
     pub router: DMat,   // [n_experts, dim]
     pub shared: Option<DShared>,
-    pub tables: Addr,       // [3, n_experts] u64: gate, up, down addresses
+    pub tables: Addr, // [3, n_experts] u64: gate, up, down addresses
     pub ty_gate_up: GgmlType,
     pub ty_down: GgmlType,
     pub gate_bytes: usize, // one expert's gate (= up) bytes
@@ -98,13 +98,13 @@ pub struct Scratch {
     pub offsets: Addr, // [n_experts + 1] i32
     pub pairs: Addr,   // [ubatch * k] i32
     // qwen35moe (one float when the model has no such part):
-    pub qg: Addr,      // [ubatch, n_heads * 2 * head_dim] gated attention's packed q|gate
-    pub gate: Addr,    // [ubatch, n_heads * head_dim]
-    pub gdn_x: Addr,   // [ubatch, channels] DeltaNet q|k|v, convolved in place
-    pub gdn_z: Addr,   // [ubatch, n_v·dv]
-    pub gdn_b: Addr,   // [ubatch, n_v] beta
-    pub gdn_a: Addr,   // [ubatch, n_v] alpha → decay
-    pub gdn_o: Addr,   // [ubatch, n_v·dv]
+    pub qg: Addr,    // [ubatch, n_heads * 2 * head_dim] gated attention's packed q|gate
+    pub gate: Addr,  // [ubatch, n_heads * head_dim]
+    pub gdn_x: Addr, // [ubatch, channels] DeltaNet q|k|v, convolved in place
+    pub gdn_z: Addr, // [ubatch, n_v·dv]
+    pub gdn_b: Addr, // [ubatch, n_v] beta
+    pub gdn_a: Addr, // [ubatch, n_v] alpha → decay
+    pub gdn_o: Addr, // [ubatch, n_v·dv]
 }
 
 /// The dense weights on the device: every layer, the output norm and projection, RoPE's
@@ -117,7 +117,13 @@ pub struct DeviceWeights {
 }
 
 /// Hand a matrix to the device (a copy, or on a host device the mapping itself).
-fn place(d: &mut dyn Device, m: &Mat, what: &str, done: &mut u64, progress: &mut dyn FnMut(u64)) -> Result<DMat> {
+fn place(
+    d: &mut dyn Device,
+    m: &Mat,
+    what: &str,
+    done: &mut u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<DMat> {
     // SAFETY: the weights outlive the device that reads them (both belong to the session,
     // which borrows the weights for 'w and drops the device first).
     let addr = unsafe { d.map(m.data, what)? };
@@ -135,7 +141,12 @@ impl DeviceWeights {
     /// Place the dense weights and allocate each attention layer's paged KV cache (room for
     /// n_ctx positions) and each DeltaNet layer's state. `progress(bytes)` counts weight
     /// bytes placed.
-    pub fn upload(w: &Weights, d: &mut dyn Device, n_ctx: usize, progress: &mut dyn FnMut(u64)) -> Result<DeviceWeights> {
+    pub fn upload(
+        w: &Weights,
+        d: &mut dyn Device,
+        n_ctx: usize,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<DeviceWeights> {
         let c = &w.cfg;
         let mut done = 0u64;
         let output = place(d, &w.output, "output.weight", &mut done, progress)?;
@@ -147,7 +158,10 @@ impl DeviceWeights {
         let mut layers = Vec::with_capacity(w.layers.len());
         for (l, layer) in w.layers.iter().enumerate() {
             let name = |s: &str| format!("blk.{l}.{s}");
-            let first = layer.experts.first().ok_or_else(|| Error::MissingTensor { name: name("ffn_gate_exps.weight") })?;
+            let first = layer
+                .experts
+                .first()
+                .ok_or_else(|| Error::MissingTensor { name: name("ffn_gate_exps.weight") })?;
             same_format(first, &name("ffn_up_exps.weight"))?;
             let (gate_bytes, down_bytes) = expert_bytes(first);
             let mut mat = |m: &Mat, what: &str| place(d, m, &name(what), &mut done, progress);
@@ -159,7 +173,14 @@ impl DeviceWeights {
                     wo: mat(&a.wo, "attn_output")?,
                     q_norm: 0,
                     k_norm: 0,
-                    cache: KvCache { k: 0, v: 0, page_table, page_size: PAGE_SIZE, kv_width, ty: kv_ty },
+                    cache: KvCache {
+                        k: 0,
+                        v: 0,
+                        page_table,
+                        page_size: PAGE_SIZE,
+                        kv_width,
+                        ty: kv_ty,
+                    },
                     gate: if a.gated { AttnGate::Sigmoid } else { AttnGate::None },
                 }),
                 Mixer::DeltaNet(g) => DMixer::DeltaNet(DDeltaNet {
@@ -182,11 +203,19 @@ impl DeviceWeights {
                     let e = &sx.expert;
                     same_format(e, &name("ffn_up_shexp.weight"))?;
                     let gate_inp = mat(&sx.gate_inp, "ffn_gate_inp_shexp")?;
-                    let parts = [mat(&e.gate, "ffn_gate_shexp")?, mat(&e.up, "ffn_up_shexp")?, mat(&e.down, "ffn_down_shexp")?];
+                    let parts = [
+                        mat(&e.gate, "ffn_gate_shexp")?,
+                        mat(&e.up, "ffn_up_shexp")?,
+                        mat(&e.down, "ffn_down_shexp")?,
+                    ];
                     let ubatch = d.max_batch();
                     Some(DShared {
                         gate_inp,
-                        table: alloc_upload(d, &parts.map(|m| m.addr), &name("shared expert table"))?,
+                        table: alloc_upload(
+                            d,
+                            &parts.map(|m| m.addr),
+                            &name("shared expert table"),
+                        )?,
                         ids: alloc_upload(d, &vec![0i32; ubatch], &name("shared expert ids"))?,
                         ty_gate_up: e.gate.ty,
                         ty_down: e.down.ty,
@@ -230,8 +259,9 @@ impl DeviceWeights {
         }
         let output_norm = vector(d, &w.output_norm, "output_norm")?;
         let rot = c.rope_dims as usize;
-        let inv_freq: Vec<f32> =
-            (0..rot / 2).map(|i| c.rope_theta.powf(-(2.0 * i as f64) / rot as f64) as f32).collect();
+        let inv_freq: Vec<f32> = (0..rot / 2)
+            .map(|i| c.rope_theta.powf(-(2.0 * i as f64) / rot as f64) as f32)
+            .collect();
         let inv_freq = vector(d, &inv_freq, "rope frequencies")?;
         Ok(DeviceWeights { layers, output_norm, output, inv_freq })
     }
@@ -254,10 +284,19 @@ pub fn dense_bytes(w: &Weights) -> u64 {
     for l in &w.layers {
         total += m(&l.router) + v(&l.attn_norm) + v(&l.ffn_norm);
         total += match &l.mixer {
-            Mixer::Attention(a) => m(&a.wq) + m(&a.wk) + m(&a.wv) + m(&a.wo) + v(&a.q_norm) + v(&a.k_norm),
+            Mixer::Attention(a) => {
+                m(&a.wq) + m(&a.wk) + m(&a.wv) + m(&a.wo) + v(&a.q_norm) + v(&a.k_norm)
+            }
             Mixer::DeltaNet(d) => {
-                m(&d.qkv) + m(&d.z) + m(&d.beta) + m(&d.alpha) + m(&d.out)
-                    + v(&d.conv) + v(&d.dt_bias) + v(&d.a) + v(&d.norm)
+                m(&d.qkv)
+                    + m(&d.z)
+                    + m(&d.beta)
+                    + m(&d.alpha)
+                    + m(&d.out)
+                    + v(&d.conv)
+                    + v(&d.dt_bias)
+                    + v(&d.a)
+                    + v(&d.norm)
             }
         };
         if let Some(sh) = &l.shared {
@@ -289,7 +328,8 @@ impl Scratch {
     pub fn new(d: &mut dyn Device, c: &ModelConfig, ubatch: usize) -> Result<Scratch> {
         let (dim, q_width) = (c.dim as usize, (c.n_heads * c.head_dim) as usize);
         let kv_width = (c.n_kv_heads * c.head_dim) as usize;
-        let (e, k, ffn) = (c.n_experts as usize, c.n_experts_used as usize, plan::act_ffn(c) as usize);
+        let (e, k, ffn) =
+            (c.n_experts as usize, c.n_experts_used as usize, plan::act_ffn(c) as usize);
         let g = plan::Qwen35Scratch::of(c);
         let gated_width = if g.gated { q_width } else { 0 };
         let u = ubatch;
@@ -319,4 +359,3 @@ impl Scratch {
         })
     }
 }
-

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::{compare, cases, inputs, reference, CaseResult, Inputs, Op, Output, Report, Status};
+use super::{cases, compare, inputs, reference, CaseResult, Inputs, Op, Output, Report, Status};
 use crate::error::Result;
 use crate::ops::{Addr, Kernel, KvCache};
 use crate::rotary::device::{alloc_upload, download, Device, Plain, Stream};
@@ -25,7 +25,8 @@ impl Guarded {
         assert_eq!(std::mem::size_of::<T>(), 4, "guarded outputs hold 4-byte elements");
         let mut bits = vec![GUARD_BITS; init.len() + 2 * GUARD];
         // SAFETY: T is a 4-byte Plain type: its bytes are a u32's.
-        let init_bits: &[u32] = unsafe { std::slice::from_raw_parts(init.as_ptr().cast(), init.len()) };
+        let init_bits: &[u32] =
+            unsafe { std::slice::from_raw_parts(init.as_ptr().cast(), init.len()) };
         bits[GUARD..GUARD + init.len()].copy_from_slice(init_bits);
         Ok(Guarded { base: alloc_upload(dev, &bits, what)?, len: init.len() })
     }
@@ -95,7 +96,8 @@ fn prepare(dev: &mut dyn Device, op: &Op, i: &Inputs) -> Result<Prepared> {
             let logits = u.data(&i.f[0])?;
             let out = u.guarded(&vec![0f32; n * k], "topk weights")?;
             let id = u.guarded(&vec![0i32; n * k], "topk ids")?;
-            let kernel = Kernel::TopkMoe { logits, ids: id.at(), weights: out.at(), n, n_experts, k, norm };
+            let kernel =
+                Kernel::TopkMoe { logits, ids: id.at(), weights: out.at(), n, n_experts, k, norm };
             ids = Some(id);
             (vec![kernel], out)
         }
@@ -107,19 +109,33 @@ fn prepare(dev: &mut dyn Device, op: &Op, i: &Inputs) -> Result<Prepared> {
         Op::Rope { n, n_heads, head_dim, rope_dims, pos0 } => {
             let out = u.guarded(&i.f[0], "rope x")?;
             let inv_freq = u.data(&i.f[1])?;
-            (vec![Kernel::Rope { x: out.at(), inv_freq, n, n_heads, head_dim, rope_dims, pos0 }], out)
+            (
+                vec![Kernel::Rope { x: out.at(), inv_freq, n, n_heads, head_dim, rope_dims, pos0 }],
+                out,
+            )
         }
         Op::Attention { n, n_heads, n_kv_heads, head_dim, pos0, page_size } => {
             // Store every position into the paged cache, then attend.
             let kv_width = n_kv_heads * head_dim;
             let cache_bytes = i.ids.len() * page_size * kv_width * kv_ty.bytes();
             let (k, v) = (u.zeros(cache_bytes, "k cache")?, u.zeros(cache_bytes, "v cache")?);
-            let cache = KvCache { k, v, page_table: u.data(&i.ids)?, page_size, kv_width, ty: kv_ty };
+            let cache =
+                KvCache { k, v, page_table: u.data(&i.ids)?, page_size, kv_width, ty: kv_ty };
             let (q, kk, vv) = (u.data(&i.f[0])?, u.data(&i.f[1])?, u.data(&i.f[2])?);
             let out = u.guarded(&vec![0f32; n * n_heads * head_dim], "attention o")?;
             let scale = 1.0 / (head_dim as f32).sqrt();
             let store = Kernel::KvStore { cache, k: kk, v: vv, n: pos0 + n, pos0: 0 };
-            let attend = Kernel::Attention { cache, q, o: out.at(), n, n_heads, n_kv_heads, head_dim, pos0, scale };
+            let attend = Kernel::Attention {
+                cache,
+                q,
+                o: out.at(),
+                n,
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                pos0,
+                scale,
+            };
             (vec![store, attend], out)
         }
         Op::Embed { ty, dim, n, .. } => {
@@ -134,8 +150,12 @@ fn prepare(dev: &mut dyn Device, op: &Op, i: &Inputs) -> Result<Prepared> {
         Op::SplitGate { n, n_heads, head_dim } => {
             let len = n * n_heads * head_dim;
             let qg = u.data(&i.f[0])?;
-            let (out, gate) = (u.guarded(&vec![0f32; len], "split_gate q")?, u.guarded(&vec![0f32; len], "split_gate gate")?);
-            let kernel = Kernel::SplitGate { qg, q: out.at(), gate: gate.at(), n, n_heads, head_dim };
+            let (out, gate) = (
+                u.guarded(&vec![0f32; len], "split_gate q")?,
+                u.guarded(&vec![0f32; len], "split_gate gate")?,
+            );
+            let kernel =
+                Kernel::SplitGate { qg, q: out.at(), gate: gate.at(), n, n_heads, head_dim };
             second = Some(gate);
             (vec![kernel], out)
         }
@@ -157,7 +177,9 @@ fn prepare(dev: &mut dyn Device, op: &Op, i: &Inputs) -> Result<Prepared> {
 /// Routed experts: each of gate, up, down stacked over experts in one buffer, and a table of
 /// each expert's address in it.
 fn prepare_moe(mut u: Uploads, op: &Op, i: &Inputs) -> Result<Prepared> {
-    let Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n } = *op else { unreachable!("a moe case") };
+    let Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n } = *op else {
+        unreachable!("a moe case")
+    };
     let rb_gu = ty_gate_up.row_bytes(dim as u64).unwrap_or(0) as usize;
     let rb_d = ty_down.row_bytes(ffn as u64).unwrap_or(0) as usize;
     let mut tables = Vec::new();
@@ -194,21 +216,42 @@ fn prepare_moe(mut u: Uploads, op: &Op, i: &Inputs) -> Result<Prepared> {
 fn prepare_deltanet(mut u: Uploads, op: &Op, i: &Inputs) -> Result<Prepared> {
     let (kernel, out, second) = match *op {
         Op::GdnConv { n, channels, kernel } => {
-            let (out, state) = (u.guarded(&i.f[0], "gdn_conv x")?, u.guarded(&i.f[1], "gdn_conv state")?);
+            let (out, state) =
+                (u.guarded(&i.f[0], "gdn_conv x")?, u.guarded(&i.f[1], "gdn_conv state")?);
             let w = u.data(&i.f[2])?;
-            (Kernel::GdnConv { x: out.at(), state: state.at(), w, n, channels, kernel }, out, Some(state))
+            (
+                Kernel::GdnConv { x: out.at(), state: state.at(), w, n, channels, kernel },
+                out,
+                Some(state),
+            )
         }
         Op::GdnGates { n, n_v } => {
-            let (out, alpha) = (u.guarded(&i.f[0], "gdn_gates beta")?, u.guarded(&i.f[1], "gdn_gates alpha")?);
+            let (out, alpha) =
+                (u.guarded(&i.f[0], "gdn_gates beta")?, u.guarded(&i.f[1], "gdn_gates alpha")?);
             let (dt_bias, a) = (u.data(&i.f[2])?, u.data(&i.f[3])?);
-            (Kernel::GdnGates { beta: out.at(), alpha: alpha.at(), dt_bias, a, n, n_v }, out, Some(alpha))
+            (
+                Kernel::GdnGates { beta: out.at(), alpha: alpha.at(), dt_bias, a, n, n_v },
+                out,
+                Some(alpha),
+            )
         }
         Op::GdnRule { n, n_k, n_v, head_k, head_v, order, .. } => {
             let (qkv, beta, decay) = (u.data(&i.f[0])?, u.data(&i.f[1])?, u.data(&i.f[2])?);
             let out = u.guarded(&vec![0f32; n * n_v * head_v], "gdn_rule o")?;
             let state = u.guarded(&i.f[3], "gdn_rule state")?;
-            let kernel =
-                Kernel::GdnRule { qkv, beta, decay, state: state.at(), o: out.at(), n, n_k, n_v, head_k, head_v, order };
+            let kernel = Kernel::GdnRule {
+                qkv,
+                beta,
+                decay,
+                state: state.at(),
+                o: out.at(),
+                n,
+                n_k,
+                n_v,
+                head_k,
+                head_v,
+                order,
+            };
             (kernel, out, Some(state))
         }
         Op::GatedNorm { rows, width } => {

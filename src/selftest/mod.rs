@@ -10,15 +10,18 @@
 //! (src/ops/oracle.rs, src/ops/deltanet.rs) with the `cpu-ref` backend's products.
 
 mod device;
+mod report;
 
 pub use device::run;
-
+pub use report::{compare, nmse, table, to_json, CaseResult, Report, Status};
 
 use crate::backend::cpu_ref::CpuRef;
 use crate::backend::{Backend, Mat};
 use crate::error::Result;
 use crate::ops::deltanet;
-use crate::ops::oracle::{attention_reference, expert_forward, rmsnorm_rows, rope_tokens, split_gate, topk_moe};
+use crate::ops::oracle::{
+    attention_reference, expert_forward, rmsnorm_rows, rope_tokens, split_gate, topk_moe,
+};
 use crate::ops::{HeadOrder, TopkNorm};
 use crate::quant::{self, GgmlType};
 use crate::synth::{random_f32, random_ints, random_matrix};
@@ -39,32 +42,99 @@ pub const FORMATS: &[GgmlType] = &[
 #[derive(Clone, Debug)]
 pub enum Op {
     /// y [n, rows] = W [rows, cols] · x [n, cols].
-    Gemv { ty: GgmlType, rows: usize, cols: usize, n: usize },
+    Gemv {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        n: usize,
+    },
     /// Routed SwiGLU experts added to a residual (RotaryMoe).
-    Moe { ty_gate_up: GgmlType, ty_down: GgmlType, dim: usize, ffn: usize, n_experts: usize, k: usize, n: usize },
+    Moe {
+        ty_gate_up: GgmlType,
+        ty_down: GgmlType,
+        dim: usize,
+        ffn: usize,
+        n_experts: usize,
+        k: usize,
+        n: usize,
+    },
     /// softmax → top-k → optional renormalisation.
-    TopkMoe { n: usize, n_experts: usize, k: usize, norm: TopkNorm },
-    RmsNorm { rows: usize, width: usize },
-    Rope { n: usize, n_heads: usize, head_dim: usize, rope_dims: usize, pos0: usize },
+    TopkMoe {
+        n: usize,
+        n_experts: usize,
+        k: usize,
+        norm: TopkNorm,
+    },
+    RmsNorm {
+        rows: usize,
+        width: usize,
+    },
+    Rope {
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+        rope_dims: usize,
+        pos0: usize,
+    },
     /// KV store into a paged f16 cache (shuffled pages), then causal GQA attention.
-    Attention { n: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize, pos0: usize, page_size: usize },
-    Embed { ty: GgmlType, n_vocab: usize, dim: usize, n: usize },
-    Add { len: usize },
+    Attention {
+        n: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        page_size: usize,
+    },
+    Embed {
+        ty: GgmlType,
+        n_vocab: usize,
+        dim: usize,
+        n: usize,
+    },
+    Add {
+        len: usize,
+    },
     /// Gated attention: qg [n, n_heads, 2·head_dim] → q, gate [n, n_heads·head_dim].
-    SplitGate { n: usize, n_heads: usize, head_dim: usize },
+    SplitGate {
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+    },
     /// y *= sigmoid(g).
-    SigmoidMul { len: usize },
+    SigmoidMul {
+        len: usize,
+    },
     /// x = sigmoid(x).
-    Sigmoid { len: usize },
+    Sigmoid {
+        len: usize,
+    },
     /// Gated DeltaNet conv + SiLU over n tokens from a non-zero state, which it advances.
-    GdnConv { n: usize, channels: usize, kernel: usize },
+    GdnConv {
+        n: usize,
+        channels: usize,
+        kernel: usize,
+    },
     /// Gated DeltaNet beta and decay for [n, n_v].
-    GdnGates { n: usize, n_v: usize },
+    GdnGates {
+        n: usize,
+        n_v: usize,
+    },
     /// The gated delta rule over n tokens. `warm`: a random initial state (decode continues a
     /// state), else zeros (the first micro-batch of a prompt). `order`: GGUF's (tiled) or HF's.
-    GdnRule { n: usize, n_k: usize, n_v: usize, head_k: usize, head_v: usize, order: HeadOrder, warm: bool },
+    GdnRule {
+        n: usize,
+        n_k: usize,
+        n_v: usize,
+        head_k: usize,
+        head_v: usize,
+        order: HeadOrder,
+        warm: bool,
+    },
     /// rmsnorm(x) · w · silu(z) of rows of `width`.
-    GatedNorm { rows: usize, width: usize },
+    GatedNorm {
+        rows: usize,
+        width: usize,
+    },
 }
 
 impl Op {
@@ -91,7 +161,9 @@ impl Op {
     pub fn quant(&self) -> String {
         match self {
             Op::Gemv { ty, .. } | Op::Embed { ty, .. } => ty.name().to_string(),
-            Op::Moe { ty_gate_up, ty_down, .. } => format!("{}/{}", ty_gate_up.name(), ty_down.name()),
+            Op::Moe { ty_gate_up, ty_down, .. } => {
+                format!("{}/{}", ty_gate_up.name(), ty_down.name())
+            }
             Op::Attention { .. } => "f16 kv".into(),
             _ => "f32".into(),
         }
@@ -104,19 +176,27 @@ impl Op {
                 format!("dim={dim} ffn={ffn} experts={n_experts} k={k} n={n}")
             }
             Op::TopkMoe { n, n_experts, k, norm } => {
-                format!("n={n} experts={n_experts} k={k} {}", if norm == TopkNorm::Renorm { "renorm" } else { "softmax" })
+                format!(
+                    "n={n} experts={n_experts} k={k} {}",
+                    if norm == TopkNorm::Renorm { "renorm" } else { "softmax" }
+                )
             }
             Op::RmsNorm { rows, width } => format!("rows={rows} width={width}"),
             Op::Rope { n, n_heads, head_dim, rope_dims, pos0 } => {
                 format!("n={n} heads={n_heads} head_dim={head_dim} rot={rope_dims} pos0={pos0}")
             }
             Op::Attention { n, n_heads, n_kv_heads, head_dim, pos0, page_size } => format!(
-                "n={n} heads={n_heads}/{n_kv_heads} head_dim={head_dim} pos0={pos0} page={page_size}"
+                "n={n} heads={n_heads}/{n_kv_heads} head_dim={head_dim} \
+                 pos0={pos0} page={page_size}"
             ),
             Op::Embed { n_vocab, dim, n, .. } => format!("vocab={n_vocab} dim={dim} n={n}"),
             Op::Add { len } | Op::SigmoidMul { len } | Op::Sigmoid { len } => format!("len={len}"),
-            Op::SplitGate { n, n_heads, head_dim } => format!("n={n} heads={n_heads} head_dim={head_dim}"),
-            Op::GdnConv { n, channels, kernel } => format!("n={n} channels={channels} kernel={kernel}"),
+            Op::SplitGate { n, n_heads, head_dim } => {
+                format!("n={n} heads={n_heads} head_dim={head_dim}")
+            }
+            Op::GdnConv { n, channels, kernel } => {
+                format!("n={n} channels={channels} kernel={kernel}")
+            }
             Op::GdnGates { n, n_v } => format!("n={n} v_heads={n_v}"),
             Op::GdnRule { n, n_k, n_v, head_k, head_v, order, warm } => format!(
                 "n={n} heads={n_k}/{n_v} dk={head_k} dv={head_v} {} {}",
@@ -145,10 +225,12 @@ impl Op {
         match *self {
             Op::Gemv { ty, rows, cols, .. } => Some(rb(ty, cols) * rows as u64),
             // Decode: the k chosen experts' gate, up and down.
-            Op::Moe { ty_gate_up, ty_down, dim, ffn, k, n: 1, .. } => {
-                Some(k as u64 * (2 * rb(ty_gate_up, dim) * ffn as u64 + rb(ty_down, ffn) * dim as u64))
+            Op::Moe { ty_gate_up, ty_down, dim, ffn, k, n: 1, .. } => Some(
+                k as u64 * (2 * rb(ty_gate_up, dim) * ffn as u64 + rb(ty_down, ffn) * dim as u64),
+            ),
+            Op::GdnRule { n_v, head_k, head_v, n: 1, .. } => {
+                Some(2 * 4 * (n_v * head_k * head_v) as u64)
             }
-            Op::GdnRule { n_v, head_k, head_v, n: 1, .. } => Some(2 * 4 * (n_v * head_k * head_v) as u64),
             _ => None,
         }
     }
@@ -181,14 +263,32 @@ pub fn cases(perf: bool) -> Vec<Case> {
         (GgmlType::Q4_0, GgmlType::F32),
     ] {
         for n in [1, 2, 9] {
-            add(Op::Moe { ty_gate_up: gu, ty_down: down, dim: 512, ffn: 256, n_experts: 16, k: 4, n });
+            add(Op::Moe {
+                ty_gate_up: gu,
+                ty_down: down,
+                dim: 512,
+                ffn: 256,
+                n_experts: 16,
+                k: 4,
+                n,
+            });
         }
     }
     // qwen35moe's shared expert: the MoE kernel over a one-entry table, every token weighted.
     for n in [1, 9] {
-        add(Op::Moe { ty_gate_up: GgmlType::Q4K, ty_down: GgmlType::Q6K, dim: 512, ffn: 512, n_experts: 1, k: 1, n });
+        add(Op::Moe {
+            ty_gate_up: GgmlType::Q4K,
+            ty_down: GgmlType::Q6K,
+            dim: 512,
+            ffn: 512,
+            n_experts: 1,
+            k: 1,
+            n,
+        });
     }
-    for (n_experts, k, renorm) in [(128, 8, true), (256, 8, true), (60, 4, false), (512, 16, true), (8, 2, true)] {
+    for (n_experts, k, renorm) in
+        [(128, 8, true), (256, 8, true), (60, 4, false), (512, 16, true), (8, 2, true)]
+    {
         let norm = if renorm { TopkNorm::Renorm } else { TopkNorm::Softmax };
         add(Op::TopkMoe { n: 5, n_experts, k, norm });
     }
@@ -216,10 +316,26 @@ pub fn cases(perf: bool) -> Vec<Case> {
         }
         add_perf(Op::Gemv { ty: GgmlType::Q6K, rows: 151_936, cols: 2048, n: 1 });
         for (gu, down) in [(GgmlType::Q4K, GgmlType::Q6K), (GgmlType::Q4K, GgmlType::Q4K)] {
-            add_perf(Op::Moe { ty_gate_up: gu, ty_down: down, dim: 2048, ffn: 768, n_experts: 128, k: 8, n: 1 });
+            add_perf(Op::Moe {
+                ty_gate_up: gu,
+                ty_down: down,
+                dim: 2048,
+                ffn: 768,
+                n_experts: 128,
+                k: 8,
+                n: 1,
+            });
         }
         // Qwen3.5-35B-A3B's Gated DeltaNet at decode: one layer's state read and written.
-        add_perf(Op::GdnRule { n: 1, n_k: 16, n_v: 32, head_k: 128, head_v: 128, order: HeadOrder::Tiled, warm: true });
+        add_perf(Op::GdnRule {
+            n: 1,
+            n_k: 16,
+            n_v: 32,
+            head_k: 128,
+            head_v: 128,
+            order: HeadOrder::Tiled,
+            warm: true,
+        });
     }
     out
 }
@@ -236,7 +352,9 @@ fn qwen35_cases(add: &mut impl FnMut(Op)) {
     add(Op::SplitGate { n: 5, n_heads: 3, head_dim: 40 });
     add(Op::SigmoidMul { len: 10_000 });
     add(Op::Sigmoid { len: 1000 });
-    for (n, channels, kernel) in [(1, 8192, 4), (3, 8192, 4), (17, 8192, 4), (2, 100, 8), (5, 37, 3)] {
+    for (n, channels, kernel) in
+        [(1, 8192, 4), (3, 8192, 4), (17, 8192, 4), (2, 100, 8), (5, 37, 3)]
+    {
         add(Op::GdnConv { n, channels, kernel });
     }
     for (n, n_v) in [(1, 32), (17, 32), (5, 7)] {
@@ -250,11 +368,22 @@ fn qwen35_cases(add: &mut impl FnMut(Op)) {
         (17, true, true),
         (17, false, false),
     ] {
-        add(Op::GdnRule { n, n_k: 16, n_v: 32, head_k: 128, head_v: 128, order: order(tiled), warm });
+        add(Op::GdnRule {
+            n,
+            n_k: 16,
+            n_v: 32,
+            head_k: 128,
+            head_v: 128,
+            order: order(tiled),
+            warm,
+        });
     }
-    for (n, n_k, n_v, head_k, head_v, tiled) in
-        [(5, 2, 6, 24, 40, true), (5, 2, 6, 24, 40, false), (2, 3, 3, 33, 70, false), (2, 1, 2, 256, 32, true)]
-    {
+    for (n, n_k, n_v, head_k, head_v, tiled) in [
+        (5, 2, 6, 24, 40, true),
+        (5, 2, 6, 24, 40, false),
+        (2, 3, 3, 33, 70, false),
+        (2, 1, 2, 256, 32, true),
+    ] {
         add(Op::GdnRule { n, n_k, n_v, head_k, head_v, order: order(tiled), warm: true });
     }
     for (rows, width) in [(32, 128), (17 * 32, 128), (3, 40), (2, 256)] {
@@ -300,9 +429,27 @@ pub fn inputs(op: &Op, seed: u64) -> Result<Inputs> {
             i.f.push(random_f32(n * cols, 0.0, 1.0, seed + 1));
         }
         Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n } => {
-            i.mats.push(random_matrix(ty_gate_up, n_experts * ffn, dim, 1.0 / (dim as f32).sqrt(), seed)?);
-            i.mats.push(random_matrix(ty_gate_up, n_experts * ffn, dim, 1.0 / (dim as f32).sqrt(), seed + 1)?);
-            i.mats.push(random_matrix(ty_down, n_experts * dim, ffn, 1.0 / (ffn as f32).sqrt(), seed + 2)?);
+            i.mats.push(random_matrix(
+                ty_gate_up,
+                n_experts * ffn,
+                dim,
+                1.0 / (dim as f32).sqrt(),
+                seed,
+            )?);
+            i.mats.push(random_matrix(
+                ty_gate_up,
+                n_experts * ffn,
+                dim,
+                1.0 / (dim as f32).sqrt(),
+                seed + 1,
+            )?);
+            i.mats.push(random_matrix(
+                ty_down,
+                n_experts * dim,
+                ffn,
+                1.0 / (ffn as f32).sqrt(),
+                seed + 2,
+            )?);
             i.f.push(random_f32(n * dim, 0.0, 1.0, seed + 3));
             i.f.push(random_f32(n * dim, 0.0, 1.0, seed + 4));
             i.f.push(random_f32(n * k, 0.5, 0.25, seed + 5));
@@ -350,13 +497,18 @@ pub fn inputs(op: &Op, seed: u64) -> Result<Inputs> {
         }
         Op::Embed { ty, n_vocab, dim, n } => {
             i.mats.push(random_matrix(ty, n_vocab, dim, 1.0, seed)?);
-            i.ids = random_ints(n, 0, n_vocab as u32 - 1, seed + 1).into_iter().map(|t| t as i32).collect();
+            i.ids = random_ints(n, 0, n_vocab as u32 - 1, seed + 1)
+                .into_iter()
+                .map(|t| t as i32)
+                .collect();
         }
         Op::Add { len } => {
             i.f.push(random_f32(len, 0.0, 1.0, seed));
             i.f.push(random_f32(len, 0.0, 1.0, seed + 1));
         }
-        Op::SplitGate { n, n_heads, head_dim } => i.f.push(random_f32(2 * n * n_heads * head_dim, 0.0, 1.0, seed)),
+        Op::SplitGate { n, n_heads, head_dim } => {
+            i.f.push(random_f32(2 * n * n_heads * head_dim, 0.0, 1.0, seed))
+        }
         Op::SigmoidMul { len } => {
             i.f.push(random_f32(len, 0.0, 1.0, seed));
             i.f.push(random_f32(len, 0.0, 4.0, seed + 1));
@@ -428,7 +580,9 @@ pub fn reference(op: &Op, i: &Inputs) -> Result<Output> {
         }
         Op::Attention { n, n_heads, n_kv_heads, head_dim, pos0, .. } => {
             let scale = 1.0 / (head_dim as f32).sqrt();
-            attention_reference(&i.f[0], &i.f[1], &i.f[2], n, n_heads, n_kv_heads, head_dim, pos0, scale)
+            attention_reference(
+                &i.f[0], &i.f[1], &i.f[2], n, n_heads, n_kv_heads, head_dim, pos0, scale,
+            )
         }
         Op::Embed { ty, n_vocab, dim, .. } => {
             let table = mat(ty, n_vocab, dim, &i.mats[0])?;
@@ -439,7 +593,9 @@ pub fn reference(op: &Op, i: &Inputs) -> Result<Output> {
             x
         }
         Op::Add { .. } => i.f[0].iter().zip(&i.f[1]).map(|(y, x)| y + x).collect(),
-        Op::SigmoidMul { .. } => i.f[0].iter().zip(&i.f[1]).map(|(y, &g)| y * deltanet::sigmoid(g)).collect(),
+        Op::SigmoidMul { .. } => {
+            i.f[0].iter().zip(&i.f[1]).map(|(y, &g)| y * deltanet::sigmoid(g)).collect()
+        }
         Op::Sigmoid { .. } => i.f[0].iter().map(|&x| deltanet::sigmoid(x)).collect(),
         Op::GatedNorm { width, .. } => {
             let mut x = i.f[0].clone();
@@ -474,7 +630,14 @@ fn two_outputs(op: &Op, i: &Inputs) -> Output {
         }
         Op::GdnRule { n, n_k, n_v, head_k, head_v, order, .. } => {
             let tiled = order == HeadOrder::Tiled;
-            let sh = deltanet::Shape { n_k_heads: n_k, n_v_heads: n_v, head_k, head_v, conv_kernel: 1, tiled };
+            let sh = deltanet::Shape {
+                n_k_heads: n_k,
+                n_v_heads: n_v,
+                head_k,
+                head_v,
+                conv_kernel: 1,
+                tiled,
+            };
             let (mut state, mut o) = (i.f[3].clone(), vec![0f32; n * sh.inner()]);
             deltanet::delta_rule(&i.f[0], &i.f[1], &i.f[2], &mut state, &sh, n, &mut o);
             (o, state)
@@ -502,7 +665,11 @@ pub fn products(b: &dyn Backend, op: &Op, i: &Inputs) -> Result<Output> {
                 let mut acc = vec![0f32; dim];
                 for j in 0..k {
                     let e = i.ids[t * k + j] as usize;
-                    let (g, u, d) = (gate.rows_slice(e * ffn, ffn), up.rows_slice(e * ffn, ffn), down.rows_slice(e * dim, dim));
+                    let (g, u, d) = (
+                        gate.rows_slice(e * ffn, ffn),
+                        up.rows_slice(e * ffn, ffn),
+                        down.rows_slice(e * dim, dim),
+                    );
                     let y = expert_forward(b, &g, &u, &d, x)?;
                     let w = i.f[2][t * k + j];
                     acc.iter_mut().zip(&y).for_each(|(a, &y)| *a += w * y);
@@ -514,184 +681,4 @@ pub fn products(b: &dyn Backend, op: &Op, i: &Inputs) -> Result<Output> {
         _ => unreachable!("products() is for gemv and moe"),
     };
     Ok(Output { values, ids: Vec::new(), second: Vec::new(), guards_ok: true })
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Status {
-    Pass,
-    Fail,
-    Skip,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pass => "pass",
-            Status::Fail => "fail",
-            Status::Skip => "skip",
-        }
-    }
-}
-
-/// One row of the report.
-#[derive(Clone, Debug)]
-pub struct CaseResult {
-    pub op: &'static str,
-    pub quant: String,
-    pub shape: String,
-    pub backend: &'static str,
-    pub nmse: Option<f64>,
-    pub max_nmse: f64,
-    pub status: Status,
-    /// Why it failed or skipped.
-    pub note: String,
-    /// `--perf`: achieved weight bandwidth and its fraction of the device's copy bandwidth.
-    pub gbps: Option<f64>,
-    pub peak_fraction: Option<f64>,
-}
-
-/// Σ(a − b)² / Σ b² (0 when both are all zeros); NaN if either has a NaN.
-pub fn nmse(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "nmse of different lengths");
-    let (mut err, mut norm) = (0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        if x.is_nan() || y.is_nan() {
-            return f64::NAN;
-        }
-        err += (x as f64 - y as f64).powi(2);
-        norm += (y as f64).powi(2);
-    }
-    if norm == 0.0 {
-        if err == 0.0 { 0.0 } else { f64::INFINITY }
-    } else {
-        err / norm
-    }
-}
-
-/// Compare a backend's output with the reference: NaN, guards, ids as sets, then NMSE.
-pub fn compare(op: &Op, got: &Output, want: &Output) -> (Option<f64>, Status, String) {
-    if !got.guards_ok {
-        return (None, Status::Fail, "guard values around the output were overwritten".into());
-    }
-    if got.values.len() != want.values.len() || got.second.len() != want.second.len() {
-        let msg = format!(
-            "{} + {} values, want {} + {}",
-            got.values.len(),
-            got.second.len(),
-            want.values.len(),
-            want.second.len()
-        );
-        return (None, Status::Fail, msg);
-    }
-    if let Op::TopkMoe { k, .. } = *op {
-        if got.ids.len() != want.ids.len() {
-            return (None, Status::Fail, "wrong number of expert ids".into());
-        }
-        for (t, (g, w)) in got.ids.chunks(k).zip(want.ids.chunks(k)).enumerate() {
-            let (mut g, mut w) = (g.to_vec(), w.to_vec());
-            g.sort_unstable();
-            w.sort_unstable();
-            if g != w {
-                // A tie at the k-th place may pick either expert: compare the weights instead.
-                let gs: f32 = got.values[t * k..(t + 1) * k].iter().sum();
-                let ws: f32 = want.values[t * k..(t + 1) * k].iter().sum();
-                if (gs - ws).abs() > 1e-6 {
-                    return (None, Status::Fail, format!("token {t}: experts {g:?}, want {w:?}"));
-                }
-            }
-        }
-    }
-    let mut e = nmse(&got.values, &want.values);
-    if !want.second.is_empty() {
-        // The worse of the two (NaN stays NaN).
-        let e2 = nmse(&got.second, &want.second);
-        e = if e.is_nan() || e2.is_nan() { f64::NAN } else { e.max(e2) };
-    }
-    if e.is_nan() {
-        return (Some(e), Status::Fail, "NaN in the output".into());
-    }
-    if e > op.max_nmse() {
-        return (Some(e), Status::Fail, "NMSE over the bound".into());
-    }
-    (Some(e), Status::Pass, String::new())
-}
-
-/// What `run` found: the device's copy bandwidth (with `perf`) and one row per case.
-#[derive(Clone, Debug)]
-pub struct Report {
-    pub device: String,
-    pub copy_gbps: Option<f64>,
-    pub cases: Vec<CaseResult>,
-}
-
-impl Report {
-    pub fn count(&self, s: Status) -> usize {
-        self.cases.iter().filter(|r| r.status == s).count()
-    }
-}
-
-/// The report as JSON: `{"device", "copy_gbps"?, "cases": [{op, quant, shape, backend, nmse,
-/// max_nmse, status, note, gbps?, peak_fraction?}]}`.
-pub fn to_json(report: &Report) -> String {
-    use serde_json::{json, Value};
-    let cases: Vec<Value> = report
-        .cases
-        .iter()
-        .map(|r| {
-            let mut v = json!({
-                "op": r.op,
-                "quant": r.quant,
-                "shape": r.shape,
-                "backend": r.backend,
-                "nmse": r.nmse.filter(|x| x.is_finite()),
-                "max_nmse": r.max_nmse,
-                "status": r.status.as_str(),
-            });
-            if !r.note.is_empty() {
-                v["note"] = json!(r.note);
-            }
-            if let Some(g) = r.gbps {
-                v["gbps"] = json!(g);
-            }
-            if let Some(f) = r.peak_fraction {
-                v["peak_fraction"] = json!(f);
-            }
-            v
-        })
-        .collect();
-    json!({ "device": report.device, "copy_gbps": report.copy_gbps, "cases": cases }).to_string()
-}
-
-/// The report as a table.
-pub fn table(report: &Report) -> String {
-    let results = &report.cases;
-    let mut s = format!("device: {}\n", report.device);
-    if let Some(c) = report.copy_gbps {
-        s += &format!("device copy bandwidth: {c:.1} GB/s (read + write)\n");
-    }
-    s += &format!(
-        "{:<11} {:<10} {:<46} {:>10} {:>8} {:<5} {}\n",
-        "op", "quant", "shape", "nmse", "max", "", "note"
-    );
-    for r in results {
-        let nmse = r.nmse.map_or("-".to_string(), |e| format!("{e:.2e}"));
-        let mut note = r.note.clone();
-        if let Some(g) = r.gbps {
-            note = format!("{g:.1} GB/s");
-            if let Some(f) = r.peak_fraction {
-                note += &format!(" ({:.0}% of copy bandwidth)", 100.0 * f);
-            }
-        }
-        s += &format!(
-            "{:<11} {:<10} {:<46} {:>10} {:>8.0e} {:<5} {}\n",
-            r.op,
-            r.quant,
-            r.shape,
-            nmse,
-            r.max_nmse,
-            r.status.as_str(),
-            note
-        );
-    }
-    s
 }

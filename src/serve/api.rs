@@ -21,10 +21,20 @@ impl ApiError {
     }
     /// 400: a request the client must fix; `param` names the field.
     pub fn bad(param: &str, message: impl Into<String>) -> ApiError {
-        ApiError { param: Some(param.to_string()), ..ApiError::new(400, "invalid_request_error", message) }
+        ApiError {
+            param: Some(param.to_string()),
+            ..ApiError::new(400, "invalid_request_error", message)
+        }
     }
     pub fn body(&self) -> Value {
-        json!({ "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.status } })
+        json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.status
+            }
+        })
     }
 }
 
@@ -52,7 +62,10 @@ pub struct ChatRequest {
 fn number(body: &Value, key: &str) -> Result<Option<f64>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or_else(|| ApiError::bad(key, format!("'{key}' must be a number"))),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad(key, format!("'{key}' must be a number"))),
     }
 }
 
@@ -66,14 +79,18 @@ fn count(body: &Value, key: &str) -> Result<Option<usize>, ApiError> {
 
 fn in_range(body: &Value, key: &str, lo: f64, hi: f64) -> Result<Option<f32>, ApiError> {
     match number(body, key)? {
-        Some(x) if !(lo..=hi).contains(&x) => Err(ApiError::bad(key, format!("'{key}' must be in [{lo}, {hi}]"))),
+        Some(x) if !(lo..=hi).contains(&x) => {
+            Err(ApiError::bad(key, format!("'{key}' must be in [{lo}, {hi}]")))
+        }
         x => Ok(x.map(|x| x as f32)),
     }
 }
 
 /// The body as a JSON object (400 otherwise).
 pub fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::new(400, "invalid_request_error", format!("the body is not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(400, "invalid_request_error", format!("the body is not JSON: {e}"))
+    })?;
     if !v.is_object() {
         return Err(ApiError::new(400, "invalid_request_error", "the body must be a JSON object"));
     }
@@ -111,16 +128,26 @@ pub fn gen_request(body: &Value, default_seed: u64) -> Result<GenRequest, ApiErr
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) if a.len() <= limits::SERVE_STOPS_MAX => a
             .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| ApiError::bad("stop", "'stop' must hold strings")))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ApiError::bad("stop", "'stop' must hold strings"))
+            })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::bad("stop", format!("'stop' must be a string or at most {} strings", limits::SERVE_STOPS_MAX))),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "stop",
+                format!("'stop' must be a string or at most {} strings", limits::SERVE_STOPS_MAX),
+            ))
+        }
     };
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::bad("stream", "'stream' must be a boolean")),
     };
-    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage =
+        body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
     if let Some(n) = number(body, "n")? {
         if n != 1.0 {
             return Err(ApiError::bad("n", "only n = 1 is supported"));
@@ -139,24 +166,39 @@ pub fn gen_request(body: &Value, default_seed: u64) -> Result<GenRequest, ApiErr
 
 /// A /v1/chat/completions body.
 pub fn chat_request(body: &Value, default_seed: u64) -> Result<ChatRequest, ApiError> {
-    let messages = body.get("messages").and_then(Value::as_array).ok_or_else(|| ApiError::bad("messages", "'messages' must be an array"))?;
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::bad("messages", "'messages' must be an array"))?;
     if messages.is_empty() || messages.len() > limits::SERVE_MESSAGES_MAX {
-        return Err(ApiError::bad("messages", format!("'messages' must hold 1 to {} messages", limits::SERVE_MESSAGES_MAX)));
+        return Err(ApiError::bad(
+            "messages",
+            format!("'messages' must hold 1 to {} messages", limits::SERVE_MESSAGES_MAX),
+        ));
     }
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
-            return Err(ApiError::bad(&format!("messages[{i}].role"), format!("unknown role '{role}'")));
+            return Err(ApiError::bad(
+                &format!("messages[{i}].role"),
+                format!("unknown role '{role}'"),
+            ));
         }
         let mut m = m.clone();
         // Content as a list of parts: the text parts, joined (no images here).
         if let Some(parts) = m.get("content").and_then(Value::as_array) {
             let mut text = String::new();
             for p in parts {
-                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str))
+                {
                     (Some("text"), Some(t)) => text.push_str(t),
-                    _ => return Err(ApiError::bad(&format!("messages[{i}].content"), "only text content parts are supported")),
+                    _ => {
+                        return Err(ApiError::bad(
+                            &format!("messages[{i}].content"),
+                            "only text content parts are supported",
+                        ))
+                    }
                 }
             }
             m["content"] = Value::String(text);
@@ -173,14 +215,22 @@ pub fn chat_request(body: &Value, default_seed: u64) -> Result<ChatRequest, ApiE
     }
     let tools = match body.get("tools") {
         None | Some(Value::Null) => None,
-        Some(Value::Array(t)) if t.len() <= limits::SERVE_TOOLS_MAX => (!t.is_empty()).then(|| Value::Array(t.clone())),
-        Some(_) => return Err(ApiError::bad("tools", format!("'tools' must be an array of at most {}", limits::SERVE_TOOLS_MAX))),
+        Some(Value::Array(t)) if t.len() <= limits::SERVE_TOOLS_MAX => {
+            (!t.is_empty()).then(|| Value::Array(t.clone()))
+        }
+        Some(_) => {
+            return Err(ApiError::bad(
+                "tools",
+                format!("'tools' must be an array of at most {}", limits::SERVE_TOOLS_MAX),
+            ))
+        }
     };
     let tools = match body.get("tool_choice").and_then(Value::as_str) {
         Some("none") => None,
         _ => tools,
     };
-    let enable_thinking = body.pointer("/chat_template_kwargs/enable_thinking").and_then(Value::as_bool);
+    let enable_thinking =
+        body.pointer("/chat_template_kwargs/enable_thinking").and_then(Value::as_bool);
     Ok(ChatRequest { messages: out, tools, enable_thinking, gen: gen_request(body, default_seed)? })
 }
 
@@ -188,7 +238,9 @@ pub fn chat_request(body: &Value, default_seed: u64) -> Result<ChatRequest, ApiE
 pub fn completion_prompt(body: &Value) -> Result<String, ApiError> {
     match body.get("prompt") {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => Ok(a[0].as_str().unwrap_or_default().to_string()),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            Ok(a[0].as_str().unwrap_or_default().to_string())
+        }
         _ => Err(ApiError::bad("prompt", "'prompt' must be a string")),
     }
 }
@@ -217,9 +269,19 @@ mod tests {
 
     #[test]
     fn fields_are_checked() {
-        let ok = parse_body(br#"{"messages":[{"role":"user","content":"hi"}],"temperature":0,"max_tokens":5,"stop":["a","b"],"seed":7}"#).expect("json");
+        let ok = parse_body(
+            concat!(
+                r#"{"messages":[{"role":"user","content":"hi"}],"temperature":0,"#,
+                r#""max_tokens":5,"stop":["a","b"],"seed":7}"#
+            )
+            .as_bytes(),
+        )
+        .expect("json");
         let r = chat_request(&ok, 1).expect("valid");
-        assert_eq!((r.gen.sampling.temp, r.gen.max_tokens, r.gen.stops.len(), r.gen.sampling.seed), (0.0, Some(5), 2, 7));
+        assert_eq!(
+            (r.gen.sampling.temp, r.gen.max_tokens, r.gen.stops.len(), r.gen.sampling.seed),
+            (0.0, Some(5), 2, 7)
+        );
         assert_eq!(parse_body(b"{nope").expect_err("bad json").status, 400);
         for bad in [
             r#"{"messages":[]}"#,

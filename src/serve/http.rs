@@ -60,7 +60,11 @@ pub fn router(server: Shared) -> Router {
 async fn header_limit(req: Request, next: axum::middleware::Next) -> Response {
     let bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if bytes > limits::SERVE_HEADER_BYTES_MAX {
-        let e = ApiError::new(431, "invalid_request_error", format!("the headers are over {} bytes", limits::SERVE_HEADER_BYTES_MAX));
+        let e = ApiError::new(
+            431,
+            "invalid_request_error",
+            format!("the headers are over {} bytes", limits::SERVE_HEADER_BYTES_MAX),
+        );
         return error(e);
     }
     next.run(req).await
@@ -70,7 +74,11 @@ async fn header_limit(req: Request, next: axum::middleware::Next) -> Response {
 /// (streams end once the engine stops after its current token; at most 10 s). Each connection:
 /// HTTP/1.1 with a header timeout that also bounds keep-alive idling, and a read buffer cap
 /// (the router refuses headers over SERVE_HEADER_BYTES_MAX with 431).
-pub async fn serve(listener: tokio::net::TcpListener, app: Router, stop: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: impl std::future::Future<Output = ()>,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stop);
@@ -115,11 +123,19 @@ fn ok_json(v: Value) -> Response {
 /// With --api-key, `Authorization: Bearer KEY` (or `x-api-key`) on every endpoint but /health.
 fn authorize(s: &Server, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &s.api_key else { return Ok(()) };
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     let given = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     match given {
         // Compared in constant time (no early exit on the first differing byte).
-        Some(g) if g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 => Ok(()),
+        Some(g)
+            if g.len() == key.len()
+                && g.bytes().zip(key.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 =>
+        {
+            Ok(())
+        }
         _ => Err(ApiError::new(401, "authentication_error", "a missing or wrong API key")),
     }
 }
@@ -128,8 +144,14 @@ fn authorize(s: &Server, headers: &HeaderMap) -> Result<(), ApiError> {
 async fn body_json(req: Request) -> Result<Value, ApiError> {
     let read = axum::body::to_bytes(req.into_body(), limits::SERVE_BODY_BYTES_MAX);
     match tokio::time::timeout(Duration::from_secs(limits::SERVE_BODY_SECONDS_MAX), read).await {
-        Err(_) => Err(ApiError::new(408, "invalid_request_error", "the request body took too long")),
-        Ok(Err(_)) => Err(ApiError::new(413, "invalid_request_error", format!("the body is over {} bytes", limits::SERVE_BODY_BYTES_MAX))),
+        Err(_) => {
+            Err(ApiError::new(408, "invalid_request_error", "the request body took too long"))
+        }
+        Ok(Err(_)) => Err(ApiError::new(
+            413,
+            "invalid_request_error",
+            format!("the body is over {} bytes", limits::SERVE_BODY_BYTES_MAX),
+        )),
         Ok(Ok(b)) => api::parse_body(&b),
     }
 }
@@ -152,9 +174,14 @@ async fn tokenize(State(s): State<Shared>, req: Request) -> Response {
     let r = async {
         authorize(&s, req.headers())?;
         let body = body_json(req).await?;
-        let text = body.get("content").and_then(Value::as_str).ok_or_else(|| ApiError::bad("content", "'content' must be a string"))?;
-        let special = body.get("add_special").and_then(Value::as_bool).unwrap_or(false) || body.get("parse_special").and_then(Value::as_bool).unwrap_or(true);
-        let ids = s.tok.encode(text, special).map_err(|e| ApiError::bad("content", e.to_string()))?;
+        let text = body
+            .get("content")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::bad("content", "'content' must be a string"))?;
+        let special = body.get("add_special").and_then(Value::as_bool).unwrap_or(false)
+            || body.get("parse_special").and_then(Value::as_bool).unwrap_or(true);
+        let ids =
+            s.tok.encode(text, special).map_err(|e| ApiError::bad("content", e.to_string()))?;
         Ok::<_, ApiError>(json!({ "tokens": ids }))
     };
     r.await.map_or_else(error, ok_json)
@@ -164,11 +191,18 @@ async fn detokenize(State(s): State<Shared>, req: Request) -> Response {
     let r = async {
         authorize(&s, req.headers())?;
         let body = body_json(req).await?;
-        let ids = body.get("tokens").and_then(Value::as_array).ok_or_else(|| ApiError::bad("tokens", "'tokens' must be an array"))?;
+        let ids = body
+            .get("tokens")
+            .and_then(Value::as_array)
+            .ok_or_else(|| ApiError::bad("tokens", "'tokens' must be an array"))?;
         let n = s.tok.n_vocab() as u64;
         let ids: Vec<u32> = ids
             .iter()
-            .map(|v| v.as_u64().filter(|&i| i < n).map(|i| i as u32).ok_or_else(|| ApiError::bad("tokens", format!("token ids are integers below {n}"))))
+            .map(|v| {
+                v.as_u64().filter(|&i| i < n).map(|i| i as u32).ok_or_else(|| {
+                    ApiError::bad("tokens", format!("token ids are integers below {n}"))
+                })
+            })
             .collect::<Result<_, _>>()?;
         let text = s.tok.decode(&ids).map_err(|e| ApiError::bad("tokens", e.to_string()))?;
         Ok::<_, ApiError>(json!({ "content": text }))
@@ -186,19 +220,46 @@ async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let prompt_s = g(&m.prompt_micros) as f64 / 1e6;
     let mut out = String::new();
     let mut line = |name: &str, help: &str, kind: &str, v: f64| {
-        out.push_str(&format!("# HELP rotary_{name} {help}\n# TYPE rotary_{name} {kind}\nrotary_{name} {v}\n"));
+        out.push_str(&format!(
+            "# HELP rotary_{name} {help}\n# TYPE rotary_{name} {kind}\nrotary_{name} {v}\n"
+        ));
     };
     line("requests_total", "Generations completed.", "counter", g(&m.requests) as f64);
-    line("prompt_tokens_total", "Prompt tokens of completed generations.", "counter", g(&m.prompt_tokens) as f64);
-    line("prompt_tokens_cached_total", "Prompt tokens the prompt cache already held.", "counter", g(&m.cached_tokens) as f64);
+    line(
+        "prompt_tokens_total",
+        "Prompt tokens of completed generations.",
+        "counter",
+        g(&m.prompt_tokens) as f64,
+    );
+    line(
+        "prompt_tokens_cached_total",
+        "Prompt tokens the prompt cache already held.",
+        "counter",
+        g(&m.cached_tokens) as f64,
+    );
     line("completion_tokens_total", "Tokens generated.", "counter", g(&m.completion_tokens) as f64);
     line("prompt_seconds_total", "Seconds evaluating prompts.", "counter", prompt_s);
     line("decode_seconds_total", "Seconds generating.", "counter", decode_s);
-    line("decode_tokens_per_second", "Generated tokens per second of generation, all requests.", "gauge", if decode_s > 0.0 { g(&m.completion_tokens) as f64 / decode_s } else { 0.0 });
+    line(
+        "decode_tokens_per_second",
+        "Generated tokens per second of generation, all requests.",
+        "gauge",
+        if decode_s > 0.0 { g(&m.completion_tokens) as f64 / decode_s } else { 0.0 },
+    );
     if let Some(r) = m.rotary.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         line("expert_hit_rate", "Expert cache hit rate of the rotary.", "gauge", r.hit_rate());
-        line("link_bytes_total", "Bytes copied to the device over the host link.", "counter", r.h2d_bytes as f64);
-        line("peak_vram_bytes", "Most device memory in use at once.", "gauge", r.peak_vram_bytes as f64);
+        line(
+            "link_bytes_total",
+            "Bytes copied to the device over the host link.",
+            "counter",
+            r.h2d_bytes as f64,
+        );
+        line(
+            "peak_vram_bytes",
+            "Most device memory in use at once.",
+            "gauge",
+            r.peak_vram_bytes as f64,
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
@@ -213,23 +274,38 @@ impl Drop for CancelOnDrop {
 }
 
 /// Queue a job: 429 when the queue is full, 503 when the engine has stopped.
-fn enqueue(s: &Server, prompt: Vec<u32>, gen: GenRequest) -> Result<(tokio::sync::mpsc::UnboundedReceiver<Event>, CancelOnDrop), ApiError> {
+fn enqueue(
+    s: &Server,
+    prompt: Vec<u32>,
+    gen: GenRequest,
+) -> Result<(tokio::sync::mpsc::UnboundedReceiver<Event>, CancelOnDrop), ApiError> {
     if s.shutdown.load(Ordering::Relaxed) {
         return Err(ApiError::new(503, "server_error", "the server is shutting down"));
     }
     if prompt.len() >= s.n_ctx {
-        return Err(ApiError::bad("messages", format!("the prompt is {} tokens; the context holds {}", prompt.len(), s.n_ctx)));
+        return Err(ApiError::bad(
+            "messages",
+            format!("the prompt is {} tokens; the context holds {}", prompt.len(), s.n_ctx),
+        ));
     }
     if gen.max_tokens.is_some_and(|m| m > s.n_ctx) {
-        return Err(ApiError::bad("max_tokens", format!("'max_tokens' is over the context ({} tokens)", s.n_ctx)));
+        return Err(ApiError::bad(
+            "max_tokens",
+            format!("'max_tokens' is over the context ({} tokens)", s.n_ctx),
+        ));
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let cancelled = Arc::new(AtomicBool::new(false));
-    let job = Job { prompt, gen, events: tx, cancelled: cancelled.clone(), shutdown: s.shutdown.clone() };
+    let job =
+        Job { prompt, gen, events: tx, cancelled: cancelled.clone(), shutdown: s.shutdown.clone() };
     match s.jobs.try_send(job) {
         Ok(()) => Ok((rx, CancelOnDrop(cancelled))),
-        Err(TrySendError::Full(_)) => Err(ApiError::new(429, "rate_limit_error", "the queue is full; retry later")),
-        Err(TrySendError::Disconnected(_)) => Err(ApiError::new(503, "server_error", "the engine has stopped")),
+        Err(TrySendError::Full(_)) => {
+            Err(ApiError::new(429, "rate_limit_error", "the queue is full; retry later"))
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            Err(ApiError::new(503, "server_error", "the engine has stopped"))
+        }
     }
 }
 
@@ -253,16 +329,38 @@ impl Format {
     fn new(s: &Server, chat: bool, in_reasoning: bool, tools: bool, include_usage: bool) -> Format {
         let n = s.seeds.load(Ordering::Relaxed);
         let id = format!("{}-{:x}{n:x}", if chat { "chatcmpl" } else { "cmpl" }, unix_now());
-        Format { chat, id, model: s.model_id.clone(), created: unix_now(), splitter: Splitter::new(in_reasoning, tools), tools, include_usage }
+        Format {
+            chat,
+            id,
+            model: s.model_id.clone(),
+            created: unix_now(),
+            splitter: Splitter::new(in_reasoning, tools),
+            tools,
+            include_usage,
+        }
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
         if self.chat {
-            json!({ "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
+            json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }]
+            })
         } else {
-            json!({ "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                    "choices": [{ "index": 0, "text": delta.as_str().unwrap_or(""), "finish_reason": finish }] })
+            json!({
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{
+                    "index": 0,
+                    "text": delta.as_str().unwrap_or(""),
+                    "finish_reason": finish
+                }]
+            })
         }
     }
 
@@ -280,8 +378,10 @@ impl Format {
         parse_tool_calls(&self.splitter.tool_text)
             .into_iter()
             .enumerate()
-            .map(|(i, c)| json!({ "index": i, "id": format!("call_{}_{i}", self.id), "type": "function",
-                                   "function": { "name": c.name, "arguments": c.arguments } }))
+            .map(|(i, c)| {
+                json!({ "index": i, "id": format!("call_{}_{i}", self.id), "type": "function",
+                                   "function": { "name": c.name, "arguments": c.arguments } })
+            })
             .collect()
     }
 
@@ -327,8 +427,14 @@ impl Format {
         let usage = api::usage(o.prompt_tokens, o.completion_tokens, o.cached_tokens);
         if !self.chat {
             let finish = api::finish_reason(o.stop_reason, false);
-            return json!({ "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                           "choices": [{ "index": 0, "text": text, "finish_reason": finish }], "usage": usage });
+            return json!({
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{ "index": 0, "text": text, "finish_reason": finish }],
+                "usage": usage
+            });
         }
         let mut pieces = self.splitter.push(text);
         pieces.extend(self.splitter.finish());
@@ -351,8 +457,14 @@ impl Format {
             }
         }
         let finish = api::finish_reason(o.stop_reason, !calls.is_empty());
-        json!({ "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": [{ "index": 0, "message": message, "finish_reason": finish }], "usage": usage })
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{ "index": 0, "message": message, "finish_reason": finish }],
+            "usage": usage
+        })
     }
 }
 
@@ -398,8 +510,18 @@ async fn respond(s: &Server, prompt: Vec<u32>, gen: GenRequest, mut format: Form
         Err(e) => return error(e),
     };
     if stream {
-        let body = Body::from_stream(SseStream { rx, format, pending: VecDeque::new(), done: false, _cancel: cancel });
-        return ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body).into_response();
+        let body = Body::from_stream(SseStream {
+            rx,
+            format,
+            pending: VecDeque::new(),
+            done: false,
+            _cancel: cancel,
+        });
+        return (
+            [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+            body,
+        )
+            .into_response();
     }
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
@@ -419,10 +541,14 @@ async fn chat(State(s): State<Shared>, req: Request) -> Response {
         let body = body_json(req).await?;
         let seed = s.seeds.fetch_add(1, Ordering::Relaxed);
         let r = api::chat_request(&body, seed)?;
-        let template = s.template.as_deref().ok_or_else(|| ApiError::bad("messages", "the model has no chat template (use /v1/completions)"))?;
-        let text = crate::chat::render_json(template, &r.messages, r.tools.as_ref(), r.enable_thinking)
-            .map_err(|e| ApiError::bad("messages", e.to_string()))?;
-        let ids = s.tok.encode(&text, true).map_err(|e| ApiError::bad("messages", e.to_string()))?;
+        let template = s.template.as_deref().ok_or_else(|| {
+            ApiError::bad("messages", "the model has no chat template (use /v1/completions)")
+        })?;
+        let text =
+            crate::chat::render_json(template, &r.messages, r.tools.as_ref(), r.enable_thinking)
+                .map_err(|e| ApiError::bad("messages", e.to_string()))?;
+        let ids =
+            s.tok.encode(&text, true).map_err(|e| ApiError::bad("messages", e.to_string()))?;
         let in_reasoning = text.trim_end().ends_with("<think>");
         let format = Format::new(&s, true, in_reasoning, r.tools.is_some(), r.gen.include_usage);
         Ok::<_, ApiError>((ids, r.gen, format))
@@ -440,7 +566,8 @@ async fn completions(State(s): State<Shared>, req: Request) -> Response {
         let seed = s.seeds.fetch_add(1, Ordering::Relaxed);
         let prompt = api::completion_prompt(&body)?;
         let gen = api::gen_request(&body, seed)?;
-        let ids = s.tok.encode(&prompt, true).map_err(|e| ApiError::bad("prompt", e.to_string()))?;
+        let ids =
+            s.tok.encode(&prompt, true).map_err(|e| ApiError::bad("prompt", e.to_string()))?;
         let format = Format::new(&s, false, false, false, gen.include_usage);
         Ok::<_, ApiError>((ids, gen, format))
     };

@@ -185,7 +185,8 @@ mod tests {
 
     #[test]
     fn think_blocks_split_across_chunks() {
-        let (r, c, _) = run(&["<thi", "nk>\nplan", " it</th", "ink>\n\nHello", " world"], false, false);
+        let (r, c, _) =
+            run(&["<thi", "nk>\nplan", " it</th", "ink>\n\nHello", " world"], false, false);
         assert_eq!(r, "\nplan it");
         assert_eq!(c, "Hello world");
         let (r, c, _) = run(&["Hello <think> is text"], false, false);
@@ -196,10 +197,21 @@ mod tests {
 
     #[test]
     fn tool_calls_are_kept_and_parsed() {
-        let (_, c, t) = run(&["Let me check.\n<tool", "_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"], false, true);
+        let (_, c, t) = run(
+            &[
+                "Let me check.\n<tool",
+                "_call>\n{\"name\": \"get_weather\", \
+                 \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+            ],
+            false,
+            true,
+        );
         assert_eq!(c, "Let me check.\n");
         let calls = parse_tool_calls(&t);
-        assert_eq!(calls, vec![ToolCall { name: "get_weather".into(), arguments: "{\"city\":\"Paris\"}".into() }]);
+        assert_eq!(
+            calls,
+            vec![ToolCall { name: "get_weather".into(), arguments: "{\"city\":\"Paris\"}".into() }]
+        );
         assert!(parse_tool_calls("<tool_call>not json</tool_call>").is_empty());
     }
 }

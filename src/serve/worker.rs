@@ -71,7 +71,13 @@ impl PromptCache {
         if self.tokens.len() != engine.n_past() {
             return 0;
         }
-        let shared = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len().saturating_sub(1));
+        let shared = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len().saturating_sub(1));
         if shared == self.tokens.len() || (shared > 0 && engine.rewind(shared)) {
             self.tokens.truncate(shared);
             shared
@@ -99,48 +105,57 @@ pub fn run_job(
         return Err(ApiError::bad("prompt", "the prompt is empty"));
     }
     if prompt.len() >= n_ctx {
-        return Err(ApiError::bad("messages", format!("the prompt is {} tokens; the context holds {n_ctx}", prompt.len())));
+        return Err(ApiError::bad(
+            "messages",
+            format!("the prompt is {} tokens; the context holds {n_ctx}", prompt.len()),
+        ));
     }
     let reuse = cache.reuse(engine, prompt);
     if reuse == 0 {
         engine.reset();
         cache.tokens.clear();
     }
-    let mut sampler = Sampler::new(gen.sampling.clone()).map_err(|e| ApiError::bad("temperature", e.to_string()))?;
+    let mut sampler = Sampler::new(gen.sampling.clone())
+        .map_err(|e| ApiError::bad("temperature", e.to_string()))?;
     let mut stops = StopStrings::new(gen.stops.clone());
     let (presence, frequency) = (gen.presence_penalty, gen.frequency_penalty);
     let n_prompt = prompt.len();
     let mut sampled: Vec<u32> = Vec::new();
     let mut counts: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
-    let result = generate(engine, tok, &prompt[reuse..], Generation {
-        n_predict: max_new.min(n_ctx - n_prompt),
-        sample: &mut |logits, history| {
-            let id = if presence == 0.0 && frequency == 0.0 {
-                sampler.sample(logits, history)?
-            } else {
-                // OpenAI's penalties over the generated tokens: once for presence, per use
-                // for frequency.
-                let mut l = logits.to_vec();
-                for (&t, &c) in &counts {
-                    if let Some(x) = l.get_mut(t as usize) {
-                        *x -= presence + frequency * c;
+    let result = generate(
+        engine,
+        tok,
+        &prompt[reuse..],
+        Generation {
+            n_predict: max_new.min(n_ctx - n_prompt),
+            sample: &mut |logits, history| {
+                let id = if presence == 0.0 && frequency == 0.0 {
+                    sampler.sample(logits, history)?
+                } else {
+                    // OpenAI's penalties over the generated tokens: once for presence, per use
+                    // for frequency.
+                    let mut l = logits.to_vec();
+                    for (&t, &c) in &counts {
+                        if let Some(x) = l.get_mut(t as usize) {
+                            *x -= presence + frequency * c;
+                        }
                     }
+                    sampler.sample(&l, history)?
+                };
+                *counts.entry(id).or_insert(0.0) += 1.0;
+                sampled.push(id);
+                Ok(id)
+            },
+            on_text: &mut |text| {
+                let (text, stopped) = stops.push(text);
+                if !text.is_empty() {
+                    emit(text);
                 }
-                sampler.sample(&l, history)?
-            };
-            *counts.entry(id).or_insert(0.0) += 1.0;
-            sampled.push(id);
-            Ok(id)
+                stopped
+            },
+            cancelled,
         },
-        on_text: &mut |text| {
-            let (text, stopped) = stops.push(text);
-            if !text.is_empty() {
-                emit(text);
-            }
-            stopped
-        },
-        cancelled,
-    });
+    );
     // What the engine now holds, for the next request's prefix check.
     // (The cache held prompt[..reuse]; every sampled token but the last was evaluated.)
     cache.tokens = prompt.iter().chain(&sampled).take(engine.n_past()).copied().collect();
@@ -180,7 +195,12 @@ pub fn run_job(
 
 /// The worker loop: jobs until the queue closes. A job whose client already left is skipped;
 /// every other ends with Done or Error on its channel.
-pub fn serve_jobs(engine: &mut dyn Engine, tok: &Tokenizer, jobs: std::sync::mpsc::Receiver<Job>, metrics: &Metrics) {
+pub fn serve_jobs(
+    engine: &mut dyn Engine,
+    tok: &Tokenizer,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    metrics: &Metrics,
+) {
     let mut cache = PromptCache { tokens: Vec::new() };
     for job in jobs {
         if job.cancelled.load(Ordering::Relaxed) {
@@ -191,7 +211,15 @@ pub fn serve_jobs(engine: &mut dyn Engine, tok: &Tokenizer, jobs: std::sync::mps
         let mut emit = |t: String| {
             let _ = events.send(Event::Text(t));
         };
-        let event = match run_job(engine, tok, &mut cache, (&job.prompt, &job.gen), &mut emit, &stop, metrics) {
+        let event = match run_job(
+            engine,
+            tok,
+            &mut cache,
+            (&job.prompt, &job.gen),
+            &mut emit,
+            &stop,
+            metrics,
+        ) {
             Ok(o) => Event::Done(o),
             Err(e) => Event::Error(e),
         };

@@ -17,7 +17,11 @@ pub fn check(code: i32, call: &str) -> Result<()> {
         let n = ffi::rotary_error_name(code);
         let m = ffi::rotary_error_string(code);
         let s = |p: *const std::os::raw::c_char| {
-            if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+            if p.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
         };
         (s(n), s(m))
     };
@@ -96,7 +100,9 @@ impl Gpu {
         let code = unsafe { ffi::rotary_device_count(&mut count) };
         if code != 0 || count == 0 {
             let reason = if code != 0 {
-                let detail = check(code, "cudaGetDeviceCount").err().map_or(String::new(), |e| e.to_string());
+                let detail = check(code, "cudaGetDeviceCount")
+                    .err()
+                    .map_or(String::new(), |e| e.to_string());
                 format!("no usable NVIDIA driver or GPU on this machine ({detail})")
             } else {
                 "the driver reports 0 devices".to_string()
@@ -109,7 +115,10 @@ impl Gpu {
         set_current(ordinal)?;
         let mut raw = ffi::RotaryDeviceInfo::default();
         // SAFETY: raw is a valid out-struct of the ABI's layout.
-        check(unsafe { ffi::rotary_device_info(ordinal as i32, &mut raw) }, "cudaGetDeviceProperties")?;
+        check(
+            unsafe { ffi::rotary_device_info(ordinal as i32, &mut raw) },
+            "cudaGetDeviceProperties",
+        )?;
         // SAFETY: the wrapper NUL-terminates name within its 256 bytes.
         let name = unsafe { CStr::from_ptr(raw.name.as_ptr()) }.to_string_lossy().into_owned();
         let info = DeviceInfo {
@@ -182,7 +191,10 @@ impl Event {
         check(unsafe { ffi::rotary_event_synchronize(self.0) }, "cudaEventSynchronize")?;
         let mut ms = 0f32;
         // SAFETY: valid out-pointer and live events.
-        check(unsafe { ffi::rotary_event_elapsed_ms(&mut ms, start.0, self.0) }, "cudaEventElapsedTime")?;
+        check(
+            unsafe { ffi::rotary_event_elapsed_ms(&mut ms, start.0, self.0) },
+            "cudaEventElapsedTime",
+        )?;
         Ok(ms)
     }
 }

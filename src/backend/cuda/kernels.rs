@@ -20,7 +20,10 @@ pub fn quant_of(ty: GgmlType, tensor: &str) -> Result<ffi::RotaryQuant> {
         GgmlType::Q5K => Q::ROTARY_QUANT_Q5_K,
         GgmlType::Q6K => Q::ROTARY_QUANT_Q6_K,
         other => {
-            return Err(Error::UnsupportedType { name: tensor.to_string(), ty: other.name().to_string() })
+            return Err(Error::UnsupportedType {
+                name: tensor.to_string(),
+                ty: other.name().to_string(),
+            })
         }
     })
 }

@@ -11,13 +11,14 @@ use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::ptr;
 
-use super::device::{Addr, Device, Event, Kernel, LinkStats, Stream};
-use super::plan::LAUNCH_RESERVE;
+mod launch;
+
 use crate::backend::cuda::device::{check, Gpu};
 use crate::backend::cuda::ffi;
-use crate::backend::cuda::kernels::{self, quant_of};
-use crate::ops::{HeadOrder, KvCache, KvType, TopkNorm};
 use crate::error::{Error, Result};
+use crate::rotary::device::{Addr, Device, Event, Kernel, LinkStats, Stream};
+use crate::rotary::plan::LAUNCH_RESERVE;
+use launch::launch;
 
 /// The driver's page for device memory, and the largest allocation it packs into shared
 /// pages (the emulated runtime models the same).
@@ -76,7 +77,8 @@ impl CudaDevice {
         let gpu = Gpu::open(ordinal)?;
         let (free, total) = gpu.mem_info()?;
         let overhead_bytes = total - free + LAUNCH_RESERVE;
-        let budget_bytes = Some(budget_bytes.unwrap_or((total - MARGIN.min(free)).max(overhead_bytes)));
+        let budget_bytes =
+            Some(budget_bytes.unwrap_or((total - MARGIN.min(free)).max(overhead_bytes)));
         let mut copy = ptr::null_mut();
         let mut prefetch = ptr::null_mut();
         // SAFETY: valid out-pointers; destroyed in drop.
@@ -153,7 +155,15 @@ impl CudaDevice {
                 let end = crate::backend::cuda::device::Event::new()?;
                 start.record(&self.gpu)?;
                 // SAFETY: both buffers hold BYTES bytes.
-                let code = unsafe { ffi::rotary_memcpy_async(b.1, b.0, BYTES, ffi::RotaryCopyKind::ROTARY_COPY_H2D, self.gpu.stream()) };
+                let code = unsafe {
+                    ffi::rotary_memcpy_async(
+                        b.1,
+                        b.0,
+                        BYTES,
+                        ffi::RotaryCopyKind::ROTARY_COPY_H2D,
+                        self.gpu.stream(),
+                    )
+                };
                 check(code, "cudaMemcpyAsync(link test)")?;
                 end.record(&self.gpu)?;
                 best = best.min(end.elapsed_ms_since(&start)? as f64 / 1e3);
@@ -209,7 +219,10 @@ impl CudaDevice {
             }
             let mut ms = 0f32;
             // SAFETY: both events recorded on one stream and complete (start before end).
-            check(unsafe { ffi::rotary_event_elapsed_ms(&mut ms, span.start, span.end) }, "cudaEventElapsedTime")?;
+            check(
+                unsafe { ffi::rotary_event_elapsed_ms(&mut ms, span.start, span.end) },
+                "cudaEventElapsedTime",
+            )?;
             let seconds = ms.max(0.0) as f64 / 1e3;
             let sum = if span.link { &self.busy_seconds } else { &self.stall_seconds };
             sum.set(sum.get() + seconds);
@@ -255,10 +268,18 @@ impl Device for CudaDevice {
     /// given back.
     fn alloc(&mut self, bytes: u64, what: &str) -> Result<Addr> {
         let rounded = bytes.max(1).div_ceil(256) * 256;
-        let pages = if rounded > SMALL_ALLOC { rounded.div_ceil(DRIVER_PAGE) * DRIVER_PAGE } else { rounded };
+        let pages = if rounded > SMALL_ALLOC {
+            rounded.div_ceil(DRIVER_PAGE) * DRIVER_PAGE
+        } else {
+            rounded
+        };
         let budget = self.budget_bytes.unwrap_or(u64::MAX).saturating_sub(LAUNCH_RESERVE);
         let used = self.measure_in_use()?; // (makes the device current)
-        let oom = |free: u64| Error::DeviceOutOfMemory { what: what.into(), bytes_requested: rounded, bytes_free: free };
+        let oom = |free: u64| Error::DeviceOutOfMemory {
+            what: what.into(),
+            bytes_requested: rounded,
+            bytes_free: free,
+        };
         if used + pages > budget {
             return Err(oom(budget.saturating_sub(used)));
         }
@@ -280,13 +301,17 @@ impl Device for CudaDevice {
         }
         self.allocs.push(p);
         // SAFETY: p holds `rounded` bytes.
-        check(unsafe { ffi::rotary_memset_async(p, 0, rounded, self.gpu.stream()) }, "cudaMemsetAsync")?;
+        check(
+            unsafe { ffi::rotary_memset_async(p, 0, rounded, self.gpu.stream()) },
+            "cudaMemsetAsync",
+        )?;
         Ok(p as Addr)
     }
 
     fn free(&mut self, addr: Addr) {
         let p = addr as *mut c_void;
-        let at = self.allocs.iter().position(|&a| a == p).expect("free of an address never allocated");
+        let at =
+            self.allocs.iter().position(|&a| a == p).expect("free of an address never allocated");
         self.allocs.swap_remove(at);
         // SAFETY: allocated by alloc(), freed once (removed from allocs above); cudaFree waits
         // for the device to finish with it.
@@ -323,7 +348,13 @@ impl Device for CudaDevice {
         Ok(p.cast())
     }
 
-    unsafe fn h2d(&mut self, stream: Stream, dst: Addr, src: *const u8, bytes: usize) -> Result<()> {
+    unsafe fn h2d(
+        &mut self,
+        stream: Stream,
+        dst: Addr,
+        src: *const u8,
+        bytes: usize,
+    ) -> Result<()> {
         self.gpu.make_current()?;
         let s = self.stream(stream);
         if stream == Stream::Compute {
@@ -347,7 +378,13 @@ impl Device for CudaDevice {
         }
         // SAFETY: the caller's contract (see the trait) keeps src valid until the copy is done.
         let code = unsafe {
-            ffi::rotary_memcpy_async(dst as *mut c_void, src.cast(), bytes as u64, ffi::RotaryCopyKind::ROTARY_COPY_H2D, s)
+            ffi::rotary_memcpy_async(
+                dst as *mut c_void,
+                src.cast(),
+                bytes as u64,
+                ffi::RotaryCopyKind::ROTARY_COPY_H2D,
+                s,
+            )
         };
         check(code, "cudaMemcpyAsync(H2D)")?;
         // No sync for compute-stream uploads: from pageable memory cudaMemcpyAsync has staged
@@ -384,7 +421,10 @@ impl Device for CudaDevice {
             // time the batch at once.
             let end = self.timing_event()?;
             // SAFETY: live event and stream.
-            check(unsafe { ffi::rotary_event_record(end, self.stream(stream)) }, "cudaEventRecord")?;
+            check(
+                unsafe { ffi::rotary_event_record(end, self.stream(stream)) },
+                "cudaEventRecord",
+            )?;
             self.close_span(Span { start, end, link: true })?;
         }
         let id = match self.free.pop() {
@@ -428,14 +468,18 @@ impl Device for CudaDevice {
     fn wait(&mut self, stream: Stream, event: Event) -> Result<()> {
         self.gpu.make_current()?;
         let on = self.stream(stream);
-        let timed = stream == Stream::Compute && self.recorded_on[event.0 as usize] != Stream::Compute;
+        let timed =
+            stream == Stream::Compute && self.recorded_on[event.0 as usize] != Stream::Compute;
         let start = if timed { Some(self.timing_event()?) } else { None };
         if let Some(start) = start {
             // SAFETY: live event and stream.
             check(unsafe { ffi::rotary_event_record(start, on) }, "cudaEventRecord")?;
         }
         // SAFETY: live stream and event.
-        check(unsafe { ffi::rotary_stream_wait_event(on, self.event(event)) }, "cudaStreamWaitEvent")?;
+        check(
+            unsafe { ffi::rotary_stream_wait_event(on, self.event(event)) },
+            "cudaStreamWaitEvent",
+        )?;
         if let Some(start) = start {
             let end = self.timing_event()?;
             // SAFETY: live event and stream.
@@ -484,7 +528,10 @@ impl Device for CudaDevice {
     /// Device-to-device copy of 512 MiB timed with events, best of 5.
     fn copy_gbps(&mut self) -> Result<Option<f64>> {
         let bytes = 512u64 << 20;
-        let (src, dst) = (self.alloc(bytes, "copy bandwidth source")?, self.alloc(bytes, "copy bandwidth destination")?);
+        let (src, dst) = (
+            self.alloc(bytes, "copy bandwidth source")?,
+            self.alloc(bytes, "copy bandwidth destination")?,
+        );
         let mut best = f64::MAX;
         let result = (|| {
             for _ in 0..5 {
@@ -493,7 +540,13 @@ impl Device for CudaDevice {
                 start.record(&self.gpu)?;
                 // SAFETY: both allocations hold `bytes` bytes.
                 let code = unsafe {
-                    ffi::rotary_memcpy_async(dst as *mut c_void, src as *const c_void, bytes, ffi::RotaryCopyKind::ROTARY_COPY_D2D, self.gpu.stream())
+                    ffi::rotary_memcpy_async(
+                        dst as *mut c_void,
+                        src as *const c_void,
+                        bytes,
+                        ffi::RotaryCopyKind::ROTARY_COPY_D2D,
+                        self.gpu.stream(),
+                    )
                 };
                 check(code, "cudaMemcpyAsync(D2D)")?;
                 end.record(&self.gpu)?;
@@ -509,7 +562,8 @@ impl Device for CudaDevice {
 
 impl Drop for CudaDevice {
     fn drop(&mut self) {
-        let _ = self.gpu.sync(); // (makes the device current)
+        // (sync makes the device current)
+        let _ = self.gpu.sync();
         // SAFETY: every handle was created by this device and is released once.
         unsafe {
             for &e in self.events.iter().chain(&self.timing) {
@@ -523,221 +577,6 @@ impl Drop for CudaDevice {
             }
             ffi::rotary_stream_destroy(self.copy);
             ffi::rotary_stream_destroy(self.prefetch);
-        }
-    }
-}
-
-/// The FFI params of a kernel (each built here and nowhere else), launched on the compute
-/// stream.
-fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
-    match k {
-        Kernel::Gemv { .. } | Kernel::TopkMoe { .. } | Kernel::Moe { .. } | Kernel::Embed { .. } => launch_products(gpu, k),
-        Kernel::GdnConv { .. } | Kernel::GdnGates { .. } | Kernel::GdnRule { .. } | Kernel::GatedNorm { .. } => {
-            launch_deltanet(gpu, k)
-        }
-        _ => launch_mixing(gpu, k),
-    }
-}
-
-fn p(a: Addr) -> *mut f32 {
-    a as *mut f32
-}
-
-/// The ABI's name for a DeltaNet value-head order.
-fn gdn_head_order(order: HeadOrder) -> ffi::RotaryGdnHeadOrder {
-    match order {
-        HeadOrder::Tiled => ffi::RotaryGdnHeadOrder::ROTARY_GDN_TILED,
-        HeadOrder::Grouped => ffi::RotaryGdnHeadOrder::ROTARY_GDN_GROUPED,
-    }
-}
-
-/// The ABI's name for top-k weighting.
-fn topk_norm(norm: TopkNorm) -> ffi::RotaryTopkNorm {
-    match norm {
-        TopkNorm::Renorm => ffi::RotaryTopkNorm::ROTARY_TOPK_RENORM,
-        TopkNorm::Softmax => ffi::RotaryTopkNorm::ROTARY_TOPK_SOFTMAX,
-    }
-}
-
-
-fn launch_products(gpu: &Gpu, k: &Kernel) -> Result<()> {
-    // SAFETY: the forward builds every kernel from allocations sized by the plan (the
-    // simulator checks the same kernels' extents against its allocations in CI).
-    unsafe {
-        match *k {
-            Kernel::Gemv { ty, w, x, y, rows, cols, n } => kernels::gemv(gpu, &ffi::RotaryGemv {
-                quant: quant_of(ty, "gemv")?,
-                w: w as *const c_void,
-                x: p(x),
-                y: p(y),
-                rows: rows as i32,
-                cols: cols as i32,
-                n_tokens: n as i32,
-            }),
-            Kernel::TopkMoe { logits, ids, weights, n, n_experts, k, norm } => kernels::topk_moe(gpu, &ffi::RotaryTopkMoe {
-                logits: p(logits),
-                ids: ids as *mut i32,
-                weights: p(weights),
-                n_tokens: n as i32,
-                n_experts: n_experts as i32,
-                k: k as i32,
-                norm: topk_norm(norm),
-            }),
-            Kernel::Moe {
-                ty_gate_up, ty_down, gate, up, down, ids, weights, x, act, out, offsets, pairs, residual,
-                dim, ffn, n, k, n_experts,
-            } => kernels::moe(gpu, &ffi::RotaryMoe {
-                quant_gate_up: quant_of(ty_gate_up, "moe gate/up")?,
-                quant_down: quant_of(ty_down, "moe down")?,
-                gate: gate as *const *const c_void,
-                up: up as *const *const c_void,
-                down: down as *const *const c_void,
-                ids: ids as *const i32,
-                weights: p(weights),
-                x: p(x),
-                act: p(act),
-                out: p(out),
-                group_offsets: offsets as *mut i32,
-                group_pairs: pairs as *mut i32,
-                residual: p(residual),
-                dim: dim as i32,
-                ffn: ffn as i32,
-                n_tokens: n as i32,
-                k: k as i32,
-                n_experts: n_experts as i32,
-            }),
-            Kernel::Embed { ty, table, tokens, x, n, dim } => kernels::embed(gpu, &ffi::RotaryEmbed {
-                quant: quant_of(ty, "embed")?,
-                table: table as *const c_void,
-                tokens: tokens as *const i32,
-                x: p(x),
-                n_tokens: n as i32,
-                dim: dim as i32,
-            }),
-            _ => unreachable!("a product kernel"),
-        }
-    }
-}
-
-/// The paged f16 cache (the only cache type the CUDA kernels keep).
-fn kv_cache(c: &KvCache) -> Result<ffi::RotaryKvCache> {
-    if c.ty != KvType::F16 {
-        return Err(Error::Usage(format!("the CUDA kernels keep an f16 KV cache, not {:?}", c.ty)));
-    }
-    Ok(ffi::RotaryKvCache {
-        k: c.k as *mut u16,
-        v: c.v as *mut u16,
-        page_table: c.page_table as *const i32,
-        page_size: c.page_size as i32,
-        kv_width: c.kv_width as i32,
-    })
-}
-
-fn launch_mixing(gpu: &Gpu, k: &Kernel) -> Result<()> {
-    // SAFETY: the forward builds every kernel from allocations sized by the plan (the
-    // simulator checks the same kernels' extents against its allocations in CI).
-    unsafe {
-        match *k {
-            Kernel::RmsNorm { x, w, y, rows, width, eps } => kernels::rmsnorm(gpu, &ffi::RotaryRmsNorm {
-                x: p(x),
-                w: p(w),
-                y: p(y),
-                rows: rows as i32,
-                width: width as i32,
-                eps,
-            }),
-            Kernel::Rope { x, inv_freq, n, n_heads, head_dim, rope_dims, pos0 } => kernels::rope_neox(gpu, &ffi::RotaryRope {
-                x: p(x),
-                inv_freq: p(inv_freq),
-                n_tokens: n as i32,
-                n_heads: n_heads as i32,
-                head_dim: head_dim as i32,
-                rope_dims: rope_dims as i32,
-                pos0: pos0 as i32,
-            }),
-            Kernel::KvStore { cache: c, k: kk, v, n, pos0 } => kernels::kv_store(gpu, &ffi::RotaryKvStore {
-                cache: kv_cache(&c)?,
-                k: p(kk),
-                v: p(v),
-                n_tokens: n as i32,
-                pos0: pos0 as i32,
-            }),
-            Kernel::Attention { cache: c, q, o, n, n_heads, n_kv_heads, head_dim, pos0, scale } => {
-                kernels::attention(gpu, &ffi::RotaryAttention {
-                    cache: kv_cache(&c)?,
-                    q: p(q),
-                    o: p(o),
-                    n_tokens: n as i32,
-                    n_heads: n_heads as i32,
-                    n_kv_heads: n_kv_heads as i32,
-                    head_dim: head_dim as i32,
-                    pos0: pos0 as i32,
-                    scale,
-                })
-            }
-            Kernel::Add { y, x, n } => kernels::add(gpu, &ffi::RotaryAdd { y: p(y), x: p(x), n: n as i64 }),
-            Kernel::SplitGate { qg, q, gate, n, n_heads, head_dim } => kernels::split_gate(gpu, &ffi::RotarySplitGate {
-                qg: p(qg),
-                q: p(q),
-                gate: p(gate),
-                n_tokens: n as i32,
-                n_heads: n_heads as i32,
-                head_dim: head_dim as i32,
-            }),
-            Kernel::SigmoidMul { y, g, n } => {
-                kernels::sigmoid_mul(gpu, &ffi::RotarySigmoidMul { y: p(y), g: p(g), n: n as i64 })
-            }
-            Kernel::Sigmoid { x, n } => kernels::sigmoid(gpu, &ffi::RotarySigmoid { x: p(x), n: n as i64 }),
-            _ => unreachable!("an attention-side kernel"),
-        }
-    }
-}
-
-fn launch_deltanet(gpu: &Gpu, k: &Kernel) -> Result<()> {
-    // SAFETY: the forward builds every kernel from allocations sized by the plan (the
-    // simulator checks the same kernels' extents against its allocations in CI).
-    unsafe {
-        match *k {
-            Kernel::GdnConv { x, state, w, n, channels, kernel } => kernels::gdn_conv(gpu, &ffi::RotaryGdnConv {
-                x: p(x),
-                state: p(state),
-                w: p(w),
-                n_tokens: n as i32,
-                channels: channels as i32,
-                kernel: kernel as i32,
-            }),
-            Kernel::GdnGates { beta, alpha, dt_bias, a, n, n_v } => kernels::gdn_gates(gpu, &ffi::RotaryGdnGates {
-                beta: p(beta),
-                alpha: p(alpha),
-                dt_bias: p(dt_bias),
-                a: p(a),
-                n_tokens: n as i32,
-                n_v_heads: n_v as i32,
-            }),
-            Kernel::GdnRule { qkv, beta, decay, state, o, n, n_k, n_v, head_k, head_v, order } => {
-                kernels::gdn_rule(gpu, &ffi::RotaryGdnRule {
-                    qkv: p(qkv),
-                    beta: p(beta),
-                    decay: p(decay),
-                    state: p(state),
-                    o: p(o),
-                    n_tokens: n as i32,
-                    n_k_heads: n_k as i32,
-                    n_v_heads: n_v as i32,
-                    head_k: head_k as i32,
-                    head_v: head_v as i32,
-                    order: gdn_head_order(order),
-                })
-            }
-            Kernel::GatedNorm { x, z, w, rows, width, eps } => kernels::gated_norm(gpu, &ffi::RotaryGatedNorm {
-                x: p(x),
-                z: p(z),
-                w: p(w),
-                rows: rows as i32,
-                width: width as i32,
-                eps,
-            }),
-            _ => unreachable!("a DeltaNet kernel"),
         }
     }
 }

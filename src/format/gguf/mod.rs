@@ -19,6 +19,10 @@ use crate::format::FileBytes;
 use crate::limits;
 use crate::quant::GgmlType;
 
+mod writer;
+
+pub use writer::{padding, Layout, TensorSpec, Writer};
+
 pub const MAGIC: [u8; 4] = *b"GGUF";
 pub const KEY_ALIGNMENT: &str = "general.alignment";
 pub const KEY_ARCHITECTURE: &str = "general.architecture";
@@ -29,8 +33,19 @@ pub const KEY_ARCHITECTURE: &str = "general.architecture";
 /// GGUF metadata value type ids.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum ValueType {
-    U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, Bool = 7, String = 8,
-    Array = 9, U64 = 10, I64 = 11, F64 = 12,
+    U8 = 0,
+    I8 = 1,
+    U16 = 2,
+    I16 = 3,
+    U32 = 4,
+    I32 = 5,
+    F32 = 6,
+    Bool = 7,
+    String = 8,
+    Array = 9,
+    U64 = 10,
+    I64 = 11,
+    F64 = 12,
 }
 
 impl ValueType {
@@ -56,15 +71,35 @@ impl ValueType {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
-    U8(u8), I8(i8), U16(u16), I16(i16), U32(u32), I32(i32), F32(f32), Bool(bool),
-    String(String), Array(Array), U64(u64), I64(i64), F64(f64),
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    String(String),
+    Array(Array),
+    U64(u64),
+    I64(i64),
+    F64(f64),
 }
 
 /// A homogeneous array (GGUF forbids arrays of arrays).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Array {
-    U8(Vec<u8>), I8(Vec<i8>), U16(Vec<u16>), I16(Vec<i16>), U32(Vec<u32>), I32(Vec<i32>),
-    F32(Vec<f32>), Bool(Vec<bool>), String(Vec<String>), U64(Vec<u64>), I64(Vec<i64>),
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    F32(Vec<f32>),
+    Bool(Vec<bool>),
+    String(Vec<String>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
     F64(Vec<f64>),
 }
 
@@ -381,8 +416,11 @@ fn read_kvs(cur: &mut Cursor, n_kv: usize) -> Result<KvList> {
 fn read_value_type(cur: &mut Cursor, key: &str) -> Result<ValueType> {
     let offset = cur.offset();
     let type_id = cur.u32(&|| format!("value type of key '{key}'"))?;
-    ValueType::from_id(type_id)
-        .ok_or_else(|| Error::BadValueType { key: key.to_string(), offset, type_id })
+    ValueType::from_id(type_id).ok_or_else(|| Error::BadValueType {
+        key: key.to_string(),
+        offset,
+        type_id,
+    })
 }
 
 fn read_value(cur: &mut Cursor, key: &str) -> Result<Value> {
@@ -416,7 +454,8 @@ fn read_array(cur: &mut Cursor, key: &str, elem: ValueType, n: usize) -> Result<
             let what = || format!("array of key '{key}'");
             let size = std::mem::size_of::<$t>();
             let bytes = cur.take((n * size) as u64, &what)?;
-            let values = bytes.chunks_exact(size).map(|c| <$t>::from_le_bytes(c.try_into().unwrap()));
+            let values =
+                bytes.chunks_exact(size).map(|c| <$t>::from_le_bytes(c.try_into().unwrap()));
             Array::$variant(values.collect())
         }};
     }
@@ -509,7 +548,8 @@ fn read_tensor_infos(cur: &mut Cursor, n: usize, alignment: u32) -> Result<Tenso
     for i in 0..n {
         let info_offset = cur.offset();
         let name = cur.string(&|| format!("name of tensor #{i}"), limits::GGUF_STRING_BYTES_MAX)?;
-        let bad = |reason: String| Error::BadTensor { name: name.clone(), offset: info_offset, reason };
+        let bad =
+            |reason: String| Error::BadTensor { name: name.clone(), offset: info_offset, reason };
         if name.is_empty() || name.len() > limits::GGUF_TENSOR_NAME_BYTES_MAX {
             let max = limits::GGUF_TENSOR_NAME_BYTES_MAX;
             return Err(bad(format!("name length {} is not in 1..={max}", name.len())));
@@ -523,7 +563,10 @@ fn read_tensor_infos(cur: &mut Cursor, n: usize, alignment: u32) -> Result<Tenso
             .ok_or_else(|| Error::UnknownType { name: name.clone(), type_id })?;
         if dims[0] % ty.block_elems() as u64 != 0 {
             let be = ty.block_elems();
-            return Err(bad(format!("ne0 = {} is not a multiple of the {ty} block ({be})", dims[0])));
+            return Err(bad(format!(
+                "ne0 = {} is not a multiple of the {ty} block ({be})",
+                dims[0]
+            )));
         }
         let n_bytes = TensorInfo::byte_size(ty, &dims)
             .ok_or_else(|| bad(format!("byte size of {dims:?} x {ty} overflows")))?;
@@ -548,7 +591,8 @@ fn read_tensor_infos(cur: &mut Cursor, n: usize, alignment: u32) -> Result<Tenso
 }
 
 fn read_dims(cur: &mut Cursor, name: &str, info_offset: u64) -> Result<Vec<u64>> {
-    let bad = |reason: String| Error::BadTensor { name: name.to_string(), offset: info_offset, reason };
+    let bad =
+        |reason: String| Error::BadTensor { name: name.to_string(), offset: info_offset, reason };
     let n_dims = cur.u32(&|| format!("n_dims of tensor '{name}'"))?;
     if n_dims == 0 || n_dims as usize > limits::GGUF_DIMS_MAX {
         return Err(bad(format!("n_dims = {n_dims}, want 1..={}", limits::GGUF_DIMS_MAX)));
@@ -744,189 +788,5 @@ impl std::ops::Deref for Gguf {
     type Target = Header;
     fn deref(&self) -> &Header {
         &self.header
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Writer
-
-/// A tensor to be written: name, ggml dims (ne0 first) and type.
-#[derive(Clone, Debug)]
-pub struct TensorSpec {
-    pub name: String,
-    pub dims: Vec<u64>,
-    pub ty: GgmlType,
-}
-
-/// Builds GGUF v3 files the way llama.cpp does: header, tensor infos, padding, then each
-/// tensor's data padded to the alignment. The header is encoded up front, so data can then be
-/// streamed tensor by tensor without holding the model in memory.
-#[derive(Default)]
-pub struct Writer {
-    kvs: Vec<(String, Value)>,
-    tensors: Vec<TensorSpec>,
-}
-
-/// The encoded header and where each tensor's data goes.
-pub struct Layout {
-    /// Header, KVs, tensor infos and the padding up to the data section.
-    pub header: Vec<u8>,
-    /// Byte size of each tensor's data (without padding).
-    pub tensor_bytes: Vec<u64>,
-    pub alignment: u64,
-    /// Total file size.
-    pub file_bytes: u64,
-}
-
-impl Writer {
-    pub fn new() -> Writer {
-        Writer::default()
-    }
-
-    pub fn kv(&mut self, key: &str, value: Value) -> &mut Writer {
-        self.kvs.retain(|(k, _)| k != key);
-        self.kvs.push((key.to_string(), value));
-        self
-    }
-
-    pub fn tensor(&mut self, name: &str, dims: &[u64], ty: GgmlType) -> &mut Writer {
-        self.tensors.push(TensorSpec { name: name.to_string(), dims: dims.to_vec(), ty });
-        self
-    }
-
-    pub fn tensors(&self) -> &[TensorSpec] {
-        &self.tensors
-    }
-
-    /// Edit the tensor list before `layout` (tests build malformed models this way).
-    pub fn tensors_mut(&mut self) -> &mut Vec<TensorSpec> {
-        &mut self.tensors
-    }
-
-    pub fn remove_kv(&mut self, key: &str) -> &mut Writer {
-        self.kvs.retain(|(k, _)| k != key);
-        self
-    }
-
-    /// Encode a whole file with every tensor's data zero-filled.
-    pub fn to_bytes_zeroed(&self) -> Result<Vec<u8>> {
-        let layout = self.layout()?;
-        let zeros: Vec<Vec<u8>> =
-            layout.tensor_bytes.iter().map(|&n| vec![0u8; n as usize]).collect();
-        let slices: Vec<&[u8]> = zeros.iter().map(|v| v.as_slice()).collect();
-        self.to_bytes(&slices)
-    }
-
-    pub fn layout(&self) -> Result<Layout> {
-        let alignment = match self.kvs.iter().find(|(k, _)| k == KEY_ALIGNMENT) {
-            Some((_, Value::U32(a))) if a.is_power_of_two() => *a as u64,
-            Some(_) => return Err(Error::Usage(format!("{KEY_ALIGNMENT} must be a power of 2"))),
-            None => limits::GGUF_ALIGNMENT_DEFAULT as u64,
-        };
-        let mut out = Vec::new();
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.kvs.len() as u64).to_le_bytes());
-        for (key, value) in &self.kvs {
-            put_string(&mut out, key);
-            put_value(&mut out, value);
-        }
-        let mut tensor_bytes = Vec::with_capacity(self.tensors.len());
-        let mut offset = 0u64;
-        for t in &self.tensors {
-            let size = TensorInfo::byte_size(t.ty, &t.dims).ok_or_else(|| {
-                Error::Usage(format!("tensor '{}': {:?} does not fit {}", t.name, t.dims, t.ty))
-            })?;
-            put_string(&mut out, &t.name);
-            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            for d in &t.dims {
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            out.extend_from_slice(&t.ty.id().to_le_bytes());
-            out.extend_from_slice(&offset.to_le_bytes());
-            tensor_bytes.push(size);
-            offset = align_up(offset + size, alignment).expect("model sizes fit in u64");
-        }
-        let header_len = align_up(out.len() as u64, alignment).expect("small");
-        out.resize(header_len as usize, 0);
-        Ok(Layout { file_bytes: header_len + offset, header: out, tensor_bytes, alignment })
-    }
-
-    /// Encode a whole file in memory; `data[i]` is the data of tensor i.
-    pub fn to_bytes(&self, data: &[&[u8]]) -> Result<Vec<u8>> {
-        let layout = self.layout()?;
-        assert_eq!(data.len(), self.tensors.len(), "one data slice per tensor");
-        let mut out = layout.header.clone();
-        for (i, d) in data.iter().enumerate() {
-            if d.len() as u64 != layout.tensor_bytes[i] {
-                return Err(Error::Usage(format!(
-                    "tensor '{}': {} data bytes, expected {}",
-                    self.tensors[i].name,
-                    d.len(),
-                    layout.tensor_bytes[i]
-                )));
-            }
-            out.extend_from_slice(d);
-            let pad = padding(d.len() as u64, layout.alignment);
-            out.resize(out.len() + pad as usize, 0);
-        }
-        assert_eq!(out.len() as u64, layout.file_bytes);
-        Ok(out)
-    }
-}
-
-/// How many zero bytes pad `written` bytes of tensor data up to the alignment.
-pub fn padding(written: u64, alignment: u64) -> u64 {
-    align_up(written, alignment).expect("tensor sizes are far below u64::MAX") - written
-}
-
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_value(out: &mut Vec<u8>, value: &Value) {
-    out.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
-    match value {
-        Value::U8(v) => out.push(*v),
-        Value::I8(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::U16(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::I16(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::U32(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::I32(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::Bool(v) => out.push(*v as u8),
-        Value::String(s) => put_string(out, s),
-        Value::Array(a) => put_array(out, a),
-    }
-}
-
-fn put_array(out: &mut Vec<u8>, a: &Array) {
-    out.extend_from_slice(&(a.elem_type() as u32).to_le_bytes());
-    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
-    macro_rules! each {
-        ($v:expr) => {
-            for x in $v {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        };
-    }
-    match a {
-        Array::U8(v) => out.extend_from_slice(v),
-        Array::I8(v) => each!(v),
-        Array::U16(v) => each!(v),
-        Array::I16(v) => each!(v),
-        Array::U32(v) => each!(v),
-        Array::I32(v) => each!(v),
-        Array::F32(v) => each!(v),
-        Array::U64(v) => each!(v),
-        Array::I64(v) => each!(v),
-        Array::F64(v) => each!(v),
-        Array::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
-        Array::String(v) => v.iter().for_each(|s| put_string(out, s)),
     }
 }
