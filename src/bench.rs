@@ -205,15 +205,8 @@ pub struct SweepPoint {
 /// An SVG chart of decode tok/s (left axis, line) and hit rate (right axis, dashed) against
 /// the swept quantity.
 pub fn sweep_svg(title: &str, x_label: &str, points: &[SweepPoint]) -> String {
-    let (w, h, ml, mr, mt, mb) = (720.0, 420.0, 70.0, 70.0, 50.0, 60.0);
-    let (pw, ph) = (w - ml - mr, h - mt - mb);
-    let xmin = points.iter().map(|p| p.x).fold(f64::INFINITY, f64::min);
-    let xmax = points.iter().map(|p| p.x).fold(f64::NEG_INFINITY, f64::max);
-    let xspan = if xmax > xmin { xmax - xmin } else { 1.0 };
-    let ymax = nice_max(points.iter().map(|p| p.decode_tok_s).fold(0.0, f64::max));
-    let px = |x: f64| ml + (x - xmin) / xspan * pw;
-    let py = |y: f64| mt + ph - y / ymax * ph;
-    let ph_ = |r: f64| mt + ph - r * ph;
+    let c = Chart::new(points);
+    let (w, h) = (c.w, c.h);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
          viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"13\">\n\
@@ -222,7 +215,61 @@ pub fn sweep_svg(title: &str, x_label: &str, points: &[SweepPoint]) -> String {
         w / 2.0,
         xml(title)
     );
-    // Grid and axes.
+    s += &svg_grid(&c);
+    s += &svg_axis_labels(&c, x_label, points);
+    s += &svg_series(&c, points);
+    s += &svg_legend(&c);
+    s
+}
+
+/// The sweep chart's geometry: canvas size, margins, plot area and axis scales.
+struct Chart {
+    w: f64,
+    h: f64,
+    /// Left and top margins.
+    ml: f64,
+    mt: f64,
+    /// Plot area width and height.
+    pw: f64,
+    ph: f64,
+    xmin: f64,
+    xspan: f64,
+    /// The tok/s axis maximum.
+    ymax: f64,
+}
+
+impl Chart {
+    /// The geometry fitting `points`.
+    fn new(points: &[SweepPoint]) -> Chart {
+        let (w, h, ml, mr, mt, mb) = (720.0, 420.0, 70.0, 70.0, 50.0, 60.0);
+        let (pw, ph) = (w - ml - mr, h - mt - mb);
+        let xmin = points.iter().map(|p| p.x).fold(f64::INFINITY, f64::min);
+        let xmax = points.iter().map(|p| p.x).fold(f64::NEG_INFINITY, f64::max);
+        let xspan = if xmax > xmin { xmax - xmin } else { 1.0 };
+        let ymax = nice_max(points.iter().map(|p| p.decode_tok_s).fold(0.0, f64::max));
+        Chart { w, h, ml, mt, pw, ph, xmin, xspan, ymax }
+    }
+
+    /// The horizontal pixel of swept value `x`.
+    fn px(&self, x: f64) -> f64 {
+        self.ml + (x - self.xmin) / self.xspan * self.pw
+    }
+
+    /// The vertical pixel of decode tok/s `y` (left axis).
+    fn py(&self, y: f64) -> f64 {
+        self.mt + self.ph - y / self.ymax * self.ph
+    }
+
+    /// The vertical pixel of hit rate `r` in [0, 1] (right axis).
+    fn pr(&self, r: f64) -> f64 {
+        self.mt + self.ph - r * self.ph
+    }
+}
+
+/// The chart's grid lines, both axes' tick labels and the plot frame.
+fn svg_grid(c: &Chart) -> String {
+    let (ml, mt, pw, ph) = (c.ml, c.mt, c.pw, c.ph);
+    let mut s = String::new();
     for i in 0..=5 {
         let f = i as f64 / 5.0;
         let y = mt + ph - f * ph;
@@ -234,7 +281,7 @@ pub fn sweep_svg(title: &str, x_label: &str, points: &[SweepPoint]) -> String {
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" fill=\"#1f5fbf\">{:.1}</text>\n",
             ml - 6.0,
             y + 4.0,
-            f * ymax
+            f * c.ymax
         );
         s += &format!(
             "<text x=\"{}\" y=\"{}\" fill=\"#c0392b\">{:.0}%</text>\n",
@@ -247,10 +294,17 @@ pub fn sweep_svg(title: &str, x_label: &str, points: &[SweepPoint]) -> String {
         "<rect x=\"{ml}\" y=\"{mt}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" \
          stroke=\"#333\"/>\n"
     );
+    s
+}
+
+/// The chart's x tick labels (one per point) and its three axis titles.
+fn svg_axis_labels(c: &Chart, x_label: &str, points: &[SweepPoint]) -> String {
+    let (ml, mt, pw, ph) = (c.ml, c.mt, c.pw, c.ph);
+    let mut s = String::new();
     for p in points {
         s += &format!(
             "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
-            px(p.x),
+            c.px(p.x),
             mt + ph + 18.0,
             xml(&p.label)
         );
@@ -258,7 +312,7 @@ pub fn sweep_svg(title: &str, x_label: &str, points: &[SweepPoint]) -> String {
     s += &format!(
         "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
         ml + pw / 2.0,
-        h - 15.0,
+        c.h - 15.0,
         xml(x_label)
     );
     s += &format!(
@@ -269,51 +323,62 @@ pub fn sweep_svg(title: &str, x_label: &str, points: &[SweepPoint]) -> String {
     s += &format!(
         "<text transform=\"translate({},{}) rotate(90)\" text-anchor=\"middle\" \
          fill=\"#c0392b\">expert cache hit rate</text>\n",
-        w - 18.0,
+        c.w - 18.0,
         mt + ph / 2.0
     );
-    // Series.
-    let line = |f: &dyn Fn(&SweepPoint) -> (f64, f64)| -> String {
-        points
-            .iter()
-            .map(|p| {
-                let (x, y) = f(p);
-                format!("{x:.1},{y:.1}")
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    s += &format!(
+    s
+}
+
+/// The chart's two series: the tok/s line and the dashed hit-rate line, with their markers.
+fn svg_series(c: &Chart, points: &[SweepPoint]) -> String {
+    let mut s = format!(
         "<polyline points=\"{}\" fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"2.5\"/>\n",
-        line(&|p| (px(p.x), py(p.decode_tok_s)))
+        svg_points(points, &|p| (c.px(p.x), c.py(p.decode_tok_s)))
     );
     s += &format!(
         "<polyline points=\"{}\" fill=\"none\" stroke=\"#c0392b\" stroke-width=\"2\" \
          stroke-dasharray=\"6,4\"/>\n",
-        line(&|p| (px(p.x), ph_(p.hit_rate)))
+        svg_points(points, &|p| (c.px(p.x), c.pr(p.hit_rate)))
     );
     for p in points {
         s += &format!(
             "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#1f5fbf\"/>\n",
-            px(p.x),
-            py(p.decode_tok_s)
+            c.px(p.x),
+            c.py(p.decode_tok_s)
         );
         s += &format!(
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#1f5fbf\" \
              font-size=\"11\">{:.1}</text>\n",
-            px(p.x),
-            py(p.decode_tok_s) - 8.0,
+            c.px(p.x),
+            c.py(p.decode_tok_s) - 8.0,
             p.decode_tok_s
         );
         s += &format!(
             "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#c0392b\"/>\n",
-            px(p.x),
-            ph_(p.hit_rate)
+            c.px(p.x),
+            c.pr(p.hit_rate)
         );
     }
-    // Legend.
+    s
+}
+
+/// A polyline's `points` attribute: `f`'s pixel pair for each point.
+fn svg_points(points: &[SweepPoint], f: &dyn Fn(&SweepPoint) -> (f64, f64)) -> String {
+    points
+        .iter()
+        .map(|p| {
+            let (x, y) = f(p);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The chart's legend (top left of the plot area) and the closing tag.
+fn svg_legend(c: &Chart) -> String {
+    let (ml, mt) = (c.ml, c.mt);
     let lx = ml + 12.0;
-    s += &format!(
+    let mut s = format!(
         "<line x1=\"{lx}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#1f5fbf\" \
          stroke-width=\"2.5\"/>\n",
         mt + 14.0,

@@ -198,6 +198,7 @@ impl Error {
 }
 
 impl fmt::Display for Error {
+    /// Over a screen: one message per variant.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use Error::*;
         match self {

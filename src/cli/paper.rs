@@ -60,6 +60,8 @@ struct Config {
     routing: String,
 }
 
+/// `rotary bench --paper`: model, device, protocol, each configuration, the report. Over a
+/// screen: the command's steps in order, each a call.
 pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
     let gpu = rotary::backend::cuda::device_available(args.device);
     let backend = match &args.backend {

@@ -5,9 +5,11 @@ use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
+use rotary::sample::SamplerParams;
 use rotary::serve::api::GenRequest;
 use rotary::serve::http::{router, Server};
-use rotary::serve::worker::{run_job, serve_jobs, Metrics, PromptCache};
+use rotary::serve::worker::{run_job, serve_jobs, Metrics, Outcome, PromptCache};
+use rotary::tokenizer::Tokenizer;
 use rotary::{Error, Result};
 use serde_json::{json, Value};
 
@@ -155,13 +157,7 @@ pub fn cmd_chat(args: &ModelArgs, c: ChatArgs) -> Result<()> {
     let sampling = c.sampling.params();
     rotary::sample::Sampler::new(sampling.clone())?; // flags are checked before the model loads
     with_session(args, None, |engine, tok| {
-        let template = match &c.template {
-            Some(t) => t.clone(),
-            None => tok
-                .chat_template()
-                .ok_or_else(|| Error::Usage("the model has no chat template".into()))?
-                .to_string(),
-        };
+        let template = chat_template(c.template.as_deref(), tok)?;
         let metrics = Metrics::default();
         let mut cache = PromptCache { tokens: Vec::new() };
         let mut messages: Vec<Value> = Vec::new();
@@ -174,51 +170,19 @@ pub fn cmd_chat(args: &ModelArgs, c: ChatArgs) -> Result<()> {
         );
         let mut turn = 0u64;
         loop {
-            print!("> ");
-            let _ = out.flush();
-            let mut line = String::new();
-            if stdin.lock().read_line(&mut line).map_err(|e| Error::Usage(format!("stdin: {e}")))?
-                == 0
-            {
+            let Some(line) = read_turn(&stdin, &mut out)? else {
                 println!();
                 return Ok(());
-            }
-            let line = line.trim_end_matches(['\n', '\r']);
-            match line.trim() {
-                "" => continue,
-                "/exit" | "/quit" => return Ok(()),
-                "/clear" => {
-                    messages.clear();
-                    messages.extend(system.clone());
-                    eprintln!("(conversation cleared)");
-                    continue;
-                }
-                l if l.starts_with("/save ") => {
-                    let path = l["/save ".len()..].trim();
-                    let text = serde_json::to_string_pretty(&messages).unwrap_or_default();
-                    match std::fs::write(path, text) {
-                        Ok(()) => eprintln!("(saved {} messages to {path})", messages.len()),
-                        Err(e) => eprintln!("error: {path}: {e}"),
-                    }
-                    continue;
-                }
-                _ => {}
+            };
+            match chat_command(&line, &mut messages, &system) {
+                Some(true) => return Ok(()),
+                Some(false) => continue,
+                None => {}
             }
             messages.push(json!({ "role": "user", "content": line }));
             let text = rotary::chat::render_json(&template, &messages, None, c.think)?;
             let ids = tok.encode(&text, true)?;
-            let gen = GenRequest {
-                sampling: rotary::sample::SamplerParams {
-                    seed: sampling.seed.wrapping_add(turn),
-                    ..sampling.clone()
-                },
-                max_tokens: Some(c.n_predict),
-                stops: Vec::new(),
-                presence_penalty: 0.0,
-                frequency_penalty: 0.0,
-                stream: true,
-                include_usage: false,
-            };
+            let gen = chat_request(&sampling, turn, c.n_predict);
             turn += 1;
             cancel::reset();
             cancel::install();
@@ -239,17 +203,81 @@ pub fn cmd_chat(args: &ModelArgs, c: ChatArgs) -> Result<()> {
             )
             .map_err(|e| Error::Usage(e.message))?;
             println!();
-            eprintln!(
-                "(prompt {} tokens, {} from the cache, {} evaluated | \
-                 {} tokens at {:.1} tok/s, {})",
-                o.prompt_tokens,
-                o.cached_tokens,
-                o.prompt_tokens - o.cached_tokens,
-                o.completion_tokens,
-                o.completion_tokens as f64 / o.decode_seconds.max(1e-9),
-                o.stop_reason
-            );
+            print_turn_stats(&o);
             messages.push(json!({ "role": "assistant", "content": answer }));
         }
     })
+}
+
+/// The chat template: --chat-template-file's text, else the model's own.
+fn chat_template(file: Option<&str>, tok: &Tokenizer) -> Result<String> {
+    Ok(match file {
+        Some(t) => t.to_string(),
+        None => tok
+            .chat_template()
+            .ok_or_else(|| Error::Usage("the model has no chat template".into()))?
+            .to_string(),
+    })
+}
+
+/// Prompt with "> " and read one line, without its line ending; None at the end of input.
+fn read_turn(stdin: &std::io::Stdin, out: &mut std::io::Stdout) -> Result<Option<String>> {
+    print!("> ");
+    let _ = out.flush();
+    let mut line = String::new();
+    if stdin.lock().read_line(&mut line).map_err(|e| Error::Usage(format!("stdin: {e}")))? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(line.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// A blank line or a command: Some(true) to quit, Some(false) if handled, None for a message.
+fn chat_command(line: &str, messages: &mut Vec<Value>, system: &Option<Value>) -> Option<bool> {
+    match line.trim() {
+        "" => Some(false),
+        "/exit" | "/quit" => Some(true),
+        "/clear" => {
+            messages.clear();
+            messages.extend(system.clone());
+            eprintln!("(conversation cleared)");
+            Some(false)
+        }
+        l if l.starts_with("/save ") => {
+            let path = l["/save ".len()..].trim();
+            let text = serde_json::to_string_pretty(&messages).unwrap_or_default();
+            match std::fs::write(path, text) {
+                Ok(()) => eprintln!("(saved {} messages to {path})", messages.len()),
+                Err(e) => eprintln!("error: {path}: {e}"),
+            }
+            Some(false)
+        }
+        _ => None,
+    }
+}
+
+/// Turn `turn`'s settings: the sampling flags with seed + turn, no stops or penalties, streamed.
+fn chat_request(sampling: &SamplerParams, turn: u64, n_predict: usize) -> GenRequest {
+    GenRequest {
+        sampling: SamplerParams { seed: sampling.seed.wrapping_add(turn), ..sampling.clone() },
+        max_tokens: Some(n_predict),
+        stops: Vec::new(),
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        stream: true,
+        include_usage: false,
+    }
+}
+
+/// The stderr line after an answer: prompt tokens (cached and evaluated), speed, stop reason.
+fn print_turn_stats(o: &Outcome) {
+    eprintln!(
+        "(prompt {} tokens, {} from the cache, {} evaluated | \
+         {} tokens at {:.1} tok/s, {})",
+        o.prompt_tokens,
+        o.cached_tokens,
+        o.prompt_tokens - o.cached_tokens,
+        o.completion_tokens,
+        o.completion_tokens as f64 / o.decode_seconds.max(1e-9),
+        o.stop_reason
+    );
 }

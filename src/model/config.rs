@@ -445,6 +445,7 @@ impl ModelConfig {
     /// the text part of `Qwen3_5MoeForConditionalGeneration` / `Qwen3_5MoeForCausalLM`
     /// (qwen3_5_moe, qwen3_5_moe_text; keys under `text_config` when nested).
     /// Only `config.json` is read: `auto_map` and remote code are never consulted.
+    /// Over a screen: one line per hyperparameter, each checked where it is read.
     pub fn from_hf(dir: &HfDir) -> Result<ModelConfig> {
         let model_type = dir.config_str("model_type")?;
         let arch = match model_type {

@@ -177,6 +177,7 @@ impl<'a> Weights<'a> {
     }
 
     /// GGUF: llama.cpp's names; qwen35moe norms carry the +1 already (plain x̂·w here too).
+    /// Over a screen: one line per tensor of the architecture's table, read in order.
     fn load_gguf(f: &'a ModelFile, cfg: ModelConfig) -> Result<Weights<'a>> {
         let token_embd = f.mat("token_embd.weight")?;
         let output = match f.mat("output.weight") {
@@ -258,6 +259,7 @@ impl<'a> Weights<'a> {
     /// HF: Qwen3 (`model.*`), Qwen3.5 (`model.*` or `model.language_model.*`). Qwen3.5's
     /// zero-centred norms become x̂·(1+w) by adding 1 here (all but the DeltaNet's gated norm),
     /// and A_log becomes a = −exp(A_log), so the forward pass is the GGUF one.
+    /// Over a screen: one line per tensor of the architecture's table, read in order.
     fn load_hf(f: &'a ModelFile, cfg: ModelConfig) -> Result<Weights<'a>> {
         let ModelFile::Hf(dir) = f else { unreachable!("load_hf on an HF directory") };
         let (prefix, fused) = ModelConfig::hf_layout(dir);

@@ -170,8 +170,38 @@ pub fn delta_rule_chunked(
     let ch = sh.channels();
     assert!(chunk >= 1 && qkv.len() == n * ch && beta.len() == n * nv && decay.len() == n * nv);
     assert!(s.len() == sh.state_len() && o.len() == n * nv * dv);
+    let (q, k) = normalized_qk(qkv, sh, n); // [n, n_k, dk] each
+    for h in 0..nv {
+        let kh = sh.k_head(h);
+        let st = &mut s[h * dk * dv..(h + 1) * dk * dv]; // [dk, dv]
+        for t0 in (0..n).step_by(chunk) {
+            let c = chunk.min(n - t0);
+            // The chunk's rows for value head h: [c] slices of [dk], [dk], [dv].
+            let qc: Vec<&[f32]> = (0..c).map(|i| &q[((t0 + i) * nk + kh) * dk..][..dk]).collect();
+            let kc: Vec<&[f32]> = (0..c).map(|i| &k[((t0 + i) * nk + kh) * dk..][..dk]).collect();
+            let vc: Vec<&[f32]> =
+                (0..c).map(|i| &qkv[(t0 + i) * ch + 2 * nk * dk + h * dv..][..dv]).collect();
+            let bc: Vec<f32> = (0..c).map(|i| beta[(t0 + i) * nv + h]).collect(); // [c]
+            let g = chunk_log_decay(decay, t0, c, nv, h); // [c]
+            let (mut u, w) = chunk_solve(&g, &kc, &vc, &bc, dk, dv);
+            chunk_correct(&mut u, &w, st, dk, dv);
+            let mut oc: Vec<&mut [f32]> = o
+                .chunks_exact_mut(nv * dv)
+                .skip(t0)
+                .take(c)
+                .map(|r| &mut r[h * dv..][..dv])
+                .collect();
+            chunk_output(&mut oc, &qc, &kc, &g, &u, st);
+            chunk_update(st, &g, &kc, &u);
+        }
+    }
+}
+
+/// l2-normalised q (scaled by 1/√dk) and k of every token of `qkv`: [n, n_k, dk] each.
+fn normalized_qk(qkv: &[f32], sh: &Shape, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let (nk, dk) = (sh.n_k_heads, sh.head_k);
+    let ch = sh.channels();
     let scale = 1.0 / (dk as f32).sqrt();
-    // l2-normalised q (scaled) and k of every token: [n, n_k, dk] each.
     let (mut q, mut k) = (vec![0f32; n * nk * dk], vec![0f32; n * nk * dk]);
     for t in 0..n {
         let row = &qkv[t * ch..(t + 1) * ch];
@@ -180,86 +210,111 @@ pub fn delta_rule_chunked(
     }
     q.chunks_exact_mut(dk).for_each(|h| l2norm(h, scale));
     k.chunks_exact_mut(dk).for_each(|h| l2norm(h, 1.0));
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-    for h in 0..nv {
-        let kh = sh.k_head(h);
-        let st = &mut s[h * dk * dv..(h + 1) * dk * dv]; // [dk, dv]
-        for t0 in (0..n).step_by(chunk) {
-            let c = chunk.min(n - t0);
-            let qi = |i: usize| &q[((t0 + i) * nk + kh) * dk..][..dk];
-            let ki = |i: usize| &k[((t0 + i) * nk + kh) * dk..][..dk];
-            let vi = |i: usize| &qkv[(t0 + i) * ch + 2 * nk * dk + h * dv..][..dv];
-            let b = |i: usize| beta[(t0 + i) * nv + h];
-            let mut g = vec![0f32; c]; // [c] cumulative log decay
-            let mut acc = 0f32;
-            for (i, gi) in g.iter_mut().enumerate() {
-                acc += decay[(t0 + i) * nv + h].ln();
-                *gi = acc;
-            }
-            // P[i][j] = e^(G_i - G_j), j <= i.
-            let pd = |i: usize, j: usize| (g[i] - g[j]).exp();
-            // Forward substitution: rows of U [c, dv] and W [c, dk].
-            let (mut u, mut w) = (vec![0f32; c * dv], vec![0f32; c * dk]);
-            for (i, &gi) in g.iter().enumerate() {
-                let (ui, wi) = (i * dv, i * dk);
-                for (x, &v) in u[ui..ui + dv].iter_mut().zip(vi(i)) {
-                    *x = b(i) * v;
-                }
-                let eg = gi.exp();
-                for (x, &kk) in w[wi..wi + dk].iter_mut().zip(ki(i)) {
-                    *x = b(i) * kk * eg;
-                }
-                for j in 0..i {
-                    let a = b(i) * dot(ki(i), ki(j)) * pd(i, j);
-                    let (done, row) = u.split_at_mut(ui);
-                    row[..dv]
-                        .iter_mut()
-                        .zip(&done[j * dv..(j + 1) * dv])
-                        .for_each(|(x, &y)| *x -= a * y);
-                    let (done, row) = w.split_at_mut(wi);
-                    row[..dk]
-                        .iter_mut()
-                        .zip(&done[j * dk..(j + 1) * dk])
-                        .for_each(|(x, &y)| *x -= a * y);
-                }
-            }
-            // v' = U − W S, [c, dv].
-            for i in 0..c {
-                for r in 0..dk {
-                    let wr = w[i * dk + r];
-                    u[i * dv..(i + 1) * dv]
-                        .iter_mut()
-                        .zip(&st[r * dv..(r + 1) * dv])
-                        .for_each(|(x, &sv)| *x -= wr * sv);
-                }
-            }
-            // o_i = (q_i e^{G_i}) S + Σ_{j ≤ i} (q_i·k_j) P[i][j] v'_j.
-            for i in 0..c {
-                let oi = &mut o[((t0 + i) * nv + h) * dv..][..dv];
-                oi.fill(0.0);
-                let eg = g[i].exp();
-                for (r, &qr) in qi(i).iter().enumerate() {
-                    let f = qr * eg;
-                    oi.iter_mut().zip(&st[r * dv..(r + 1) * dv]).for_each(|(x, &sv)| *x += f * sv);
-                }
-                for j in 0..=i {
-                    let a = dot(qi(i), ki(j)) * pd(i, j);
-                    oi.iter_mut().zip(&u[j * dv..(j + 1) * dv]).for_each(|(x, &y)| *x += a * y);
-                }
-            }
-            // S ← e^{G_c} S + Σ_j (k_j e^{G_c − G_j}) v'_jᵀ.
-            let last = g[c - 1];
-            st.iter_mut().for_each(|x| *x *= last.exp());
-            for j in 0..c {
-                let f = (last - g[j]).exp();
-                for (r, &kr) in ki(j).iter().enumerate() {
-                    let a = kr * f;
-                    st[r * dv..(r + 1) * dv]
-                        .iter_mut()
-                        .zip(&u[j * dv..(j + 1) * dv])
-                        .for_each(|(x, &y)| *x += a * y);
-                }
-            }
+    (q, k)
+}
+
+/// The dot product of two equal-length rows.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
+}
+
+/// P[i][j] = e^(G_i − G_j), j ≤ i, from the chunk's cumulative log decay `g`.
+fn decay_between(g: &[f32], i: usize, j: usize) -> f32 {
+    (g[i] - g[j]).exp()
+}
+
+/// G: the cumulative log decay of value head `h` over the chunk of `c` tokens at `t0`, [c].
+fn chunk_log_decay(decay: &[f32], t0: usize, c: usize, nv: usize, h: usize) -> Vec<f32> {
+    let mut g = vec![0f32; c]; // [c]
+    let mut acc = 0f32;
+    for (i, gi) in g.iter_mut().enumerate() {
+        acc += decay[(t0 + i) * nv + h].ln();
+        *gi = acc;
+    }
+    g
+}
+
+/// Solve (I + strict_lower(β_i k_i·k_j P[i][j])) [U | W] = [β v | β k e^G]: U [c, dv], W [c, dk].
+fn chunk_solve(
+    g: &[f32],
+    k: &[&[f32]],
+    v: &[&[f32]],
+    b: &[f32],
+    dk: usize,
+    dv: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let c = g.len();
+    let (mut u, mut w) = (vec![0f32; c * dv], vec![0f32; c * dk]);
+    for (i, &gi) in g.iter().enumerate() {
+        let (ui, wi) = (i * dv, i * dk);
+        for (x, &vv) in u[ui..ui + dv].iter_mut().zip(v[i]) {
+            *x = b[i] * vv;
+        }
+        let eg = gi.exp();
+        for (x, &kk) in w[wi..wi + dk].iter_mut().zip(k[i]) {
+            *x = b[i] * kk * eg;
+        }
+        for j in 0..i {
+            let a = b[i] * dot(k[i], k[j]) * decay_between(g, i, j);
+            let (done, row) = u.split_at_mut(ui);
+            row[..dv].iter_mut().zip(&done[j * dv..(j + 1) * dv]).for_each(|(x, &y)| *x -= a * y);
+            let (done, row) = w.split_at_mut(wi);
+            row[..dk].iter_mut().zip(&done[j * dk..(j + 1) * dk]).for_each(|(x, &y)| *x -= a * y);
+        }
+    }
+    (u, w)
+}
+
+/// v' = U − W S in place of U [c, dv], with W [c, dk] and the head's state S [dk, dv].
+fn chunk_correct(u: &mut [f32], w: &[f32], st: &[f32], dk: usize, dv: usize) {
+    for i in 0..u.len() / dv {
+        for r in 0..dk {
+            let wr = w[i * dk + r];
+            u[i * dv..(i + 1) * dv]
+                .iter_mut()
+                .zip(&st[r * dv..(r + 1) * dv])
+                .for_each(|(x, &sv)| *x -= wr * sv);
+        }
+    }
+}
+
+/// The chunk's rows o [c][dv]: o_i = (q_i e^{G_i}) S + Σ_{j ≤ i} (q_i·k_j) P[i][j] v'_j.
+fn chunk_output(
+    o: &mut [&mut [f32]],
+    q: &[&[f32]],
+    k: &[&[f32]],
+    g: &[f32],
+    u: &[f32],
+    st: &[f32],
+) {
+    for (i, oi) in o.iter_mut().enumerate() {
+        let dv = oi.len();
+        oi.fill(0.0);
+        let eg = g[i].exp();
+        for (r, &qr) in q[i].iter().enumerate() {
+            let f = qr * eg;
+            oi.iter_mut().zip(&st[r * dv..(r + 1) * dv]).for_each(|(x, &sv)| *x += f * sv);
+        }
+        for j in 0..=i {
+            let a = dot(q[i], k[j]) * decay_between(g, i, j);
+            oi.iter_mut().zip(&u[j * dv..(j + 1) * dv]).for_each(|(x, &y)| *x += a * y);
+        }
+    }
+}
+
+/// S ← e^{G_c} S + Σ_j (k_j e^{G_c − G_j}) v'_jᵀ for the head's state S [dk, dv], v' [c, dv].
+fn chunk_update(st: &mut [f32], g: &[f32], k: &[&[f32]], u: &[f32]) {
+    let (c, dv) = (g.len(), u.len() / g.len());
+    let last = g[c - 1];
+    st.iter_mut().for_each(|x| *x *= last.exp());
+    for j in 0..c {
+        let f = (last - g[j]).exp();
+        for (r, &kr) in k[j].iter().enumerate() {
+            let a = kr * f;
+            st[r * dv..(r + 1) * dv]
+                .iter_mut()
+                .zip(&u[j * dv..(j + 1) * dv])
+                .for_each(|(x, &y)| *x += a * y);
         }
     }
 }

@@ -183,19 +183,48 @@ impl HostKernels {
         HostKernels { backend, attn_scratch: Vec::new() }
     }
 
-    fn matmul(&self, m: &Mat, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        let mut y = vec![0f32; n * m.rows]; // [n, rows]
-        self.backend.matmul(m, x, n, &mut y)?;
-        Ok(y)
-    }
-
     /// Run `k` to completion.
     pub fn launch(&mut self, mem: &mut HostMemory, k: &Kernel) -> Result<()> {
+        match k {
+            Kernel::Gemv { .. }
+            | Kernel::TopkMoe { .. }
+            | Kernel::Moe { .. }
+            | Kernel::Embed { .. } => self.products(mem, k),
+            Kernel::GdnConv { .. }
+            | Kernel::GdnGates { .. }
+            | Kernel::GdnRule { .. }
+            | Kernel::GatedNorm { .. } => deltanet_kernel(mem, k),
+            _ => self.mixing(mem, k),
+        }
+    }
+
+    /// Matrix products, the router and the embedding.
+    fn products(&mut self, mem: &mut HostMemory, k: &Kernel) -> Result<()> {
         match *k {
             Kernel::Gemv { ty, w, x, y, rows, cols, n } => {
-                let xs = mem.read::<f32>(x, n * cols, "gemv x")?;
-                let out = self.matmul(&mem.mat(ty, w, rows, cols, "gemv weights")?, &xs, n)?;
-                mem.write(y, &out, "gemv y")
+                let row_bytes = ty.row_bytes(cols as u64).unwrap_or(0) as usize;
+                let wa = mem.check(w, rows * row_bytes, "gemv weights")?;
+                let xa = mem.check(x, n * cols * 4, "gemv x")?;
+                let ya = mem.check(y, n * rows * 4, "gemv y")?;
+                let apart = |a: usize, al: usize, b: usize, bl: usize| a + al <= b || b + bl <= a;
+                let y_bytes = n * rows * 4;
+                if !apart(ya, y_bytes, xa, n * cols * 4)
+                    || !apart(ya, y_bytes, wa, rows * row_bytes)
+                {
+                    return Err(Error::Usage("gemv: y overlaps x or the weights".into()));
+                }
+                assert!(xa % 4 == 0 && ya % 4 == 0, "gemv: unaligned activations");
+                // SAFETY: the three ranges lie inside live regions (checked), y overlaps neither
+                // of the others (checked), both f32 ranges are aligned (asserted), and `mem` is
+                // borrowed mutably, so no other view of its memory exists while these do.
+                let (wm, xs, ys) = unsafe {
+                    (
+                        std::slice::from_raw_parts(wa as *const u8, rows * row_bytes),
+                        std::slice::from_raw_parts(xa as *const f32, n * cols),
+                        std::slice::from_raw_parts_mut(ya as *mut f32, n * rows),
+                    )
+                };
+                self.backend.matmul(&Mat::new(ty, rows, cols, wm, "gemv weights")?, xs, n, ys)
             }
             Kernel::TopkMoe { logits, ids, weights, n, n_experts, k, norm } => {
                 let l = mem.view::<f32>(logits, n * n_experts, "topk logits")?;
@@ -215,6 +244,13 @@ impl HostKernels {
                 }
                 mem.write(x, &out, "embed x")
             }
+            _ => unreachable!("a product kernel"),
+        }
+    }
+
+    /// Norms, RoPE, the KV cache, attention and the elementwise steps.
+    fn mixing(&mut self, mem: &mut HostMemory, k: &Kernel) -> Result<()> {
+        match *k {
             Kernel::RmsNorm { x, w, y, rows, width, eps } => {
                 let mut xs = mem.read::<f32>(x, rows * width, "rmsnorm x")?;
                 rmsnorm_rows(&mut xs, mem.view(w, width, "rmsnorm w")?, eps);
@@ -279,63 +315,7 @@ impl HostKernels {
                 xs.iter_mut().for_each(|x| *x = deltanet::sigmoid(*x));
                 mem.write(x, &xs, "sigmoid x")
             }
-            Kernel::GdnConv { x, state, w, n, channels, kernel } => {
-                let mut xs = mem.read::<f32>(x, n * channels, "gdn_conv x")?;
-                let mut st = mem.read::<f32>(state, (kernel - 1) * channels, "gdn_conv state")?;
-                deltanet::conv_silu(
-                    &mut xs,
-                    &mut st,
-                    mem.view(w, channels * kernel, "gdn_conv w")?,
-                    n,
-                    channels,
-                    kernel,
-                );
-                mem.write(x, &xs, "gdn_conv x")?;
-                mem.write(state, &st, "gdn_conv state")
-            }
-            Kernel::GdnGates { beta, alpha, dt_bias, a, n, n_v } => {
-                let mut bs = mem.read::<f32>(beta, n * n_v, "gdn_gates beta")?;
-                let mut al = mem.read::<f32>(alpha, n * n_v, "gdn_gates alpha")?;
-                deltanet::gates(
-                    &mut bs,
-                    &mut al,
-                    mem.view(dt_bias, n_v, "gdn_gates dt_bias")?,
-                    mem.view(a, n_v, "gdn_gates a")?,
-                );
-                mem.write(beta, &bs, "gdn_gates beta")?;
-                mem.write(alpha, &al, "gdn_gates alpha")
-            }
-            Kernel::GdnRule { qkv, beta, decay, state, o, n, n_k, n_v, head_k, head_v, order } => {
-                let tiled = order == HeadOrder::Tiled;
-                let sh = deltanet::Shape {
-                    n_k_heads: n_k,
-                    n_v_heads: n_v,
-                    head_k,
-                    head_v,
-                    conv_kernel: 1,
-                    tiled,
-                };
-                let mut st = mem.read::<f32>(state, sh.state_len(), "gdn_rule state")?;
-                let mut out = vec![0f32; n * sh.inner()]; // [n, n_v·dv]
-                let xs = mem.view(qkv, n * sh.channels(), "gdn_rule qkv")?;
-                let (bs, ds) = (
-                    mem.view(beta, n * n_v, "gdn_rule beta")?,
-                    mem.view(decay, n * n_v, "gdn_rule decay")?,
-                );
-                deltanet::delta_rule(xs, bs, ds, &mut st, &sh, n, &mut out);
-                mem.write(state, &st, "gdn_rule state")?;
-                mem.write(o, &out, "gdn_rule o")
-            }
-            Kernel::GatedNorm { x, z, w, rows, width, eps } => {
-                let mut xs = mem.read::<f32>(x, rows * width, "gated_norm x")?;
-                deltanet::gated_norm(
-                    &mut xs,
-                    mem.view(z, rows * width, "gated_norm z")?,
-                    mem.view(w, width, "gated_norm w")?,
-                    eps,
-                );
-                mem.write(x, &xs, "gated_norm x")
-            }
+            _ => unreachable!("a mixing kernel"),
         }
     }
 
@@ -367,34 +347,44 @@ impl HostKernels {
             unreachable!("moe() takes a Moe kernel")
         };
         let id = mem.read::<i32>(ids, n * k, "moe ids")?; // [n, k]
-        let xs = mem.read::<f32>(x, n * dim, "moe x")?; // [n, dim]
-        let (gt, ut, dt) = (
-            mem.read::<u64>(gate, n_experts, "moe gate table")?,
-            mem.read::<u64>(up, n_experts, "moe up table")?,
-            mem.read::<u64>(down, n_experts, "moe down table")?,
-        );
-        // [n * k, dim]: the pairs computed on the host arrive in `out`; the rest are made here
-        // (out is the kernel's workspace: nothing reads it afterwards, so it is not written).
-        let mut outs = vec![0f32; n * k * dim];
-        for (pair, _) in id.iter().enumerate().filter(|(_, &e)| e < 0) {
-            let row = mem.view::<f32>(out + (pair * dim * 4) as u64, dim, "moe out")?;
-            outs[pair * dim..(pair + 1) * dim].copy_from_slice(row);
-        }
-        for (e, pairs) in
-            group_pairs(&id, n_experts)?.iter().enumerate().filter(|(_, p)| !p.is_empty())
-        {
-            let g = mem.mat(ty_gate_up, gt[e], ffn, dim, "expert gate")?;
-            let u = mem.mat(ty_gate_up, ut[e], ffn, dim, "expert up")?;
-            let d = mem.mat(ty_down, dt[e], dim, ffn, "expert down")?;
-            // [pairs, dim]
-            let y = expert_rows(self.backend.as_ref(), [&g, &u, &d], &xs, pairs, k)?;
-            for (i, &pair) in pairs.iter().enumerate() {
-                outs[pair * dim..(pair + 1) * dim].copy_from_slice(&y[i * dim..(i + 1) * dim]);
+        let w = mem.read::<f32>(weights, n * k, "moe weights")?; // [n, k]
+        let table = |t: Addr| mem.read::<u64>(t, n_experts, "moe expert table"); // [n_experts]
+        let (gt, ut, dt) = (table(gate)?, table(up)?, table(down)?);
+        // [n, dim] each
+        let mut res = mem.read::<f32>(residual, n * dim, "moe residual")?;
+        let xs = mem.view::<f32>(x, n * dim, "moe x")?;
+        // Each expert in turn, its pairs in order, added straight into the residual: the same
+        // order whether it ran here or on the host (id −1−e, its rows waiting in `out`), so a
+        // streamed run agrees with a resident one to the bit.
+        let expert_of: Vec<i32> = id.iter().map(|&e| if e < 0 { -1 - e } else { e }).collect();
+        let groups = group_pairs(&expert_of, n_experts)?;
+        for (e, pairs) in groups.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            let on_host = id[pairs[0]] < 0;
+            assert!(
+                pairs.iter().all(|&p| (id[p] < 0) == on_host),
+                "expert {e} split between host and device"
+            );
+            let y = if on_host {
+                let mut y = Vec::with_capacity(pairs.len() * dim); // [pairs, dim]
+                for &pair in pairs {
+                    y.extend_from_slice(mem.view::<f32>(
+                        out + (pair * dim * 4) as u64,
+                        dim,
+                        "moe out",
+                    )?);
+                }
+                y
+            } else {
+                let g = mem.mat(ty_gate_up, gt[e], ffn, dim, "expert gate")?;
+                let u = mem.mat(ty_gate_up, ut[e], ffn, dim, "expert up")?;
+                let d = mem.mat(ty_down, dt[e], dim, ffn, "expert down")?;
+                expert_rows(self.backend.as_ref(), [&g, &u, &d], xs, pairs, k)? // [pairs, dim]
+            };
+            for (row, &pair) in y.chunks_exact(dim).zip(pairs) {
+                let (r, wt) = (&mut res[pair / k * dim..(pair / k + 1) * dim], w[pair]);
+                r.iter_mut().zip(row).for_each(|(r, &v)| *r += wt * v);
             }
         }
-        let w = mem.view::<f32>(weights, n * k, "moe weights")?;
-        let mut res = mem.read::<f32>(residual, n * dim, "moe residual")?; // [n, dim]
-        combine(&mut res, &outs, w, dim, k);
         mem.write(residual, &res, "moe residual")
     }
 
@@ -469,6 +459,70 @@ impl HostKernels {
     }
 }
 
+/// Gated DeltaNet's kernels (they need no backend: O(state) per token).
+fn deltanet_kernel(mem: &mut HostMemory, k: &Kernel) -> Result<()> {
+    match *k {
+        Kernel::GdnConv { x, state, w, n, channels, kernel } => {
+            let mut xs = mem.read::<f32>(x, n * channels, "gdn_conv x")?;
+            let mut st = mem.read::<f32>(state, (kernel - 1) * channels, "gdn_conv state")?;
+            deltanet::conv_silu(
+                &mut xs,
+                &mut st,
+                mem.view(w, channels * kernel, "gdn_conv w")?,
+                n,
+                channels,
+                kernel,
+            );
+            mem.write(x, &xs, "gdn_conv x")?;
+            mem.write(state, &st, "gdn_conv state")
+        }
+        Kernel::GdnGates { beta, alpha, dt_bias, a, n, n_v } => {
+            let mut bs = mem.read::<f32>(beta, n * n_v, "gdn_gates beta")?;
+            let mut al = mem.read::<f32>(alpha, n * n_v, "gdn_gates alpha")?;
+            deltanet::gates(
+                &mut bs,
+                &mut al,
+                mem.view(dt_bias, n_v, "gdn_gates dt_bias")?,
+                mem.view(a, n_v, "gdn_gates a")?,
+            );
+            mem.write(beta, &bs, "gdn_gates beta")?;
+            mem.write(alpha, &al, "gdn_gates alpha")
+        }
+        Kernel::GdnRule { qkv, beta, decay, state, o, n, n_k, n_v, head_k, head_v, order } => {
+            let tiled = order == HeadOrder::Tiled;
+            let sh = deltanet::Shape {
+                n_k_heads: n_k,
+                n_v_heads: n_v,
+                head_k,
+                head_v,
+                conv_kernel: 1,
+                tiled,
+            };
+            let mut st = mem.read::<f32>(state, sh.state_len(), "gdn_rule state")?;
+            let mut out = vec![0f32; n * sh.inner()]; // [n, n_v·dv]
+            let xs = mem.view(qkv, n * sh.channels(), "gdn_rule qkv")?;
+            let (bs, ds) = (
+                mem.view(beta, n * n_v, "gdn_rule beta")?,
+                mem.view(decay, n * n_v, "gdn_rule decay")?,
+            );
+            deltanet::delta_rule(xs, bs, ds, &mut st, &sh, n, &mut out);
+            mem.write(state, &st, "gdn_rule state")?;
+            mem.write(o, &out, "gdn_rule o")
+        }
+        Kernel::GatedNorm { x, z, w, rows, width, eps } => {
+            let mut xs = mem.read::<f32>(x, rows * width, "gated_norm x")?;
+            deltanet::gated_norm(
+                &mut xs,
+                mem.view(z, rows * width, "gated_norm z")?,
+                mem.view(w, width, "gated_norm w")?,
+                eps,
+            );
+            mem.write(x, &xs, "gated_norm x")
+        }
+        _ => unreachable!("a DeltaNet kernel"),
+    }
+}
+
 /// Each expert's pairs (indices into [n, k]) in ascending order; negative ids (computed on the
 /// host) belong to none.
 pub fn group_pairs(ids: &[i32], n_experts: usize) -> Result<Vec<Vec<usize>>> {
@@ -506,20 +560,6 @@ pub fn expert_rows(
     let mut y = vec![0f32; m * down.rows]; // [m, dim]
     b.matmul(down, &g, m, &mut y)?;
     Ok(y)
-}
-
-/// residual [n, dim] += per token Σ_j w[t·k + j] · out[t·k + j] (j in order).
-pub fn combine(residual: &mut [f32], out: &[f32], w: &[f32], dim: usize, k: usize) {
-    for (t, r) in residual.chunks_exact_mut(dim).enumerate() {
-        let mut acc = vec![0f32; dim];
-        for j in 0..k {
-            let pair = t * k + j;
-            acc.iter_mut()
-                .zip(&out[pair * dim..(pair + 1) * dim])
-                .for_each(|(a, &o)| *a += w[pair] * o);
-        }
-        r.iter_mut().zip(&acc).for_each(|(r, a)| *r += a);
-    }
 }
 
 impl KvType {

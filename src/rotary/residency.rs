@@ -181,6 +181,7 @@ impl<'w> Residency<'w> {
 
     /// Resident: every expert into its slot now (on a host device, the table points into
     /// the mapping). Streaming: the host source of the copies.
+    /// Over a screen: the three host sources (resident, packed pinned, ring) side by side.
     fn place_experts(
         &mut self,
         dev: &mut dyn Device,
@@ -295,6 +296,7 @@ impl<'w> Residency<'w> {
 
     /// Make layer `l`'s experts for these ids available: hits, demand loads into slots, CPU
     /// fallback (output rows uploaded, ids marked). Updates the layer's pointer table.
+    /// Over a screen: hits, loads and CPU experts must be ordered against each other here.
     pub fn resolve(
         &mut self,
         dev: &mut dyn Device,
@@ -304,14 +306,7 @@ impl<'w> Residency<'w> {
         s: &Scratch,
     ) -> Result<()> {
         let (dim, k) = (self.dim, self.k);
-        if let Some(pred) = self.predicted[l].take() {
-            for (t, p) in pred.iter().enumerate().take(n) {
-                let truth = &ids[t * k..(t + 1) * k];
-                self.stats.prefetch_correct +=
-                    p.iter().filter(|&&e| truth.contains(&(e as i32))).count() as u64;
-                self.stats.prefetch_predicted += k as u64;
-            }
-        }
+        self.score_prediction(l, n, ids);
         let mut needed: Vec<usize> = Vec::with_capacity(n * k);
         for &e in ids {
             assert!(e >= 0 && (e as u64) < self.n_experts as u64, "router id {e}");
@@ -370,46 +365,74 @@ impl<'w> Residency<'w> {
         self.tables[l] = table;
         if !cpu.is_empty() {
             // Activations cross the link instead of weights: h down (above), output rows up.
-            // Each CPU expert once over its pairs, as the MoE kernel would (same rows, same bits).
-            let cpu_kernels = self.cpu.as_ref().expect("streaming sessions have CPU kernels");
-            let mut marked = ids.to_vec();
-            let on_cpu: Vec<i32> =
-                ids.iter().map(|&e| if cpu.contains(&(e as usize)) { e } else { -1 }).collect();
-            for (e, pairs) in group_pairs(&on_cpu, self.n_experts)?
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| !p.is_empty())
-            {
-                let x = &self.w.layers[l].experts[e];
-                // [pairs, dim]
-                let y = expert_rows(cpu_kernels, [&x.gate, &x.up, &x.down], &h, pairs, k)?;
-                for (i, &pair) in pairs.iter().enumerate() {
-                    upload(dev, s.out + (pair * dim * 4) as u64, &y[i * dim..(i + 1) * dim])?;
-                    marked[pair] = -1 - e as i32;
-                }
-            }
-            upload(dev, s.ids, &marked)?;
+            self.run_on_cpu(dev, l, ids, &cpu, &h, s)?;
             if self.opts.load_behind && self.opts.moe_policy != MoePolicy::Cpu {
-                // Admission on a second miss: an expert that ran on the CPU recently and runs
-                // there again is copied into the cache behind the compute (prefetch stream), so
-                // its next reuse hits. One-off misses (no reuse) cost no link traffic.
-                let ghosts = &mut self.ghosts[l];
-                let again: Vec<usize> =
-                    cpu.iter().copied().filter(|e| ghosts.contains(e)).collect();
-                for &e in &cpu {
-                    ghosts.retain(|&g| g != e);
-                    ghosts.push_back(e);
-                }
-                while ghosts.len() > GHOSTS * k {
-                    ghosts.pop_front();
-                }
-                let used = self.used_slots.clone();
-                self.stats.behind_loads += self.load_async(dev, l, &again, used)? as u64;
+                self.stats.behind_loads += self.admit_behind(dev, l, &cpu)? as u64;
             }
         }
         self.stats.cpu_experts += cpu.len() as u64;
         self.stats.gpu_experts += (needed.len() - cpu.len()) as u64;
         Ok(())
+    }
+
+    /// Count how many of the previous layer's predicted experts the router chose.
+    fn score_prediction(&mut self, l: usize, n: usize, ids: &[i32]) {
+        let k = self.k;
+        if let Some(pred) = self.predicted[l].take() {
+            for (t, p) in pred.iter().enumerate().take(n) {
+                let truth = &ids[t * k..(t + 1) * k];
+                self.stats.prefetch_correct +=
+                    p.iter().filter(|&&e| truth.contains(&(e as i32))).count() as u64;
+                self.stats.prefetch_predicted += k as u64;
+            }
+        }
+    }
+
+    /// The CPU fallback: each CPU expert once over its pairs of h [n, dim], as the MoE kernel
+    /// would (same rows, same bits); the output rows go up into `out`, and their ids are
+    /// marked −1−e so that the kernel only combines them.
+    fn run_on_cpu(
+        &mut self,
+        dev: &mut dyn Device,
+        l: usize,
+        ids: &[i32],
+        cpu: &[usize],
+        h: &[f32],
+        s: &Scratch,
+    ) -> Result<()> {
+        let (dim, k) = (self.dim, self.k);
+        let cpu_kernels = self.cpu.as_ref().expect("streaming sessions have CPU kernels");
+        let mut marked = ids.to_vec(); // [n, k]
+        let on_cpu: Vec<i32> =
+            ids.iter().map(|&e| if cpu.contains(&(e as usize)) { e } else { -1 }).collect();
+        let groups = group_pairs(&on_cpu, self.n_experts)?;
+        for (e, pairs) in groups.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            let x = &self.w.layers[l].experts[e];
+            // [pairs, dim]
+            let y = expert_rows(cpu_kernels, [&x.gate, &x.up, &x.down], h, pairs, k)?;
+            for (i, &pair) in pairs.iter().enumerate() {
+                upload(dev, s.out + (pair * dim * 4) as u64, &y[i * dim..(i + 1) * dim])?;
+                marked[pair] = -1 - e as i32;
+            }
+        }
+        upload(dev, s.ids, &marked)
+    }
+
+    /// Admission on a second miss: an expert that ran on the CPU recently and runs there again
+    /// is copied into the cache behind the compute (prefetch stream), so its next reuse hits.
+    /// One-off misses (no reuse) cost no link traffic. Returns how many were queued.
+    fn admit_behind(&mut self, dev: &mut dyn Device, l: usize, cpu: &[usize]) -> Result<usize> {
+        let ghosts = &mut self.ghosts[l];
+        let again: Vec<usize> = cpu.iter().copied().filter(|e| ghosts.contains(e)).collect();
+        for &e in cpu {
+            ghosts.retain(|&g| g != e);
+            ghosts.push_back(e);
+        }
+        while ghosts.len() > GHOSTS * self.k {
+            ghosts.pop_front();
+        }
+        let used = self.used_slots.clone();
+        self.load_async(dev, l, &again, used)
     }
 
     /// Which misses load into VRAM and which run on the CPU. Loads never exceed the slots the

@@ -6,7 +6,7 @@ use super::device::{alloc_upload, Addr, Device};
 use super::plan::{self, align, LOGITS_ROWS, PAGE_SIZE};
 use crate::backend::Mat;
 use crate::error::{Error, Result};
-use crate::model::weights::{Expert, Mixer, Weights};
+use crate::model::weights::{Expert, Layer, Mixer, SharedExpert, Weights};
 use crate::model::ModelConfig;
 use crate::ops::{AttnGate, KvCache};
 use crate::quant::GgmlType;
@@ -116,25 +116,45 @@ pub struct DeviceWeights {
     pub inv_freq: Addr,    // [rope_dims / 2]
 }
 
-/// Hand a matrix to the device (a copy, or on a host device the mapping itself).
-fn place(
-    d: &mut dyn Device,
-    m: &Mat,
-    what: &str,
-    done: &mut u64,
-    progress: &mut dyn FnMut(u64),
-) -> Result<DMat> {
-    // SAFETY: the weights outlive the device that reads them (both belong to the session,
-    // which borrows the weights for 'w and drops the device first).
-    let addr = unsafe { d.map(m.data, what)? };
-    *done += m.data.len() as u64;
-    progress(*done);
-    Ok(DMat { addr, ty: m.ty, rows: m.rows, cols: m.cols })
+/// Places a model's tensors on a device, counting weight bytes for the progress report.
+struct Placer<'a, 'd> {
+    d: &'d mut dyn Device,
+    done: u64,
+    progress: &'a mut dyn FnMut(u64),
+    /// The layer being placed (tensor names in errors), if any.
+    layer: Option<usize>,
 }
 
-/// The same for a vector of f32 (norms, conv weights, gates: small, always copied).
-fn vector(d: &mut dyn Device, v: &[f32], what: &str) -> Result<Addr> {
-    alloc_upload(d, v, what)
+impl Placer<'_, '_> {
+    fn name(&self, what: &str) -> String {
+        match self.layer {
+            Some(l) => format!("blk.{l}.{what}"),
+            None => what.to_string(),
+        }
+    }
+
+    /// A matrix: a copy, or on a host device the mapping itself.
+    fn mat(&mut self, m: &Mat, what: &str) -> Result<DMat> {
+        let name = self.name(what);
+        // SAFETY: the weights outlive the device that reads them (both belong to the session,
+        // which borrows the weights for 'w and drops the device first).
+        let addr = unsafe { self.d.map(m.data, &name)? };
+        self.done += m.data.len() as u64;
+        (self.progress)(self.done);
+        Ok(DMat { addr, ty: m.ty, rows: m.rows, cols: m.cols })
+    }
+
+    /// Small data, always copied: f32 vectors (norms, conv weights, gates), tables, ids.
+    fn vector<T: Copy>(&mut self, v: &[T], what: &str) -> Result<Addr> {
+        let name = self.name(what);
+        alloc_upload(self.d, v, &name)
+    }
+
+    /// `bytes` of zeroed device memory (caches, states, tables).
+    fn zeros(&mut self, bytes: u64, what: &str) -> Result<Addr> {
+        let name = self.name(what);
+        self.d.alloc(bytes, &name)
+    }
 }
 
 impl DeviceWeights {
@@ -148,123 +168,125 @@ impl DeviceWeights {
         progress: &mut dyn FnMut(u64),
     ) -> Result<DeviceWeights> {
         let c = &w.cfg;
-        let mut done = 0u64;
-        let output = place(d, &w.output, "output.weight", &mut done, progress)?;
-        let kv_width = (c.n_kv_heads * c.head_dim) as usize;
+        let mut p = Placer { d, done: 0, progress, layer: None };
+        let output = p.mat(&w.output, "output.weight")?;
         let n_pages = n_ctx.div_ceil(PAGE_SIZE);
-        let kv_ty = d.kv_type();
-        let page_ids: Vec<i32> = (0..n_pages as i32).collect();
-        let page_table = alloc_upload(d, &page_ids, "KV page table")?;
+        let page_ids: Vec<i32> = (0..n_pages as i32).collect(); // [n_pages]
+        let page_table = p.vector(&page_ids, "KV page table")?;
+        let cache = KvCache {
+            k: 0,
+            v: 0,
+            page_table,
+            page_size: PAGE_SIZE,
+            kv_width: (c.n_kv_heads * c.head_dim) as usize,
+            ty: p.d.kv_type(),
+        };
         let mut layers = Vec::with_capacity(w.layers.len());
         for (l, layer) in w.layers.iter().enumerate() {
-            let name = |s: &str| format!("blk.{l}.{s}");
-            let first = layer
-                .experts
-                .first()
-                .ok_or_else(|| Error::MissingTensor { name: name("ffn_gate_exps.weight") })?;
-            same_format(first, &name("ffn_up_exps.weight"))?;
-            let (gate_bytes, down_bytes) = expert_bytes(first);
-            let mut mat = |m: &Mat, what: &str| place(d, m, &name(what), &mut done, progress);
-            let mixer = match &layer.mixer {
-                Mixer::Attention(a) => DMixer::Attention(DAttention {
-                    wq: mat(&a.wq, "attn_q")?,
-                    wk: mat(&a.wk, "attn_k")?,
-                    wv: mat(&a.wv, "attn_v")?,
-                    wo: mat(&a.wo, "attn_output")?,
-                    q_norm: 0,
-                    k_norm: 0,
-                    cache: KvCache {
-                        k: 0,
-                        v: 0,
-                        page_table,
-                        page_size: PAGE_SIZE,
-                        kv_width,
-                        ty: kv_ty,
-                    },
-                    gate: if a.gated { AttnGate::Sigmoid } else { AttnGate::None },
-                }),
-                Mixer::DeltaNet(g) => DMixer::DeltaNet(DDeltaNet {
-                    qkv: mat(&g.qkv, "attn_qkv")?,
-                    z: mat(&g.z, "attn_gate")?,
-                    beta: mat(&g.beta, "ssm_beta")?,
-                    alpha: mat(&g.alpha, "ssm_alpha")?,
-                    out: mat(&g.out, "ssm_out")?,
-                    conv: 0,
-                    dt_bias: 0,
-                    a: 0,
-                    norm: 0,
-                    conv_state: 0,
-                    ssm_state: 0,
-                }),
-            };
-            let shared = match &layer.shared {
-                None => None,
-                Some(sx) => {
-                    let e = &sx.expert;
-                    same_format(e, &name("ffn_up_shexp.weight"))?;
-                    let gate_inp = mat(&sx.gate_inp, "ffn_gate_inp_shexp")?;
-                    let parts = [
-                        mat(&e.gate, "ffn_gate_shexp")?,
-                        mat(&e.up, "ffn_up_shexp")?,
-                        mat(&e.down, "ffn_down_shexp")?,
-                    ];
-                    let ubatch = d.max_batch();
-                    Some(DShared {
-                        gate_inp,
-                        table: alloc_upload(
-                            d,
-                            &parts.map(|m| m.addr),
-                            &name("shared expert table"),
-                        )?,
-                        ids: alloc_upload(d, &vec![0i32; ubatch], &name("shared expert ids"))?,
-                        ty_gate_up: e.gate.ty,
-                        ty_down: e.down.ty,
-                        ffn: e.gate.rows,
-                    })
-                }
-            };
-            let router = place(d, &layer.router, &name("ffn_gate_inp"), &mut done, progress)?;
-            let mut dl = DLayer {
-                attn_norm: vector(d, &layer.attn_norm, &name("attn_norm"))?,
-                mixer,
-                ffn_norm: vector(d, &layer.ffn_norm, &name("ffn_norm"))?,
-                router,
-                shared,
-                tables: d.alloc(3 * c.n_experts * 8, &name("expert pointer table"))?,
-                ty_gate_up: first.gate.ty,
-                ty_down: first.down.ty,
-                gate_bytes,
-                down_bytes,
-            };
-            match (&mut dl.mixer, &layer.mixer) {
-                (DMixer::Attention(da), Mixer::Attention(a)) => {
-                    let cache_bytes = (n_pages * PAGE_SIZE * kv_width * kv_ty.bytes()) as u64;
-                    da.q_norm = vector(d, &a.q_norm, &name("attn_q_norm"))?;
-                    da.k_norm = vector(d, &a.k_norm, &name("attn_k_norm"))?;
-                    da.cache.k = d.alloc(cache_bytes, &name("k cache"))?;
-                    da.cache.v = d.alloc(cache_bytes, &name("v cache"))?;
-                }
-                (DMixer::DeltaNet(dd), Mixer::DeltaNet(g)) => {
-                    let sh = w.gdn.expect("DeltaNet layers come with a DeltaNet shape");
-                    dd.conv = vector(d, &g.conv, &name("ssm_conv1d"))?;
-                    dd.dt_bias = vector(d, &g.dt_bias, &name("ssm_dt"))?;
-                    dd.a = vector(d, &g.a, &name("ssm_a"))?;
-                    dd.norm = vector(d, &g.norm, &name("ssm_norm"))?;
-                    dd.conv_state = d.alloc(sh.conv_state_len() as u64 * 4, &name("conv state"))?;
-                    dd.ssm_state = d.alloc(sh.state_len() as u64 * 4, &name("recurrent state"))?;
-                }
-                _ => unreachable!("the device mixer mirrors the file's"),
-            }
-            layers.push(dl);
+            p.layer = Some(l);
+            layers.push(place_layer(&mut p, w, layer, cache, n_pages)?);
         }
-        let output_norm = vector(d, &w.output_norm, "output_norm")?;
+        p.layer = None;
+        let output_norm = p.vector(&w.output_norm, "output_norm")?;
         let rot = c.rope_dims as usize;
-        let inv_freq: Vec<f32> = (0..rot / 2)
-            .map(|i| c.rope_theta.powf(-(2.0 * i as f64) / rot as f64) as f32)
-            .collect();
-        let inv_freq = vector(d, &inv_freq, "rope frequencies")?;
+        let inv_freq: Vec<f32> =
+            (0..rot / 2) // [rope_dims / 2]
+                .map(|i| c.rope_theta.powf(-(2.0 * i as f64) / rot as f64) as f32)
+                .collect();
+        let inv_freq = p.vector(&inv_freq, "rope frequencies")?;
         Ok(DeviceWeights { layers, output_norm, output, inv_freq })
     }
+}
+
+/// One layer: its mixer (with its cache or state), the router, the shared expert, an empty
+/// expert pointer table (the rotary fills it).
+fn place_layer(
+    p: &mut Placer,
+    w: &Weights,
+    layer: &Layer,
+    cache: KvCache,
+    n_pages: usize,
+) -> Result<DLayer> {
+    let first = layer
+        .experts
+        .first()
+        .ok_or_else(|| Error::MissingTensor { name: p.name("ffn_gate_exps.weight") })?;
+    same_format(first, &p.name("ffn_up_exps.weight"))?;
+    let (gate_bytes, down_bytes) = expert_bytes(first);
+    let mixer = match &layer.mixer {
+        Mixer::Attention(a) => {
+            let cache_bytes = (n_pages * PAGE_SIZE * cache.kv_width * cache.ty.bytes()) as u64;
+            DMixer::Attention(DAttention {
+                wq: p.mat(&a.wq, "attn_q")?,
+                wk: p.mat(&a.wk, "attn_k")?,
+                wv: p.mat(&a.wv, "attn_v")?,
+                wo: p.mat(&a.wo, "attn_output")?,
+                q_norm: p.vector(&a.q_norm, "attn_q_norm")?,
+                k_norm: p.vector(&a.k_norm, "attn_k_norm")?,
+                cache: KvCache {
+                    k: p.zeros(cache_bytes, "k cache")?,
+                    v: p.zeros(cache_bytes, "v cache")?,
+                    ..cache
+                },
+                gate: if a.gated { AttnGate::Sigmoid } else { AttnGate::None },
+            })
+        }
+        Mixer::DeltaNet(g) => {
+            let sh = w.gdn.expect("DeltaNet layers come with a DeltaNet shape");
+            DMixer::DeltaNet(DDeltaNet {
+                qkv: p.mat(&g.qkv, "attn_qkv")?,
+                z: p.mat(&g.z, "attn_gate")?,
+                beta: p.mat(&g.beta, "ssm_beta")?,
+                alpha: p.mat(&g.alpha, "ssm_alpha")?,
+                out: p.mat(&g.out, "ssm_out")?,
+                conv: p.vector(&g.conv, "ssm_conv1d")?,
+                dt_bias: p.vector(&g.dt_bias, "ssm_dt")?,
+                a: p.vector(&g.a, "ssm_a")?,
+                norm: p.vector(&g.norm, "ssm_norm")?,
+                conv_state: p.zeros(sh.conv_state_len() as u64 * 4, "conv state")?,
+                ssm_state: p.zeros(sh.state_len() as u64 * 4, "recurrent state")?,
+            })
+        }
+    };
+    let shared = match &layer.shared {
+        None => None,
+        Some(sx) => Some(place_shared(p, sx)?),
+    };
+    Ok(DLayer {
+        attn_norm: p.vector(&layer.attn_norm, "attn_norm")?,
+        mixer,
+        ffn_norm: p.vector(&layer.ffn_norm, "ffn_norm")?,
+        router: p.mat(&layer.router, "ffn_gate_inp")?,
+        shared,
+        tables: p.zeros(3 * w.cfg.n_experts * 8, "expert pointer table")?,
+        ty_gate_up: first.gate.ty,
+        ty_down: first.down.ty,
+        gate_bytes,
+        down_bytes,
+    })
+}
+
+/// qwen35moe's shared expert: resident, behind a one-entry pointer table.
+fn place_shared(p: &mut Placer, sx: &SharedExpert) -> Result<DShared> {
+    let e = &sx.expert;
+    same_format(e, &p.name("ffn_up_shexp.weight"))?;
+    let gate_inp = p.mat(&sx.gate_inp, "ffn_gate_inp_shexp")?;
+    let parts = [
+        p.mat(&e.gate, "ffn_gate_shexp")?,
+        p.mat(&e.up, "ffn_up_shexp")?,
+        p.mat(&e.down, "ffn_down_shexp")?,
+    ];
+    let ubatch = p.d.max_batch();
+    let table = p.vector(&parts.map(|m| m.addr), "shared expert table")?; // [3] u64
+    let ids = p.vector(&vec![0i32; ubatch], "shared expert ids")?; // [ubatch] i32
+    Ok(DShared {
+        gate_inp,
+        table,
+        ids,
+        ty_gate_up: e.gate.ty,
+        ty_down: e.down.ty,
+        ffn: e.gate.rows,
+    })
 }
 
 /// Gate and up of an expert share one format (the MoE kernel reads both with one dequant).

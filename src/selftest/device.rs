@@ -81,6 +81,7 @@ impl Uploads<'_> {
 }
 
 /// Allocate and upload a case and build its kernels.
+/// Over a screen: one short arm per op of the vocabulary (a table, not logic).
 fn prepare(dev: &mut dyn Device, op: &Op, i: &Inputs) -> Result<Prepared> {
     let kv_ty = dev.kv_type();
     let mut u = Uploads { dev, buffers: Vec::new() };

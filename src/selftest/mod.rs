@@ -428,50 +428,79 @@ pub fn inputs(op: &Op, seed: u64) -> Result<Inputs> {
             i.mats.push(random_matrix(ty, rows, cols, 1.0 / (cols as f32).sqrt(), seed)?);
             i.f.push(random_f32(n * cols, 0.0, 1.0, seed + 1));
         }
-        Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n } => {
-            i.mats.push(random_matrix(
-                ty_gate_up,
-                n_experts * ffn,
-                dim,
-                1.0 / (dim as f32).sqrt(),
-                seed,
-            )?);
-            i.mats.push(random_matrix(
-                ty_gate_up,
-                n_experts * ffn,
-                dim,
-                1.0 / (dim as f32).sqrt(),
-                seed + 1,
-            )?);
-            i.mats.push(random_matrix(
-                ty_down,
-                n_experts * dim,
-                ffn,
-                1.0 / (ffn as f32).sqrt(),
-                seed + 2,
-            )?);
-            i.f.push(random_f32(n * dim, 0.0, 1.0, seed + 3));
-            i.f.push(random_f32(n * dim, 0.0, 1.0, seed + 4));
-            i.f.push(random_f32(n * k, 0.5, 0.25, seed + 5));
-            // k distinct experts per token.
-            for t in 0..n {
-                let mut chosen: Vec<i32> = Vec::new();
-                let mut s = seed + 100 + t as u64;
-                while chosen.len() < k {
-                    let e = random_ints(1, 0, n_experts as u32 - 1, s)[0] as i32;
-                    s += 1000;
-                    if !chosen.contains(&e) {
-                        chosen.push(e);
-                    }
-                }
-                i.ids.extend(chosen);
-            }
-        }
+        Op::Moe { .. } => return moe_inputs(op, seed),
         Op::TopkMoe { n, n_experts, .. } => i.f.push(random_f32(n * n_experts, 0.0, 2.0, seed)),
         Op::RmsNorm { rows, width } => {
             i.f.push(random_f32(rows * width, 0.1, 1.0, seed));
             i.f.push(random_f32(width, 1.0, 0.1, seed + 1));
         }
+        Op::Rope { .. } | Op::Attention { .. } => return Ok(attention_inputs(op, seed)),
+        Op::Embed { ty, n_vocab, dim, n } => {
+            i.mats.push(random_matrix(ty, n_vocab, dim, 1.0, seed)?);
+            i.ids = random_ints(n, 0, n_vocab as u32 - 1, seed + 1)
+                .into_iter()
+                .map(|t| t as i32)
+                .collect();
+        }
+        Op::Add { len } => {
+            i.f.push(random_f32(len, 0.0, 1.0, seed));
+            i.f.push(random_f32(len, 0.0, 1.0, seed + 1));
+        }
+        Op::SplitGate { .. }
+        | Op::SigmoidMul { .. }
+        | Op::Sigmoid { .. }
+        | Op::GdnConv { .. }
+        | Op::GdnGates { .. }
+        | Op::GdnRule { .. }
+        | Op::GatedNorm { .. } => return Ok(deltanet_inputs(op, seed)),
+    }
+    Ok(i)
+}
+
+/// Moe's operands: mats [gate, up, down], f [x, residual, weights], ids [n, k].
+fn moe_inputs(op: &Op, seed: u64) -> Result<Inputs> {
+    let Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n } = *op else {
+        unreachable!("moe_inputs() is for moe")
+    };
+    let mut i = Inputs::default();
+    i.mats.push(random_matrix(ty_gate_up, n_experts * ffn, dim, 1.0 / (dim as f32).sqrt(), seed)?);
+    i.mats.push(random_matrix(
+        ty_gate_up,
+        n_experts * ffn,
+        dim,
+        1.0 / (dim as f32).sqrt(),
+        seed + 1,
+    )?);
+    i.mats.push(random_matrix(ty_down, n_experts * dim, ffn, 1.0 / (ffn as f32).sqrt(), seed + 2)?);
+    i.f.push(random_f32(n * dim, 0.0, 1.0, seed + 3));
+    i.f.push(random_f32(n * dim, 0.0, 1.0, seed + 4));
+    i.f.push(random_f32(n * k, 0.5, 0.25, seed + 5));
+    i.ids = moe_expert_ids(n, k, n_experts, seed);
+    Ok(i)
+}
+
+/// k distinct experts per token, [n, k], each drawn from its own seed.
+fn moe_expert_ids(n: usize, k: usize, n_experts: usize, seed: u64) -> Vec<i32> {
+    let mut ids = Vec::with_capacity(n * k);
+    for t in 0..n {
+        let mut chosen: Vec<i32> = Vec::new();
+        let mut s = seed + 100 + t as u64;
+        while chosen.len() < k {
+            let e = random_ints(1, 0, n_experts as u32 - 1, s)[0] as i32;
+            s += 1000;
+            if !chosen.contains(&e) {
+                chosen.push(e);
+            }
+        }
+        ids.extend(chosen);
+    }
+    ids
+}
+
+/// Rope's f [x, inv_freq]; Attention's f [q, k, v] (pos0 + n positions), ids = page table.
+fn attention_inputs(op: &Op, seed: u64) -> Inputs {
+    let mut i = Inputs::default();
+    match *op {
         Op::Rope { n, n_heads, head_dim, rope_dims, .. } => {
             i.f.push(random_f32(n * n_heads * head_dim, 0.0, 1.0, seed));
             let theta = 1_000_000f64;
@@ -486,26 +515,27 @@ pub fn inputs(op: &Op, seed: u64) -> Result<Inputs> {
             i.f.push(random_f32(n * n_heads * head_dim, 0.0, 1.0, seed));
             i.f.push(random_f32(n_pos * n_kv_heads * head_dim, 0.0, 1.0, seed + 1));
             i.f.push(random_f32(n_pos * n_kv_heads * head_dim, 0.0, 1.0, seed + 2));
-            // A shuffled page table: position p lives in page table[p / page_size].
-            let n_pages = n_pos.div_ceil(page_size);
-            let mut table: Vec<i32> = (0..n_pages as i32).collect();
-            let r = random_ints(n_pages, 0, u32::MAX - 1, seed + 3);
-            for j in (1..n_pages).rev() {
-                table.swap(j, r[j] as usize % (j + 1));
-            }
-            i.ids = table;
+            i.ids = shuffled_pages(n_pos.div_ceil(page_size), seed + 3);
         }
-        Op::Embed { ty, n_vocab, dim, n } => {
-            i.mats.push(random_matrix(ty, n_vocab, dim, 1.0, seed)?);
-            i.ids = random_ints(n, 0, n_vocab as u32 - 1, seed + 1)
-                .into_iter()
-                .map(|t| t as i32)
-                .collect();
-        }
-        Op::Add { len } => {
-            i.f.push(random_f32(len, 0.0, 1.0, seed));
-            i.f.push(random_f32(len, 0.0, 1.0, seed + 1));
-        }
+        _ => unreachable!("attention_inputs() is for rope and attention"),
+    }
+    i
+}
+
+/// A shuffled page table of `n_pages` pages: position p lives in page table[p / page_size].
+fn shuffled_pages(n_pages: usize, seed: u64) -> Vec<i32> {
+    let mut table: Vec<i32> = (0..n_pages as i32).collect();
+    let r = random_ints(n_pages, 0, u32::MAX - 1, seed);
+    for j in (1..n_pages).rev() {
+        table.swap(j, r[j] as usize % (j + 1));
+    }
+    table
+}
+
+/// The operands of qwen35moe's ops, SplitGate to GatedNorm (their order: see `inputs`).
+fn deltanet_inputs(op: &Op, seed: u64) -> Inputs {
+    let mut i = Inputs::default();
+    match *op {
         Op::SplitGate { n, n_heads, head_dim } => {
             i.f.push(random_f32(2 * n * n_heads * head_dim, 0.0, 1.0, seed))
         }
@@ -539,8 +569,11 @@ pub fn inputs(op: &Op, seed: u64) -> Result<Inputs> {
             i.f.push(random_f32(rows * width, 0.0, 2.0, seed + 1));
             i.f.push(random_f32(width, 1.0, 0.1, seed + 2));
         }
+        _ => {
+            unreachable!("deltanet_inputs() is for split_gate, sigmoid(_mul), gdn_* and gated_norm")
+        }
     }
-    Ok(i)
+    i
 }
 
 /// What an op produced: f32 values (and, for the router, expert ids), and whether the guard

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::forward::Engine;
-use crate::run::{generate, Generation};
+use crate::run::{generate, GenStats, Generation};
 use crate::sample::{Sampler, StopStrings};
 use crate::tokenizer::Tokenizer;
 
@@ -101,15 +101,7 @@ pub fn run_job(
     let (prompt, gen) = job;
     let n_ctx = engine.n_ctx();
     let max_new = gen.max_tokens.unwrap_or(n_ctx);
-    if prompt.is_empty() {
-        return Err(ApiError::bad("prompt", "the prompt is empty"));
-    }
-    if prompt.len() >= n_ctx {
-        return Err(ApiError::bad(
-            "messages",
-            format!("the prompt is {} tokens; the context holds {n_ctx}", prompt.len()),
-        ));
-    }
+    check_prompt(prompt, n_ctx)?;
     let reuse = cache.reuse(engine, prompt);
     if reuse == 0 {
         engine.reset();
@@ -129,19 +121,8 @@ pub fn run_job(
         Generation {
             n_predict: max_new.min(n_ctx - n_prompt),
             sample: &mut |logits, history| {
-                let id = if presence == 0.0 && frequency == 0.0 {
-                    sampler.sample(logits, history)?
-                } else {
-                    // OpenAI's penalties over the generated tokens: once for presence, per use
-                    // for frequency.
-                    let mut l = logits.to_vec();
-                    for (&t, &c) in &counts {
-                        if let Some(x) = l.get_mut(t as usize) {
-                            *x -= presence + frequency * c;
-                        }
-                    }
-                    sampler.sample(&l, history)?
-                };
+                let id =
+                    sample_penalized(&mut sampler, logits, history, presence, frequency, &counts)?;
                 *counts.entry(id).or_insert(0.0) += 1.0;
                 sampled.push(id);
                 Ok(id)
@@ -167,30 +148,81 @@ pub fn run_job(
             return Err(ApiError::new(500, "server_error", e.to_string()));
         }
     };
+    emit_held_back(&mut stops, emit);
+    let out = outcome(n_prompt, reuse, &stats, stops.is_stopped());
+    record_metrics(metrics, &out, engine);
+    Ok(out)
+}
+
+/// Emit the text the stop strings held back (a possible stop's prefix), unless one matched.
+fn emit_held_back(stops: &mut StopStrings, emit: &mut dyn FnMut(String)) {
     if !stops.is_stopped() {
         let rest = stops.flush();
         if !rest.is_empty() {
             emit(rest);
         }
     }
-    let out = Outcome {
+}
+
+/// A finished job's outcome: a matched stop string makes the stop reason "stop".
+fn outcome(n_prompt: usize, reuse: usize, stats: &GenStats, stopped: bool) -> Outcome {
+    Outcome {
         prompt_tokens: n_prompt,
         cached_tokens: reuse,
         completion_tokens: stats.generated_tokens,
-        stop_reason: if stops.is_stopped() { "stop" } else { stats.stop_reason },
+        stop_reason: if stopped { "stop" } else { stats.stop_reason },
         prompt_seconds: stats.prompt_seconds,
         decode_seconds: stats.generate_seconds,
-    };
+    }
+}
+
+/// A job's prompt must be non-empty and leave room in the context for one generated token.
+fn check_prompt(prompt: &[u32], n_ctx: usize) -> Result<(), ApiError> {
+    if prompt.is_empty() {
+        return Err(ApiError::bad("prompt", "the prompt is empty"));
+    }
+    if prompt.len() >= n_ctx {
+        return Err(ApiError::bad(
+            "messages",
+            format!("the prompt is {} tokens; the context holds {n_ctx}", prompt.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Sample a token, first penalizing the logits of the `counts` tokens when a penalty is set.
+fn sample_penalized(
+    sampler: &mut Sampler,
+    logits: &[f32],
+    history: &[u32],
+    presence: f32,
+    frequency: f32,
+    counts: &std::collections::HashMap<u32, f32>,
+) -> crate::error::Result<u32> {
+    if presence == 0.0 && frequency == 0.0 {
+        return sampler.sample(logits, history);
+    }
+    // OpenAI's penalties over the generated tokens: once for presence, per use for frequency.
+    let mut l = logits.to_vec();
+    for (&t, &c) in counts {
+        if let Some(x) = l.get_mut(t as usize) {
+            *x -= presence + frequency * c;
+        }
+    }
+    sampler.sample(&l, history)
+}
+
+/// Add a finished job to the /metrics counters, with the engine's latest rotary stats.
+fn record_metrics(metrics: &Metrics, out: &Outcome, engine: &dyn Engine) {
     metrics.requests.fetch_add(1, Ordering::Relaxed);
-    metrics.prompt_tokens.fetch_add(n_prompt as u64, Ordering::Relaxed);
-    metrics.cached_tokens.fetch_add(reuse as u64, Ordering::Relaxed);
+    metrics.prompt_tokens.fetch_add(out.prompt_tokens as u64, Ordering::Relaxed);
+    metrics.cached_tokens.fetch_add(out.cached_tokens as u64, Ordering::Relaxed);
     metrics.completion_tokens.fetch_add(out.completion_tokens as u64, Ordering::Relaxed);
     metrics.prompt_micros.fetch_add((out.prompt_seconds * 1e6) as u64, Ordering::Relaxed);
     metrics.decode_micros.fetch_add((out.decode_seconds * 1e6) as u64, Ordering::Relaxed);
     if let Some(s) = engine.rotary_stats() {
         *metrics.rotary.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
     }
-    Ok(out)
 }
 
 /// The worker loop: jobs until the queue closes. A job whose client already left is skipped;

@@ -44,6 +44,8 @@ fn topk_norm(norm: TopkNorm) -> ffi::RotaryTopkNorm {
     }
 }
 
+/// The products (gemv, top-k, MoE, embed). Over a screen: one FFI struct per arm, field by
+/// field as abi.h declares it.
 fn launch_products(gpu: &Gpu, k: &Kernel) -> Result<()> {
     // SAFETY: the forward builds every kernel from allocations sized by the plan (the
     // simulator checks the same kernels' extents against its allocations in CI).
@@ -145,6 +147,8 @@ fn kv_cache(c: &KvCache) -> Result<ffi::RotaryKvCache> {
     })
 }
 
+/// Norms, RoPE, the KV cache, attention, the elementwise steps. Over a screen: one FFI
+/// struct per arm, field by field as abi.h declares it.
 fn launch_mixing(gpu: &Gpu, k: &Kernel) -> Result<()> {
     // SAFETY: the forward builds every kernel from allocations sized by the plan (the
     // simulator checks the same kernels' extents against its allocations in CI).
@@ -226,6 +230,7 @@ fn launch_mixing(gpu: &Gpu, k: &Kernel) -> Result<()> {
     }
 }
 
+/// Gated DeltaNet's kernels.
 fn launch_deltanet(gpu: &Gpu, k: &Kernel) -> Result<()> {
     // SAFETY: the forward builds every kernel from allocations sized by the plan (the
     // simulator checks the same kernels' extents against its allocations in CI).
