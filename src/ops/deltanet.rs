@@ -8,6 +8,7 @@
 //! token by token as decode, so prefill and decode leave the same state.
 
 use super::oracle::silu;
+use super::HeadOrder;
 
 /// The shape of one Gated DeltaNet layer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -25,6 +26,18 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// The shape the delta rule sees (the conv is a kernel of its own): heads, widths, order.
+    pub fn of_rule(
+        n_k: usize,
+        n_v: usize,
+        head_k: usize,
+        head_v: usize,
+        order: HeadOrder,
+    ) -> Shape {
+        let tiled = order == HeadOrder::Tiled;
+        Shape { n_k_heads: n_k, n_v_heads: n_v, head_k, head_v, conv_kernel: 1, tiled }
+    }
+
     /// Channels of the q|k|v projection and of the convolution:
     /// [q n_k·dk | k n_k·dk | v n_v·dv].
     pub fn channels(&self) -> usize {

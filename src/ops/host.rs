@@ -16,7 +16,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::oracle::{rmsnorm_rows, rope_tokens, silu, softmax, split_gate, topk_moe};
-use super::{deltanet, Addr, HeadOrder, Kernel, KvCache, KvType};
+use super::{deltanet, Addr, Kernel, KvCache, KvType};
 use crate::backend::{Backend, Mat};
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
@@ -45,6 +45,8 @@ struct Region {
 pub struct HostMemory {
     regions: BTreeMap<usize, Region>,
     owned_bytes: u64,
+    /// Host memory handed out as the device's pinned memory (alloc_host), kept alive.
+    host: Vec<Box<[u64]>>,
 }
 
 impl HostMemory {
@@ -68,6 +70,15 @@ impl HostMemory {
         if region.owned.is_some() {
             self.owned_bytes -= region.bytes as u64;
         }
+    }
+
+    /// `bytes` of zeroed host memory for the copy engine's sources (a host device's "pinned"
+    /// memory: plain memory that lives as long as this).
+    pub fn alloc_host(&mut self, bytes: u64) -> *mut u8 {
+        let mut mem = vec![0u64; bytes.div_ceil(8) as usize].into_boxed_slice();
+        let p = mem.as_mut_ptr().cast::<u8>();
+        self.host.push(mem);
+        p
     }
 
     /// Bytes of the allocations this memory owns.
@@ -489,15 +500,7 @@ fn deltanet_kernel(mem: &mut HostMemory, k: &Kernel) -> Result<()> {
             mem.write(alpha, &al, "gdn_gates alpha")
         }
         Kernel::GdnRule { qkv, beta, decay, state, o, n, n_k, n_v, head_k, head_v, order } => {
-            let tiled = order == HeadOrder::Tiled;
-            let sh = deltanet::Shape {
-                n_k_heads: n_k,
-                n_v_heads: n_v,
-                head_k,
-                head_v,
-                conv_kernel: 1,
-                tiled,
-            };
+            let sh = deltanet::Shape::of_rule(n_k, n_v, head_k, head_v, order);
             let mut st = mem.read::<f32>(state, sh.state_len(), "gdn_rule state")?;
             let mut out = vec![0f32; n * sh.inner()]; // [n, n_v·dv]
             let xs = mem.view(qkv, n * sh.channels(), "gdn_rule qkv")?;

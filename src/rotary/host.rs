@@ -19,7 +19,6 @@ pub struct HostDevice {
     mem: HostMemory,
     kernels: HostKernels,
     kv: KvType,
-    host: Vec<Box<[u64]>>,
     next_event: u64,
 }
 
@@ -39,7 +38,7 @@ impl HostDevice {
             mem: HostMemory::default(),
             kernels: HostKernels::new(backend),
             kv,
-            host: Vec::new(),
+
             next_event: 1,
         }
     }
@@ -88,10 +87,7 @@ impl Device for HostDevice {
     }
 
     fn alloc_host(&mut self, bytes: u64, _what: &str) -> Result<*mut u8> {
-        let mut mem = vec![0u64; bytes.div_ceil(8) as usize].into_boxed_slice();
-        let p = mem.as_mut_ptr().cast::<u8>();
-        self.host.push(mem);
-        Ok(p)
+        Ok(self.mem.alloc_host(bytes))
     }
 
     unsafe fn h2d(

@@ -49,7 +49,6 @@ pub struct SimDevice {
     budget_bytes: Option<u64>,
     mem: HostMemory,
     kernels: HostKernels,
-    host: Vec<Box<[u64]>>,
     peak_bytes: u64,
     link: Arc<Link>,
     worker: Option<JoinHandle<()>>,
@@ -86,7 +85,6 @@ impl SimDevice {
             budget_bytes,
             mem: HostMemory::default(),
             kernels: HostKernels::new(Box::new(CpuBackend::new(threads)?)),
-            host: Vec::new(),
             peak_bytes: 0,
             link,
             worker: Some(worker),
@@ -183,10 +181,7 @@ impl Device for SimDevice {
     }
 
     fn alloc_host(&mut self, bytes: u64, _what: &str) -> Result<*mut u8> {
-        let mut mem = vec![0u64; bytes.div_ceil(8) as usize].into_boxed_slice();
-        let p = mem.as_mut_ptr().cast::<u8>();
-        self.host.push(mem);
-        Ok(p)
+        Ok(self.mem.alloc_host(bytes))
     }
 
     unsafe fn h2d(

@@ -662,15 +662,7 @@ fn two_outputs(op: &Op, i: &Inputs) -> Output {
             (beta, decay)
         }
         Op::GdnRule { n, n_k, n_v, head_k, head_v, order, .. } => {
-            let tiled = order == HeadOrder::Tiled;
-            let sh = deltanet::Shape {
-                n_k_heads: n_k,
-                n_v_heads: n_v,
-                head_k,
-                head_v,
-                conv_kernel: 1,
-                tiled,
-            };
+            let sh = deltanet::Shape::of_rule(n_k, n_v, head_k, head_v, order);
             let (mut state, mut o) = (i.f[3].clone(), vec![0f32; n * sh.inner()]);
             deltanet::delta_rule(&i.f[0], &i.f[1], &i.f[2], &mut state, &sh, n, &mut o);
             (o, state)
