@@ -162,6 +162,7 @@ impl Report {
         let bytes: HashMap<&str, u64> =
             tensors.iter().map(|t| (t.name.as_str(), t.n_bytes)).collect();
         let mut per_layer_experts: HashMap<u64, u64> = HashMap::new();
+        let mut resident = Vec::new(); // bytes of each dense tensor
         for want in table {
             let Some(&n_bytes) = bytes.get(want.name.as_str()) else { continue };
             match want.role {
@@ -174,10 +175,20 @@ impl Report {
                     if role == TensorRole::Output {
                         self.output_bytes += n_bytes;
                     }
-                    self.dense_aligned_bytes += crate::rotary::plan::align(n_bytes);
+                    // Norms and the DeltaNet's small parameters are placed as f32 vectors.
+                    let vector = role == TensorRole::Norm
+                        || ["ssm_conv1d.weight", "ssm_dt.bias", "ssm_a"]
+                            .iter()
+                            .any(|s| want.name.ends_with(s));
+                    resident.push(if vector {
+                        want.dims.iter().product::<u64>() * 4
+                    } else {
+                        n_bytes
+                    });
                 }
             }
         }
+        self.dense_aligned_bytes = crate::rotary::plan::dense_bytes(resident);
         self.expert_slot_bytes =
             per_layer_experts.values().max().copied().unwrap_or(0) / cfg.n_experts.max(1);
         // Every layer reads n_experts_used experts; expert e of a layer is 1/n_experts of it.

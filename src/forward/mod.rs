@@ -18,9 +18,9 @@ use crate::ops::{oracle, Kernel, TopkNorm};
 use crate::quant;
 use crate::quant::GgmlType;
 use crate::rotary::device::{download, upload, Addr, Device};
-use crate::rotary::plan::{Plan, LOGITS_ROWS};
+use crate::rotary::plan::{dense_bytes, Plan, LOGITS_ROWS};
 use crate::rotary::residency::{check_slots, Residency};
-use crate::rotary::upload::{dense_bytes, slot_bytes, DMat, DeviceWeights, Scratch};
+use crate::rotary::upload::{resident_tensor_bytes, slot_bytes, DMat, DeviceWeights, Scratch};
 use crate::rotary::{BackendKind, Options, Stats};
 
 /// Which positions' logits `forward` returns.
@@ -108,7 +108,7 @@ impl<'w> Session<'w> {
             let max = c.context_length;
             return Err(Error::Usage(format!("context size {n_ctx} is not in 1..={max}")));
         }
-        let (dense, slot) = (dense_bytes(w), slot_bytes(w));
+        let (dense, slot) = (dense_bytes(resident_tensor_bytes(w)), slot_bytes(w));
         let mut plan = Plan::new(&c, n_ctx, dense, slot, dev.overhead_bytes(), dev.budget_bytes())?;
         plan.n_slots = plan.n_slots.min(opts.max_slots.unwrap_or(usize::MAX));
         check_slots(&plan, &c, &opts)?;

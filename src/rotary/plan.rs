@@ -26,6 +26,13 @@ pub fn align(bytes: u64) -> u64 {
     bytes.max(1).div_ceil(ALIGN) * ALIGN
 }
 
+/// Device bytes of the dense (resident) tensors, given what each takes on the device: every
+/// allocation rounded to ALIGN. The plan, the weight upload (src/rotary/upload.rs) and
+/// `rotary inspect` all count with this.
+pub fn dense_bytes(tensors: impl IntoIterator<Item = u64>) -> u64 {
+    tensors.into_iter().map(align).sum()
+}
+
 /// Widths of qwen35moe's extra workspaces (all 0 for qwen3moe).
 pub struct Qwen35Scratch {
     pub gated: bool,

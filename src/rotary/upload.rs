@@ -3,7 +3,7 @@
 //! the weights are the file mapping itself (Device::map copies nothing there).
 
 use super::device::{alloc_upload, Addr, Device};
-use super::plan::{self, align, LOGITS_ROWS, PAGE_SIZE};
+use super::plan::{self, LOGITS_ROWS, PAGE_SIZE};
 use crate::backend::Mat;
 use crate::error::{Error, Result};
 use crate::model::weights::{Expert, Layer, Mixer, SharedExpert, Weights};
@@ -298,34 +298,35 @@ fn same_format(e: &Expert, up_name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Bytes of the resident matrices and vectors (each allocation aligned), as allocated below.
-pub fn dense_bytes(w: &Weights) -> u64 {
-    let m = |m: &Mat| align(m.data.len() as u64);
-    let v = |v: &[f32]| align(v.len() as u64 * 4);
-    let mut total = m(&w.output) + v(&w.output_norm);
+/// The device bytes of each resident matrix and vector, as placed above (vectors as f32).
+pub fn resident_tensor_bytes(w: &Weights) -> Vec<u64> {
+    let m = |m: &Mat| m.data.len() as u64;
+    let v = |v: &[f32]| v.len() as u64 * 4;
+    let mut sizes = vec![m(&w.output), v(&w.output_norm)];
     for l in &w.layers {
-        total += m(&l.router) + v(&l.attn_norm) + v(&l.ffn_norm);
-        total += match &l.mixer {
+        sizes.extend([m(&l.router), v(&l.attn_norm), v(&l.ffn_norm)]);
+        match &l.mixer {
             Mixer::Attention(a) => {
-                m(&a.wq) + m(&a.wk) + m(&a.wv) + m(&a.wo) + v(&a.q_norm) + v(&a.k_norm)
+                sizes.extend([m(&a.wq), m(&a.wk), m(&a.wv), m(&a.wo), v(&a.q_norm), v(&a.k_norm)])
             }
-            Mixer::DeltaNet(d) => {
-                m(&d.qkv)
-                    + m(&d.z)
-                    + m(&d.beta)
-                    + m(&d.alpha)
-                    + m(&d.out)
-                    + v(&d.conv)
-                    + v(&d.dt_bias)
-                    + v(&d.a)
-                    + v(&d.norm)
-            }
-        };
+            Mixer::DeltaNet(d) => sizes.extend([
+                m(&d.qkv),
+                m(&d.z),
+                m(&d.beta),
+                m(&d.alpha),
+                m(&d.out),
+                v(&d.conv),
+                v(&d.dt_bias),
+                v(&d.a),
+                v(&d.norm),
+            ]),
+        }
         if let Some(sh) = &l.shared {
-            total += m(&sh.gate_inp) + m(&sh.expert.gate) + m(&sh.expert.up) + m(&sh.expert.down);
+            let e = &sh.expert;
+            sizes.extend([m(&sh.gate_inp), m(&e.gate), m(&e.up), m(&e.down)]);
         }
     }
-    total
+    sizes
 }
 
 pub fn expert_bytes(e: &Expert) -> (usize, usize) {

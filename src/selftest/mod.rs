@@ -245,6 +245,7 @@ pub struct Case {
 
 /// The case table. Shapes cover single tokens (decode), odd token counts (tile remainders),
 /// batches past the tile (prefill), every format, GQA, partial RoPE and paged caches.
+/// Over a screen: the table itself, one line per group of cases.
 pub fn cases(perf: bool) -> Vec<Case> {
     let mut out = Vec::new();
     let mut add = |op: Op| out.push(Case { op, perf_only: false });
