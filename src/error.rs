@@ -242,11 +242,15 @@ impl fmt::Display for Error {
             UnknownType { name, type_id } => {
                 write!(f, "tensor '{name}': unknown ggml type id {type_id}")
             }
-            UnsupportedType { name, ty } => write!(
-                f,
-                "tensor '{name}': type {ty} is not supported \
-                 (supported: F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K)"
-            ),
+            UnsupportedType { name, ty } => {
+                let names: Vec<&str> =
+                    crate::quant::GgmlType::supported().map(|t| t.name()).collect();
+                write!(
+                    f,
+                    "tensor '{name}': type {ty} is not supported (supported: {})",
+                    names.join(" ")
+                )
+            }
             MissingTensor { name } => write!(f, "required tensor '{name}' is missing"),
             TensorShape { name, expected, found } => {
                 write!(f, "tensor '{name}' has shape {found:?}, expected {expected:?}")

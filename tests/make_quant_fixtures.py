@@ -7,13 +7,14 @@ Setup and rerun (deterministic: fixed seed, so a rerun rewrites identical files)
     python3 -m venv v && v/bin/pip install gguf numpy
     v/bin/python tests/make_quant_fixtures.py
 
-Files, for each type T of F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K (little-endian throughout):
+Files, for each type T of TYPES below (little-endian throughout):
     T.deq.in.bin    raw blocks: random bytes, the f16 scale fields set to finite values in
                     ±[1e-3, 1e-1] (F16 data has its NaN patterns replaced; BF16 and F32 keep them)
     T.deq.out.f32   gguf.quants.dequantize of those bytes, as raw f32
-    T.q.in.f32      f32 input (random blocks plus edge cases: zeros, ties, sign of the max)
+    T.q.in.f32      (not for READ_ONLY types) f32 input (random blocks plus edge cases: zeros, ties, sign of the max)
     T.q.out.bin     gguf.quants.quantize of that input, only where the package implements it
-                    (gguf 0.19.0: not for Q4_K Q5_K Q6_K; their inputs are kept for a rerun)
+                    (gguf 0.19.0: not for the K-quants, the i-quants and NVFP4; their inputs are kept for a
+                    rerun)
 manifest.json       package versions, element counts, and which types have quantize fixtures
 type_sizes.json     every ggml type the package knows: name -> [id, block_elems, block_bytes]
 """
@@ -31,13 +32,28 @@ SEED = 0x5EED_0001
 
 # The types the engine computes with, and the byte offsets of the f16 scale fields inside one
 # block (ggml-common.h: block_q8_0 and block_q4_0 start with d; block_q4_K and block_q5_K start
-# with d, dmin; block_q6_K ends with d).
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
-SCALE_OFFSETS = {"Q8_0": [0], "Q4_0": [0], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
+# with d, dmin; block_q6_K ends with d; the rest below).
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K",
+         "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S",
+         "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M", "MXFP4", "NVFP4"]
+# ggml-common.h: Q4_1/Q5_1 start with d, m; Q2_K ends with d, dmin; Q3_K ends with d; the
+# i-quants but IQ1_M start with d. IQ1_M spreads its f16 over the top nibbles of its last 8
+# bytes (handled in dequant_input); MXFP4 and NVFP4 have 8-bit scales, any byte valid.
+SCALE_OFFSETS = {"Q8_0": [0], "Q4_0": [0], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+                 "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q2_K": [80, 82], "Q3_K": [108],
+                 "IQ4_NL": [0], "IQ4_XS": [0], "IQ3_XXS": [0], "IQ3_S": [0], "IQ2_XXS": [0],
+                 "IQ2_XS": [0], "IQ2_S": [0], "IQ1_S": [0], "IQ1_M": [], "MXFP4": [],
+                 "NVFP4": []}
+
+# Types the engine reads but does not quantize (synth writes random blocks of them).
+READ_ONLY = TYPES[8:]
 
 # Fixture sizes: enough blocks to hit every nibble/bit position many times, small to commit.
 PLAIN_ELEMS = 4096
-BLOCKS = {"Q8_0": 128, "Q4_0": 128, "Q4_K": 32, "Q5_K": 32, "Q6_K": 32}
+BLOCKS = {"Q8_0": 128, "Q4_0": 128, "Q4_K": 32, "Q5_K": 32, "Q6_K": 32,
+          "Q4_1": 128, "Q5_0": 128, "Q5_1": 128, "Q2_K": 32, "Q3_K": 32, "IQ4_NL": 128,
+          "IQ4_XS": 32, "IQ3_XXS": 32, "IQ3_S": 32, "IQ2_XXS": 32, "IQ2_XS": 32, "IQ2_S": 32,
+          "IQ1_S": 32, "IQ1_M": 32, "MXFP4": 128, "NVFP4": 64}
 
 
 def qtype(name):
@@ -70,6 +86,12 @@ def dequant_input(rng, name):
     for off in SCALE_OFFSETS[name]:
         scales = sane_scales(rng, n_blocks).astype("<f2").view(np.uint8).reshape(n_blocks, 2)
         raw[:, off:off + 2] = scales
+    if name == "IQ1_M":  # d's four nibbles are the top nibbles of the 4 u16 scales at byte 48
+        d = sane_scales(rng, n_blocks).view(np.uint16).astype(np.uint16)
+        sc = raw[:, 48:56].copy().view("<u2").astype(np.uint16) & np.uint16(0x0FFF)
+        for i in range(4):
+            sc[:, i] |= ((d >> np.uint16(4 * i)) & np.uint16(0xF)) << np.uint16(12)
+        raw[:, 48:56] = sc.astype("<u2").view(np.uint8).reshape(n_blocks, 8)
     return raw.reshape(-1)
 
 
@@ -152,6 +174,9 @@ def write_type(rng, name, manifest):
     (OUT / f"{name}.deq.out.f32").write_bytes(deq.tobytes())
     entry = {"deq_elems": int(deq.size), "quantize": can_quantize(name)}
 
+    if name in READ_ONLY:  # the engine has no quantizer for these: dequantize fixtures only
+        manifest["types"][name] = entry
+        return
     x = quant_input(rng, name)
     (OUT / f"{name}.q.in.f32").write_bytes(x.astype("<f4").tobytes())
     entry["q_elems"] = int(x.size)

@@ -13,8 +13,19 @@ use rotary::quant::{
 };
 use rotary::Error;
 
-/// The types the engine computes with, by their ggml names.
-const COMPUTED: [&str; 8] = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"];
+/// The types the engine computes with and quantizes, by their ggml names.
+const QUANTIZED: [&str; 8] = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"];
+
+/// The types the engine computes with but only reads (no quantizer here).
+const READ_ONLY: [&str; 16] = [
+    "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S", "IQ2_XXS",
+    "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M", "MXFP4", "NVFP4",
+];
+
+/// Every type the engine computes with.
+fn computed() -> impl Iterator<Item = &'static str> {
+    QUANTIZED.into_iter().chain(READ_ONLY)
+}
 
 /// Types whose quantizer gguf 0.19.0 implements; the manifest must still say so (a fixture
 /// silently dropped would otherwise turn a bit-exact check into a bound check).
@@ -88,7 +99,7 @@ fn first_byte_mismatch(got: &[u8], want: &[u8], block_bytes: usize) -> Option<St
 #[test]
 fn dequantize_matches_gguf_bit_for_bit() {
     let mut failures = Vec::new();
-    for name in COMPUTED {
+    for name in computed() {
         let src = fixture(&format!("{name}.deq.in.bin"));
         let want = f32s(&fixture(&format!("{name}.deq.out.f32")));
         let mut got = vec![f32::NAN; want.len()];
@@ -106,7 +117,7 @@ fn quantize_matches_gguf_bit_for_bit() {
     let manifest = manifest();
     let mut failures = Vec::new();
     let mut checked = BTreeSet::new();
-    for name in COMPUTED {
+    for name in QUANTIZED {
         let has_quantize = manifest["types"][name]["quantize"].as_bool();
         if has_quantize != Some(true) {
             println!("{name}: the gguf package has no quantizer (bound-checked instead)");
@@ -163,7 +174,7 @@ fn quantize_error_within_test_quantize_fns_bound() {
     // test-quantize-fns: 32 * 128 elements, error = sqrt(Σ err²) / n <= 0.002.
     let n = 32 * 128;
     let mut failures = Vec::new();
-    for name in COMPUTED {
+    for name in QUANTIZED {
         for offset in [0.0f32, 1.0] {
             let x = cos_data(n, offset);
             let y = round_trip(ty(name), &x);
@@ -273,7 +284,7 @@ fn block_read_write_round_trips_fixture_bytes() {
 
 #[test]
 fn wrong_lengths_return_quant_length_error() {
-    for name in COMPUTED {
+    for name in computed() {
         let ty = ty(name);
         let n = 2 * ty.block_elems();
         let good = bytes_of(ty, n);
@@ -288,7 +299,7 @@ fn wrong_lengths_return_quant_length_error() {
         }
         // Empty buffers are zero whole blocks.
         quant::dequantize(ty, &[], &mut []).expect("empty dequantize");
-        quant::quantize(ty, &[], &mut []).expect("empty quantize");
+        assert_eq!(quant::quantize(ty, &[], &mut []).is_ok(), quant::has_quantizer(ty), "{name}");
     }
 }
 
@@ -301,8 +312,17 @@ fn unsupported_types_return_error_and_match_is_supported() {
         let deq = quant::dequantize(ty, &bytes, &mut y);
         let q = quant::quantize(ty, &vec![0.0f32; n], &mut bytes);
         if ty.is_supported() {
-            assert!(deq.is_ok() && q.is_ok(), "{ty}: supported but {deq:?} / {q:?}");
-            assert!(COMPUTED.contains(&ty.name()), "{ty}: supported but not tested here");
+            assert!(deq.is_ok(), "{ty}: supported but {deq:?}");
+            assert!(computed().any(|n| n == ty.name()), "{ty}: supported but not tested here");
+            let quantized = QUANTIZED.contains(&ty.name());
+            assert_eq!(quant::has_quantizer(ty), quantized, "{ty}: has_quantizer");
+            match q {
+                Ok(()) => assert!(quantized, "{ty}: quantized without a quantizer"),
+                Err(e) => {
+                    assert!(!quantized, "{ty}: {e}");
+                    assert!(matches!(e, Error::UnsupportedType { .. }), "{ty}: {e}");
+                }
+            }
         } else {
             for err in [deq.expect_err("dequantize"), q.expect_err("quantize")] {
                 assert!(matches!(err, Error::UnsupportedType { .. }), "{ty}: {err}");
@@ -316,7 +336,7 @@ fn quantize_survives_non_finite_and_extreme_input() {
     // ggml asserts on some of these (nearest_int's range); we only promise no panic and a
     // result of the right size. Values are not checked.
     let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, -f32::MAX, 1e-45, 0.0];
-    for name in COMPUTED {
+    for name in QUANTIZED {
         let ty = ty(name);
         let n = 2 * ty.block_elems();
         for special in specials {
@@ -327,6 +347,29 @@ fn quantize_survives_non_finite_and_extreme_input() {
             quant::dequantize(ty, &q, &mut x).expect("dequantize");
             let all_special = vec![special; n];
             quant::quantize(ty, &all_special, &mut q).expect("quantize");
+        }
+    }
+}
+
+#[test]
+fn read_only_types_dequantize_any_bytes_without_panic() {
+    // Every byte pattern is a block: grid indices cover their tables, scales any f16 (NaN and
+    // Inf included). Values are not checked, only that nothing panics or reads out of range.
+    for name in READ_ONLY {
+        let ty = ty(name);
+        let n = 4 * ty.block_elems();
+        let mut seed = 0x1234_5678_9ABC_DEF1u64 ^ u64::from(ty.id());
+        for fill in [None, Some(0x00u8), Some(0xFF)] {
+            let bytes: Vec<u8> = (0..bytes_of(ty, n))
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    fill.unwrap_or((seed >> 32) as u8)
+                })
+                .collect();
+            let mut y = vec![0.0f32; n];
+            quant::dequantize(ty, &bytes, &mut y).expect("dequantize");
         }
     }
 }

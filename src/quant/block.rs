@@ -45,3 +45,8 @@ pub(super) fn read_f16(bytes: &[u8], at: usize) -> f16 {
 pub(super) fn write_f16(out: &mut [u8], at: usize, value: f16) {
     out[at..at + 2].copy_from_slice(&value.to_bits().to_le_bytes());
 }
+
+/// The little-endian f16 at `bytes[at..at + 2]`, widened to f32.
+pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    read_f16(bytes, at).to_f32()
+}

@@ -1,11 +1,24 @@
 //! ggml tensor types: the id table of the GGUF format (block size and bytes per block for every
-//! type a GGUF file may name), and the CPU (de)quantizers for the formats the engine computes
-//! with: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K (one file per format, layouts exactly as
-//! ggml's `ggml-common.h`).
+//! type a GGUF file may name), and the CPU reference dequantizers for every format the engine
+//! computes with (one file per format or family, layouts exactly as ggml's `ggml-common.h`):
+//! - F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, which also have llama.cpp's reference
+//!   quantizers;
+//! - Q4_1, Q5_0, Q5_1 (legacy.rs), Q2_K, Q3_K (q2_k.rs), IQ4_NL, IQ4_XS (iq4.rs), IQ3_XXS,
+//!   IQ3_S (iq3.rs), IQ2_XXS, IQ2_XS, IQ2_S (iq2.rs), IQ1_S, IQ1_M (iq1.rs), MXFP4, NVFP4
+//!   (fp4.rs), read only: synth writes them as random valid blocks, llama.cpp's quantizer makes
+//!   the real ones. Their lookup tables are in grids.rs (generated from gguf-py).
 
 mod block;
 mod float;
+mod fp4;
+pub mod grids;
+mod iq1;
+mod iq2;
+mod iq3;
+mod iq4;
 mod kquant;
+mod legacy;
+mod q2_k;
 pub(crate) use kquant::pack_scale_min_k4;
 mod q4_0;
 mod q4_k;
@@ -145,10 +158,15 @@ impl GgmlType {
         self.row().4
     }
 
-    /// Whether the engine computes with this type (the rest can be inspected, not run).
+    /// Whether the engine computes with this type (the rest can be inspected, not run): the
+    /// types with a codec.
     pub fn is_supported(self) -> bool {
-        use GgmlType::*;
-        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4K | Q5K | Q6K)
+        CODECS.iter().any(|c| c.ty == self)
+    }
+
+    /// Every type the engine computes with, in table order.
+    pub fn supported() -> impl Iterator<Item = GgmlType> {
+        GgmlType::all().filter(|t| t.is_supported())
     }
 
     /// Bytes of a row of `n_elems` elements; None when `n_elems` is not a whole number of
@@ -182,46 +200,57 @@ pub fn check_len(ty: GgmlType, bytes: usize, n_elems: usize) -> Result<()> {
 }
 
 /// How one computable type turns its bytes into f32 and back. The one dispatch table of the
-/// module; `GgmlType::is_supported` lists the same types (a test checks they agree).
+/// module (`GgmlType::is_supported` is "has a row here").
 struct Codec {
     ty: GgmlType,
-    dequantize: fn(&[u8], &mut [f32]),
-    quantize: fn(&[f32], &mut [u8]),
+    dequantize: Dequant,
+    /// llama.cpp's reference quantizer, for the types that have one here.
+    quantize: Option<fn(&[f32], &mut [u8])>,
 }
 
-const CODECS: [Codec; 8] = [
-    Codec { ty: GgmlType::F32, dequantize: float::dequantize_f32, quantize: float::quantize_f32 },
-    Codec { ty: GgmlType::F16, dequantize: float::dequantize_f16, quantize: float::quantize_f16 },
-    Codec {
-        ty: GgmlType::BF16,
-        dequantize: float::dequantize_bf16,
-        quantize: float::quantize_bf16,
-    },
-    Codec {
-        ty: GgmlType::Q8_0,
-        dequantize: dequantize_blocks::<BlockQ8_0>,
-        quantize: quantize_blocks::<BlockQ8_0>,
-    },
-    Codec {
-        ty: GgmlType::Q4_0,
-        dequantize: dequantize_blocks::<BlockQ4_0>,
-        quantize: quantize_blocks::<BlockQ4_0>,
-    },
-    Codec {
-        ty: GgmlType::Q4K,
-        dequantize: dequantize_blocks::<BlockQ4K>,
-        quantize: quantize_blocks::<BlockQ4K>,
-    },
-    Codec {
-        ty: GgmlType::Q5K,
-        dequantize: dequantize_blocks::<BlockQ5K>,
-        quantize: quantize_blocks::<BlockQ5K>,
-    },
-    Codec {
-        ty: GgmlType::Q6K,
-        dequantize: dequantize_blocks::<BlockQ6K>,
-        quantize: quantize_blocks::<BlockQ6K>,
-    },
+/// A dequantizer over a whole buffer, or over one block (`block_bytes` in, `block_elems` out).
+enum Dequant {
+    Whole(fn(&[u8], &mut [f32])),
+    Block(fn(&[u8], &mut [f32])),
+}
+
+const fn whole(ty: GgmlType, d: fn(&[u8], &mut [f32]), q: fn(&[f32], &mut [u8])) -> Codec {
+    Codec { ty, dequantize: Dequant::Whole(d), quantize: Some(q) }
+}
+
+const fn blocks<B: QuantBlock>(ty: GgmlType) -> Codec {
+    whole(ty, dequantize_blocks::<B>, quantize_blocks::<B>)
+}
+
+const fn read_only(ty: GgmlType, d: fn(&[u8], &mut [f32])) -> Codec {
+    Codec { ty, dequantize: Dequant::Block(d), quantize: None }
+}
+
+const CODECS: [Codec; 24] = [
+    whole(GgmlType::F32, float::dequantize_f32, float::quantize_f32),
+    whole(GgmlType::F16, float::dequantize_f16, float::quantize_f16),
+    whole(GgmlType::BF16, float::dequantize_bf16, float::quantize_bf16),
+    blocks::<BlockQ8_0>(GgmlType::Q8_0),
+    blocks::<BlockQ4_0>(GgmlType::Q4_0),
+    blocks::<BlockQ4K>(GgmlType::Q4K),
+    blocks::<BlockQ5K>(GgmlType::Q5K),
+    blocks::<BlockQ6K>(GgmlType::Q6K),
+    read_only(GgmlType::Q4_1, legacy::dequantize_q4_1),
+    read_only(GgmlType::Q5_0, legacy::dequantize_q5_0),
+    read_only(GgmlType::Q5_1, legacy::dequantize_q5_1),
+    read_only(GgmlType::Q2K, q2_k::dequantize_q2_k),
+    read_only(GgmlType::Q3K, q2_k::dequantize_q3_k),
+    read_only(GgmlType::IQ4NL, iq4::dequantize_iq4_nl),
+    read_only(GgmlType::IQ4XS, iq4::dequantize_iq4_xs),
+    read_only(GgmlType::IQ3XXS, iq3::dequantize_iq3_xxs),
+    read_only(GgmlType::IQ3S, iq3::dequantize_iq3_s),
+    read_only(GgmlType::IQ2XXS, iq2::dequantize_iq2_xxs),
+    read_only(GgmlType::IQ2XS, iq2::dequantize_iq2_xs),
+    read_only(GgmlType::IQ2S, iq2::dequantize_iq2_s),
+    read_only(GgmlType::IQ1S, iq1::dequantize_iq1_s),
+    read_only(GgmlType::IQ1M, iq1::dequantize_iq1_m),
+    read_only(GgmlType::MXFP4, fp4::dequantize_mxfp4),
+    read_only(GgmlType::NVFP4, fp4::dequantize_nvfp4),
 ];
 
 fn codec(ty: GgmlType, op: &str) -> Result<&'static Codec> {
@@ -236,14 +265,32 @@ fn codec(ty: GgmlType, op: &str) -> Result<&'static Codec> {
 /// elements, `UnsupportedType` for a type the engine does not compute with.
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     check_len(ty, src.len(), dst.len())?;
-    (codec(ty, "dequantize")?.dequantize)(src, dst);
+    match codec(ty, "dequantize")?.dequantize {
+        Dequant::Whole(f) => f(src, dst),
+        Dequant::Block(f) => {
+            let (bytes, elems) = (ty.block_bytes(), ty.block_elems());
+            for (b, y) in src.chunks_exact(bytes).zip(dst.chunks_exact_mut(elems)) {
+                f(b, y);
+            }
+        }
+    }
     Ok(())
 }
 
 /// Quantize `src` into `dst` (whole blocks of `ty`) with llama.cpp's reference quantizers
-/// (`quantize_row_*_ref`). Errors as `dequantize`.
+/// (`quantize_row_*_ref`). Errors as `dequantize`, and `UnsupportedType` for a type that is
+/// read only here (`has_quantizer`).
 pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     check_len(ty, dst.len(), src.len())?;
-    (codec(ty, "quantize")?.quantize)(src, dst);
+    let quantize = codec(ty, "quantize")?.quantize.ok_or_else(|| Error::UnsupportedType {
+        name: "<quantize buffer: no quantizer>".into(),
+        ty: ty.name().to_string(),
+    })?;
+    quantize(src, dst);
     Ok(())
+}
+
+/// Whether `quantize` can write `ty`.
+pub fn has_quantizer(ty: GgmlType) -> bool {
+    CODECS.iter().any(|c| c.ty == ty && c.quantize.is_some())
 }
