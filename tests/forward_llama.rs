@@ -14,7 +14,11 @@ use rotary::synth::{self, Preset, QuantMix, SynthOptions};
 use rotary::{Engine, Logits, Session};
 
 fn fixture_dir(preset: &str) -> PathBuf {
-    let dir = if preset == "tiny" { "llama" } else { "llama-qwen35" };
+    let dir = match preset {
+        "tiny" => "llama",
+        "types" => "llama-types",
+        _ => "llama-qwen35",
+    };
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir)
 }
 
@@ -90,7 +94,7 @@ fn bounds(preset: &str, backend: BackendKind) -> Bounds {
 }
 
 fn check_preset(preset: &str, mix: QuantMix, backend: BackendKind) {
-    let f = load(preset, mix.name());
+    let f = load(preset, &mix.name());
     let opts = SynthOptions::new(Preset::by_name(preset).unwrap(), mix, 1);
     let bytes = synth::to_bytes(&opts).unwrap();
     assert_eq!(
@@ -144,6 +148,75 @@ fn check_preset(preset: &str, mix: QuantMix, backend: BackendKind) {
         }
     }
     println!("{what}: top-64 max |d| {worst:.3}; top-1 agrees at all {checked} positions with margin > {}", b.margin);
+}
+
+/// Every type beyond q8_0/q4_k_m, one file each (`synth --preset tiny --seed 1 --quant T`:
+/// synth's random valid blocks of T in every matrix), and the q4_k_xl mix, against llama.cpp
+/// on the same bytes (tests/make_llama_fixtures.py --types). The issue's acceptance: top-1 at
+/// every position where llama.cpp's margin exceeds 0.05, and the last position's NMSE ≤ 1e-3.
+const TYPES: [&str; 17] = [
+    "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "iq4_nl", "iq4_xs", "iq3_xxs", "iq3_s", "iq2_xxs",
+    "iq2_xs", "iq2_s", "iq1_s", "iq1_m", "mxfp4", "nvfp4", "q4_k_xl",
+];
+
+/// One type's agreement: (last-position NMSE, positions whose top-1 was checked, failures).
+fn type_agreement(name: &str, backend: BackendKind) -> (f64, usize, Vec<String>) {
+    let f = load("types", name);
+    let mix = QuantMix::by_name(name).unwrap();
+    let bytes =
+        synth::to_bytes(&SynthOptions::new(Preset::by_name("tiny").unwrap(), mix, 1)).unwrap();
+    assert_eq!(sha256::hex(&bytes), f.sha256, "{name}: synth output changed: rerun --types");
+    let file = ModelFile::Gguf(Gguf::from_bytes(bytes).unwrap());
+    let w = Weights::load(&file).unwrap();
+    let n_vocab = w.cfg.n_vocab as usize;
+    let mut s = Session::open(&w, backend, 64, Some(2)).unwrap();
+    let logits = s.forward(&f.tokens, Logits::All).unwrap();
+    let row = |t: usize| &logits[t * n_vocab..(t + 1) * n_vocab];
+    let last = *f.full_positions.last().unwrap();
+    let e = nmse(&f.full[(f.full_positions.len() - 1) * n_vocab..], row(last));
+    let mut failures = Vec::new();
+    if !(e <= 1e-3) {
+        failures.push(format!("{name}: last-position NMSE {e:.3e} > 1e-3"));
+    }
+    let mut checked = 0;
+    for (t, top) in f.top.iter().enumerate() {
+        let margin = top[0].1 - top[1].1;
+        let ours = row(t);
+        let argmax = (0..n_vocab).max_by(|&a, &b| ours[a].total_cmp(&ours[b])).unwrap() as u32;
+        if margin > 0.05 {
+            checked += 1;
+            if argmax != top[0].0 {
+                failures
+                    .push(format!("{name}: position {t}: top-1 {argmax}, llama.cpp {}", top[0].0));
+            }
+        }
+    }
+    (e, checked, failures)
+}
+
+fn every_type_matches_llama_cpp_on(backend: BackendKind) {
+    let mut failures = Vec::new();
+    for name in TYPES {
+        let (e, checked, bad) = type_agreement(name, backend);
+        println!(
+            "{name:8} {}: last-position NMSE vs llama.cpp {e:.2e}; top-1 checked at {checked} \
+             positions, {} disagree",
+            backend.name(),
+            bad.len()
+        );
+        failures.extend(bad);
+    }
+    assert!(failures.is_empty(), "{}:\n{}", backend.name(), failures.join("\n"));
+}
+
+#[test]
+fn every_type_matches_llama_cpp_cpu_ref() {
+    every_type_matches_llama_cpp_on(BackendKind::CpuRef);
+}
+
+#[test]
+fn every_type_matches_llama_cpp_cpu() {
+    every_type_matches_llama_cpp_on(BackendKind::Cpu);
 }
 
 fn backends() -> [BackendKind; 2] {

@@ -11,6 +11,7 @@ tests compare our engine against them; llama.cpp is the reference nobody here wr
     v/bin/python tests/make_llama_fixtures.py [--rotary target/release/rotary]
     v/bin/python tests/make_llama_fixtures.py --pick-tokens   # after synth changes (see TOKENS)
     v/bin/python tests/make_llama_fixtures.py --preset qwen35-tiny
+    v/bin/python tests/make_llama_fixtures.py --types     # tests/fixtures/llama-types/
 
 The 24 token ids are fed with llm.eval() in one batch: no tokenizer, no BOS. The default synth
 vocabulary maps id b < 256 to byte b; 151643-151645 are <|endoftext|>, <|im_start|>, <|im_end|>.
@@ -24,6 +25,13 @@ Files, for each mix M of q8_0 q4_k_m:
                  "greedy_top": [[[id, logit] x 8] per greedy step, the logits that chose it]}
     M.full.f16  the full logits of the full_positions rows: 3 x 151936 little-endian f16,
                 row-major
+With --types, tests/fixtures/llama-types/ gets the same pair for `rotary synth --preset tiny
+--seed 1 --quant T`, T each type of TYPES below and the q4_k_xl mix (a "dynamic" file with
+IQ4_XS, Q4_K, Q5_K, Q6_K and Q8_0 tensors), with only the last position's full row (the
+acceptance: top-1 where llama.cpp's margin > 0.05, last-position NMSE). These files hold synth's
+random valid blocks of T, not llama.cpp's quantizer's output: the same bytes run through both
+engines, which is what the comparison needs, and they can be rebuilt without llama.cpp.
+
 gguf_sha256 is the synthesized file's: if synth changes, a test sees the fixture is stale.
 Rerunning rewrites identical files as long as synth and llama.cpp do not change.
 
@@ -47,6 +55,9 @@ import llama_cpp
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "llama")
 MIXES = ["q8_0", "q4_k_m"]
+# --types: every type the engine reads beyond MIXES' (tests/fixtures/llama-types/).
+TYPES = ["q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "iq4_nl", "iq4_xs", "iq3_xxs", "iq3_s",
+         "iq2_xxs", "iq2_xs", "iq2_s", "iq1_s", "iq1_m", "mxfp4", "nvfp4", "q4_k_xl"]
 SEED = 1
 N_VOCAB = 151_936
 TOP_K = 64
@@ -409,14 +420,20 @@ def main():
     ap.add_argument("--pick-tokens", action="store_true",
                     help="print a TOKENS list for the current synth (needs torch, transformers)")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    ap.add_argument("--types", action="store_true",
+                    help="write tests/fixtures/llama-types/ (one file per type of TYPES)")
     args = ap.parse_args()
-    global PRESET, OUT, N_VOCAB, TOKENS, TEMPLATE
+    global PRESET, OUT, N_VOCAB, TOKENS, TEMPLATE, MIXES, FULL_POSITIONS
     PRESET = args.preset
     p = PRESETS[PRESET]
     OUT = os.path.join(os.path.dirname(OUT), p["out"])
     N_VOCAB, TOKENS = p["n_vocab"], p["tokens"]
     if PRESET != "tiny":
         TEMPLATE = [248044 + (t - 151643) if t >= 151643 else t for t in TEMPLATE]
+    if args.types:
+        assert PRESET == "tiny", "--types is for the tiny preset"
+        OUT = os.path.join(os.path.dirname(OUT), "llama-types")
+        MIXES, FULL_POSITIONS = TYPES, [len(TOKENS) - 1]
     with tempfile.TemporaryDirectory() as tmp:
         files = [(mix, *synth(args.rotary, mix, tmp)) for mix in MIXES]
         if args.pick_tokens:
