@@ -29,6 +29,7 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=gen");
     println!("cargo::rerun-if-changed=csrc");
+    println!("cargo::rerun-if-changed=src/quant/grids.rs"); // gen/ writes its tables
     for var in [
         "NVCC",
         "CUDA_HOME",

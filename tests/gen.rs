@@ -16,7 +16,10 @@ fn formats_match_the_cpu_quant_table() {
         assert_eq!(ty.block_bytes(), f.block_bytes as usize, "{}", f.name);
         assert_eq!(ty.name().to_lowercase(), f.name, "{}", f.name);
     }
-    // Every format selftest checks has kernels, and the other way round.
+    // selftest checks every type the engine computes with; each has kernels, and the other
+    // way round.
+    let supported: Vec<GgmlType> = GgmlType::supported().collect();
+    assert_eq!(rotary::selftest::FORMATS, supported.as_slice());
     let selftest: Vec<u32> = rotary::selftest::FORMATS.iter().map(|t| t.id()).collect();
     let generated: Vec<u32> = kernels::FORMATS.iter().map(|f| f.ggml_id).collect();
     assert_eq!(selftest.len(), generated.len());
@@ -51,6 +54,11 @@ fn every_op_has_every_format_and_tile() {
         "rotary_quant_supported(",
     ] {
         assert!(dispatch.contains(entry), "dispatch lacks {entry}");
+    }
+    // The lookup tables, each defined once (quant_iq.cuh declares them).
+    let grids = find("quant_grids.cu").expect("quant_grids.cu");
+    for table in ["IQ2XXS_GRID[256]", "IQ2S_GRID[1024]", "IQ1S_GRID[2048]", "KVALUES_MXFP4[16]"] {
+        assert_eq!(grids.matches(&format!(" {table} = {{")).count(), 1, "{table}");
     }
     for f in kernels::FORMATS {
         // gemv, gate_up, down, embed, supported: one case label each per tile row (or once).

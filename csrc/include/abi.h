@@ -6,8 +6,10 @@
  * field says host; `stream` is a cudaStream_t (NULL = the legacy default stream).
  * Shapes are written [outer, inner], row-major. Token counts are at most 65535 (grid limits;
  * the host runs prompts in micro-batches far below that). Weight matrices, and each expert of
- * the MoE pointer tables, start 16-byte aligned (Q8_0/Q4_0/Q6_K: 2-byte): rows are read with
- * vector loads. Row lengths are multiples of 32 and of the format's block. */
+ * the MoE pointer tables, start aligned to their format's block as a stacked tensor's rows do:
+ * 16 bytes for F32/F16/BF16/Q4_K/Q5_K, else the largest power of two dividing the block's
+ * bytes (MXFP4's 17: none). Rows are read with loads no wider than that (quant.cuh). Row
+ * lengths are multiples of 32 and of the format's block. */
 #ifndef ROTARY_ABI_H
 #define ROTARY_ABI_H
 
@@ -23,11 +25,27 @@ typedef enum RotaryQuant {
     ROTARY_QUANT_F32 = 0,
     ROTARY_QUANT_F16 = 1,
     ROTARY_QUANT_Q4_0 = 2,
+    ROTARY_QUANT_Q4_1 = 3,
+    ROTARY_QUANT_Q5_0 = 6,
+    ROTARY_QUANT_Q5_1 = 7,
     ROTARY_QUANT_Q8_0 = 8,
+    ROTARY_QUANT_Q2_K = 10,
+    ROTARY_QUANT_Q3_K = 11,
     ROTARY_QUANT_Q4_K = 12,
     ROTARY_QUANT_Q5_K = 13,
     ROTARY_QUANT_Q6_K = 14,
+    ROTARY_QUANT_IQ2_XXS = 16,
+    ROTARY_QUANT_IQ2_XS = 17,
+    ROTARY_QUANT_IQ3_XXS = 18,
+    ROTARY_QUANT_IQ1_S = 19,
+    ROTARY_QUANT_IQ4_NL = 20,
+    ROTARY_QUANT_IQ3_S = 21,
+    ROTARY_QUANT_IQ2_S = 22,
+    ROTARY_QUANT_IQ4_XS = 23,
+    ROTARY_QUANT_IQ1_M = 29,
     ROTARY_QUANT_BF16 = 30,
+    ROTARY_QUANT_MXFP4 = 39,
+    ROTARY_QUANT_NVFP4 = 40,
 } RotaryQuant;
 
 /* How the router's top-k weights are finished (Qwen3's `norm_topk_prob`). */

@@ -26,17 +26,42 @@ use crate::ops::{HeadOrder, TopkNorm};
 use crate::quant::{self, GgmlType};
 use crate::synth::{random_f32, random_ints, random_matrix};
 
-/// Formats every quantized kernel is tested in.
+/// Formats every quantized kernel is tested in: every type the engine computes with
+/// (`GgmlType::supported`, in its table order; tests/gen.rs checks that they agree).
 pub const FORMATS: &[GgmlType] = &[
     GgmlType::F32,
     GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
     GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::IQ2XXS,
+    GgmlType::IQ2XS,
+    GgmlType::IQ3XXS,
+    GgmlType::IQ1S,
+    GgmlType::IQ4NL,
+    GgmlType::IQ3S,
+    GgmlType::IQ2S,
+    GgmlType::IQ4XS,
+    GgmlType::IQ1M,
+    GgmlType::BF16,
+    GgmlType::MXFP4,
+    GgmlType::NVFP4,
 ];
+
+/// Columns of an odd number of `ty`'s blocks (of at least 32 elements), about 500: a row's
+/// bytes then keep only the alignment of one block (MXFP4's rows start at odd addresses).
+fn odd_cols(ty: GgmlType) -> usize {
+    let unit = ty.block_elems().max(32);
+    let blocks = (500 / unit) | 1;
+    blocks * unit
+}
 
 /// One op with its shape.
 #[derive(Clone, Debug)]
@@ -250,31 +275,12 @@ pub fn cases(perf: bool) -> Vec<Case> {
     let mut out = Vec::new();
     let mut add = |op: Op| out.push(Case { op, perf_only: false });
     for &ty in FORMATS {
-        for n in [1, 3, 11] {
-            add(Op::Gemv { ty, rows: 96, cols: 512, n });
+        for (n, cols) in [(1, 512), (3, odd_cols(ty)), (11, 512)] {
+            add(Op::Gemv { ty, rows: 96, cols, n });
         }
-        add(Op::Embed { ty, n_vocab: 50, dim: 512, n: 5 });
+        add(Op::Embed { ty, n_vocab: 50, dim: odd_cols(ty), n: 5 });
     }
-    for (gu, down) in [
-        (GgmlType::Q4K, GgmlType::Q6K),
-        (GgmlType::Q4K, GgmlType::Q4K),
-        (GgmlType::Q5K, GgmlType::Q8_0),
-        (GgmlType::Q8_0, GgmlType::Q8_0),
-        (GgmlType::F16, GgmlType::BF16),
-        (GgmlType::Q4_0, GgmlType::F32),
-    ] {
-        for n in [1, 2, 9] {
-            add(Op::Moe {
-                ty_gate_up: gu,
-                ty_down: down,
-                dim: 512,
-                ffn: 256,
-                n_experts: 16,
-                k: 4,
-                n,
-            });
-        }
-    }
+    moe_cases(&mut add);
     // qwen35moe's shared expert: the MoE kernel over a one-entry table, every token weighted.
     for n in [1, 9] {
         add(Op::Moe {
@@ -310,9 +316,10 @@ pub fn cases(perf: bool) -> Vec<Case> {
     add(Op::Add { len: 10_000 });
     qwen35_cases(&mut add);
     if perf {
-        // Qwen3-30B-A3B's shapes: attention q projection, the router, one MoE layer's decode.
+        // Qwen3-30B-A3B's shapes: attention q projection (every format), the router, one MoE
+        // layer's decode.
         let mut add_perf = |op: Op| out.push(Case { op, perf_only: true });
-        for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q8_0, GgmlType::F16] {
+        for &ty in FORMATS {
             add_perf(Op::Gemv { ty, rows: 4096, cols: 2048, n: 1 });
         }
         add_perf(Op::Gemv { ty: GgmlType::Q6K, rows: 151_936, cols: 2048, n: 1 });
@@ -339,6 +346,34 @@ pub fn cases(perf: bool) -> Vec<Case> {
         });
     }
     out
+}
+
+/// Routed experts: pairs of (gate/up, down) formats covering every format, most at shapes
+/// where rows and experts keep only their block's alignment (odd block counts).
+fn moe_cases(add: &mut impl FnMut(Op)) {
+    use GgmlType::*;
+    for (gu, down, dim, ffn) in [
+        (Q4K, Q6K, 512, 256),
+        (Q4K, Q4K, 512, 256),
+        (Q5K, Q8_0, 512, 256),
+        (Q8_0, Q8_0, 512, 256),
+        (F16, BF16, 512, 256),
+        (Q4_0, F32, 512, 256),
+        (IQ4XS, Q6K, 512, 256),
+        (IQ3S, IQ4XS, 768, 256),
+        (Q3K, Q5_0, 768, 224),
+        (IQ2XXS, Q2K, 768, 256),
+        (MXFP4, NVFP4, 480, 192),
+        (NVFP4, MXFP4, 448, 96),
+        (IQ1M, IQ1S, 768, 256),
+        (Q4_1, Q5_1, 480, 160),
+        (IQ2XS, IQ2S, 768, 256),
+        (IQ3XXS, IQ4NL, 768, 224),
+    ] {
+        for n in [1, 2, 9] {
+            add(Op::Moe { ty_gate_up: gu, ty_down: down, dim, ffn, n_experts: 16, k: 4, n });
+        }
+    }
 }
 
 /// qwen35moe's ops: Qwen3.5-35B-A3B's shapes (16 key / 32 value heads of 128, conv 4 over
