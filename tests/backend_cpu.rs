@@ -1,5 +1,6 @@
 //! The fast CPU backend against the oracle. A table of (weight type, shape, tokens) cases with
-//! deterministic inputs (our own xorshift; weights made by `quant::quantize` from random f32):
+//! deterministic inputs (our own xorshift; weights made by `quant::quantize` from random f32, or
+//! random valid blocks for the types without a quantizer):
 //! `cpu` vs `cpu_ref` within NMSE 5e-4 (activations are quantized to 8 bits, which dominates),
 //! and within 1e-9 of the exact product with the activations quantized as ggml does (a kernel
 //! bug cannot hide under the quantization noise); the scalar kernels vs the SIMD kernels,
@@ -16,8 +17,10 @@ use rotary::backend::{Backend, Mat};
 use rotary::quant::{self, BlockQ8K, BlockQ8_0, GgmlType, QuantBlock};
 use rotary::Error;
 
-/// The types the engine computes with (the selftest's list).
-const TYPES: &[GgmlType] = rotary::selftest::FORMATS;
+/// The types the engine computes with.
+fn types() -> Vec<GgmlType> {
+    GgmlType::supported().collect()
+}
 
 /// (rows, cols): square and expert-like shapes, plus a row count that leaves a partial task.
 const SHAPES: [(usize, usize); 6] =
@@ -45,13 +48,52 @@ impl Rng {
     }
 }
 
-/// Weights [rows, cols] of `ty`, quantized from f32 whose scale varies by row.
+/// Weights [rows, cols] of `ty`, quantized from f32 whose scale varies by row, or random valid
+/// blocks where `ty` has no quantizer.
 fn weights(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; ty.row_bytes((rows * cols) as u64).unwrap() as usize];
+    if !quant::has_quantizer(ty) {
+        random_blocks(ty, seed, &mut bytes);
+        return bytes;
+    }
     let mut rng = Rng(seed);
     let f: Vec<f32> = (0..rows * cols).map(|i| rng.uniform() * (1 + i / cols % 3) as f32).collect();
-    let mut bytes = vec![0u8; ty.row_bytes((rows * cols) as u64).unwrap() as usize];
     quant::quantize(ty, &f, &mut bytes).unwrap();
     bytes
+}
+
+/// Random codes with sane scales: every f16 scale field set to a small positive (or, for the
+/// offsets m, negative) value, MXFP4's exponent near 1. NVFP4's scale bytes stay random.
+fn random_blocks(ty: GgmlType, seed: u64, out: &mut [u8]) {
+    let mut rng = Rng(seed);
+    out.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
+    let f16 = |v: f32| half::f16::from_f32(v).to_bits().to_le_bytes();
+    for b in out.chunks_exact_mut(ty.block_bytes()) {
+        let d = f16(0.01 + 0.02 * rng.uniform().abs());
+        let m = f16(-0.1 * rng.uniform().abs());
+        let (d_at, m_at): (usize, Option<usize>) = match ty {
+            GgmlType::Q4_1 | GgmlType::Q5_1 => (0, Some(2)),
+            GgmlType::Q2K => (80, Some(82)),
+            GgmlType::Q3K => (108, None),
+            GgmlType::MXFP4 => {
+                b[0] = 120 + (rng.next_u64() % 8) as u8;
+                continue;
+            }
+            GgmlType::NVFP4 => continue,
+            GgmlType::IQ1M => {
+                let bits = u16::from_le_bytes(d);
+                for (i, s) in b[48..56].chunks_exact_mut(2).enumerate() {
+                    s[1] = (s[1] & 0x0f) | ((((bits >> (4 * i)) & 0x0f) as u8) << 4);
+                }
+                continue;
+            }
+            _ => (0, None),
+        };
+        b[d_at..d_at + 2].copy_from_slice(&d);
+        if let Some(m_at) = m_at {
+            b[m_at..m_at + 2].copy_from_slice(&m);
+        }
+    }
 }
 
 /// Activations [n, cols]: uniform with an occasional outlier, as real hidden states have (an
@@ -71,10 +113,13 @@ fn expected_exact(w: &Mat, x: &[f32], n: usize) -> Vec<f32> {
         }
         out
     }
-    let x_hat = match w.ty {
-        GgmlType::Q8_0 | GgmlType::Q4_0 => round_trip::<BlockQ8_0>(x),
-        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => round_trip::<BlockQ8K>(x),
-        _ => x.to_vec(),
+    // ggml's vec_dot_type by block size: Q8_0 (Q8_1 has the same quants) for the 32- and
+    // 64-element formats, Q8_K for the 256-element ones, none for float weights.
+    let x_hat = match w.ty.block_elems() {
+        1 => x.to_vec(),
+        32 | 64 => round_trip::<BlockQ8_0>(x),
+        256 => round_trip::<BlockQ8K>(x),
+        other => panic!("{}: no activation format for blocks of {other}", w.ty),
     };
     let mut row = vec![0f32; w.cols]; // [cols]
     let mut y = vec![0f32; n * w.rows];
@@ -118,7 +163,7 @@ fn matches_cpu_ref() {
     for simd in Simd::ALL.iter().filter(|s| !names.contains(s)) {
         println!("SKIP {simd:?}: not available on this CPU");
     }
-    for &ty in TYPES {
+    for ty in types() {
         let (mut worst_ref, mut worst_exact) = (0f64, 0f64);
         for (s, &(rows, cols)) in SHAPES.iter().enumerate() {
             let data = weights(ty, rows, cols, 1 + s as u64);
@@ -164,7 +209,7 @@ fn scalar_and_simd_kernels_agree() {
     let scalar = backend(1, Simd::Scalar);
     for simd in Simd::available().filter(|s| *s != Simd::Scalar) {
         let fast = backend(1, simd);
-        for &ty in TYPES {
+        for ty in types() {
             let (rows, cols) = (64, 2048);
             let data = weights(ty, rows, cols, 7);
             let w = Mat::new(ty, rows, cols, &data, "w").unwrap();
@@ -185,7 +230,7 @@ fn thread_count_does_not_change_bits() {
 
 fn thread_count_does_not_change_bits_for(simd: Simd) {
     let backends: Vec<CpuBackend> = [1, 2, 3].map(|t| backend(t, simd)).into();
-    for &ty in TYPES {
+    for ty in types() {
         for (rows, cols) in [(768, 2048), (37, 512)] {
             let data = weights(ty, rows, cols, 11);
             let w = Mat::new(ty, rows, cols, &data, "w").unwrap();
@@ -233,7 +278,7 @@ fn tokens_together_match_tokens_alone() {
 #[test]
 fn unsupported_types_are_errors() {
     let cpu = backend(2, Simd::detect());
-    for ty in GgmlType::all().filter(|t| !TYPES.contains(t)) {
+    for ty in GgmlType::all().filter(|t| !t.is_supported()) {
         let (rows, cols) = (4, 256);
         let data = vec![0u8; ty.row_bytes(cols as u64).unwrap() as usize * rows];
         let w = Mat::new(ty, rows, cols, &data, "w").unwrap();
@@ -265,7 +310,7 @@ fn empty_shapes_are_fine() {
     let data = weights(GgmlType::Q8_0, 3, 64, 5);
     let w = Mat::new(GgmlType::Q8_0, 3, 64, &data, "w").unwrap();
     cpu.matmul(&w, &[], 0, &mut []).unwrap();
-    for &ty in TYPES {
+    for ty in types() {
         let w = Mat::new(ty, 3, 0, &[], "w").unwrap();
         let mut y = [f32::NAN; 6];
         cpu.matmul(&w, &[], 2, &mut y).unwrap();
@@ -321,9 +366,9 @@ fn time_matmul(cpu: &CpuBackend, w: &Mat, copies: &[u8], n: usize) -> [(f64, f64
 #[test]
 #[ignore = "timing: run with --release -- --ignored --nocapture"]
 fn throughput() {
-    let cases = TYPES
-        .iter()
-        .map(|&ty| (ty, 768, 2048, 1))
+    let cases = types()
+        .into_iter()
+        .map(|ty| (ty, 768, 2048, 1))
         .chain([(GgmlType::Q4K, 2048, 768, 1), (GgmlType::Q4K, 2048, 768, 17)]);
     for (ty, rows, cols, n) in cases {
         let data = weights(ty, rows, cols, 21);

@@ -1,12 +1,15 @@
 //! The fast CPU backend: ggml's recipe for a matrix-vector product on the CPU. Each activation
-//! row is quantized once to the weight type's `vec_dot_type` (Q8_0 for Q8_0/Q4_0, Q8_K for the
-//! K-quants, f32 for float weights); every weight row is then dotted with it in integer
-//! arithmetic per block, the block scales applied in f32 as ggml does. Rows are split into
-//! chunks over a persistent thread pool.
+//! row is quantized once to the weight type's `vec_dot_type` (Q8_0 for the 32- and 64-element
+//! formats, Q8_1 for those with an offset, Q8_K for the 256-element ones, f32 for float
+//! weights); every weight row is then dotted with it in integer arithmetic per block, the block
+//! scales applied in f32 as ggml does. Rows are split into chunks over a persistent thread pool.
 //!
 //! - `act`: the quantized activation buffers.
-//! - `scalar`: portable kernels, always compiled (ROTARY_CPU_SIMD=off selects them).
-//! - `avx2`: AVX2 + FMA + F16C kernels, chosen at run time by feature detection.
+//! - `scalar`: portable kernels, always compiled (ROTARY_CPU_SIMD=off selects them), for the
+//!   float types, Q8_0, Q4_0 and Q4_K..Q6_K; `scalar_block32` (Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4,
+//!   NVFP4), `scalar_kquant` (Q2_K, Q3_K, IQ4_XS) and `scalar_grid` (IQ3, IQ2, IQ1) for the rest.
+//! - `avx2`, `avx2_block32`, `avx2_kquant`, `avx2_grid`: AVX2 + FMA + F16C kernels of the same
+//!   families, chosen at run time by feature detection.
 //! - `pool`: the workers; a job starts with one atomic store (and an unpark if they slept).
 //!
 //! Results do not depend on the thread count: each output element is computed by exactly one
@@ -15,16 +18,28 @@
 mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_block32;
+#[cfg(target_arch = "x86_64")]
+mod avx2_grid;
+#[cfg(target_arch = "x86_64")]
+mod avx2_kquant;
 mod pool;
 mod scalar;
+mod scalar_block32;
+mod scalar_grid;
+mod scalar_kquant;
 
 use std::sync::{Mutex, PoisonError};
 
 use super::{check_matmul, threads_or_default, Backend, Mat};
 use crate::error::{Error, Result};
 use crate::quant::{BlockQ8K, GgmlType};
-use act::{ActFormat, ActQ8_0, Scratch};
+use act::{ActFormat, ActQ8_0, ActQ8_1, Scratch};
 use pool::Pool;
+use scalar_block32 as s32;
+use scalar_grid as sgrid;
+use scalar_kquant as skq;
 
 /// Which family of dot kernels runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +109,7 @@ type MultiDot<A> = unsafe fn(&[u8], &[A], &mut [f32]);
 enum Dot {
     F32(unsafe fn(&[u8], &[f32]) -> f32),
     Q8_0(unsafe fn(&[u8], &[ActQ8_0]) -> f32, Option<MultiDot<ActQ8_0>>),
+    Q8_1(unsafe fn(&[u8], &[ActQ8_1]) -> f32, Option<MultiDot<ActQ8_1>>),
     Q8K(unsafe fn(&[u8], &[BlockQ8K]) -> f32, Option<MultiDot<BlockQ8K>>),
 }
 
@@ -102,6 +118,7 @@ impl Dot {
         match self {
             Dot::F32(_) => ActFormat::F32,
             Dot::Q8_0(..) => ActFormat::Q8_0,
+            Dot::Q8_1(..) => ActFormat::Q8_1,
             Dot::Q8K(..) => ActFormat::Q8K,
         }
     }
@@ -110,8 +127,9 @@ impl Dot {
 /// Every kernel of one SIMD family: the dot product per weight type (the one table the
 /// weight type is looked up in) and the activation quantizers.
 struct Kernels {
-    dots: [(GgmlType, Dot); 8],
+    dots: [(GgmlType, Dot); 24],
     quantize_q8_0: unsafe fn(&[f32], &mut [ActQ8_0]),
+    quantize_q8_1: unsafe fn(&[f32], &mut [ActQ8_1]),
     quantize_q8_k: unsafe fn(&[f32], &mut [BlockQ8K]),
 }
 
@@ -125,8 +143,25 @@ const SCALAR: Kernels = Kernels {
         (GgmlType::Q4K, Dot::Q8K(scalar::dot_q4_k, None)),
         (GgmlType::Q5K, Dot::Q8K(scalar::dot_q5_k, None)),
         (GgmlType::Q6K, Dot::Q8K(scalar::dot_q6_k, None)),
+        (GgmlType::Q4_1, Dot::Q8_1(s32::dot_q4_1, None)),
+        (GgmlType::Q5_0, Dot::Q8_0(s32::dot_q5_0, None)),
+        (GgmlType::Q5_1, Dot::Q8_1(s32::dot_q5_1, None)),
+        (GgmlType::IQ4NL, Dot::Q8_0(s32::dot_iq4_nl, None)),
+        (GgmlType::MXFP4, Dot::Q8_0(s32::dot_mxfp4, None)),
+        (GgmlType::NVFP4, Dot::Q8_0(s32::dot_nvfp4, None)),
+        (GgmlType::Q2K, Dot::Q8K(skq::dot_q2_k, None)),
+        (GgmlType::Q3K, Dot::Q8K(skq::dot_q3_k, None)),
+        (GgmlType::IQ4XS, Dot::Q8K(skq::dot_iq4_xs, None)),
+        (GgmlType::IQ3XXS, Dot::Q8K(sgrid::dot_iq3_xxs, None)),
+        (GgmlType::IQ3S, Dot::Q8K(sgrid::dot_iq3_s, None)),
+        (GgmlType::IQ2XXS, Dot::Q8K(sgrid::dot_iq2_xxs, None)),
+        (GgmlType::IQ2XS, Dot::Q8K(sgrid::dot_iq2_xs, None)),
+        (GgmlType::IQ2S, Dot::Q8K(sgrid::dot_iq2_s, None)),
+        (GgmlType::IQ1S, Dot::Q8K(sgrid::dot_iq1_s, None)),
+        (GgmlType::IQ1M, Dot::Q8K(sgrid::dot_iq1_m, None)),
     ],
     quantize_q8_0: scalar::quantize_q8_0,
+    quantize_q8_1: scalar::quantize_q8_1,
     quantize_q8_k: scalar::quantize_q8_k,
 };
 
@@ -141,8 +176,25 @@ const AVX2: Kernels = Kernels {
         (GgmlType::Q4K, Dot::Q8K(avx2::dot_q4_k, Some(avx2::dot_q4_k_tokens))),
         (GgmlType::Q5K, Dot::Q8K(avx2::dot_q5_k, None)),
         (GgmlType::Q6K, Dot::Q8K(avx2::dot_q6_k, Some(avx2::dot_q6_k_tokens))),
+        (GgmlType::Q4_1, Dot::Q8_1(avx2_block32::dot_q4_1, None)),
+        (GgmlType::Q5_0, Dot::Q8_0(avx2_block32::dot_q5_0, None)),
+        (GgmlType::Q5_1, Dot::Q8_1(avx2_block32::dot_q5_1, None)),
+        (GgmlType::IQ4NL, Dot::Q8_0(avx2_block32::dot_iq4_nl, None)),
+        (GgmlType::MXFP4, Dot::Q8_0(avx2_block32::dot_mxfp4, None)),
+        (GgmlType::NVFP4, Dot::Q8_0(avx2_block32::dot_nvfp4, None)),
+        (GgmlType::Q2K, Dot::Q8K(avx2_kquant::dot_q2_k, None)),
+        (GgmlType::Q3K, Dot::Q8K(avx2_kquant::dot_q3_k, None)),
+        (GgmlType::IQ4XS, Dot::Q8K(avx2_kquant::dot_iq4_xs, None)),
+        (GgmlType::IQ3XXS, Dot::Q8K(avx2_grid::dot_iq3_xxs, None)),
+        (GgmlType::IQ3S, Dot::Q8K(avx2_grid::dot_iq3_s, None)),
+        (GgmlType::IQ2XXS, Dot::Q8K(avx2_grid::dot_iq2_xxs, None)),
+        (GgmlType::IQ2XS, Dot::Q8K(avx2_grid::dot_iq2_xs, None)),
+        (GgmlType::IQ2S, Dot::Q8K(avx2_grid::dot_iq2_s, None)),
+        (GgmlType::IQ1S, Dot::Q8K(avx2_grid::dot_iq1_s, None)),
+        (GgmlType::IQ1M, Dot::Q8K(avx2_grid::dot_iq1_m, None)),
     ],
     quantize_q8_0: avx2::quantize_q8_0,
+    quantize_q8_1: avx2::quantize_q8_1,
     quantize_q8_k: avx2::quantize_q8_k,
 };
 
@@ -229,6 +281,12 @@ impl Backend for CpuBackend {
                 let act = scratch.q8_0(blocks);
                 // SAFETY: a kernel of `self.simd`, whose CPU features `with_simd` checked.
                 unsafe { (kernels.quantize_q8_0)(x, act) };
+                run_rows(pool, w, act, n, f, multi, &out);
+            }
+            Dot::Q8_1(f, multi) => {
+                let act = scratch.q8_1(blocks);
+                // SAFETY: a kernel of `self.simd`, whose CPU features `with_simd` checked.
+                unsafe { (kernels.quantize_q8_1)(x, act) };
                 run_rows(pool, w, act, n, f, multi, &out);
             }
             Dot::Q8K(f, multi) => {
@@ -379,6 +437,14 @@ mod tests {
         unsafe { avx2::quantize_q8_0(&x, &mut b) };
         for (i, (a, b)) in a.iter().zip(&b).enumerate() {
             assert_eq!((a.d.to_bits(), a.qs), (b.d.to_bits(), b.qs), "Q8_0 block {i}");
+        }
+        let (mut a, mut b) = (vec![ActQ8_1::ZERO; x.len() / 32], vec![ActQ8_1::ZERO; x.len() / 32]);
+        scalar::quantize_q8_1(&x, &mut a);
+        // SAFETY: as above.
+        unsafe { avx2::quantize_q8_1(&x, &mut b) };
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            let bits = |a: &ActQ8_1| (a.d.to_bits(), a.s.to_bits(), a.qs);
+            assert_eq!(bits(a), bits(b), "Q8_1 block {i}");
         }
         let (mut a, mut b) =
             (vec![BlockQ8K::ZERO; x.len() / 256], vec![BlockQ8K::ZERO; x.len() / 256]);

@@ -1,5 +1,7 @@
-//! Activation rows in the format ggml's `vec_dot_type` asks for each weight type: Q8_0 for Q8_0
-//! and Q4_0 weights, Q8_K for the K-quants, plain f32 for float weights. Quantized once per
+//! Activation rows in the format ggml's `vec_dot_type` asks for each weight type: Q8_0 for the
+//! 32- and 64-element formats without an offset (Q8_0, Q4_0, Q5_0, IQ4_NL, MXFP4, NVFP4), Q8_1
+//! for those with one (Q4_1, Q5_1), Q8_K for the K-quants and the 256-element i-quants, plain
+//! f32 for float weights. Quantized once per
 //! matmul on the calling thread (by `scalar` or `avx2`) into buffers the backend keeps, so the
 //! decode loop allocates nothing once the largest shape has been seen.
 
@@ -20,11 +22,30 @@ impl ActQ8_0 {
     pub(crate) const ZERO: ActQ8_0 = ActQ8_0 { d: 0.0, qs: [0; QK8_0] };
 }
 
+/// Q8_1 activations: the Q8_0 block (same d, same quants) and s = d * Σ qs, what the weight
+/// offset m of Q4_1/Q5_1 multiplies (Σ (d_w q + m) · d_a y = d_w d_a Σ q y + m s). ggml's
+/// `block_q8_1` stores s as f16; here it is exact (an f32 product of the f16 d and an integer
+/// below 2^12), so the kernel computes exactly the product with the dequantized activations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ActQ8_1 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; QK8_0],
+}
+
+const _: () = assert!(std::mem::size_of::<ActQ8_1>() == 8 + QK8_0);
+
+impl ActQ8_1 {
+    pub(crate) const ZERO: ActQ8_1 = ActQ8_1 { d: 0.0, s: 0.0, qs: [0; QK8_0] };
+}
+
 /// The activation format a weight type is dotted with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ActFormat {
     F32,
     Q8_0,
+    Q8_1,
     Q8K,
 }
 
@@ -33,7 +54,7 @@ impl ActFormat {
     pub(crate) fn block_elems(self) -> usize {
         match self {
             ActFormat::F32 => 1,
-            ActFormat::Q8_0 => QK8_0,
+            ActFormat::Q8_0 | ActFormat::Q8_1 => QK8_0,
             ActFormat::Q8K => QK_K,
         }
     }
@@ -43,6 +64,7 @@ impl ActFormat {
 #[derive(Default)]
 pub(crate) struct Scratch {
     q8_0: Vec<ActQ8_0>,
+    q8_1: Vec<ActQ8_1>,
     q8_k: Vec<BlockQ8K>,
 }
 
@@ -53,6 +75,14 @@ impl Scratch {
             self.q8_0.resize(n_blocks, ActQ8_0::ZERO);
         }
         &mut self.q8_0[..n_blocks]
+    }
+
+    /// Room for `n_blocks` Q8_1 activation blocks.
+    pub(crate) fn q8_1(&mut self, n_blocks: usize) -> &mut [ActQ8_1] {
+        if self.q8_1.len() < n_blocks {
+            self.q8_1.resize(n_blocks, ActQ8_1::ZERO);
+        }
+        &mut self.q8_1[..n_blocks]
     }
 
     /// Room for `n_blocks` Q8_K activation blocks.

@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::act::ActQ8_0;
+use super::act::{ActQ8_0, ActQ8_1};
 use super::scalar::unpack_scales_k4;
 use crate::quant::{bf16_to_f32, BlockQ8K, QK8_0, QK_K};
 
@@ -21,20 +21,20 @@ use crate::quant::{bf16_to_f32, BlockQ8K, QK8_0, QK_K};
 /// each block to the previous block's accumulator.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_splat(p: *const u8) -> __m256 {
+pub(super) unsafe fn f16_splat(p: *const u8) -> __m256 {
     _mm256_cvtph_ps(_mm_set1_epi16(p.cast::<i16>().read_unaligned()))
 }
 
 /// As `f16_splat`, 4 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_splat4(p: *const u8) -> __m128 {
+pub(super) unsafe fn f16_splat4(p: *const u8) -> __m128 {
     _mm_cvtph_ps(_mm_set1_epi16(p.cast::<i16>().read_unaligned()))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_ps(v: __m256) -> f32 {
+pub(super) unsafe fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
@@ -42,7 +42,7 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_ps128(s: __m128) -> f32 {
+pub(super) unsafe fn hsum_ps128(s: __m128) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
@@ -51,7 +51,7 @@ unsafe fn hsum_ps128(s: __m128) -> f32 {
 /// |x| as unsigned times y with x's sign, since `maddubs` wants one unsigned operand).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn mul_sum_i8_pairs(x: __m256i, y: __m256i) -> __m256 {
+pub(super) unsafe fn mul_sum_i8_pairs(x: __m256i, y: __m256i) -> __m256 {
     let dot = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
     _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
 }
@@ -70,18 +70,45 @@ unsafe fn pack_i32_to_i8(v: [__m256i; 4]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn quantize_q8_0(x: &[f32], out: &mut [ActQ8_0]) {
     assert_eq!(x.len(), out.len() * QK8_0, "x is [blocks * 32]");
-    let sign = _mm256_set1_ps(-0.0);
     for (x, out) in x.chunks_exact(QK8_0).zip(out) {
-        let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(x.as_ptr().add(8 * k)));
-        let abs = v.map(|v| _mm256_andnot_ps(sign, v));
-        let amax =
-            hmax_ps(_mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3])));
-        let d = amax / 127.0;
-        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-        let q = v.map(|v| _mm256_cvtps_epi32(round_half_away(_mm256_mul_ps(v, id))));
-        _mm256_storeu_si256(out.qs.as_mut_ptr().cast(), pack_i32_to_i8(q));
-        out.d = half::f16::from_f32(d).to_f32();
+        let (d, q) = quantize_block_q8_0(x);
+        _mm256_storeu_si256(out.qs.as_mut_ptr().cast(), q);
+        out.d = d;
     }
+}
+
+/// x [blocks * 32] as Q8_1 blocks, bit for bit as `scalar::quantize_q8_1`: the Q8_0 blocks and
+/// s = d * Σ qs.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_q8_1(x: &[f32], out: &mut [ActQ8_1]) {
+    assert_eq!(x.len(), out.len() * QK8_0, "x is [blocks * 32]");
+    for (x, out) in x.chunks_exact(QK8_0).zip(out) {
+        let (d, q) = quantize_block_q8_0(x);
+        _mm256_storeu_si256(out.qs.as_mut_ptr().cast(), q);
+        // Σ qs: 1 (unsigned) × q in i16 pairs, then i32 quads, then the 8 lanes.
+        let sum16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), q);
+        let sum32 = _mm256_madd_epi16(sum16, _mm256_set1_epi16(1));
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum32), _mm256_extracti128_si256::<1>(sum32));
+        let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2)));
+        out.d = d;
+        out.s = d * sum as f32;
+    }
+}
+
+/// One Q8_0 block of the 32 floats at x: (d widened from its f16, the 32 quants in order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block_q8_0(x: &[f32]) -> (f32, __m256i) {
+    assert_eq!(x.len(), QK8_0);
+    let sign = _mm256_set1_ps(-0.0);
+    let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(x.as_ptr().add(8 * k)));
+    let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+    let amax = hmax_ps(_mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3])));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let q = v.map(|v| _mm256_cvtps_epi32(round_half_away(_mm256_mul_ps(v, id))));
+    (half::f16::from_f32(d).to_f32(), pack_i32_to_i8(q))
 }
 
 /// C's `roundf` on 8 lanes: ties away from zero (`_mm256_round_ps` only has ties to even).
@@ -228,7 +255,7 @@ pub(super) unsafe fn dot_q4_0(row: &[u8], act: &[ActQ8_0]) -> f32 {
 
 /// `_mm256_shuffle_epi8` masks broadcasting 16-bit lane i of each 128-bit half (ggml's
 /// `get_scale_shuffle_k4`).
-const SHUFFLE_K4: [[u8; 32]; 8] = {
+pub(super) const SHUFFLE_K4: [[u8; 32]; 8] = {
     let mut t = [[0u8; 32]; 8];
     let mut i = 0;
     while i < 8 {
@@ -529,15 +556,71 @@ unsafe fn dot_q6_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
     std::array::from_fn(|t| hsum_ps(acc[t]))
 }
 
+/// `_mm256_shuffle_epi8` masks broadcasting 16-bit lane 2k of each 128-bit half to the low
+/// half and lane 2k + 1 to the high half: over 16 i16 scales held in both halves, the scales
+/// of the two 16-element sub-blocks of 32 elements (the 16-scale K-quants and i-quants).
+pub(super) const SHUFFLE_PAIR: [[u8; 32]; 4] = {
+    let mut t = [[0u8; 32]; 4];
+    let mut k = 0;
+    while k < 4 {
+        let mut b = 0;
+        while b < 32 {
+            t[k][b] = (4 * k + 2 * (b / 16) + b % 2) as u8;
+            b += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+/// The 128-bit half `h` of 16 i16 scales, in both halves of a 256-bit register (for
+/// `SHUFFLE_PAIR`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load(bytes: &[u8; 32]) -> __m256i {
+pub(super) unsafe fn half_both(scales: __m256i, h: usize) -> __m256i {
+    let half =
+        if h == 0 { _mm256_castsi256_si128(scales) } else { _mm256_extracti128_si256::<1>(scales) };
+    _mm256_set_m128i(half, half)
+}
+
+/// The 16 nibbles at p as 32 bytes in element order: low nibbles (elements 0..16), then high.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn nibbles32(p: *const u8) -> __m256i {
+    let packed = _mm_loadu_si128(p.cast());
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+/// Byte j of the result takes byte j / 8 of a broadcast u32 (`bit_mask32`).
+const BYTE_OF_BIT: [u8; 32] = {
+    let mut t = [0u8; 32];
+    let mut j = 0;
+    while j < 32 {
+        t[j] = (j / 8) as u8;
+        j += 1;
+    }
+    t
+};
+
+/// The 32 bits of `bits` as 32 bytes, byte j 0xff where bit j is set and 0 where not.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn bit_mask32(bits: u32) -> __m256i {
+    let spread = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), load(&BYTE_OF_BIT));
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn load(bytes: &[u8; 32]) -> __m256i {
     _mm256_loadu_si256(bytes.as_ptr().cast())
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load128(bytes: &[u8; 16]) -> __m128i {
+pub(super) unsafe fn load128(bytes: &[u8; 16]) -> __m128i {
     _mm_loadu_si128(bytes.as_ptr().cast())
 }
 
@@ -549,7 +632,7 @@ const PREFETCH_AHEAD: usize = 2048;
 /// the end of the weights, and `wrapping_add` keeps the address computation defined).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn prefetch(p: *const u8, bytes: usize) {
+pub(super) unsafe fn prefetch(p: *const u8, bytes: usize) {
     let mut at = 0;
     while at < bytes {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + at).cast());

@@ -6,7 +6,7 @@
 
 use half::f16;
 
-use super::act::ActQ8_0;
+use super::act::{ActQ8_0, ActQ8_1};
 use crate::quant::{bf16_to_f32, BlockQ8K, BlockQ8_0, QuantBlock, QK8_0, QK_K};
 
 /// x [blocks * 32] as Q8_0 blocks, with ggml's reference quantizer (`quantize_row_q8_0_ref`).
@@ -15,6 +15,17 @@ pub(super) fn quantize_q8_0(x: &[f32], out: &mut [ActQ8_0]) {
     for (x, out) in x.chunks_exact(QK8_0).zip(out) {
         let block = BlockQ8_0::quantize(x);
         *out = ActQ8_0 { d: block.d.to_f32(), qs: block.qs };
+    }
+}
+
+/// x [blocks * 32] as Q8_1 blocks: the Q8_0 blocks of `quantize_q8_0` and s = d * Σ qs.
+pub(super) fn quantize_q8_1(x: &[f32], out: &mut [ActQ8_1]) {
+    assert_eq!(x.len(), out.len() * QK8_0, "x is [blocks * 32]");
+    for (x, out) in x.chunks_exact(QK8_0).zip(out) {
+        let block = BlockQ8_0::quantize(x);
+        let d = block.d.to_f32();
+        let sum: i32 = block.qs.iter().map(|&q| i32::from(q)).sum();
+        *out = ActQ8_1 { d, s: d * sum as f32, qs: block.qs };
     }
 }
 
@@ -27,7 +38,7 @@ pub(super) fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
 }
 
 /// The little-endian f16 at `bytes[at..at + 2]`, widened.
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
+pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
 }
 

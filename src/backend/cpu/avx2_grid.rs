@@ -1,0 +1,384 @@
+//! AVX2 + FMA + F16C dot kernels for the grid i-quants of `scalar_grid`, after ggml's AVX2
+//! paths: 32 elements per step, their grid rows gathered by scalar table loads into one vector
+//! (`_mm256_set_epi*`; faster than `vpgatherdd` on AMD cores), the signs applied to the Q8_K
+//! quants (`sign_epi8` from the 8-byte sign patterns of `KSIGNS_IQ2XS`, or xor/sub with a
+//! mask spread from the sign bits), `maddubs` of the unsigned grid values with the signed
+//! quants, `madd` with the odd sub-block scales. Same integer sums as `scalar_grid`; only the
+//! f32 summation order differs.
+//!
+//! # Safety
+//! As `avx2`: every kernel is an `unsafe fn` with `#[target_feature(enable = "avx2,fma,f16c")]`
+//! that the caller may run only where those features were detected; raw loads stay inside the
+//! block ranges that the `assert_eq!` on the row length at the top of each kernel guarantees.
+
+use std::arch::x86_64::*;
+
+use super::avx2::{bit_mask32, f16_splat, half_both, hsum_ps, load, prefetch};
+use super::avx2::{SHUFFLE_K4, SHUFFLE_PAIR};
+use super::scalar_grid::iq1_m_d;
+use crate::quant::grids::{
+    IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
+};
+use crate::quant::BlockQ8K;
+
+/// `KSIGNS_IQ2XS` as 8-byte `sign_epi8` operands: byte j is -1 where bit j is set, else 1.
+const SIGNS64: [u64; 128] = {
+    let mut t = [0u64; 128];
+    let mut i = 0;
+    while i < 128 {
+        let mut j = 0;
+        while j < 8 {
+            let byte: u64 = if KSIGNS_IQ2XS[i] & (1 << j) != 0 { 0xff } else { 0x01 };
+            t[i] |= byte << (8 * j);
+            j += 1;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// The sign operands of 32 elements from four 7-bit `KSIGNS_IQ2XS` indices (bits 7l.. of aux).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn ksigns4(aux: u32) -> __m256i {
+    let s = |l: u32| SIGNS64[((aux >> (7 * l)) & 127) as usize] as i64;
+    _mm256_setr_epi64x(s(0), s(1), s(2), s(3))
+}
+
+/// Four 8-byte grid rows (table length a power of two; indices wrap, they never exceed it).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows4<const N: usize>(grid: &[u64; N], idx: [usize; 4]) -> __m256i {
+    let r = |k: usize| grid[idx[k] & (N - 1)] as i64;
+    _mm256_setr_epi64x(r(0), r(1), r(2), r(3))
+}
+
+/// Eight 4-byte grid rows (as `rows4`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows8<const N: usize>(grid: &[u32; N], idx: [usize; 8]) -> __m256i {
+    let r = |k: usize| grid[idx[k] & (N - 1)] as i32;
+    _mm256_setr_epi32(r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_q8(a: &BlockQ8K, at: usize) -> __m256i {
+    _mm256_loadu_si256(a.qs.as_ptr().add(at).cast())
+}
+
+/// y negated where `mask` is 0xff.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn negate_where(y: __m256i, mask: __m256i) -> __m256i {
+    _mm256_sub_epi8(_mm256_xor_si256(y, mask), mask)
+}
+
+/// 2s + 1 for the 16 nibbles s of 8 bytes (byte k: nibbles 2k, 2k + 1), as i16 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn odd_scales16(p: *const u8) -> __m256i {
+    let bytes = _mm_loadl_epi64(p.cast());
+    let m4 = _mm_set1_epi8(0x0f);
+    let nibbles =
+        _mm_unpacklo_epi8(_mm_and_si128(bytes, m4), _mm_and_si128(_mm_srli_epi16::<4>(bytes), m4));
+    let s = _mm256_cvtepu8_epi16(nibbles);
+    _mm256_or_si256(_mm256_slli_epi16::<1>(s), _mm256_set1_epi16(1))
+}
+
+/// The f32 factor of one super-block: its f16 d (at p) times the activations' d.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn d_times(p: *const u8, a: &BlockQ8K) -> __m256 {
+    _mm256_mul_ps(f16_splat(p), _mm256_set1_ps(a.d))
+}
+
+/// IQ3_XXS (98 bytes: d f16, qs[64], 8 u32 scale-and-signs) · Q8_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq3_xxs(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len() * 98, "row is [blocks] of IQ3_XXS");
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.chunks_exact(98).zip(act) {
+        let wp = w.as_ptr();
+        prefetch(wp, 98);
+        let mut sumi = _mm256_setzero_si256();
+        for i in 0..8 {
+            let grid = rows8(&IQ3XXS_GRID, std::array::from_fn(|j| usize::from(w[2 + 8 * i + j])));
+            let aux = wp.add(66 + 4 * i).cast::<u32>().read_unaligned();
+            let y = _mm256_sign_epi8(load_q8(a, 32 * i), ksigns4(aux));
+            let scale = _mm256_set1_epi16(2 * (aux >> 28) as i16 + 1);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(grid, y), scale));
+        }
+        acc = _mm256_fmadd_ps(d_times(wp, a), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.25 * hsum_ps(acc)
+}
+
+/// IQ3_S (110 bytes: d f16, qs[64], qh[8], signs[32], scales[4]) · Q8_K. The 9-bit grid
+/// indices of two sub-blocks are built in one vector (qs widened, bit j of the qh pair as 256)
+/// and read back from the stack; the sign bits become a byte mask.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq3_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len() * 110, "row is [blocks] of IQ3_S");
+    let bit = _mm256_setr_epi16(
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        64,
+        128,
+        256,
+        512,
+        1024,
+        2048,
+        4096,
+        8192,
+        16384,
+        i16::MIN,
+    );
+    let (m256, m4) = (_mm256_set1_epi16(256), _mm_set1_epi8(0x0f));
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.chunks_exact(110).zip(act) {
+        let wp = w.as_ptr();
+        prefetch(wp, 110);
+        let packed = _mm_cvtsi32_si128(wp.add(106).cast::<i32>().read_unaligned());
+        let nibbles = _mm_unpacklo_epi8(
+            _mm_and_si128(packed, m4),
+            _mm_and_si128(_mm_srli_epi16::<4>(packed), m4),
+        );
+        let s = _mm_or_si128(_mm_slli_epi16::<1>(_mm_cvtepu8_epi16(nibbles)), _mm_set1_epi16(1));
+        let scales = _mm256_set_m128i(s, s);
+        let mut sumi = _mm256_setzero_si256();
+        for pair in 0..4 {
+            let low = _mm256_cvtepu8_epi16(_mm_loadu_si128(wp.add(2 + 16 * pair).cast()));
+            let qh = _mm256_set1_epi16(wp.add(66 + 2 * pair).cast::<i16>().read_unaligned());
+            let high = _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(qh, bit), bit), m256);
+            let mut idx = [0u16; 16];
+            _mm256_storeu_si256(idx.as_mut_ptr().cast(), _mm256_or_si256(low, high));
+            for k in 0..2 {
+                let i = 2 * pair + k;
+                let grid = rows8(&IQ3S_GRID, std::array::from_fn(|j| usize::from(idx[8 * k + j])));
+                let signs = bit_mask32(wp.add(74 + 4 * i).cast::<u32>().read_unaligned());
+                let y = negate_where(load_q8(a, 32 * i), signs);
+                let p = _mm256_maddubs_epi16(grid, y);
+                let scale = _mm256_shuffle_epi8(scales, load(&SHUFFLE_K4[i]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale));
+            }
+        }
+        acc = _mm256_fmadd_ps(d_times(wp, a), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// IQ2_XXS (66 bytes: d f16, 8 pairs of u32) · Q8_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq2_xxs(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len() * 66, "row is [blocks] of IQ2_XXS");
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.chunks_exact(66).zip(act) {
+        let wp = w.as_ptr();
+        prefetch(wp, 66);
+        let mut sumi = _mm256_setzero_si256();
+        for i in 0..8 {
+            let aux0 = wp.add(2 + 8 * i).cast::<u32>().read_unaligned();
+            let aux1 = wp.add(6 + 8 * i).cast::<u32>().read_unaligned();
+            let grid =
+                rows4(&IQ2XXS_GRID, std::array::from_fn(|l| (aux0 >> (8 * l)) as u8 as usize));
+            let y = _mm256_sign_epi8(load_q8(a, 32 * i), ksigns4(aux1));
+            let scale = _mm256_set1_epi16(2 * (aux1 >> 28) as i16 + 1);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(grid, y), scale));
+        }
+        acc = _mm256_fmadd_ps(d_times(wp, a), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.125 * hsum_ps(acc)
+}
+
+/// IQ2_XS (74 bytes: d f16, 32 u16 (9-bit grid row, 7-bit sign index), scales[8]) · Q8_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq2_xs(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len() * 74, "row is [blocks] of IQ2_XS");
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.chunks_exact(74).zip(act) {
+        let wp = w.as_ptr();
+        prefetch(wp, 74);
+        let scales = odd_scales16(wp.add(66));
+        let halves = [half_both(scales, 0), half_both(scales, 1)];
+        let mut sumi = _mm256_setzero_si256();
+        for i in 0..8 {
+            let q: [u16; 4] =
+                std::array::from_fn(|l| wp.add(2 + 8 * i + 2 * l).cast::<u16>().read_unaligned());
+            let grid = rows4(&IQ2XS_GRID, q.map(|q| usize::from(q & 511)));
+            let signs = q.map(|q| SIGNS64[usize::from(q >> 9)] as i64);
+            let signs = _mm256_setr_epi64x(signs[0], signs[1], signs[2], signs[3]);
+            let p = _mm256_maddubs_epi16(grid, _mm256_sign_epi8(load_q8(a, 32 * i), signs));
+            let scale = _mm256_shuffle_epi8(halves[i / 4], load(&SHUFFLE_PAIR[i % 4]));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+        }
+        acc = _mm256_fmadd_ps(d_times(wp, a), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.125 * hsum_ps(acc)
+}
+
+/// IQ2_S (82 bytes: d f16, qs[32], signs[32], qh[8], scales[8]) · Q8_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq2_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len() * 82, "row is [blocks] of IQ2_S");
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.chunks_exact(82).zip(act) {
+        let wp = w.as_ptr();
+        prefetch(wp, 82);
+        let scales = odd_scales16(wp.add(74));
+        let halves = [half_both(scales, 0), half_both(scales, 1)];
+        let mut sumi = _mm256_setzero_si256();
+        for i in 0..8 {
+            // Row 4i + l: qs[4i + l], bits 2l.. of qh[i] as bits 8-9.
+            let qh = usize::from(w[66 + i]);
+            let idx = std::array::from_fn(|l| {
+                usize::from(w[2 + 4 * i + l]) | ((qh << (8 - 2 * l)) & 0x300)
+            });
+            let grid = rows4(&IQ2S_GRID, idx);
+            let signs = bit_mask32(wp.add(34 + 4 * i).cast::<u32>().read_unaligned());
+            let p = _mm256_maddubs_epi16(grid, negate_where(load_q8(a, 32 * i), signs));
+            let scale = _mm256_shuffle_epi8(halves[i / 4], load(&SHUFFLE_PAIR[i % 4]));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+        }
+        acc = _mm256_fmadd_ps(d_times(wp, a), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.125 * hsum_ps(acc)
+}
+
+/// IQ1_S (50 bytes: d f16, qs[32], 8 u16 qh) · Q8_K. The grid values -1, 0, 1 sign the quants
+/// (`sign_epi8`), `maddubs` with ones sums them; the ±1/8 shift is ±(2s + 1) times the
+/// sub-block's two bsums, one `madd` per block, added to 8 × the grid sum.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq1_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len() * 50, "row is [blocks] of IQ1_S");
+    let ones = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.chunks_exact(50).zip(act) {
+        let wp = w.as_ptr();
+        prefetch(wp, 50);
+        let qh8 = _mm_loadu_si128(wp.add(34).cast());
+        let odd = _mm_or_si128(
+            _mm_and_si128(_mm_srli_epi16::<11>(qh8), _mm_set1_epi16(14)),
+            _mm_set1_epi16(1),
+        );
+        let negative = _mm_srai_epi16::<15>(qh8);
+        let signed = _mm_sub_epi16(_mm_xor_si128(odd, negative), negative);
+        let pairs = _mm256_set_m128i(
+            _mm_unpackhi_epi16(signed, signed),
+            _mm_unpacklo_epi16(signed, signed),
+        );
+        let bsums = _mm256_loadu_si256(a.bsums.as_ptr().cast());
+        let shift = _mm256_madd_epi16(pairs, bsums);
+        let scales = _mm256_set_m128i(odd, odd);
+        let mut sumi = _mm256_setzero_si256();
+        for i in 0..8 {
+            let qh = usize::from(wp.add(34 + 2 * i).cast::<u16>().read_unaligned());
+            let idx = std::array::from_fn(|l| {
+                usize::from(w[2 + 4 * i + l]) | (((qh >> (3 * l)) & 7) << 8)
+            });
+            let grid = rows4(&IQ1S_GRID, idx);
+            let p = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(load_q8(a, 32 * i), grid));
+            let scale = _mm256_shuffle_epi8(scales, load(&SHUFFLE_K4[i]));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+        }
+        let total = _mm256_add_epi32(_mm256_slli_epi32::<3>(sumi), shift);
+        acc = _mm256_fmadd_ps(d_times(wp, a), _mm256_cvtepi32_ps(total), acc);
+    }
+    0.125 * hsum_ps(acc)
+}
+
+/// Byte j of the ±1 shifts of 32 IQ1_M elements takes byte j / 16 of the qh pair (`dot_iq1_m`).
+const IQ1M_SHIFT_BYTE: [u8; 32] = {
+    let mut t = [0u8; 32];
+    let mut j = 0;
+    while j < 32 {
+        t[j] = (j / 16) as u8;
+        j += 1;
+    }
+    t
+};
+
+/// The bit of that byte: bit 3 for rows 0 and 2 (low nibbles), bit 7 for rows 1 and 3.
+const IQ1M_SHIFT_BIT: [u8; 32] = {
+    let mut t = [0u8; 32];
+    let mut j = 0;
+    while j < 32 {
+        t[j] = if (j / 8) % 2 == 0 { 0x08 } else { 0x80 };
+        j += 1;
+    }
+    t
+};
+
+/// The 16 scales 2s + 1 of an IQ1_M block: lane m takes bits 3(m % 4).. of scale u16 m / 4,
+/// brought to bits 13..16 by a multiply by 2^(13 - 3(m % 4)).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales_iq1_m(wp: *const u8) -> __m256i {
+    let sc = _mm256_broadcastsi128_si256(_mm_loadl_epi64(wp.add(48).cast()));
+    let pick = _mm256_setr_epi8(
+        0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7,
+        6, 7,
+    );
+    let sc = _mm256_shuffle_epi8(sc, pick);
+    let up = _mm256_setr_epi16(
+        1 << 13,
+        1 << 10,
+        1 << 7,
+        1 << 4,
+        1 << 13,
+        1 << 10,
+        1 << 7,
+        1 << 4,
+        1 << 13,
+        1 << 10,
+        1 << 7,
+        1 << 4,
+        1 << 13,
+        1 << 10,
+        1 << 7,
+        1 << 4,
+    );
+    let s = _mm256_srli_epi16::<13>(_mm256_mullo_epi16(sc, up));
+    _mm256_or_si256(_mm256_slli_epi16::<1>(s), _mm256_set1_epi16(1))
+}
+
+/// IQ1_M (56 bytes: qs[32], qh[16], 4 u16 scales) · Q8_K, as Σ (8g ± 1)·y: the grid bytes
+/// times 8 (a 16-bit shift, masked), plus ±1 per row from the qh nibbles' bit 3, then the
+/// signed `maddubs` of `mul_sum_i8_pairs`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq1_m(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len() * 56, "row is [blocks] of IQ1_M");
+    let (pick, bit) = (load(&IQ1M_SHIFT_BYTE), load(&IQ1M_SHIFT_BIT));
+    let (ones, m8) = (_mm256_set1_epi8(1), _mm256_set1_epi8(0xf8u8 as i8));
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.chunks_exact(56).zip(act) {
+        let wp = w.as_ptr();
+        prefetch(wp, 56);
+        let scales = scales_iq1_m(wp);
+        let halves = [half_both(scales, 0), half_both(scales, 1)];
+        let mut sumi = _mm256_setzero_si256();
+        for i in 0..8 {
+            // Rows 4i..4i+4 take the four nibbles of qh[2i], qh[2i + 1] in order.
+            let qh = wp.add(32 + 2 * i).cast::<u16>().read_unaligned();
+            let idx = std::array::from_fn(|l| {
+                usize::from(w[4 * i + l]) | ((usize::from(qh) << 8 >> (4 * l)) & 0x700)
+            });
+            let grid = rows4(&IQ1S_GRID, idx);
+            let spread = _mm256_shuffle_epi8(_mm256_set1_epi16(qh as i16), pick);
+            let negative = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+            let shift = _mm256_or_si256(negative, ones);
+            let w8 = _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16::<3>(grid), m8), shift);
+            let y = load_q8(a, 32 * i);
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w8, w8), _mm256_sign_epi8(y, w8));
+            let scale = _mm256_shuffle_epi8(halves[i / 4], load(&SHUFFLE_PAIR[i % 4]));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+        }
+        let d = _mm256_cvtph_ps(_mm_set1_epi16(iq1_m_d(w) as i16));
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a.d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.125 * hsum_ps(acc)
+}

@@ -1,0 +1,113 @@
+//! Portable dot kernels for the sub-block-scaled 256-element formats beside Q4_K..Q6_K: Q2_K,
+//! Q3_K and IQ4_XS, each against Q8_K activations. Integer sums per sub-block times the
+//! sub-block's integer scale, summed per super-block, then the f32 scales as ggml's generic
+//! `ggml_vec_dot_*_q8_K` apply them. The template for `avx2_kquant`.
+
+use super::scalar::f16_at;
+use crate::quant::grids::KVALUES_IQ4NL;
+use crate::quant::{BlockQ8K, QK_K};
+
+/// The 2 low bits of element e of a Q2_K/Q3_K super-block: bits 2s..2s+1 of qs[32h + l] for
+/// e = 128h + 32s + l.
+fn low2(qs: &[u8], e: usize) -> u8 {
+    (qs[32 * (e / 128) + e % 32] >> (2 * ((e / 32) % 4))) & 3
+}
+
+/// Q2_K (84 bytes: scales[16], qs[64], d, dmin f16) · Q8_K. Sub-block i of 16 has scale
+/// scales[i] & 15 and min scales[i] >> 4: x = d sc q - dmin m, so the min term is
+/// Σ m · bsums[i].
+pub(super) fn dot_q2_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len() * 84, "row is [blocks] of Q2_K");
+    let mut sum = 0f32;
+    for (w, a) in row.chunks_exact(84).zip(act) {
+        let (scales, qs) = (&w[..16], &w[16..80]);
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for (i, (&sc, &bsum)) in scales.iter().zip(&a.bsums).enumerate() {
+            let y = &a.qs[16 * i..16 * i + 16];
+            let dot: i32 = (0..16).map(|j| i32::from(low2(qs, 16 * i + j)) * i32::from(y[j])).sum();
+            sumi += i32::from(sc & 0x0f) * dot;
+            summ += i32::from(sc >> 4) * i32::from(bsum);
+        }
+        sum += a.d * f16_at(w, 80) * sumi as f32 - a.d * f16_at(w, 82) * summ as f32;
+    }
+    sum
+}
+
+/// The 16 6-bit scales of a Q3_K block (12 packed bytes), unsigned (the stored value; subtract
+/// 32 for the scale), as four little-endian words of four: scale i's low nibble is the low
+/// (i < 8) or high nibble of byte i % 8, its top 2 bits are bits 2(i / 4).. of byte 8 + i % 4.
+#[inline(always)]
+pub(super) fn unpack_scales_q3_k(packed: &[u8]) -> [u32; 4] {
+    const LOW: u32 = 0x0f0f_0f0f;
+    const TOP: u32 = 0x0303_0303;
+    let word =
+        |i: usize| u32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
+    let (w0, w1, w2) = (word(0), word(4), word(8));
+    [
+        (w0 & LOW) | ((w2 & TOP) << 4),
+        (w1 & LOW) | (((w2 >> 2) & TOP) << 4),
+        ((w0 >> 4) & LOW) | (((w2 >> 4) & TOP) << 4),
+        ((w1 >> 4) & LOW) | (((w2 >> 6) & TOP) << 4),
+    ]
+}
+
+/// Q3_K (110 bytes: hmask[32], qs[64], scales[12], d f16) · Q8_K. Element e = 32g + l is
+/// low2 + 4 h - 4 with h bit g of hmask[l], in -4..3; sub-block i of 16 scales it by
+/// sc[i] - 32.
+pub(super) fn dot_q3_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len() * 110, "row is [blocks] of Q3_K");
+    let mut sum = 0f32;
+    for (w, a) in row.chunks_exact(110).zip(act) {
+        let (hmask, qs) = (&w[..32], &w[32..96]);
+        let words = unpack_scales_q3_k(&w[96..108]);
+        let mut sumi = 0i32;
+        for i in 0..16 {
+            let sc = i32::from((words[i / 4] >> (8 * (i % 4))) as u8) - 32;
+            let dot: i32 = (16 * i..16 * i + 16)
+                .map(|e| {
+                    let high = (hmask[e % 32] >> (e / 32)) & 1;
+                    let q = i32::from(low2(qs, e) | (high << 2)) - 4;
+                    q * i32::from(a.qs[e])
+                })
+                .sum();
+            sumi += sc * dot;
+        }
+        sum += a.d * f16_at(w, 108) * sumi as f32;
+    }
+    sum
+}
+
+/// The 8 signed scales of an IQ4_XS block: sub-block i's low nibble is nibble i % 2 of
+/// scales_l[i / 2], its top 2 bits are bits 2i.. of scales_h; minus 32.
+pub(super) fn scales_iq4_xs(w: &[u8]) -> [i32; 8] {
+    let high = u16::from_le_bytes([w[2], w[3]]);
+    std::array::from_fn(|i| {
+        let low = (w[4 + i / 2] >> (4 * (i % 2))) & 0x0f;
+        i32::from(low | ((((high >> (2 * i)) & 3) as u8) << 4)) - 32
+    })
+}
+
+/// IQ4_XS (136 bytes: d f16, scales_h u16, scales_l[4], qs[128]) · Q8_K. Sub-block i of 32
+/// reads qs[16i..16i+16] as IQ4_NL does: x = d (ls - 32) KVALUES_IQ4NL[code].
+pub(super) fn dot_iq4_xs(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len() * 136, "row is [blocks] of IQ4_XS");
+    let mut sum = 0f32;
+    for (w, a) in row.chunks_exact(136).zip(act) {
+        let mut sumi = 0i32;
+        for (i, ls) in scales_iq4_xs(w).into_iter().enumerate() {
+            let qs = &w[8 + 16 * i..24 + 16 * i];
+            let y = &a.qs[32 * i..32 * i + 32];
+            let dot: i32 = (0..32)
+                .map(|j| {
+                    let code = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
+                    i32::from(KVALUES_IQ4NL[usize::from(code)]) * i32::from(y[j])
+                })
+                .sum();
+            sumi += ls * dot;
+        }
+        sum += f16_at(w, 0) * a.d * sumi as f32;
+    }
+    sum
+}
+
+const _: () = assert!(QK_K == 256, "the layouts above are for 256-element super-blocks");
