@@ -171,6 +171,18 @@ pub fn residency(
     budget: u64,
     overhead: u64,
 ) -> Result<f64> {
+    let plan = preset_plan(preset, quant, n_ctx, Some(budget), overhead)?;
+    Ok(plan.n_slots as f64 / plan.n_experts_total.max(1) as f64)
+}
+
+/// The VRAM plan of the real `preset` at `quant` for a budget, from its tensor table (no file).
+pub fn preset_plan(
+    preset: &str,
+    quant: QuantMix,
+    n_ctx: usize,
+    budget: Option<u64>,
+    overhead: u64,
+) -> Result<Plan> {
     let opts = SynthOptions::new(Preset::by_name(preset)?, quant, 0);
     let cfg = opts.preset.config(opts.n_vocab);
     let (_, tensors) = synth::plan(&opts)?;
@@ -187,9 +199,10 @@ pub fn residency(
             _ => dense += align(bytes),
         }
     }
-    let slot = expert_layer.values().max().copied().unwrap_or(0) / cfg.n_experts.max(1);
-    let plan = Plan::new(&cfg, n_ctx, dense, slot, overhead, Some(budget))?;
-    Ok(plan.n_slots as f64 / plan.n_experts_total.max(1) as f64)
+    let per_layer: Vec<u64> = (0..cfg.n_layers)
+        .map(|l| expert_layer.get(&l).copied().unwrap_or(0) / cfg.n_experts.max(1))
+        .collect();
+    Plan::new(&cfg, n_ctx, dense, &per_layer, overhead, budget)
 }
 
 /// One point of a sweep, for the chart.

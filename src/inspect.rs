@@ -51,7 +51,8 @@ pub struct Report {
     /// Resident tensors' bytes, each rounded to the device allocation granularity.
     pub dense_aligned_bytes: u64,
     /// The largest expert (gate + up + down) of any layer: one cache slot.
-    pub expert_slot_bytes: u64,
+    /// One expert's bytes (gate + up + down) per layer.
+    pub layer_expert_bytes: Vec<u64>,
 }
 
 /// One tensor as the report sees it: name, type name, bytes.
@@ -134,7 +135,7 @@ impl Report {
             expert_bytes_avg: 0,
             plan: None,
             dense_aligned_bytes: 0,
-            expert_slot_bytes: 0,
+            layer_expert_bytes: Vec::new(),
         };
         match checked {
             Ok((table, cfg)) => {
@@ -189,8 +190,9 @@ impl Report {
             }
         }
         self.dense_aligned_bytes = crate::rotary::plan::dense_bytes(resident);
-        self.expert_slot_bytes =
-            per_layer_experts.values().max().copied().unwrap_or(0) / cfg.n_experts.max(1);
+        self.layer_expert_bytes = (0..cfg.n_layers)
+            .map(|l| per_layer_experts.get(&l).copied().unwrap_or(0) / cfg.n_experts.max(1))
+            .collect();
         // Every layer reads n_experts_used experts; expert e of a layer is 1/n_experts of it.
         let per_layer_all = self.expert_bytes / cfg.n_layers;
         self.expert_bytes_avg = per_layer_all / cfg.n_experts;
@@ -212,7 +214,7 @@ impl Report {
             cfg,
             n_ctx,
             self.dense_aligned_bytes,
-            self.expert_slot_bytes,
+            &self.layer_expert_bytes,
             CUDA_CONTEXT_BYTES_ESTIMATE,
             Some(budget_bytes),
         )

@@ -310,8 +310,7 @@ fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
         (Some(b), _) => Some(b),
         (None, Some(f)) => {
             let probe = open_stream(args, w, BackendKind::Sim, n_ctx, None, Some(c.policy))?;
-            let slots = (f * probe.plan.n_experts_total as f64).ceil() as u64;
-            Some(probe.plan.fixed_bytes() + slots * probe.plan.slot_bytes)
+            Some(probe.plan.fixed_bytes() + probe.plan.cache_bytes_for(f))
         }
         (None, None) => None,
     };

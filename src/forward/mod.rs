@@ -20,7 +20,9 @@ use crate::quant::GgmlType;
 use crate::rotary::device::{download, upload, Addr, Device};
 use crate::rotary::plan::{dense_bytes, Plan, LOGITS_ROWS};
 use crate::rotary::residency::{check_slots, Residency};
-use crate::rotary::upload::{resident_tensor_bytes, slot_bytes, DMat, DeviceWeights, Scratch};
+use crate::rotary::upload::{
+    layer_expert_bytes, resident_tensor_bytes, DMat, DeviceWeights, Scratch,
+};
 use crate::rotary::{BackendKind, Options, Stats};
 
 /// Which positions' logits `forward` returns.
@@ -108,12 +110,15 @@ impl<'w> Session<'w> {
             let max = c.context_length;
             return Err(Error::Usage(format!("context size {n_ctx} is not in 1..={max}")));
         }
-        let (dense, slot) = (dense_bytes(resident_tensor_bytes(w)), slot_bytes(w));
-        let mut plan = Plan::new(&c, n_ctx, dense, slot, dev.overhead_bytes(), dev.budget_bytes())?;
-        plan.n_slots = plan.n_slots.min(opts.max_slots.unwrap_or(usize::MAX));
+        let (dense, per_layer) = (dense_bytes(resident_tensor_bytes(w)), layer_expert_bytes(w));
+        let mut plan =
+            Plan::new(&c, n_ctx, dense, &per_layer, dev.overhead_bytes(), dev.budget_bytes())?;
+        if let Some(max) = opts.max_slots.filter(|&m| m < plan.n_slots) {
+            plan.fit_cache(plan.cache_room(), max);
+        }
         check_slots(&plan, &c, &opts)?;
         let experts_total: u64 =
-            w.layers.iter().map(|l| l.experts.len() as u64).sum::<u64>() * slot;
+            w.layers.iter().zip(&per_layer).map(|(l, b)| l.experts.len() as u64 * b).sum();
         let total = dense + experts_total;
         let dw = DeviceWeights::upload(w, dev.as_mut(), n_ctx, &mut |done| progress(done, total))?;
         let ubatch = dev.max_batch();

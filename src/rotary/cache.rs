@@ -38,6 +38,23 @@ pub enum Allocation {
     PerLayer,
 }
 
+/// The slots of `class` (a range of the cache) that member `i` of its `n` layers may use: all
+/// of them (global), or an equal share (per layer).
+pub fn layer_range(
+    alloc: Allocation,
+    class: std::ops::Range<usize>,
+    n: usize,
+    i: usize,
+) -> std::ops::Range<usize> {
+    match alloc {
+        Allocation::Global => class,
+        Allocation::PerLayer => {
+            let per = class.len() / n.max(1);
+            class.start + i * per..class.start + (i + 1) * per
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Slot {
     pub key: Option<(usize, usize)>,
@@ -60,19 +77,34 @@ pub struct ExpertCache {
     pub slots: Vec<Slot>,
     map: HashMap<(usize, usize), usize>,
     policy: Policy,
-    alloc: Allocation,
+    /// The slots each layer may use.
+    ranges: Vec<std::ops::Range<usize>>,
     n_layers: usize,
     clock: u64,
     pub per_layer: Vec<LayerCounts>,
 }
 
 impl ExpertCache {
+    /// `n_slots` slots of one size for `n_layers` layers, shared or split evenly by `alloc`.
     pub fn new(n_slots: usize, n_layers: usize, policy: Policy, alloc: Allocation) -> ExpertCache {
+        let ranges = (0..n_layers).map(|l| layer_range(alloc, 0..n_slots, n_layers, l)).collect();
+        ExpertCache::with_ranges(n_slots, ranges, policy)
+    }
+
+    /// `n_slots` slots, layer l taking `ranges[l]` (the plan's size classes: each layer uses
+    /// the slots of its experts' size).
+    pub fn with_ranges(
+        n_slots: usize,
+        ranges: Vec<std::ops::Range<usize>>,
+        policy: Policy,
+    ) -> ExpertCache {
+        assert!(ranges.iter().all(|r| r.end <= n_slots), "layer ranges within the slots");
+        let n_layers = ranges.len();
         ExpertCache {
             slots: vec![Slot::default(); n_slots],
             map: HashMap::new(),
             policy,
-            alloc,
+            ranges,
             n_layers: n_layers.max(1),
             clock: 0,
             per_layer: vec![LayerCounts::default(); n_layers],
@@ -93,13 +125,7 @@ impl ExpertCache {
 
     /// The slots layer `l` may use.
     fn range(&self, layer: usize) -> std::ops::Range<usize> {
-        match self.alloc {
-            Allocation::Global => 0..self.slots.len(),
-            Allocation::PerLayer => {
-                let per = self.slots.len() / self.n_layers;
-                layer * per..(layer + 1) * per
-            }
-        }
+        self.ranges[layer].clone()
     }
 
     /// Slots layer `l` may use (for admission checks).

@@ -111,6 +111,17 @@ pub fn kv_bytes(c: &ModelConfig, n_ctx: usize) -> u64 {
     2 * n_attn * per_layer + align(n_pages * 4) + recurrent
 }
 
+/// Expert slots of one size: the layers whose experts take `slot_bytes` (aligned), and how
+/// many slots they share. A file with one type for every expert has one class; a "dynamic"
+/// quant (Q4_K_M's Q6_K ffn_down in some layers, IQ4_XS/Q4_K/Q5_K mixes) has a few. Slots sized
+/// for the largest expert would waste the difference in every other layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlotClass {
+    pub slot_bytes: u64,
+    pub layers: Vec<usize>,
+    pub n_slots: usize,
+}
+
 #[derive(Clone, Debug)]
 pub struct Plan {
     /// None: no budget (everything resident if the device holds it).
@@ -121,24 +132,34 @@ pub struct Plan {
     /// Per-layer pointer tables of the experts (3 × n_experts addresses) and small vectors.
     pub tables_bytes: u64,
     pub overhead_bytes: u64,
-    /// Bytes of one slot: the largest expert (gate + up + down) of any layer, aligned.
+    /// Bytes of the largest slot: the largest expert (gate + up + down) of any layer, aligned
+    /// (the one slot size when every layer's experts have the same size).
     pub slot_bytes: u64,
+    /// The slots by size, in the cache's order (class c's slots follow class c − 1's).
+    pub classes: Vec<SlotClass>,
+    /// Σ classes' n_slots.
     pub n_slots: usize,
+    /// One expert's aligned bytes per layer (what the classes are made from).
+    layer_slot_bytes: Vec<u64>,
+    /// Experts a token uses per layer: the fewest slots a class may have.
+    k: usize,
     pub n_experts_total: usize,
     pub n_ctx: usize,
 }
 
 impl Plan {
-    /// Plan a budget. `dense_bytes` are the resident tensors' bytes (each aligned), `slot_bytes`
-    /// one expert's, `overhead_bytes` the device's own (CUDA context; 0 for the simulator).
+    /// Plan a budget. `dense_bytes` are the resident tensors' bytes (each aligned),
+    /// `expert_bytes[l]` one expert's of layer l, `overhead_bytes` the device's own (CUDA
+    /// context; 0 for the simulator).
     pub fn new(
         c: &ModelConfig,
         n_ctx: usize,
         dense_bytes: u64,
-        slot_bytes: u64,
+        expert_bytes: &[u64],
         overhead_bytes: u64,
         budget_bytes: Option<u64>,
     ) -> Result<Plan> {
+        assert_eq!(expert_bytes.len() as u64, c.n_layers, "one expert size per layer");
         let n_experts_total = (c.n_layers * c.n_experts) as usize;
         // Per layer: the expert pointer table, and qwen35moe's shared-expert table and ids.
         let shared = if c.shared_ffn_dim > 0 { align(3 * 8) + align(UBATCH as u64 * 4) } else { 0 };
@@ -151,8 +172,11 @@ impl Plan {
             scratch_bytes: scratch_bytes(c),
             tables_bytes,
             overhead_bytes,
-            slot_bytes: align(slot_bytes),
+            slot_bytes: expert_bytes.iter().map(|&b| align(b)).max().unwrap_or(0),
+            classes: size_classes(expert_bytes, c.n_experts as usize),
             n_slots: n_experts_total,
+            layer_slot_bytes: expert_bytes.iter().map(|&b| align(b)).collect(),
+            k: c.n_experts_used as usize,
             n_experts_total,
             n_ctx,
         };
@@ -171,9 +195,67 @@ impl Plan {
                     human_bytes(fixed)
                 )));
             }
-            plan.n_slots = (((budget - fixed) / plan.slot_bytes) as usize).min(n_experts_total);
+            plan.fit_cache(budget - fixed, usize::MAX);
         }
         Ok(plan)
+    }
+
+    /// Give the expert cache at most `bytes` and `max_slots` slots, every layer the same share
+    /// of its experts as far as whole slots allow: slots go one at a time to the class whose
+    /// layers hold the fewest per layer, while they fit. With one class: ⌊bytes / slot⌋. When
+    /// so few slots fit that a class would get fewer than k (a layer could not hold one
+    /// token's experts), every layer shares one pool of the largest size instead.
+    pub fn fit_cache(&mut self, bytes: u64, max_slots: usize) {
+        let n_experts = self.n_experts_total / self.layer_slot_bytes.len().max(1);
+        self.classes = size_classes(&self.layer_slot_bytes, n_experts);
+        self.fill_classes(bytes, max_slots, n_experts);
+        if self.classes.len() > 1 && self.classes.iter().any(|c| c.n_slots < self.k) {
+            let layers = (0..self.layer_slot_bytes.len()).collect();
+            self.classes = vec![SlotClass { slot_bytes: self.slot_bytes, layers, n_slots: 0 }];
+            self.fill_classes(bytes, max_slots, n_experts);
+        }
+    }
+
+    fn fill_classes(&mut self, bytes: u64, max_slots: usize, n_experts: usize) {
+        self.classes.iter_mut().for_each(|k| k.n_slots = 0);
+        let (mut left, mut total) = (bytes, 0usize);
+        while total < max_slots {
+            let share = |k: &SlotClass| k.n_slots as f64 / k.layers.len() as f64;
+            let open = self.classes.iter_mut().filter(|k| {
+                k.slot_bytes <= left && k.n_slots < k.layers.len() * n_experts && k.slot_bytes > 0
+            });
+            let Some(k) = open.min_by(|a, b| share(a).total_cmp(&share(b))) else { break };
+            k.n_slots += 1;
+            left -= k.slot_bytes;
+            total += 1;
+        }
+        self.n_slots = total;
+    }
+
+    /// The bytes the budget leaves the expert cache (unbounded without a budget).
+    pub fn cache_room(&self) -> u64 {
+        self.budget_bytes.map_or(u64::MAX, |b| b.saturating_sub(self.fixed_bytes()))
+    }
+
+    /// Cache bytes that give every layer the fraction `f` of its experts (rounded up).
+    pub fn cache_bytes_for(&self, f: f64) -> u64 {
+        let n_experts = self.n_experts_total / self.layer_slot_bytes.len().max(1);
+        let slots = |k: &SlotClass| (f * (k.layers.len() * n_experts) as f64).ceil() as u64;
+        self.classes.iter().map(|k| slots(k) * k.slot_bytes).sum()
+    }
+
+    /// The first slot of each class and its address offset in the cache.
+    pub fn class_starts(&self) -> Vec<(usize, u64)> {
+        let (mut slot, mut off) = (0usize, 0u64);
+        self.classes
+            .iter()
+            .map(|k| {
+                let start = (slot, off);
+                slot += k.n_slots;
+                off += k.n_slots as u64 * k.slot_bytes;
+                start
+            })
+            .collect()
     }
 
     /// Everything but the expert slots.
@@ -186,7 +268,7 @@ impl Plan {
     }
 
     pub fn expert_cache_bytes(&self) -> u64 {
-        self.n_slots as u64 * self.slot_bytes
+        self.classes.iter().map(|k| k.n_slots as u64 * k.slot_bytes).sum()
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -209,14 +291,37 @@ impl std::fmt::Display for Plan {
         writeln!(f, "  workspaces + tables   {:>12}", hb(self.scratch_bytes + self.tables_bytes))?;
         writeln!(f, "  device overhead       {:>12}", hb(self.overhead_bytes))?;
         let pct = 100.0 * self.n_slots as f64 / self.n_experts_total.max(1) as f64;
+        let sizes: Vec<String> = self
+            .classes
+            .iter()
+            .map(|k| format!("{} of {} ({} layers)", k.n_slots, hb(k.slot_bytes), k.layers.len()))
+            .collect();
+        let sizes = if self.classes.len() == 1 {
+            format!("{} slots of {}", self.n_slots, hb(self.slot_bytes))
+        } else {
+            format!("{} slots: {}", self.n_slots, sizes.join(", "))
+        };
         writeln!(
             f,
-            "  expert cache          {:>12}  = {} slots of {} for {} experts ({pct:.1}%)",
+            "  expert cache          {:>12}  = {sizes} for {} experts ({pct:.1}%)",
             hb(self.expert_cache_bytes()),
-            self.n_slots,
-            hb(self.slot_bytes),
             self.n_experts_total
         )?;
         writeln!(f, "  total                 {:>12}", hb(self.total_bytes()))
     }
+}
+
+/// The layers grouped by their experts' aligned size, in order of first appearance; every class
+/// starts with all of its experts' slots (no budget).
+fn size_classes(expert_bytes: &[u64], n_experts: usize) -> Vec<SlotClass> {
+    let mut classes: Vec<SlotClass> = Vec::new();
+    for (l, &b) in expert_bytes.iter().enumerate() {
+        let slot_bytes = align(b);
+        match classes.iter_mut().find(|k| k.slot_bytes == slot_bytes) {
+            Some(k) => k.layers.push(l),
+            None => classes.push(SlotClass { slot_bytes, layers: vec![l], n_slots: 0 }),
+        }
+    }
+    classes.iter_mut().for_each(|k| k.n_slots = k.layers.len() * n_experts);
+    classes
 }

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::cache::{Allocation, ExpertCache};
+use super::cache::{layer_range, Allocation, ExpertCache};
 use super::device::{download, upload, Addr, Device, Event, Stream};
 use super::options::{MoePolicy, Options, PinMode, Stats};
 use super::plan::Plan;
@@ -42,8 +42,11 @@ pub struct Residency<'w> {
     /// Every expert in device memory (placed at start): nothing to resolve per layer.
     pub resident: bool,
     n_slots: usize,
+    /// The largest slot (the pinned staging buffers' size).
     slot_bytes: u64,
     slots: Addr,
+    /// Each slot's offset from `slots` (slots of several sizes: `Plan::classes`).
+    slot_offsets: Vec<u64>,
     cache: ExpertCache,
     host: HostExperts,
     /// Host mirror of each layer's pointer table.
@@ -81,16 +84,14 @@ impl<'w> Residency<'w> {
         // The plan's arithmetic is ideal (256-byte rounding); a device charges in its own
         // pages and loads code lazily. The cache gets what really fits now.
         if let Some(room) = dev.largest_alloc()? {
-            let fit = (room / plan.slot_bytes) as usize;
-            if fit < plan.n_slots {
-                plan.n_slots = fit;
+            if room < plan.expert_cache_bytes() {
+                plan.fit_cache(room, plan.n_slots);
                 check_slots(plan, c, &opts)?;
             }
         }
         let resident = plan.all_resident();
         // A host device reads resident experts where the mapping has them: no slots.
-        let slot_space =
-            if resident && dev.is_host() { 0 } else { plan.n_slots as u64 * plan.slot_bytes };
+        let slot_space = if resident && dev.is_host() { 0 } else { plan.expert_cache_bytes() };
         let slots = dev.alloc(slot_space.max(1), "expert cache")?;
         let n_layers = c.n_layers as usize;
         let shape = layers
@@ -111,7 +112,12 @@ impl<'w> Residency<'w> {
             n_slots: plan.n_slots,
             slot_bytes: plan.slot_bytes,
             slots,
-            cache: ExpertCache::new(plan.n_slots, n_layers, opts.policy, opts.alloc),
+            slot_offsets: slot_offsets(plan),
+            cache: ExpertCache::with_ranges(
+                plan.n_slots,
+                layer_ranges(plan, opts.alloc),
+                opts.policy,
+            ),
             host: HostExperts::None,
             tables: vec![vec![0u64; 3 * c.n_experts as usize]; n_layers],
             predicted: vec![None; n_layers],
@@ -282,7 +288,7 @@ impl<'w> Residency<'w> {
 
     fn slot_addr(&self, slot: usize) -> Addr {
         assert!(slot < self.cache.len(), "slot {slot} of {}", self.cache.len());
-        self.slots + slot as u64 * self.slot_bytes
+        self.slots + self.slot_offsets[slot]
     }
 
     fn set_table(&mut self, l: usize, e: usize, slot: usize) {
@@ -654,14 +660,33 @@ unsafe fn h2d_chunked(
 /// the CPU).
 pub fn check_slots(plan: &Plan, c: &ModelConfig, opts: &Options) -> Result<()> {
     let k = c.n_experts_used as usize;
-    let per_layer = match opts.alloc {
-        Allocation::Global => plan.n_slots,
-        Allocation::PerLayer => plan.n_slots / c.n_layers.max(1) as usize,
-    };
+    let per_layer = layer_ranges(plan, opts.alloc).iter().map(|r| r.len()).min().unwrap_or(0);
     if !plan.all_resident() && opts.moe_policy != MoePolicy::Cpu && per_layer < k {
         return Err(Error::TooFewSlots { slots: plan.n_slots, per_layer, need: k });
     }
     Ok(())
+}
+
+/// Each slot's byte offset in the cache: the classes' slots one after another.
+fn slot_offsets(plan: &Plan) -> Vec<u64> {
+    let mut out = Vec::with_capacity(plan.n_slots);
+    for (k, (_, base)) in plan.classes.iter().zip(plan.class_starts()) {
+        out.extend((0..k.n_slots as u64).map(|i| base + i * k.slot_bytes));
+    }
+    out
+}
+
+/// The slots each layer may use: its class's, shared or split among the class's layers.
+fn layer_ranges(plan: &Plan, alloc: Allocation) -> Vec<std::ops::Range<usize>> {
+    let n_layers = plan.classes.iter().map(|k| k.layers.len()).sum();
+    let mut ranges = vec![0..0; n_layers];
+    for (k, (start, _)) in plan.classes.iter().zip(plan.class_starts()) {
+        let class = start..start + k.n_slots;
+        for (i, &l) in k.layers.iter().enumerate() {
+            ranges[l] = layer_range(alloc, class.clone(), k.layers.len(), i);
+        }
+    }
+    ranges
 }
 
 /// Where the copy engine reads experts.

@@ -334,17 +334,13 @@ pub fn expert_bytes(e: &Expert) -> (usize, usize) {
     (e.gate.data.len(), e.down.data.len())
 }
 
-/// Bytes of one slot: the largest expert of any layer.
-pub fn slot_bytes(w: &Weights) -> u64 {
-    w.layers
-        .iter()
-        .filter_map(|l| l.experts.first())
-        .map(|e| {
-            let (g, d) = expert_bytes(e);
-            (2 * g + d) as u64
-        })
-        .max()
-        .unwrap_or(0)
+/// Bytes of one expert (gate + up + down) per layer (0 for a layer without experts).
+pub fn layer_expert_bytes(w: &Weights) -> Vec<u64> {
+    let one = |e: &Expert| {
+        let (g, d) = expert_bytes(e);
+        (2 * g + d) as u64
+    };
+    w.layers.iter().map(|l| l.experts.first().map_or(0, one)).collect()
 }
 
 impl Scratch {
