@@ -11,14 +11,14 @@
 use super::grids::KVALUES_MXFP4;
 
 /// ggml_e8m0_to_fp32_half: 2^(e - 128), with e < 2 as the subnormals 2^-128 and 2^-127.
-pub(crate) fn e8m0_half(e: u8) -> f32 {
+pub fn e8m0_half(e: u8) -> f32 {
     let bits = if e < 2 { 0x0020_0000u32 << e } else { u32::from(e - 1) << 23 };
     f32::from_bits(bits)
 }
 
 /// An unsigned E4M3 scale (bias 7), halved; 0 and 0x7F read as 0 (gguf-py's ue4m3_to_fp32).
 /// Bit 7 is not part of the value.
-pub(crate) fn ue4m3_half(x: u8) -> f32 {
+pub fn ue4m3_half(x: u8) -> f32 {
     if x == 0 || x == 0x7f {
         return 0.0;
     }

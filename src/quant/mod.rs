@@ -29,6 +29,7 @@ mod q8_k;
 
 pub use block::QuantBlock;
 pub use float::{bf16_to_f32, f32_to_bf16};
+pub use fp4::{e8m0_half, ue4m3_half};
 pub use q4_0::{BlockQ4_0, QK4_0};
 pub use q4_k::BlockQ4K;
 pub use q5_k::BlockQ5K;
