@@ -47,7 +47,7 @@ static_assert(sizeof(block_q3_K) == 110, "block_q3_K is 110 bytes");
 
 // The alignment a block of `bytes` bytes keeps in a row: the largest power of two dividing it,
 // at most 16 (abi.h).
-constexpr int block_align(int bytes) {
+__host__ __device__ constexpr int block_align(int bytes) {
     return (bytes & -bytes) < 16 ? (bytes & -bytes) : 16;
 }
 
