@@ -28,7 +28,9 @@ Files, for each mix M of q8_0 q4_k_m:
 With --types, tests/fixtures/llama-types/ gets the same pair for `rotary synth --preset tiny
 --seed 1 --quant T`, T each type of TYPES below and the q4_k_xl mix (a "dynamic" file with
 IQ4_XS, Q4_K, Q5_K, Q6_K and Q8_0 tensors), with only the last position's full row (the
-acceptance: top-1 where llama.cpp's margin > 0.05, last-position NMSE). These files hold synth's
+acceptance: top-1 where llama.cpp's margin > 0.05, last-position NMSE), for the tokens of
+TYPE_TEXT, and for each type the first seed from 1 on whose file our cpu and cpu-ref backends
+route alike at every position (synth_clear_routing). These files hold synth's
 random valid blocks of T, not llama.cpp's quantizer's output: the same bytes run through both
 engines, which is what the comparison needs, and they can be rebuilt without llama.cpp.
 
@@ -56,6 +58,8 @@ import llama_cpp
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "llama")
 MIXES = ["q8_0", "q4_k_m"]
 # --types: every type the engine reads beyond MIXES' (tests/fixtures/llama-types/).
+# --types feeds text (so `rotary run --prompt` can replay it): its bytes are the token ids.
+TYPE_TEXT = "Hello, MoE! A quick test."
 TYPES = ["q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "iq4_nl", "iq4_xs", "iq3_xxs", "iq3_s",
          "iq2_xxs", "iq2_xs", "iq2_s", "iq1_s", "iq1_m", "mxfp4", "nvfp4", "q4_k_xl"]
 SEED = 1
@@ -104,11 +108,38 @@ PRESETS = {
 PRESET = "tiny"
 
 
-def synth(rotary, mix, tmp):
-    synth_args = ["synth", "--preset", PRESET, "--quant", mix, "--seed", str(SEED)]
-    path = os.path.join(tmp, f"{PRESET}-{mix}-seed{SEED}.gguf")
-    subprocess.run([rotary, *synth_args, "-o", path], check=True)
+def synth(rotary, mix, tmp, seed=None):
+    seed = SEED if seed is None else seed
+    synth_args = ["synth", "--preset", PRESET, "--quant", mix, "--seed", str(seed)]
+    path = os.path.join(tmp, f"{PRESET}-{mix}-seed{seed}.gguf")
+    subprocess.run([rotary, *synth_args, "-o", path], check=True, capture_output=True)
     return synth_args, path
+
+
+def routing(rotary, path, backend, tmp):
+    """The experts our engine's `backend` picks at every position of TYPE_TEXT, per layer."""
+    trace = os.path.join(tmp, f"routing-{backend}.txt")
+    subprocess.run([rotary, "run", "-m", path, "--backend", backend, "--prompt", TYPE_TEXT,
+                    "-n", "1", "--temp", "0", "--record-routing", trace], check=True,
+                   capture_output=True)
+    with open(trace) as f:
+        lines = f.read().splitlines()[1:]
+    return [[sorted(map(int, layer.split())) for layer in line.split(";")]
+            for line in lines[:len(TOKENS)]]
+
+
+def synth_clear_routing(rotary, mix, tmp):
+    """--types: the first seed from SEED on whose file our f32 engine (cpu-ref) and our 8-bit
+    one (cpu, activations quantized as ggml does) choose the same experts at every position:
+    no router decision there is close enough for 8-bit rounding to flip it, so llama.cpp's
+    logits are a fair reference at every position."""
+    for seed in range(SEED, SEED + 16):
+        synth_args, path = synth(rotary, mix, tmp, seed)
+        if routing(rotary, path, "cpu", tmp) == routing(rotary, path, "cpu-ref", tmp):
+            print(f"{mix}: seed {seed} routes alike on cpu and cpu-ref")
+            return synth_args, path
+        print(f"{mix}: seed {seed}: a router decision differs between cpu and cpu-ref")
+    raise SystemExit(f"{mix}: no seed in {SEED}..{SEED + 15} routes alike")
 
 
 def eval_logits(path):
@@ -433,9 +464,11 @@ def main():
     if args.types:
         assert PRESET == "tiny", "--types is for the tiny preset"
         OUT = os.path.join(os.path.dirname(OUT), "llama-types")
+        TOKENS = list(TYPE_TEXT.encode())
         MIXES, FULL_POSITIONS = TYPES, [len(TOKENS) - 1]
     with tempfile.TemporaryDirectory() as tmp:
-        files = [(mix, *synth(args.rotary, mix, tmp)) for mix in MIXES]
+        make = synth_clear_routing if args.types else synth
+        files = [(mix, *make(args.rotary, mix, tmp)) for mix in MIXES]
         if args.pick_tokens:
             pick = pick_tokens if PRESET == "tiny" else pick_tokens_greedy
             print("TOKENS =", pick([path for _, _, path in files]))
