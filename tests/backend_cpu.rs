@@ -399,3 +399,48 @@ fn throughput() {
         }
     }
 }
+
+/// Kernel speed, scalar vs SIMD: GB/s of weights for a 2048x2048 gemv on 1 thread, hot (the
+/// matrix stays in the last-level cache: the kernel's own rate) and cold (streamed from DRAM),
+/// each the best of several batches (other load only ever slows a batch down).
+/// `ROTARY_SPEED_TYPES=Q3_K,IQ4_XS` picks the types (default: every quantized one).
+#[test]
+#[ignore = "timing: run with --release -- --ignored --nocapture"]
+fn kernel_speed() {
+    let wanted = std::env::var("ROTARY_SPEED_TYPES").unwrap_or_default();
+    let picked = |ty: &GgmlType| {
+        wanted.is_empty() || wanted.split(',').any(|name| name.eq_ignore_ascii_case(ty.name()))
+    };
+    let (rows, cols) = (2048, 2048);
+    let x = activations(1, cols, 26);
+    let mut y = vec![0f32; rows];
+    for ty in types().into_iter().filter(|t| t.block_elems() > 1).filter(picked) {
+        let data = weights(ty, rows, cols, 25);
+        let w = Mat::new(ty, rows, cols, &data, "w").unwrap();
+        let copies: Vec<u8> = data.iter().copied().cycle().take(COLD_BYTES / 4).collect();
+        let n_copies = copies.len() / data.len();
+        let mut line = format!("{ty:>7} {rows}x{cols} n=1 threads=1:");
+        for simd in Simd::available() {
+            let cpu = backend(1, simd);
+            let hot = best_seconds_per_call(15, 10, |_| cpu.matmul(&w, &x, 1, &mut y).unwrap());
+            let cold = best_seconds_per_call(3, n_copies, |i| {
+                let copy = Mat { data: &copies[i * data.len()..][..data.len()], ..w };
+                cpu.matmul(&copy, &x, 1, &mut y).unwrap();
+            });
+            let gb = data.len() as f64 / 1e9;
+            line += &format!("  {simd:?} hot {:5.2} cold {:5.2} GB/s", gb / hot, gb / cold);
+        }
+        println!("{line}");
+    }
+}
+
+/// Seconds per call of `f`, the fastest of `reps` timed batches of `calls`.
+fn best_seconds_per_call(reps: usize, calls: usize, mut f: impl FnMut(usize)) -> f64 {
+    (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            (0..calls).for_each(&mut f);
+            start.elapsed().as_secs_f64() / calls as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}

@@ -155,11 +155,20 @@ pub(super) unsafe fn dot_iq3_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
             let low = _mm256_cvtepu8_epi16(_mm_loadu_si128(wp.add(2 + 16 * pair).cast()));
             let qh = _mm256_set1_epi16(wp.add(66 + 2 * pair).cast::<i16>().read_unaligned());
             let high = _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(qh, bit), bit), m256);
-            let mut idx = [0u16; 16];
-            _mm256_storeu_si256(idx.as_mut_ptr().cast(), _mm256_or_si256(low, high));
+            // The 16 indices leave the vector as four u64s (lane extracts of 16 bits cost more).
+            let idx = _mm256_or_si256(low, high);
+            let (lo, hi) = (_mm256_castsi256_si128(idx), _mm256_extracti128_si256::<1>(idx));
+            let quads = [
+                _mm_cvtsi128_si64(lo),
+                _mm_extract_epi64::<1>(lo),
+                _mm_cvtsi128_si64(hi),
+                _mm_extract_epi64::<1>(hi),
+            ]
+            .map(|q| q as u64);
             for k in 0..2 {
                 let i = 2 * pair + k;
-                let grid = rows8(&IQ3S_GRID, std::array::from_fn(|j| usize::from(idx[8 * k + j])));
+                let at = |j: usize| (quads[2 * k + j / 4] >> (16 * (j % 4))) as usize;
+                let grid = rows8(&IQ3S_GRID, std::array::from_fn(at));
                 let signs = bit_mask32(wp.add(74 + 4 * i).cast::<u32>().read_unaligned());
                 let y = negate_where(load_q8(a, 32 * i), signs);
                 let p = _mm256_maddubs_epi16(grid, y);

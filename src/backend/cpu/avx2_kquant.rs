@@ -13,7 +13,6 @@ use std::arch::x86_64::*;
 
 use super::avx2::{f16_splat, half_both, hsum_ps, load, load128, prefetch};
 use super::avx2::{SHUFFLE_K4, SHUFFLE_PAIR};
-use super::scalar_kquant::unpack_scales_q3_k;
 use crate::quant::grids::KVALUES_IQ4NL;
 use crate::quant::BlockQ8K;
 
@@ -67,6 +66,23 @@ pub(super) unsafe fn dot_q2_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) + hsum_ps(acc_m)
 }
 
+/// The 16 scales of a Q3_K block (12 packed bytes at p) minus 32, as i16 lanes: the low
+/// nibbles of bytes 0..8 then their high nibbles, or'd with bits 2(i / 4).. of byte 8 + i % 4
+/// (a variable 32-bit shift per group of four). `scalar_kquant::unpack_scales_q3_k` in SIMD,
+/// several times cheaper than building the vector from its words.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales_q3_k(p: *const u8) -> __m256i {
+    let m4 = _mm_set1_epi8(0x0f);
+    let low8 = _mm_loadl_epi64(p.cast());
+    let lows =
+        _mm_unpacklo_epi64(_mm_and_si128(low8, m4), _mm_and_si128(_mm_srli_epi16::<4>(low8), m4));
+    let top4 = _mm_set1_epi32(p.add(8).cast::<i32>().read_unaligned());
+    let tops = _mm_and_si128(_mm_srlv_epi32(top4, _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
+    let sc = _mm_or_si128(lows, _mm_slli_epi16::<4>(tops));
+    _mm256_cvtepi8_epi16(_mm_sub_epi8(sc, _mm_set1_epi8(32)))
+}
+
 /// Q3_K (110 bytes: hmask[32], qs[64], scales[12], d f16) · Q8_K. The codes go to `maddubs`
 /// unsigned, low2 + 4 h in 0..8; the -4 comes back as -4 Σ sc bsum, one `madd` per block.
 /// The high bit of group g (32 elements) is bit g of each hmask byte, taken as bit 0 of the
@@ -80,9 +96,7 @@ pub(super) unsafe fn dot_q3_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
     for (w, a) in row.chunks_exact(110).zip(act) {
         let wp = w.as_ptr();
         prefetch(wp, 110);
-        let [s0, s1, s2, s3] = unpack_scales_q3_k(&w[96..108]).map(|w| w as i32);
-        let sc8 = _mm_sub_epi8(_mm_set_epi32(s3, s2, s1, s0), _mm_set1_epi8(32));
-        let scales = _mm256_cvtepi8_epi16(sc8);
+        let scales = scales_q3_k(wp.add(96));
         let bsums = _mm256_loadu_si256(a.bsums.as_ptr().cast());
         let offset = _mm256_slli_epi32::<2>(_mm256_madd_epi16(scales, bsums));
         let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
