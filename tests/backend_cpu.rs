@@ -1,6 +1,6 @@
 //! The fast CPU backend against the oracle. A table of (weight type, shape, tokens) cases with
 //! deterministic inputs (our own xorshift; weights made by `quant::quantize` from random f32, or
-//! random valid blocks for the types without a quantizer):
+//! by `synth::random_matrix` for the types without a quantizer):
 //! `cpu` vs `cpu_ref` within NMSE 5e-4 (activations are quantized to 8 bits, which dominates),
 //! and within 1e-9 of the exact product with the activations quantized as ggml does (a kernel
 //! bug cannot hide under the quantization noise); the scalar kernels vs the SIMD kernels,
@@ -48,52 +48,17 @@ impl Rng {
     }
 }
 
-/// Weights [rows, cols] of `ty`, quantized from f32 whose scale varies by row, or random valid
-/// blocks where `ty` has no quantizer.
+/// Weights [rows, cols] of `ty`, quantized from f32 whose scale varies by row, or synth's
+/// random valid blocks where `ty` has no quantizer.
 fn weights(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-    let mut bytes = vec![0u8; ty.row_bytes((rows * cols) as u64).unwrap() as usize];
     if !quant::has_quantizer(ty) {
-        random_blocks(ty, seed, &mut bytes);
-        return bytes;
+        return rotary::synth::random_matrix(ty, rows, cols, 0.05, seed).unwrap();
     }
     let mut rng = Rng(seed);
     let f: Vec<f32> = (0..rows * cols).map(|i| rng.uniform() * (1 + i / cols % 3) as f32).collect();
+    let mut bytes = vec![0u8; ty.row_bytes((rows * cols) as u64).unwrap() as usize];
     quant::quantize(ty, &f, &mut bytes).unwrap();
     bytes
-}
-
-/// Random codes with sane scales: every f16 scale field set to a small positive (or, for the
-/// offsets m, negative) value, MXFP4's exponent near 1. NVFP4's scale bytes stay random.
-fn random_blocks(ty: GgmlType, seed: u64, out: &mut [u8]) {
-    let mut rng = Rng(seed);
-    out.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
-    let f16 = |v: f32| half::f16::from_f32(v).to_bits().to_le_bytes();
-    for b in out.chunks_exact_mut(ty.block_bytes()) {
-        let d = f16(0.01 + 0.02 * rng.uniform().abs());
-        let m = f16(-0.1 * rng.uniform().abs());
-        let (d_at, m_at): (usize, Option<usize>) = match ty {
-            GgmlType::Q4_1 | GgmlType::Q5_1 => (0, Some(2)),
-            GgmlType::Q2K => (80, Some(82)),
-            GgmlType::Q3K => (108, None),
-            GgmlType::MXFP4 => {
-                b[0] = 120 + (rng.next_u64() % 8) as u8;
-                continue;
-            }
-            GgmlType::NVFP4 => continue,
-            GgmlType::IQ1M => {
-                let bits = u16::from_le_bytes(d);
-                for (i, s) in b[48..56].chunks_exact_mut(2).enumerate() {
-                    s[1] = (s[1] & 0x0f) | ((((bits >> (4 * i)) & 0x0f) as u8) << 4);
-                }
-                continue;
-            }
-            _ => (0, None),
-        };
-        b[d_at..d_at + 2].copy_from_slice(&d);
-        if let Some(m_at) = m_at {
-            b[m_at..m_at + 2].copy_from_slice(&m);
-        }
-    }
 }
 
 /// Activations [n, cols]: uniform with an occasional outlier, as real hidden states have (an
