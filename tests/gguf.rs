@@ -445,12 +445,16 @@ fn model_tensor_checks() {
     }
     let e = expect_model_err(&w, "blk.1.ffn_down_exps.weight");
     assert!(matches!(e.root(), Error::TensorShape { .. }));
-    let mut w = tiny_writer();
-    for t in w.tensors_mut().iter_mut().filter(|t| t.name == "blk.0.attn_q.weight") {
-        t.ty = GgmlType::Q2K;
+    // Types a GGUF may name that the engine cannot run: a clear error naming tensor and type.
+    for ty in [GgmlType::TQ1_0, GgmlType::TQ2_0, GgmlType::Q8K] {
+        let mut w = tiny_writer();
+        for t in w.tensors_mut().iter_mut().filter(|t| t.name == "blk.0.attn_q.weight") {
+            t.ty = ty;
+        }
+        let e = expect_model_err(&w, "blk.0.attn_q.weight");
+        assert!(matches!(e.root(), Error::UnsupportedType { .. }), "{ty}: {e}");
+        assert!(e.to_string().contains(ty.name()), "{ty}: {e}");
     }
-    let e = expect_model_err(&w, "blk.0.attn_q.weight");
-    assert!(matches!(e.root(), Error::UnsupportedType { .. }));
     // output.weight is optional (llama.cpp ties it to token_embd).
     let mut w = tiny_writer();
     w.tensors_mut().retain(|t| t.name != "output.weight");

@@ -44,7 +44,9 @@ fn deterministic_from_seed() {
 /// Every weight tensor dequantizes to finite values with mean ≈ 0 and std ≈ 1/√fan_in.
 #[test]
 fn weights_have_the_intended_statistics() {
-    for mix in [QuantMix::Q8_0, QuantMix::Q4KM, QuantMix::Q6K, QuantMix::F16] {
+    let named = [QuantMix::Q8_0, QuantMix::Q4KM, QuantMix::Q6K, QuantMix::F16, QuantMix::Q4KXL];
+    let uniform = GgmlType::supported().map(QuantMix::Uniform);
+    for mix in named.into_iter().chain(uniform) {
         let g = tiny(mix, 11);
         let cfg = ModelConfig::from_gguf(&g).unwrap();
         for want in cfg.tensor_table() {
@@ -131,7 +133,10 @@ fn byte_level_vocab_tokenizes() {
 #[test]
 fn bad_options_are_usage_errors() {
     assert!(Preset::by_name("huge").is_err());
-    assert!(QuantMix::by_name("q3_k").is_err());
+    assert!(QuantMix::by_name("tq1_0").is_err(), "a type the engine cannot run");
+    assert!(QuantMix::by_name("q9_k").is_err());
+    assert_eq!(QuantMix::by_name("IQ3_S").unwrap(), QuantMix::Uniform(GgmlType::IQ3S));
+    assert_eq!(QuantMix::by_name("q4_k_xl").unwrap(), QuantMix::Q4KXL);
 }
 
 /// qwen35moe presets: the real shape's hyperparameters and tensor count (models.md §2.3: 733

@@ -61,9 +61,9 @@ fn set_block_scales(ty: GgmlType, d: Dist, rng: &mut Rng, b: &mut [u8]) {
     match ty {
         // w = d·q, q uniform int8.
         GgmlType::Q8_0 => b[0..2].copy_from_slice(&f16::from_f32(d.sigma / 73.6).to_le_bytes()),
-        // w = d·(q − 8), q in 0..16.
+        // w = d·(q − 8), q in 0..16 with 0 moved to 8 (center_codes): E[(q − 8)²] = 2·140/16.
         GgmlType::Q4_0 => {
-            b[0..2].copy_from_slice(&f16::from_f32(d.sigma / std_u(16.0)).to_le_bytes())
+            b[0..2].copy_from_slice(&f16::from_f32(d.sigma / 17.5f32.sqrt()).to_le_bytes())
         }
         // w = d·sc·q − dmin·m with m = sc and dmin = d·(n−1)/2: zero-mean codes.
         GgmlType::Q4K | GgmlType::Q5K => {
@@ -210,12 +210,24 @@ fn set_read_only_scales(ty: GgmlType, sigma: f32, rng: &mut Rng, b: &mut [u8]) {
     }
     match ty {
         GgmlType::Q4_1 | GgmlType::Q5_1 => put_f16(b, 2, -mean * f),
+        // Levels without a mirror (Q5_0's −16, IQ4_NL's −127..113): a random sign of d per
+        // block makes the tensor zero-mean.
+        GgmlType::Q5_0 | GgmlType::IQ4NL if rng.range(0, 1) == 1 => put_f16(b, 0, -get_f16(b, 0)),
         GgmlType::IQ1M => set_iq1_m_d(b, f),
-        // 2^(e − 128): the nearest power of two.
-        GgmlType::MXFP4 => b[0] = (128.0 + f.max(1e-30).log2().round()).clamp(2.0, 254.0) as u8,
+        GgmlType::MXFP4 => b[0] = e8m0_for(f, rng),
         GgmlType::NVFP4 => b[..4].fill(nearest_ue4m3_half(f)),
         _ => {}
     }
+}
+
+/// An E8M0 exponent e (scale 2^(e − 128)) for the scale `f`: one of the two powers of two around
+/// it, the upper with the probability that makes E[scale²] = f², so the tensor's std is the
+/// target although each block's scale is a power of two.
+fn e8m0_for(f: f32, rng: &mut Rng) -> u8 {
+    let lo = f.max(1e-30).log2().floor();
+    let p = (f * f / 4f32.powf(lo) - 1.0) / 3.0;
+    let up = ((rng.next() >> 40) as f32 / (1u64 << 24) as f32) < p;
+    (128.0 + lo + if up { 1.0 } else { 0.0 }).clamp(2.0, 254.0) as u8
 }
 
 /// The UE4M3 code whose halved value is nearest `v` (1..=0x7E: the non-zero codes).
