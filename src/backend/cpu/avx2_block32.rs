@@ -1,7 +1,7 @@
 //! AVX2 + FMA + F16C dot kernels for the formats of `scalar_block32` (Q4_1, Q5_0, Q5_1, IQ4_NL,
 //! MXFP4, NVFP4), after ggml's AVX2 paths: the codes of a block unpacked to 32 bytes (a fifth
 //! bit from a bit mask, the non-linear levels by `_mm256_shuffle_epi8` from a 16-entry table),
-//! `maddubs` + `madd` into i32 lanes, one f32 FMA per block. Same integer sums as
+//! `maddubs` + `madd` into i32 lanes, one f32 FMA per block into one of two accumulators. Same integer sums as
 //! `scalar_block32`; only the f32 summation order differs.
 //!
 //! # Safety
@@ -37,20 +37,41 @@ unsafe fn load_qs(qs: &[i8; 32]) -> __m256i {
     _mm256_loadu_si256(qs.as_ptr().cast())
 }
 
+/// Σ d·p over the blocks, `block(b, a)` giving block b's f32 scale and lane sums, in two
+/// accumulators (even and odd blocks): a small block is quick to unpack, and with one
+/// accumulator each block's FMA would wait for the last one's.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum_blocks<A>(act: &[A], mut block: impl FnMut(usize, &A) -> (__m256, __m256)) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut pairs = act.chunks_exact(2);
+    for (k, a) in pairs.by_ref().enumerate() {
+        for (j, (acc, a)) in acc.iter_mut().zip(a).enumerate() {
+            let (d, p) = block(2 * k + j, a);
+            *acc = _mm256_fmadd_ps(d, p, *acc);
+        }
+    }
+    if let [a] = pairs.remainder() {
+        let (d, p) = block(act.len() - 1, a);
+        acc[0] = _mm256_fmadd_ps(d, p, acc[0]);
+    }
+    hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+}
+
 /// Q4_1 (20 bytes: d, m f16, qs[16]) · Q8_1: d_w d_a Σ q y + m s_a per block.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q4_1(row: &[u8], act: &[ActQ8_1]) -> f32 {
     assert_eq!(row.len(), act.len() * 20, "row is [blocks] of Q4_1");
     let w = row.as_ptr();
-    let (mut acc, mut acc_m) = (_mm256_setzero_ps(), _mm_setzero_ps());
-    for (b, a) in act.iter().enumerate() {
+    let mut acc_m = _mm_setzero_ps();
+    let sum = sum_blocks(act, |b, a| {
         let blk = w.add(20 * b);
         prefetch(blk, 20);
-        let d = _mm256_mul_ps(f16_splat(blk), _mm256_set1_ps(a.d));
-        acc = _mm256_fmadd_ps(d, mul_sum_u8_i8(nibbles32(blk.add(4)), load_qs(&a.qs)), acc);
         acc_m = _mm_fmadd_ps(f16_splat4(blk.add(2)), _mm_set1_ps(a.s), acc_m);
-    }
-    hsum_ps(acc) + _mm_cvtss_f32(acc_m)
+        let d = _mm256_mul_ps(f16_splat(blk), _mm256_set1_ps(a.d));
+        (d, mul_sum_u8_i8(nibbles32(blk.add(4)), load_qs(&a.qs)))
+    });
+    sum + _mm_cvtss_f32(acc_m)
 }
 
 /// Q5_0 (22 bytes: d f16, qh u32, qs[16]) · Q8_0: q - 16 is the nibble, minus 16 where the
@@ -60,16 +81,14 @@ pub(super) unsafe fn dot_q5_0(row: &[u8], act: &[ActQ8_0]) -> f32 {
     assert_eq!(row.len(), act.len() * 22, "row is [blocks] of Q5_0");
     let w = row.as_ptr();
     let sixteen = _mm256_set1_epi8(16);
-    let mut acc = _mm256_setzero_ps();
-    for (b, a) in act.iter().enumerate() {
+    sum_blocks(act, |b, a| {
         let blk = w.add(22 * b);
         prefetch(blk, 22);
         let d = _mm256_mul_ps(f16_splat(blk), _mm256_set1_ps(a.d));
         let high = bit_mask32(blk.add(2).cast::<u32>().read_unaligned());
         let qx = _mm256_sub_epi8(nibbles32(blk.add(6)), _mm256_andnot_si256(high, sixteen));
-        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, load_qs(&a.qs)), acc);
-    }
-    hsum_ps(acc)
+        (d, mul_sum_i8_pairs(qx, load_qs(&a.qs)))
+    })
 }
 
 /// Q5_1 (24 bytes: d, m f16, qh u32, qs[16]) · Q8_1.
@@ -78,17 +97,17 @@ pub(super) unsafe fn dot_q5_1(row: &[u8], act: &[ActQ8_1]) -> f32 {
     assert_eq!(row.len(), act.len() * 24, "row is [blocks] of Q5_1");
     let w = row.as_ptr();
     let sixteen = _mm256_set1_epi8(16);
-    let (mut acc, mut acc_m) = (_mm256_setzero_ps(), _mm_setzero_ps());
-    for (b, a) in act.iter().enumerate() {
+    let mut acc_m = _mm_setzero_ps();
+    let sum = sum_blocks(act, |b, a| {
         let blk = w.add(24 * b);
         prefetch(blk, 24);
+        acc_m = _mm_fmadd_ps(f16_splat4(blk.add(2)), _mm_set1_ps(a.s), acc_m);
         let d = _mm256_mul_ps(f16_splat(blk), _mm256_set1_ps(a.d));
         let high = bit_mask32(blk.add(4).cast::<u32>().read_unaligned());
         let qx = _mm256_or_si256(nibbles32(blk.add(8)), _mm256_and_si256(high, sixteen));
-        acc = _mm256_fmadd_ps(d, mul_sum_u8_i8(qx, load_qs(&a.qs)), acc);
-        acc_m = _mm_fmadd_ps(f16_splat4(blk.add(2)), _mm_set1_ps(a.s), acc_m);
-    }
-    hsum_ps(acc) + _mm_cvtss_f32(acc_m)
+        (d, mul_sum_u8_i8(qx, load_qs(&a.qs)))
+    });
+    sum + _mm_cvtss_f32(acc_m)
 }
 
 /// IQ4_NL (18 bytes: d f16, qs[16]) · Q8_0, the levels looked up by `shuffle_epi8`.
@@ -97,15 +116,13 @@ pub(super) unsafe fn dot_iq4_nl(row: &[u8], act: &[ActQ8_0]) -> f32 {
     assert_eq!(row.len(), act.len() * 18, "row is [blocks] of IQ4_NL");
     let w = row.as_ptr();
     let values = table16(&KVALUES_IQ4NL);
-    let mut acc = _mm256_setzero_ps();
-    for (b, a) in act.iter().enumerate() {
+    sum_blocks(act, |b, a| {
         let blk = w.add(18 * b);
         prefetch(blk, 18);
         let d = _mm256_mul_ps(f16_splat(blk), _mm256_set1_ps(a.d));
         let qx = _mm256_shuffle_epi8(values, nibbles32(blk.add(2)));
-        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, load_qs(&a.qs)), acc);
-    }
-    hsum_ps(acc)
+        (d, mul_sum_i8_pairs(qx, load_qs(&a.qs)))
+    })
 }
 
 /// MXFP4 (17 bytes: e u8, qs[16]) · Q8_0.
@@ -114,15 +131,13 @@ pub(super) unsafe fn dot_mxfp4(row: &[u8], act: &[ActQ8_0]) -> f32 {
     assert_eq!(row.len(), act.len() * 17, "row is [blocks] of MXFP4");
     let w = row.as_ptr();
     let values = table16(&KVALUES_MXFP4);
-    let mut acc = _mm256_setzero_ps();
-    for (b, a) in act.iter().enumerate() {
+    sum_blocks(act, |b, a| {
         let blk = w.add(17 * b);
         prefetch(blk, 17);
         let d = _mm256_set1_ps(e8m0_half(*blk) * a.d);
         let qx = _mm256_shuffle_epi8(values, nibbles32(blk.add(1)));
-        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qx, load_qs(&a.qs)), acc);
-    }
-    hsum_ps(acc)
+        (d, mul_sum_i8_pairs(qx, load_qs(&a.qs)))
+    })
 }
 
 /// NVFP4 (36 bytes: 4 UE4M3 scales, qs[32]) · Q8_0, two activation blocks per weight block.
