@@ -258,13 +258,29 @@ pub(super) unsafe fn dot_iq2_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
     0.125 * hsum_ps(acc)
 }
 
-/// IQ1_S (50 bytes: d f16, qs[32], 8 u16 qh) · Q8_K. The grid values -1, 0, 1 sign the quants
-/// (`sign_epi8`), `maddubs` with ones sums them; the ±1/8 shift is ±(2s + 1) times the
-/// sub-block's two bsums, one `madd` per block, added to 8 × the grid sum.
+/// `IQ1S_GRID` plus one: bytes 0, 1, 2, unsigned for `maddubs`.
+static IQ1S_ROWS: [u64; 2048] = {
+    let mut t = [0u64; 2048];
+    let mut n = 0;
+    while n < 2048 {
+        let mut j = 0;
+        while j < 8 {
+            let g = (IQ1S_GRID[n] >> (8 * j)) as u8;
+            t[n] |= (g.wrapping_add(1) as u64) << (8 * j);
+            j += 1;
+        }
+        n += 1;
+    }
+    t
+};
+
+/// IQ1_S (50 bytes: d f16, qs[32], 8 u16 qh) · Q8_K, as (2s + 1) (8 Σ (g + 1)·y + (±1 - 8) Σ y)
+/// per sub-block: the rows of `IQ1S_ROWS` go straight to `maddubs`, and the shift with the
+/// - 8 Σ y that the + 1 costs is (±1 - 8)(2s + 1) times the sub-block's two bsums, one `madd`
+/// per block.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_iq1_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
     assert_eq!(row.len(), act.len() * 50, "row is [blocks] of IQ1_S");
-    let ones = _mm256_set1_epi8(1);
     let mut acc = _mm256_setzero_ps();
     for (w, a) in row.chunks_exact(50).zip(act) {
         let wp = w.as_ptr();
@@ -276,9 +292,10 @@ pub(super) unsafe fn dot_iq1_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
         );
         let negative = _mm_srai_epi16::<15>(qh8);
         let signed = _mm_sub_epi16(_mm_xor_si128(odd, negative), negative);
+        let shifted = _mm_sub_epi16(signed, _mm_slli_epi16::<3>(odd));
         let pairs = _mm256_set_m128i(
-            _mm_unpackhi_epi16(signed, signed),
-            _mm_unpacklo_epi16(signed, signed),
+            _mm_unpackhi_epi16(shifted, shifted),
+            _mm_unpacklo_epi16(shifted, shifted),
         );
         let bsums = _mm256_loadu_si256(a.bsums.as_ptr().cast());
         let shift = _mm256_madd_epi16(pairs, bsums);
@@ -289,8 +306,7 @@ pub(super) unsafe fn dot_iq1_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
             let idx = std::array::from_fn(|l| {
                 usize::from(w[2 + 4 * i + l]) | (((qh >> (3 * l)) & 7) << 8)
             });
-            let grid = rows4(&IQ1S_GRID, idx);
-            let p = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(load_q8(a, 32 * i), grid));
+            let p = _mm256_maddubs_epi16(rows4(&IQ1S_ROWS, idx), load_q8(a, 32 * i));
             let scale = _mm256_shuffle_epi8(scales, load(&SHUFFLE_K4[i]));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
         }
@@ -300,24 +316,23 @@ pub(super) unsafe fn dot_iq1_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
     0.125 * hsum_ps(acc)
 }
 
-/// Byte j of the ±1 shifts of 32 IQ1_M elements takes byte j / 16 of the qh pair (`dot_iq1_m`).
-const IQ1M_SHIFT_BYTE: [u8; 32] = {
-    let mut t = [0u8; 32];
-    let mut j = 0;
-    while j < 32 {
-        t[j] = (j / 16) as u8;
-        j += 1;
-    }
-    t
-};
-
-/// The bit of that byte: bit 3 for rows 0 and 2 (low nibbles), bit 7 for rows 1 and 3.
-const IQ1M_SHIFT_BIT: [u8; 32] = {
-    let mut t = [0u8; 32];
-    let mut j = 0;
-    while j < 32 {
-        t[j] = if (j / 8) % 2 == 0 { 0x08 } else { 0x80 };
-        j += 1;
+/// IQ1_M's rows with their shift folded in, offset to be unsigned: entry n (11-bit grid index
+/// plus the shift's sign as bit 11, the low 12 bits of index | nibble << 8) holds the bytes
+/// 8g ± 1 + 9, in 0..=18, so one `maddubs` with the quants sums a row; the + 9 comes back as
+/// 9 Σ (2s + 1) bsums per block.
+static IQ1M_ROWS: [u64; 4096] = {
+    let mut t = [0u64; 4096];
+    let mut n = 0;
+    while n < 4096 {
+        let row = IQ1S_GRID[n & 2047];
+        let shift: i32 = if n & 2048 == 0 { 1 } else { -1 };
+        let mut j = 0;
+        while j < 8 {
+            let g = ((row >> (8 * j)) as u8 as i8) as i32;
+            t[n] |= ((8 * g + shift + 9) as u64) << (8 * j);
+            j += 1;
+        }
+        n += 1;
     }
     t
 };
@@ -355,34 +370,31 @@ unsafe fn scales_iq1_m(wp: *const u8) -> __m256i {
     _mm256_or_si256(_mm256_slli_epi16::<1>(s), _mm256_set1_epi16(1))
 }
 
-/// IQ1_M (56 bytes: qs[32], qh[16], 4 u16 scales) · Q8_K, as Σ (8g ± 1)·y: the grid bytes
-/// times 8 (a 16-bit shift, masked), plus ±1 per row from the qh nibbles' bit 3, then the
-/// signed `maddubs` of `mul_sum_i8_pairs`.
+/// IQ1_M (56 bytes: qs[32], qh[16], 4 u16 scales) · Q8_K, as Σ (8g ± 1)·y: each row's 12-bit
+/// index (qs byte, qh nibble) picks its 8 bytes of `IQ1M_ROWS`, shift included.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_iq1_m(row: &[u8], act: &[BlockQ8K]) -> f32 {
     assert_eq!(row.len(), act.len() * 56, "row is [blocks] of IQ1_M");
-    let (pick, bit) = (load(&IQ1M_SHIFT_BYTE), load(&IQ1M_SHIFT_BIT));
-    let (ones, m8) = (_mm256_set1_epi8(1), _mm256_set1_epi8(0xf8u8 as i8));
     let mut acc = _mm256_setzero_ps();
     for (w, a) in row.chunks_exact(56).zip(act) {
         let wp = w.as_ptr();
         prefetch(wp, 56);
         let scales = scales_iq1_m(wp);
         let halves = [half_both(scales, 0), half_both(scales, 1)];
-        let mut sumi = _mm256_setzero_si256();
+        let bsums = _mm256_loadu_si256(a.bsums.as_ptr().cast());
+        let offset = _mm256_madd_epi16(scales, bsums);
+        let mut sumi = _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            _mm256_add_epi32(offset, _mm256_slli_epi32::<3>(offset)),
+        );
         for i in 0..8 {
             // Rows 4i..4i+4 take the four nibbles of qh[2i], qh[2i + 1] in order.
-            let qh = wp.add(32 + 2 * i).cast::<u16>().read_unaligned();
+            let qh = usize::from(wp.add(32 + 2 * i).cast::<u16>().read_unaligned());
             let idx = std::array::from_fn(|l| {
-                usize::from(w[4 * i + l]) | ((usize::from(qh) << 8 >> (4 * l)) & 0x700)
+                usize::from(w[4 * i + l]) | (((qh >> (4 * l)) & 0x0f) << 8)
             });
-            let grid = rows4(&IQ1S_GRID, idx);
-            let spread = _mm256_shuffle_epi8(_mm256_set1_epi16(qh as i16), pick);
-            let negative = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-            let shift = _mm256_or_si256(negative, ones);
-            let w8 = _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16::<3>(grid), m8), shift);
-            let y = load_q8(a, 32 * i);
-            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w8, w8), _mm256_sign_epi8(y, w8));
+            let rows = rows4(&IQ1M_ROWS, idx);
+            let p = _mm256_maddubs_epi16(rows, load_q8(a, 32 * i));
             let scale = _mm256_shuffle_epi8(halves[i / 4], load(&SHUFFLE_PAIR[i % 4]));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
         }
