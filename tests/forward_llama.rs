@@ -68,6 +68,18 @@ fn nmse(reference: &[f32], ours: &[f32]) -> f64 {
     num / reference.iter().map(|&a| (a as f64).powi(2)).sum::<f64>()
 }
 
+/// The file `opts` synthesizes (it must be the fixture's, by its sha256) run on `backend` over
+/// the fixture's tokens: all logits [tokens, vocab], and the vocabulary size.
+fn forward_fixture(opts: &SynthOptions, f: &Fixture, backend: BackendKind) -> (Vec<f32>, usize) {
+    let bytes = synth::to_bytes(opts).unwrap();
+    let what = format!("{} {}", opts.preset.name, opts.mix.name());
+    assert_eq!(sha256::hex(&bytes), f.sha256, "{what}: synth output changed: rerun the script");
+    let file = ModelFile::Gguf(Gguf::from_bytes(bytes).unwrap());
+    let w = Weights::load(&file).unwrap();
+    let mut s = Session::open(&w, backend, 64, Some(2)).unwrap();
+    (s.forward(&f.tokens, Logits::All).unwrap(), w.cfg.n_vocab as usize)
+}
+
 fn check(mix: QuantMix, backend: BackendKind) {
     check_preset("tiny", mix, backend);
 }
@@ -96,17 +108,7 @@ fn bounds(preset: &str, backend: BackendKind) -> Bounds {
 fn check_preset(preset: &str, mix: QuantMix, backend: BackendKind) {
     let f = load(preset, &mix.name());
     let opts = SynthOptions::new(Preset::by_name(preset).unwrap(), mix, 1);
-    let bytes = synth::to_bytes(&opts).unwrap();
-    assert_eq!(
-        sha256::hex(&bytes),
-        f.sha256,
-        "synth output changed: regenerate with tests/make_llama_fixtures.py"
-    );
-    let file = ModelFile::Gguf(Gguf::from_bytes(bytes).unwrap());
-    let w = Weights::load(&file).unwrap();
-    let n_vocab = w.cfg.n_vocab as usize;
-    let mut s = Session::open(&w, backend, 64, Some(2)).unwrap();
-    let logits = s.forward(&f.tokens, Logits::All).unwrap();
+    let (logits, n_vocab) = forward_fixture(&opts, &f, backend);
     let row = |t: usize| &logits[t * n_vocab..(t + 1) * n_vocab];
     let what = format!("{preset} {} on {}", mix.name(), backend.name());
     let b = bounds(preset, backend);
@@ -179,13 +181,7 @@ fn type_agreement(name: &str, backend: BackendKind) -> (f64, usize, Vec<String>)
     let f = load("types", name);
     let mix = QuantMix::by_name(name).unwrap();
     let opts = SynthOptions::new(Preset::by_name("tiny").unwrap(), mix, fixture_seed(name));
-    let bytes = synth::to_bytes(&opts).unwrap();
-    assert_eq!(sha256::hex(&bytes), f.sha256, "{name}: synth output changed: rerun --types");
-    let file = ModelFile::Gguf(Gguf::from_bytes(bytes).unwrap());
-    let w = Weights::load(&file).unwrap();
-    let n_vocab = w.cfg.n_vocab as usize;
-    let mut s = Session::open(&w, backend, 64, Some(2)).unwrap();
-    let logits = s.forward(&f.tokens, Logits::All).unwrap();
+    let (logits, n_vocab) = forward_fixture(&opts, &f, backend);
     let row = |t: usize| &logits[t * n_vocab..(t + 1) * n_vocab];
     let last = *f.full_positions.last().unwrap();
     let e = nmse(&f.full[(f.full_positions.len() - 1) * n_vocab..], row(last));
