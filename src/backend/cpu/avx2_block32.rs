@@ -1,8 +1,8 @@
 //! AVX2 + FMA + F16C dot kernels for the formats of `scalar_block32` (Q4_1, Q5_0, Q5_1, IQ4_NL,
 //! MXFP4, NVFP4), after ggml's AVX2 paths: the codes of a block unpacked to 32 bytes (a fifth
 //! bit from a bit mask, the non-linear levels by `_mm256_shuffle_epi8` from a 16-entry table),
-//! `maddubs` + `madd` into i32 lanes, one f32 FMA per block into one of two accumulators. Same integer sums as
-//! `scalar_block32`; only the f32 summation order differs.
+//! `maddubs` + `madd` into i32 lanes, one f32 FMA per block into one of two accumulators. Same
+//! integer sums as `scalar_block32`; only the f32 summation order differs.
 //!
 //! # Safety
 //! As `avx2`: every kernel is an `unsafe fn` with `#[target_feature(enable = "avx2,fma,f16c")]`

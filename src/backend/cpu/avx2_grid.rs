@@ -275,9 +275,9 @@ static IQ1S_ROWS: [u64; 2048] = {
 };
 
 /// IQ1_S (50 bytes: d f16, qs[32], 8 u16 qh) · Q8_K, as (2s + 1) (8 Σ (g + 1)·y + (±1 - 8) Σ y)
-/// per sub-block: the rows of `IQ1S_ROWS` go straight to `maddubs`, and the shift with the
-/// - 8 Σ y that the + 1 costs is (±1 - 8)(2s + 1) times the sub-block's two bsums, one `madd`
-/// per block.
+/// per sub-block: the rows of `IQ1S_ROWS` go straight to `maddubs`; the shift, and the 8 Σ y
+/// that the + 1 adds, are (±1 - 8)(2s + 1) times the sub-block's two bsums, one `madd` per
+/// block.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_iq1_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
     assert_eq!(row.len(), act.len() * 50, "row is [blocks] of IQ1_S");

@@ -42,6 +42,11 @@ pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
 }
 
+/// Σ q·y over the elements of q and y (plain loops over fixed chunks, which compilers vectorize).
+pub(super) fn dot<Q: Copy + Into<i32>>(q: &[Q], y: &[i8]) -> i32 {
+    q.iter().zip(y).map(|(&q, &y)| q.into() * i32::from(y)).sum()
+}
+
 /// The 12 packed scale bytes of Q4_K/Q5_K as four little-endian words [scales 0..4, scales
 /// 4..8, mins 0..4, mins 4..8] (ggml's `utmp` shuffle: pairs 4..8 take their low 4 bits from
 /// bytes 8..12 and their top 2 bits from bytes 0..8). Inlined so the SIMD kernels keep the

@@ -9,17 +9,22 @@
 //! put an outlier's coarse scale on 256 activations instead of 32 for no gain in the kernel.
 
 use super::act::{ActQ8_0, ActQ8_1};
-use super::scalar::f16_at;
+use super::scalar::{dot, f16_at};
 use crate::quant::grids::{KVALUES_IQ4NL, KVALUES_MXFP4};
 use crate::quant::QK8_0;
 
 /// The 32 codes of a 16-byte run of nibbles: byte j holds element j (low nibble) and j + 16
 /// (high); with `high`, bit j of that u32 adds 16 to element j (the 5-bit formats).
 fn codes(qs: &[u8], high: u32) -> [u8; QK8_0] {
-    std::array::from_fn(|j| {
-        let nibble = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
-        nibble | ((((high >> j) & 1) as u8) << 4)
-    })
+    let mut codes = [0u8; QK8_0];
+    let (lo, hi) = codes.split_at_mut(16);
+    for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(qs) {
+        (*lo, *hi) = (q & 0x0f, q >> 4);
+    }
+    for (j, c) in codes.iter_mut().enumerate() {
+        *c |= (((high >> j) & 1) as u8) << 4;
+    }
+    codes
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -119,13 +124,13 @@ pub(super) fn dot_nvfp4(row: &[u8], act: &[ActQ8_0]) -> f32 {
     for (w, a) in row.chunks_exact(36).zip(act.chunks_exact(2)) {
         for s in 0..4 {
             let (qs, a) = (&w[4 + 8 * s..12 + 8 * s], &a[s / 2]);
-            let y = &a.qs[16 * (s % 2)..16 * (s % 2) + 16];
-            let sumi: i32 = (0..16)
-                .map(|j| {
-                    let code = if j < 8 { qs[j] & 0x0f } else { qs[j - 8] >> 4 };
-                    i32::from(KVALUES_MXFP4[usize::from(code)]) * i32::from(y[j])
-                })
-                .sum();
+            let mut levels = [0i8; 16];
+            let (lo, hi) = levels.split_at_mut(8);
+            for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(qs) {
+                *lo = KVALUES_MXFP4[usize::from(q & 0x0f)];
+                *hi = KVALUES_MXFP4[usize::from(q >> 4)];
+            }
+            let sumi = dot(&levels, &a.qs[16 * (s % 2)..16 * (s % 2) + 16]);
             sum += UE4M3_HALF[usize::from(w[s])] * a.d * sumi as f32;
         }
     }

@@ -5,7 +5,7 @@
 //! 1/8 for IQ2 and IQ1) is applied once at the end, as ggml's generic kernels do. IQ1's ±1/8
 //! shift is kept in integers by summing 8·grid ± 1. The template for `avx2_grid`.
 
-use super::scalar::f16_at;
+use super::scalar::{dot, f16_at};
 use crate::quant::grids::{
     IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
 };
@@ -19,23 +19,21 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-/// Σ ±g·y over 8 elements: g the unsigned bytes of `row`, bit j of `signs` negating element j.
-fn dot8_signed(row: u64, signs: u8, y: &[i8]) -> i32 {
-    (0..8)
-        .map(|j| {
-            let v = i32::from((row >> (8 * j)) as u8) * i32::from(y[j]);
-            if signs & (1 << j) != 0 {
-                -v
-            } else {
-                v
-            }
-        })
-        .sum()
+/// Eight grid values ±g into v: g the bytes of `row` (below 128), bit j of `signs` negating
+/// element j (branch-free: g xor -1, plus 1).
+fn signed8(v: &mut [i8], row: u64, signs: u8) {
+    for (j, v) in v[..8].iter_mut().enumerate() {
+        let g = (row >> (8 * j)) as u8 as i8;
+        let negative = -(((signs >> j) & 1) as i8);
+        *v = (g ^ negative) - negative;
+    }
 }
 
-/// Σ (8g + delta)·y over 8 elements, g the signed bytes (-1, 0, 1) of an IQ1 grid row.
-fn dot8_iq1(row: u64, delta: i32, y: &[i8]) -> i32 {
-    (0..8).map(|j| (8 * i32::from((row >> (8 * j)) as u8 as i8) + delta) * i32::from(y[j])).sum()
+/// Eight IQ1 values 8g + delta into v, g the signed bytes (-1, 0, 1) of a grid row.
+fn shifted8(v: &mut [i8], row: u64, delta: i8) {
+    for (j, v) in v[..8].iter_mut().enumerate() {
+        *v = 8 * ((row >> (8 * j)) as u8 as i8) + delta;
+    }
 }
 
 /// The odd scale 2s + 1 of the 4-bit field s.
@@ -49,17 +47,16 @@ pub(super) fn dot_iq3_xxs(row: &[u8], act: &[BlockQ8K]) -> f32 {
     let mut sum = 0f32;
     for (w, a) in row.chunks_exact(98).zip(act) {
         let mut sumi = 0i32;
-        for i in 0..8 {
+        for (i, y) in a.qs.chunks_exact(32).enumerate() {
             let aux = u32_at(w, 66 + 4 * i);
-            let mut dot = 0;
-            for l in 0..4 {
+            let mut v = [0i8; 32];
+            for (l, v) in v.chunks_exact_mut(8).enumerate() {
                 let k = 2 + 8 * i + 2 * l;
                 let rows = [IQ3XXS_GRID[usize::from(w[k])], IQ3XXS_GRID[usize::from(w[k + 1])]];
-                let signs = KSIGNS_IQ2XS[((aux >> (7 * l)) & 127) as usize];
                 let row = u64::from(rows[0]) | (u64::from(rows[1]) << 32);
-                dot += dot8_signed(row, signs, &a.qs[32 * i + 8 * l..]);
+                signed8(v, row, KSIGNS_IQ2XS[((aux >> (7 * l)) & 127) as usize]);
             }
-            sumi += odd(aux >> 28) * dot;
+            sumi += odd(aux >> 28) * dot(&v, y);
         }
         sum += f16_at(w, 0) * a.d * sumi as f32;
     }
@@ -74,18 +71,17 @@ pub(super) fn dot_iq3_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
     for (w, a) in row.chunks_exact(110).zip(act) {
         let (qs, qh, signs, scales) = (&w[2..66], &w[66..74], &w[74..106], &w[106..110]);
         let mut sumi = 0i32;
-        for i in 0..8 {
+        for (i, y) in a.qs.chunks_exact(32).enumerate() {
             let grid = |k: usize| {
                 let high = usize::from((qh[i] >> (k % 8)) & 1) << 8;
                 u64::from(IQ3S_GRID[usize::from(qs[k]) | high])
             };
-            let mut dot = 0;
-            for l in 0..4 {
+            let mut v = [0i8; 32];
+            for (l, v) in v.chunks_exact_mut(8).enumerate() {
                 let k = 8 * i + 2 * l;
-                let row = grid(k) | (grid(k + 1) << 32);
-                dot += dot8_signed(row, signs[4 * i + l], &a.qs[32 * i + 8 * l..]);
+                signed8(v, grid(k) | (grid(k + 1) << 32), signs[4 * i + l]);
             }
-            sumi += odd(u32::from(scales[i / 2] >> (4 * (i % 2)))) * dot;
+            sumi += odd(u32::from(scales[i / 2] >> (4 * (i % 2)))) * dot(&v, y);
         }
         sum += f16_at(w, 0) * a.d * sumi as f32;
     }
@@ -98,15 +94,14 @@ pub(super) fn dot_iq2_xxs(row: &[u8], act: &[BlockQ8K]) -> f32 {
     let mut sum = 0f32;
     for (w, a) in row.chunks_exact(66).zip(act) {
         let mut sumi = 0i32;
-        for i in 0..8 {
+        for (i, y) in a.qs.chunks_exact(32).enumerate() {
             let (aux0, aux1) = (u32_at(w, 2 + 8 * i), u32_at(w, 6 + 8 * i));
-            let mut dot = 0;
-            for l in 0..4 {
+            let mut v = [0i8; 32];
+            for (l, v) in v.chunks_exact_mut(8).enumerate() {
                 let row = IQ2XXS_GRID[((aux0 >> (8 * l)) & 0xff) as usize];
-                let signs = KSIGNS_IQ2XS[((aux1 >> (7 * l)) & 127) as usize];
-                dot += dot8_signed(row, signs, &a.qs[32 * i + 8 * l..]);
+                signed8(v, row, KSIGNS_IQ2XS[((aux1 >> (7 * l)) & 127) as usize]);
             }
-            sumi += odd(aux1 >> 28) * dot;
+            sumi += odd(aux1 >> 28) * dot(&v, y);
         }
         sum += f16_at(w, 0) * a.d * sumi as f32;
     }
@@ -118,22 +113,23 @@ fn scale16(scales: &[u8], m: usize) -> i32 {
     odd(u32::from(scales[m / 2] >> (4 * (m % 2))))
 }
 
+/// Σ over the 16 groups of 16 of a 256-element block: scale16 times the dot of the values.
+fn sum_groups16(v: &[i8; 256], scales: &[u8], a: &BlockQ8K) -> i32 {
+    let groups = v.chunks_exact(16).zip(a.qs.chunks_exact(16));
+    groups.enumerate().map(|(m, (v, y))| scale16(scales, m) * dot(v, y)).sum()
+}
+
 /// IQ2_XS (74 bytes: d f16, 32 u16 (9-bit grid row, 7-bit sign index), scales[8]) · Q8_K.
 pub(super) fn dot_iq2_xs(row: &[u8], act: &[BlockQ8K]) -> f32 {
     assert_eq!(row.len(), act.len() * 74, "row is [blocks] of IQ2_XS");
     let mut sum = 0f32;
     for (w, a) in row.chunks_exact(74).zip(act) {
-        let mut sumi = 0i32;
-        for m in 0..16 {
-            let mut dot = 0;
-            for k in 2 * m..2 * m + 2 {
-                let q = u16_at(w, 2 + 2 * k);
-                let signs = KSIGNS_IQ2XS[usize::from(q >> 9)];
-                dot += dot8_signed(IQ2XS_GRID[usize::from(q & 511)], signs, &a.qs[8 * k..]);
-            }
-            sumi += scale16(&w[66..74], m) * dot;
+        let mut v = [0i8; 256];
+        for (k, v) in v.chunks_exact_mut(8).enumerate() {
+            let q = u16_at(w, 2 + 2 * k);
+            signed8(v, IQ2XS_GRID[usize::from(q & 511)], KSIGNS_IQ2XS[usize::from(q >> 9)]);
         }
-        sum += f16_at(w, 0) * a.d * sumi as f32;
+        sum += f16_at(w, 0) * a.d * sum_groups16(&v, &w[66..74], a) as f32;
     }
     0.125 * sum
 }
@@ -145,38 +141,33 @@ pub(super) fn dot_iq2_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
     let mut sum = 0f32;
     for (w, a) in row.chunks_exact(82).zip(act) {
         let (qs, signs, qh) = (&w[2..34], &w[34..66], &w[66..74]);
-        let mut sumi = 0i32;
-        for m in 0..16 {
-            let mut dot = 0;
-            for k in 2 * m..2 * m + 2 {
-                let high = usize::from((qh[k / 4] >> (2 * (k % 4))) & 3) << 8;
-                let row = IQ2S_GRID[usize::from(qs[k]) | high];
-                dot += dot8_signed(row, signs[k], &a.qs[8 * k..]);
-            }
-            sumi += scale16(&w[74..82], m) * dot;
+        let mut v = [0i8; 256];
+        for (k, v) in v.chunks_exact_mut(8).enumerate() {
+            let high = usize::from((qh[k / 4] >> (2 * (k % 4))) & 3) << 8;
+            signed8(v, IQ2S_GRID[usize::from(qs[k]) | high], signs[k]);
         }
-        sum += f16_at(w, 0) * a.d * sumi as f32;
+        sum += f16_at(w, 0) * a.d * sum_groups16(&v, &w[74..82], a) as f32;
     }
     0.125 * sum
 }
 
-/// IQ1_S (50 bytes: d f16, qs[32], 8 u16 qh) · Q8_K. x = d (2s + 1) (g ± 1/8): the grid term
-/// is 8 Σ (2s + 1) Σ g·y and the shift ±Σ (2s + 1) (bsums of the sub-block), both integers.
+/// IQ1_S (50 bytes: d f16, qs[32], 8 u16 qh) · Q8_K. x = d (2s + 1) (g ± 1/8): per sub-block
+/// of 32, 8 Σ g·y plus ± Σ y (its two bsums), times 2s + 1, all integers; / 8 at the end.
 pub(super) fn dot_iq1_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
     assert_eq!(row.len(), act.len() * 50, "row is [blocks] of IQ1_S");
     let mut sum = 0f32;
     for (w, a) in row.chunks_exact(50).zip(act) {
         let mut sumi = 0i32;
-        for i in 0..8 {
+        for (i, y) in a.qs.chunks_exact(32).enumerate() {
             let qh = u32::from(u16_at(w, 34 + 2 * i));
-            let mut dot = 0;
-            for l in 0..4 {
+            let mut v = [0i8; 32];
+            for (l, v) in v.chunks_exact_mut(8).enumerate() {
                 let index = usize::from(w[2 + 4 * i + l]) | (((qh >> (3 * l)) & 7) as usize) << 8;
-                dot += dot8_iq1(IQ1S_GRID[index], 0, &a.qs[32 * i + 8 * l..]);
+                shifted8(v, IQ1S_GRID[index], 0);
             }
             let ysum = i32::from(a.bsums[2 * i]) + i32::from(a.bsums[2 * i + 1]);
             let shift = if qh & 0x8000 == 0 { ysum } else { -ysum };
-            sumi += odd(qh >> 12 & 7) * (dot + shift);
+            sumi += odd(qh >> 12 & 7) * (dot(&v, y) + shift);
         }
         sum += f16_at(w, 0) * a.d * sumi as f32;
     }
@@ -197,18 +188,19 @@ pub(super) fn dot_iq1_m(row: &[u8], act: &[BlockQ8K]) -> f32 {
     let mut sum = 0f32;
     for (w, a) in row.chunks_exact(56).zip(act) {
         let d = half::f16::from_bits(iq1_m_d(w)).to_f32();
-        let mut sumi = 0i32;
-        for m in 0..16 {
-            let s = u32::from(u16_at(w, 48 + 2 * (m / 4)) >> (3 * (m % 4)));
-            let mut dot = 0;
-            for k in 2 * m..2 * m + 2 {
-                let nibble = (w[32 + k / 2] >> (4 * (k % 2))) & 0x0f;
-                let index = usize::from(w[k]) | (usize::from(nibble & 7) << 8);
-                let delta = if nibble & 8 == 0 { 1 } else { -1 };
-                dot += dot8_iq1(IQ1S_GRID[index], delta, &a.qs[8 * k..]);
-            }
-            sumi += odd(s & 7) * dot;
+        let mut v = [0i8; 256];
+        for (k, v) in v.chunks_exact_mut(8).enumerate() {
+            let nibble = (w[32 + k / 2] >> (4 * (k % 2))) & 0x0f;
+            let index = usize::from(w[k]) | (usize::from(nibble & 7) << 8);
+            shifted8(v, IQ1S_GRID[index], if nibble & 8 == 0 { 1 } else { -1 });
         }
+        let groups = v.chunks_exact(16).zip(a.qs.chunks_exact(16)).enumerate();
+        let sumi: i32 = groups
+            .map(|(m, (v, y))| {
+                let s = u32::from(u16_at(w, 48 + 2 * (m / 4)) >> (3 * (m % 4)));
+                odd(s & 7) * dot(v, y)
+            })
+            .sum();
         sum += d * a.d * sumi as f32;
     }
     0.125 * sum

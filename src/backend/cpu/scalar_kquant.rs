@@ -3,14 +3,22 @@
 //! sub-block's integer scale, summed per super-block, then the f32 scales as ggml's generic
 //! `ggml_vec_dot_*_q8_K` apply them. The template for `avx2_kquant`.
 
-use super::scalar::f16_at;
+use super::scalar::{dot, f16_at};
 use crate::quant::grids::KVALUES_IQ4NL;
 use crate::quant::{BlockQ8K, QK_K};
 
-/// The 2 low bits of element e of a Q2_K/Q3_K super-block: bits 2s..2s+1 of qs[32h + l] for
-/// e = 128h + 32s + l.
-fn low2(qs: &[u8], e: usize) -> u8 {
-    (qs[32 * (e / 128) + e % 32] >> (2 * ((e / 32) % 4))) & 3
+/// The 2-bit codes of a Q2_K/Q3_K super-block in element order: element 128h + 32s + l is
+/// bits 2s..2s+2 of qs[32h + l].
+fn crumbs(qs: &[u8]) -> [u8; QK_K] {
+    let mut q = [0u8; QK_K];
+    for (q, bytes) in q.chunks_exact_mut(128).zip(qs.chunks_exact(32)) {
+        for (s, q) in q.chunks_exact_mut(32).enumerate() {
+            for (q, &b) in q.iter_mut().zip(bytes) {
+                *q = (b >> (2 * s)) & 3;
+            }
+        }
+    }
+    q
 }
 
 /// Q2_K (84 bytes: scales[16], qs[64], d, dmin f16) · Q8_K. Sub-block i of 16 has scale
@@ -20,12 +28,11 @@ pub(super) fn dot_q2_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
     assert_eq!(row.len(), act.len() * 84, "row is [blocks] of Q2_K");
     let mut sum = 0f32;
     for (w, a) in row.chunks_exact(84).zip(act) {
-        let (scales, qs) = (&w[..16], &w[16..80]);
+        let (scales, q) = (&w[..16], crumbs(&w[16..80]));
         let (mut sumi, mut summ) = (0i32, 0i32);
-        for (i, (&sc, &bsum)) in scales.iter().zip(&a.bsums).enumerate() {
-            let y = &a.qs[16 * i..16 * i + 16];
-            let dot: i32 = (0..16).map(|j| i32::from(low2(qs, 16 * i + j)) * i32::from(y[j])).sum();
-            sumi += i32::from(sc & 0x0f) * dot;
+        let subs = q.chunks_exact(16).zip(a.qs.chunks_exact(16));
+        for ((q, y), (&sc, &bsum)) in subs.zip(scales.iter().zip(&a.bsums)) {
+            sumi += i32::from(sc & 0x0f) * dot(q, y);
             summ += i32::from(sc >> 4) * i32::from(bsum);
         }
         sum += a.d * f16_at(w, 80) * sumi as f32 - a.d * f16_at(w, 82) * summ as f32;
@@ -58,19 +65,19 @@ pub(super) fn dot_q3_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
     assert_eq!(row.len(), act.len() * 110, "row is [blocks] of Q3_K");
     let mut sum = 0f32;
     for (w, a) in row.chunks_exact(110).zip(act) {
-        let (hmask, qs) = (&w[..32], &w[32..96]);
+        let hmask = &w[..32];
+        let mut q = crumbs(&w[32..96]).map(|q| q as i8 - 4);
+        // Group g of 32 takes 4 back where bit g of its hmask byte is set.
+        for (g, q) in q.chunks_exact_mut(32).enumerate() {
+            for (q, &h) in q.iter_mut().zip(hmask) {
+                *q += (((h >> g) & 1) << 2) as i8;
+            }
+        }
         let words = unpack_scales_q3_k(&w[96..108]);
         let mut sumi = 0i32;
-        for i in 0..16 {
+        for (i, (q, y)) in q.chunks_exact(16).zip(a.qs.chunks_exact(16)).enumerate() {
             let sc = i32::from((words[i / 4] >> (8 * (i % 4))) as u8) - 32;
-            let dot: i32 = (16 * i..16 * i + 16)
-                .map(|e| {
-                    let high = (hmask[e % 32] >> (e / 32)) & 1;
-                    let q = i32::from(low2(qs, e) | (high << 2)) - 4;
-                    q * i32::from(a.qs[e])
-                })
-                .sum();
-            sumi += sc * dot;
+            sumi += sc * dot(q, y);
         }
         sum += a.d * f16_at(w, 108) * sumi as f32;
     }
@@ -96,14 +103,13 @@ pub(super) fn dot_iq4_xs(row: &[u8], act: &[BlockQ8K]) -> f32 {
         let mut sumi = 0i32;
         for (i, ls) in scales_iq4_xs(w).into_iter().enumerate() {
             let qs = &w[8 + 16 * i..24 + 16 * i];
-            let y = &a.qs[32 * i..32 * i + 32];
-            let dot: i32 = (0..32)
-                .map(|j| {
-                    let code = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
-                    i32::from(KVALUES_IQ4NL[usize::from(code)]) * i32::from(y[j])
-                })
-                .sum();
-            sumi += ls * dot;
+            let mut levels = [0i8; 32];
+            let (lo, hi) = levels.split_at_mut(16);
+            for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(qs) {
+                *lo = KVALUES_IQ4NL[usize::from(q & 0x0f)];
+                *hi = KVALUES_IQ4NL[usize::from(q >> 4)];
+            }
+            sumi += ls * dot(&levels, &a.qs[32 * i..32 * i + 32]);
         }
         sum += f16_at(w, 0) * a.d * sumi as f32;
     }
