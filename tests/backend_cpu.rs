@@ -222,7 +222,7 @@ fn tokens_together_match_tokens_alone() {
     // each token alone gives, whatever the token count (full passes and every remainder).
     for simd in Simd::available() {
         let cpu = backend(2, simd);
-        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+        for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q3K, GgmlType::IQ4XS, GgmlType::IQ3S] {
             let (rows, cols) = (37, 1024);
             let data = weights(ty, rows, cols, 41);
             let w = Mat::new(ty, rows, cols, &data, "w").unwrap();
@@ -368,7 +368,8 @@ fn throughput() {
 /// Kernel speed, scalar vs SIMD: GB/s of weights for a 2048x2048 gemv on 1 thread, hot (the
 /// matrix stays in the last-level cache: the kernel's own rate) and cold (streamed from DRAM),
 /// each the best of several batches (other load only ever slows a batch down).
-/// `ROTARY_SPEED_TYPES=Q3_K,IQ4_XS` picks the types (default: every quantized one).
+/// `ROTARY_SPEED_TYPES=Q3_K,IQ4_XS` picks the types (default: every quantized one),
+/// `ROTARY_SPEED_TOKENS=n` the tokens per call (default 1: decode).
 #[test]
 #[ignore = "timing: run with --release -- --ignored --nocapture"]
 fn kernel_speed() {
@@ -376,21 +377,22 @@ fn kernel_speed() {
     let picked = |ty: &GgmlType| {
         wanted.is_empty() || wanted.split(',').any(|name| name.eq_ignore_ascii_case(ty.name()))
     };
+    let n: usize = std::env::var("ROTARY_SPEED_TOKENS").map_or(1, |v| v.parse().unwrap());
     let (rows, cols) = (2048, 2048);
-    let x = activations(1, cols, 26);
-    let mut y = vec![0f32; rows];
+    let x = activations(n, cols, 26);
+    let mut y = vec![0f32; n * rows];
     for ty in types().into_iter().filter(|t| t.block_elems() > 1).filter(picked) {
         let data = weights(ty, rows, cols, 25);
         let w = Mat::new(ty, rows, cols, &data, "w").unwrap();
         let copies: Vec<u8> = data.iter().copied().cycle().take(COLD_BYTES / 4).collect();
         let n_copies = copies.len() / data.len();
-        let mut line = format!("{ty:>7} {rows}x{cols} n=1 threads=1:");
+        let mut line = format!("{ty:>7} {rows}x{cols} n={n} threads=1:");
         for simd in Simd::available() {
             let cpu = backend(1, simd);
-            let hot = best_seconds_per_call(15, 10, |_| cpu.matmul(&w, &x, 1, &mut y).unwrap());
+            let hot = best_seconds_per_call(15, 10, |_| cpu.matmul(&w, &x, n, &mut y).unwrap());
             let cold = best_seconds_per_call(3, n_copies, |i| {
                 let copy = Mat { data: &copies[i * data.len()..][..data.len()], ..w };
-                cpu.matmul(&copy, &x, 1, &mut y).unwrap();
+                cpu.matmul(&copy, &x, n, &mut y).unwrap();
             });
             let gb = data.len() as f64 / 1e9;
             line += &format!("  {simd:?} hot {:5.2} cold {:5.2} GB/s", gb / hot, gb / cold);

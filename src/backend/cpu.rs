@@ -183,10 +183,10 @@ const AVX2: Kernels = Kernels {
         (GgmlType::MXFP4, Dot::Q8_0(avx2_block32::dot_mxfp4, None)),
         (GgmlType::NVFP4, Dot::Q8_0(avx2_block32::dot_nvfp4, None)),
         (GgmlType::Q2K, Dot::Q8K(avx2_kquant::dot_q2_k, None)),
-        (GgmlType::Q3K, Dot::Q8K(avx2_kquant::dot_q3_k, None)),
-        (GgmlType::IQ4XS, Dot::Q8K(avx2_kquant::dot_iq4_xs, None)),
+        (GgmlType::Q3K, Dot::Q8K(avx2_kquant::dot_q3_k, Some(avx2_kquant::dot_q3_k_tokens))),
+        (GgmlType::IQ4XS, Dot::Q8K(avx2_kquant::dot_iq4_xs, Some(avx2_kquant::dot_iq4_xs_tokens))),
         (GgmlType::IQ3XXS, Dot::Q8K(avx2_grid::dot_iq3_xxs, None)),
-        (GgmlType::IQ3S, Dot::Q8K(avx2_grid::dot_iq3_s, None)),
+        (GgmlType::IQ3S, Dot::Q8K(avx2_grid::dot_iq3_s, Some(avx2_grid::dot_iq3_s_tokens))),
         (GgmlType::IQ2XXS, Dot::Q8K(avx2_grid::dot_iq2_xxs, None)),
         (GgmlType::IQ2XS, Dot::Q8K(avx2_grid::dot_iq2_xs, None)),
         (GgmlType::IQ2S, Dot::Q8K(avx2_grid::dot_iq2_s, None)),
@@ -465,15 +465,17 @@ mod tests {
         let x = inputs(); // 4 tokens of 256, or 1 token of 1024
         let mut act = vec![BlockQ8K::ZERO; x.len() / 256];
         scalar::quantize_q8_k(&x, &mut act);
-        type Kernels = (GgmlType, unsafe fn(&[u8], &[BlockQ8K]) -> f32, MultiDot<BlockQ8K>);
-        let kernels: [Kernels; 2] = [
-            (GgmlType::Q4K, avx2::dot_q4_k, avx2::dot_q4_k_tokens),
-            (GgmlType::Q6K, avx2::dot_q6_k, avx2::dot_q6_k_tokens),
-        ];
-        for (ty, one, multi) in kernels {
-            let mut row = vec![0u8; ty.row_bytes(256).unwrap() as usize];
-            let w: Vec<f32> = x[..256].iter().rev().map(|v| v * 0.37 - 0.1).collect();
-            crate::quant::quantize(ty, &w, &mut row).unwrap();
+        // Every Q8_K kernel of the AVX2 table that has a multi-token form.
+        for &(ty, dot) in &AVX2.dots {
+            let Dot::Q8K(one, Some(multi)) = dot else { continue };
+            let row = if crate::quant::has_quantizer(ty) {
+                let mut row = vec![0u8; ty.row_bytes(256).unwrap() as usize];
+                let w: Vec<f32> = x[..256].iter().rev().map(|v| v * 0.37 - 0.1).collect();
+                crate::quant::quantize(ty, &w, &mut row).unwrap();
+                row
+            } else {
+                crate::synth::random_matrix(ty, 1, 256, 0.05, 7).unwrap()
+            };
             for n in 1..=TOKENS_PER_PASS {
                 let mut got = [0f32; TOKENS_PER_PASS];
                 // SAFETY: AVX2 + FMA + F16C detected above.

@@ -433,13 +433,15 @@ macro_rules! dot_tokens {
     };
 }
 
+pub(super) use dot_tokens;
+
 dot_tokens!(dot_q4_k_tokens, dot_q4_k_multi);
 dot_tokens!(dot_q6_k_tokens, dot_q6_k_multi);
 
 /// The tokens' activation rows of `act` ([T, blocks], token-major) as pointers to their first
 /// block, after checking that `act` holds exactly T rows of `blocks`.
 #[inline]
-fn token_rows<const T: usize>(act: &[BlockQ8K], blocks: usize) -> [*const BlockQ8K; T] {
+pub(super) fn token_rows<const T: usize>(act: &[BlockQ8K], blocks: usize) -> [*const BlockQ8K; T] {
     assert_eq!(act.len(), T * blocks, "act is [{T}, blocks] of Q8_K");
     std::array::from_fn(|t| act[t * blocks..].as_ptr())
 }

@@ -13,8 +13,8 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{bit_mask32, f16_splat, half_both, hsum_ps, load, prefetch};
-use super::avx2::{SHUFFLE_K4, SHUFFLE_PAIR};
+use super::avx2::{bit_mask32, dot_tokens, f16_splat, half_both, hsum_ps, load, prefetch};
+use super::avx2::{token_rows, SHUFFLE_K4, SHUFFLE_PAIR};
 use super::scalar_grid::iq1_m_d;
 use crate::quant::grids::{
     IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
@@ -114,71 +114,97 @@ pub(super) unsafe fn dot_iq3_xxs(row: &[u8], act: &[BlockQ8K]) -> f32 {
     0.25 * hsum_ps(acc)
 }
 
-/// IQ3_S (110 bytes: d f16, qs[64], qh[8], signs[32], scales[4]) · Q8_K. The 9-bit grid
-/// indices of two sub-blocks are built in one vector (qs widened, bit j of the qh pair as 256)
-/// and read back from the stack; the sign bits become a byte mask.
+/// i16 lane j: bit j (the qh pair of two IQ3_S sub-blocks against their 16 grid indices).
+const BIT16: [u16; 16] = {
+    let mut t = [0u16; 16];
+    let mut j = 0;
+    while j < 16 {
+        t[j] = 1 << j;
+        j += 1;
+    }
+    t
+};
+
+/// The 8 scales 2s + 1 of an IQ3_S block (nibbles of scales[4] at p), as i16 in both halves.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales_iq3_s(p: *const u8) -> __m256i {
+    let m4 = _mm_set1_epi8(0x0f);
+    let packed = _mm_cvtsi32_si128(p.cast::<i32>().read_unaligned());
+    let nibbles = _mm_unpacklo_epi8(
+        _mm_and_si128(packed, m4),
+        _mm_and_si128(_mm_srli_epi16::<4>(packed), m4),
+    );
+    let s = _mm_or_si128(_mm_slli_epi16::<1>(_mm_cvtepu8_epi16(nibbles)), _mm_set1_epi16(1));
+    _mm256_set_m128i(s, s)
+}
+
+/// The 16 grid indices of IQ3_S sub-blocks 2 pair, 2 pair + 1 (qs widened, bit j of the qh
+/// pair as 256), out of the vector as four u64s of four (16-bit lane extracts cost more).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn indices_iq3_s(wp: *const u8, pair: usize) -> [u64; 4] {
+    let bit = _mm256_loadu_si256(BIT16.as_ptr().cast());
+    let low = _mm256_cvtepu8_epi16(_mm_loadu_si128(wp.add(2 + 16 * pair).cast()));
+    let qh = _mm256_set1_epi16(wp.add(66 + 2 * pair).cast::<i16>().read_unaligned());
+    let high = _mm256_cmpeq_epi16(_mm256_and_si256(qh, bit), bit);
+    let idx = _mm256_or_si256(low, _mm256_and_si256(high, _mm256_set1_epi16(256)));
+    let (lo, hi) = (_mm256_castsi256_si128(idx), _mm256_extracti128_si256::<1>(idx));
+    [
+        _mm_cvtsi128_si64(lo),
+        _mm_extract_epi64::<1>(lo),
+        _mm_cvtsi128_si64(hi),
+        _mm_extract_epi64::<1>(hi),
+    ]
+    .map(|q| q as u64)
+}
+
+/// IQ3_S (110 bytes: d f16, qs[64], qh[8], signs[32], scales[4]) · Q8_K: `dot_iq3_s_multi`
+/// for one token.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_iq3_s(row: &[u8], act: &[BlockQ8K]) -> f32 {
-    assert_eq!(row.len(), act.len() * 110, "row is [blocks] of IQ3_S");
-    let bit = _mm256_setr_epi16(
-        1,
-        2,
-        4,
-        8,
-        16,
-        32,
-        64,
-        128,
-        256,
-        512,
-        1024,
-        2048,
-        4096,
-        8192,
-        16384,
-        i16::MIN,
-    );
-    let (m256, m4) = (_mm256_set1_epi16(256), _mm_set1_epi8(0x0f));
-    let mut acc = _mm256_setzero_ps();
-    for (w, a) in row.chunks_exact(110).zip(act) {
+    dot_iq3_s_multi::<1>(row, act)[0]
+}
+
+dot_tokens!(dot_iq3_s_tokens, dot_iq3_s_multi);
+
+/// IQ3_S · Q8_K for T tokens at once (act: [T, blocks]): the grid rows (the bulk of the work)
+/// and the sign masks of each sub-block built once for all T.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq3_s_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; T] {
+    let blocks = row.len() / 110;
+    assert_eq!(row.len(), blocks * 110, "row is [blocks] of IQ3_S");
+    let rows = token_rows::<T>(act, blocks);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (b, w) in row.chunks_exact(110).enumerate() {
         let wp = w.as_ptr();
         prefetch(wp, 110);
-        let packed = _mm_cvtsi32_si128(wp.add(106).cast::<i32>().read_unaligned());
-        let nibbles = _mm_unpacklo_epi8(
-            _mm_and_si128(packed, m4),
-            _mm_and_si128(_mm_srli_epi16::<4>(packed), m4),
-        );
-        let s = _mm_or_si128(_mm_slli_epi16::<1>(_mm_cvtepu8_epi16(nibbles)), _mm_set1_epi16(1));
-        let scales = _mm256_set_m128i(s, s);
-        let mut sumi = _mm256_setzero_si256();
+        // SAFETY: b < blocks, and each token's row holds `blocks` blocks (`token_rows`).
+        let a: [&BlockQ8K; T] = std::array::from_fn(|t| &*rows[t].add(b));
+        let scales = scales_iq3_s(wp.add(106));
+        let mut sumi = [_mm256_setzero_si256(); T];
         for pair in 0..4 {
-            let low = _mm256_cvtepu8_epi16(_mm_loadu_si128(wp.add(2 + 16 * pair).cast()));
-            let qh = _mm256_set1_epi16(wp.add(66 + 2 * pair).cast::<i16>().read_unaligned());
-            let high = _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(qh, bit), bit), m256);
-            // The 16 indices leave the vector as four u64s (lane extracts of 16 bits cost more).
-            let idx = _mm256_or_si256(low, high);
-            let (lo, hi) = (_mm256_castsi256_si128(idx), _mm256_extracti128_si256::<1>(idx));
-            let quads = [
-                _mm_cvtsi128_si64(lo),
-                _mm_extract_epi64::<1>(lo),
-                _mm_cvtsi128_si64(hi),
-                _mm_extract_epi64::<1>(hi),
-            ]
-            .map(|q| q as u64);
+            let quads = indices_iq3_s(wp, pair);
             for k in 0..2 {
                 let i = 2 * pair + k;
                 let at = |j: usize| (quads[2 * k + j / 4] >> (16 * (j % 4))) as usize;
                 let grid = rows8(&IQ3S_GRID, std::array::from_fn(at));
                 let signs = bit_mask32(wp.add(74 + 4 * i).cast::<u32>().read_unaligned());
-                let y = negate_where(load_q8(a, 32 * i), signs);
-                let p = _mm256_maddubs_epi16(grid, y);
                 let scale = _mm256_shuffle_epi8(scales, load(&SHUFFLE_K4[i]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale));
+                for t in 0..T {
+                    let p = _mm256_maddubs_epi16(grid, negate_where(load_q8(a[t], 32 * i), signs));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(p, scale));
+                }
             }
         }
-        acc = _mm256_fmadd_ps(d_times(wp, a), _mm256_cvtepi32_ps(sumi), acc);
+        let d_w = f16_splat(wp);
+        for t in 0..T {
+            let d = _mm256_mul_ps(d_w, _mm256_set1_ps(a[t].d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
     }
-    hsum_ps(acc)
+    std::array::from_fn(|t| hsum_ps(acc[t]))
 }
 
 /// IQ2_XXS (66 bytes: d f16, 8 pairs of u32) · Q8_K.

@@ -11,8 +11,8 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{f16_splat, half_both, hsum_ps, load, load128, prefetch};
-use super::avx2::{SHUFFLE_K4, SHUFFLE_PAIR};
+use super::avx2::{dot_tokens, f16_splat, half_both, hsum_ps, load, load128, prefetch};
+use super::avx2::{token_rows, SHUFFLE_K4, SHUFFLE_PAIR};
 use crate::quant::grids::KVALUES_IQ4NL;
 use crate::quant::BlockQ8K;
 
@@ -83,23 +83,39 @@ unsafe fn scales_q3_k(p: *const u8) -> __m256i {
     _mm256_cvtepi8_epi16(_mm_sub_epi8(sc, _mm_set1_epi8(32)))
 }
 
-/// Q3_K (110 bytes: hmask[32], qs[64], scales[12], d f16) · Q8_K. The codes go to `maddubs`
-/// unsigned, low2 + 4 h in 0..8; the -4 comes back as -4 Σ sc bsum, one `madd` per block.
-/// The high bit of group g (32 elements) is bit g of each hmask byte, taken as bit 0 of the
-/// mask shifted right g times: 16-bit shifts carry bits of the next byte only into bits that
-/// have already been used.
+/// Q3_K (110 bytes: hmask[32], qs[64], scales[12], d f16) · Q8_K: `dot_q3_k_multi` for one
+/// token.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q3_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
-    assert_eq!(row.len(), act.len() * 110, "row is [blocks] of Q3_K");
+    dot_q3_k_multi::<1>(row, act)[0]
+}
+
+dot_tokens!(dot_q3_k_tokens, dot_q3_k_multi);
+
+/// Q3_K · Q8_K for T tokens at once (act: [T, blocks]), each weight block unpacked once. The
+/// codes go to `maddubs` unsigned, low2 + 4 h in 0..8; the -4 comes back as -4 Σ sc bsum, one
+/// `madd` per block and token. The high bit of group g (32 elements) is bit g of each hmask
+/// byte, taken as bit 0 of the mask shifted right g times: 16-bit shifts carry bits of the
+/// next byte only into bits that have already been used.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q3_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; T] {
+    let blocks = row.len() / 110;
+    assert_eq!(row.len(), blocks * 110, "row is [blocks] of Q3_K");
+    let rows = token_rows::<T>(act, blocks);
     let four = _mm256_set1_epi8(4);
-    let mut acc = _mm256_setzero_ps();
-    for (w, a) in row.chunks_exact(110).zip(act) {
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (b, w) in row.chunks_exact(110).enumerate() {
         let wp = w.as_ptr();
         prefetch(wp, 110);
+        // SAFETY: b < blocks, and each token's row holds `blocks` blocks (`token_rows`).
+        let a: [&BlockQ8K; T] = std::array::from_fn(|t| &*rows[t].add(b));
         let scales = scales_q3_k(wp.add(96));
-        let bsums = _mm256_loadu_si256(a.bsums.as_ptr().cast());
-        let offset = _mm256_slli_epi32::<2>(_mm256_madd_epi16(scales, bsums));
-        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
+        let mut sumi: [__m256i; T] = std::array::from_fn(|t| {
+            let bsums = _mm256_loadu_si256(a[t].bsums.as_ptr().cast());
+            let offset = _mm256_slli_epi32::<2>(_mm256_madd_epi16(scales, bsums));
+            _mm256_sub_epi32(_mm256_setzero_si256(), offset)
+        });
         let mut hmask = _mm256_loadu_si256(wp.cast());
         for h in 0..2 {
             let sc = half_both(scales, h);
@@ -108,15 +124,20 @@ pub(super) unsafe fn dot_q3_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
                 let high = _mm256_and_si256(_mm256_slli_epi16::<2>(hmask), four);
                 hmask = _mm256_srli_epi16::<1>(hmask);
                 let q3 = _mm256_or_si256(q2, high);
-                let p = _mm256_maddubs_epi16(q3, load_q8(a, 128 * h + 32 * s));
                 let scale = _mm256_shuffle_epi8(sc, load(&SHUFFLE_PAIR[s]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+                for t in 0..T {
+                    let p = _mm256_maddubs_epi16(q3, load_q8(a[t], 128 * h + 32 * s));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(scale, p));
+                }
             }
         }
-        let d = _mm256_mul_ps(f16_splat(wp.add(108)), _mm256_set1_ps(a.d));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        let d_w = f16_splat(wp.add(108));
+        for t in 0..T {
+            let d = _mm256_mul_ps(d_w, _mm256_set1_ps(a[t].d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
     }
-    hsum_ps(acc)
+    std::array::from_fn(|t| hsum_ps(acc[t]))
 }
 
 /// The 8 scales of an IQ4_XS block minus 32, as i16 in both 128-bit halves: the low nibbles
@@ -137,19 +158,35 @@ unsafe fn scales_iq4_xs(wp: *const u8) -> __m256i {
     _mm256_set_m128i(sc, sc)
 }
 
-/// IQ4_XS (136 bytes: d f16, scales_h u16, scales_l[4], qs[128]) · Q8_K. Each 32-byte load of
-/// qs holds two sub-blocks; lane permutes pair each one's low and high nibbles.
+/// IQ4_XS (136 bytes: d f16, scales_h u16, scales_l[4], qs[128]) · Q8_K: `dot_iq4_xs_multi`
+/// for one token.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_iq4_xs(row: &[u8], act: &[BlockQ8K]) -> f32 {
-    assert_eq!(row.len(), act.len() * 136, "row is [blocks] of IQ4_XS");
+    dot_iq4_xs_multi::<1>(row, act)[0]
+}
+
+dot_tokens!(dot_iq4_xs_tokens, dot_iq4_xs_multi);
+
+/// IQ4_XS · Q8_K for T tokens at once (act: [T, blocks]), each weight block unpacked once.
+/// Each 32-byte load of qs holds two sub-blocks; lane permutes pair each one's low and high
+/// nibbles. The levels are signed: `maddubs` takes their magnitudes and the quants signed by
+/// them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq4_xs_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; T] {
+    let blocks = row.len() / 136;
+    assert_eq!(row.len(), blocks * 136, "row is [blocks] of IQ4_XS");
+    let rows = token_rows::<T>(act, blocks);
     let values = _mm256_broadcastsi128_si256(load128(&KVALUES_IQ4NL.map(|v| v as u8)));
     let m4 = _mm256_set1_epi8(0x0f);
-    let mut acc = _mm256_setzero_ps();
-    for (w, a) in row.chunks_exact(136).zip(act) {
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (b, w) in row.chunks_exact(136).enumerate() {
         let wp = w.as_ptr();
         prefetch(wp, 136);
+        // SAFETY: b < blocks, and each token's row holds `blocks` blocks (`token_rows`).
+        let a: [&BlockQ8K; T] = std::array::from_fn(|t| &*rows[t].add(b));
         let scales = scales_iq4_xs(wp);
-        let mut sumi = _mm256_setzero_si256();
+        let mut sumi = [_mm256_setzero_si256(); T];
         for pair in 0..4 {
             let bits = _mm256_loadu_si256(wp.add(8 + 32 * pair).cast());
             let lo = _mm256_shuffle_epi8(values, _mm256_and_si256(bits, m4));
@@ -161,14 +198,20 @@ pub(super) unsafe fn dot_iq4_xs(row: &[u8], act: &[BlockQ8K]) -> f32 {
             ];
             for (k, q) in subs.into_iter().enumerate() {
                 let i = 2 * pair + k;
-                let y = load_q8(a, 32 * i);
-                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
+                let magnitude = _mm256_sign_epi8(q, q);
                 let scale = _mm256_shuffle_epi8(scales, load(&SHUFFLE_K4[i]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+                for t in 0..T {
+                    let y = _mm256_sign_epi8(load_q8(a[t], 32 * i), q);
+                    let p = _mm256_maddubs_epi16(magnitude, y);
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(scale, p));
+                }
             }
         }
-        let d = _mm256_mul_ps(f16_splat(wp), _mm256_set1_ps(a.d));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        let d_w = f16_splat(wp);
+        for t in 0..T {
+            let d = _mm256_mul_ps(d_w, _mm256_set1_ps(a[t].d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
     }
-    hsum_ps(acc)
+    std::array::from_fn(|t| hsum_ps(acc[t]))
 }
