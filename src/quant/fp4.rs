@@ -6,6 +6,7 @@
 //! - NVFP4 (ggml `block_nvfp4`, 36 bytes: d[4] UE4M3, qs[32]): 64 elements in 4 sub-blocks of
 //!   16, each with its own unsigned E4M3 scale (bias 7, halved); sub-block s reads qs[8s..8s+8],
 //!   element j (low nibble) and j + 8 (high).
+//!
 //! Dequantization only.
 
 use super::grids::KVALUES_MXFP4;

@@ -8,6 +8,7 @@
 //!   nibble k%2 of qh[k/2] as bits 8-10, the nibble's bit 3 making delta negative; elements
 //!   16m..16m+16 take the 3-bit scale s at bits 3(m%4).. of scales u16 m/4, dl = d * (2s + 1);
 //!   d is the f16 assembled from the top nibbles of the four scales u16s.
+//!
 //! Dequantization only.
 
 use super::block::f16_at;

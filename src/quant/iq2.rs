@@ -10,6 +10,7 @@
 //! - IQ2_S (82 bytes: d f16, qs[32], signs[32], qh[8], scales[8]): grid row k of 1024 is
 //!   qs[k] plus bits 2(k%4).. of qh[k/4] as bits 8-9; bit j of signs[k] is element 8k + j's
 //!   sign; scales as IQ2_XS.
+//!
 //! Dequantization only.
 
 use super::block::f16_at;

@@ -7,6 +7,7 @@
 //! - IQ3_S (110 bytes: d f16, qs[64], qh[8], signs[32], scales[4]): grid row k of 512 is qs[k]
 //!   plus bit k%8 of qh[k/8] as bit 8; bit j of signs[k] is element 8k + j's sign; sub-block i
 //!   of 32 has the scale nibble i%2 of scales[i/2], db = d * (1 + 2s).
+//!
 //! x = db * grid value * ±1. Dequantization only.
 
 use super::block::f16_at;

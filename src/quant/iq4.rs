@@ -5,6 +5,7 @@
 //! - IQ4_XS (136 bytes: d f16, scales_h u16, scales_l[4], qs[128]): 256 elements in 8
 //!   sub-blocks of 32, laid out as IQ4_NL's qs; sub-block i has a 6-bit scale (low nibble
 //!   from scales_l[i/2], high 2 bits from bits 2i..2i+1 of scales_h) minus 32; x = d*ls*level.
+//!
 //! Dequantization only.
 
 use super::block::f16_at;

@@ -5,6 +5,7 @@
 //! - Q4_1 (20 bytes: d, m f16, qs[16]): x = d * q + m.
 //! - Q5_0 (22 bytes: d f16, qh[4], qs[16]): x = d * (q - 16).
 //! - Q5_1 (24 bytes: d, m f16, qh[4], qs[16]): x = d * q + m.
+//!
 //! Dequantization only: the engine reads these, synth writes random blocks.
 
 use super::block::f16_at;

@@ -206,8 +206,11 @@ struct Codec {
     ty: GgmlType,
     dequantize: Dequant,
     /// llama.cpp's reference quantizer, for the types that have one here.
-    quantize: Option<fn(&[f32], &mut [u8])>,
+    quantize: Option<QuantizeFn>,
 }
+
+/// A quantizer: floats in, whole blocks out.
+type QuantizeFn = fn(&[f32], &mut [u8]);
 
 /// A dequantizer over a whole buffer, or over one block (`block_bytes` in, `block_elems` out).
 enum Dequant {
@@ -215,7 +218,7 @@ enum Dequant {
     Block(fn(&[u8], &mut [f32])),
 }
 
-const fn whole(ty: GgmlType, d: fn(&[u8], &mut [f32]), q: fn(&[f32], &mut [u8])) -> Codec {
+const fn whole(ty: GgmlType, d: fn(&[u8], &mut [f32]), q: QuantizeFn) -> Codec {
     Codec { ty, dequantize: Dequant::Whole(d), quantize: Some(q) }
 }
 

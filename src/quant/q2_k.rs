@@ -6,6 +6,7 @@
 //! - Q3_K (110 bytes: hmask[32], qs[64], scales[12], d f16): element 32b + l takes its third
 //!   bit from bit b of hmask[l], and a clear bit subtracts 4 (q in -4..3); 16 signed 6-bit
 //!   scales (low nibbles from scales[0..8], high 2 bits from scales[8..12]), x = d*(sc-32)*q.
+//!
 //! Dequantization only.
 
 use super::block::f16_at;
