@@ -203,13 +203,17 @@ impl Plan {
     /// Give the expert cache at most `bytes` and `max_slots` slots, every layer the same share
     /// of its experts as far as whole slots allow: slots go one at a time to the class whose
     /// layers hold the fewest per layer, while they fit. With one class: ⌊bytes / slot⌋. When
-    /// so few slots fit that a class would get fewer than k (a layer could not hold one
-    /// token's experts), every layer shares one pool of the largest size instead.
+    /// so few slots fit that a class would hold fewer than one layer's experts (a layer could
+    /// not take a whole micro-batch's, as one shared pool lets it: fewer than one
+    /// layer's experts), every layer shares one pool of the largest size instead.
     pub fn fit_cache(&mut self, bytes: u64, max_slots: usize) {
         let n_experts = self.n_experts_total / self.layer_slot_bytes.len().max(1);
         self.classes = size_classes(&self.layer_slot_bytes, n_experts);
         self.fill_classes(bytes, max_slots, n_experts);
-        if self.classes.len() > 1 && self.classes.iter().any(|c| c.n_slots < self.k) {
+        // A class must hold a whole layer's experts: a shared pool lets one layer take every
+        // slot for a micro-batch that needs them all, and classes should not take that away.
+        if self.classes.len() > 1 && self.classes.iter().any(|c| c.n_slots < n_experts.max(self.k))
+        {
             let layers = (0..self.layer_slot_bytes.len()).collect();
             self.classes = vec![SlotClass { slot_bytes: self.slot_bytes, layers, n_slots: 0 }];
             self.fill_classes(bytes, max_slots, n_experts);

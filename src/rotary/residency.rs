@@ -47,6 +47,8 @@ pub struct Residency<'w> {
     slots: Addr,
     /// Each slot's offset from `slots` (slots of several sizes: `Plan::classes`).
     slot_offsets: Vec<u64>,
+    /// Each layer's equal share of its class's slots.
+    per_layer_ranges: Vec<std::ops::Range<usize>>,
     cache: ExpertCache,
     host: HostExperts,
     /// Host mirror of each layer's pointer table.
@@ -113,6 +115,7 @@ impl<'w> Residency<'w> {
             slot_bytes: plan.slot_bytes,
             slots,
             slot_offsets: slot_offsets(plan),
+            per_layer_ranges: layer_ranges(plan, Allocation::PerLayer),
             cache: ExpertCache::with_ranges(
                 plan.n_slots,
                 layer_ranges(plan, opts.alloc),
@@ -196,9 +199,11 @@ impl<'w> Residency<'w> {
     ) -> Result<()> {
         let w = self.w;
         if self.resident {
-            let mut slot = 0;
+            // Every class holds all of its layers' experts: layer l's are E slots of its class.
+            let bases: Vec<usize> = self.per_layer_ranges.iter().map(|r| r.start).collect();
             for (l, layer) in w.layers.iter().enumerate() {
                 for (e, x) in layer.experts.iter().enumerate() {
+                    let slot = bases[l] + e;
                     let (g, d) = (self.shape[l].gate_bytes, self.shape[l].down_bytes);
                     if dev.is_host() {
                         let name =
@@ -222,7 +227,6 @@ impl<'w> Residency<'w> {
                         self.set_table(l, e, slot);
                     }
                     self.cache.insert(slot, l, e);
-                    slot += 1;
                     *done += (2 * g + d) as u64;
                 }
                 progress(*done);
