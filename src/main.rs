@@ -29,6 +29,8 @@ use session::with_session;
 mod generate;
 #[path = "cli/paper.rs"]
 mod paper;
+#[path = "cli/routing_stats.rs"]
+mod routing_stats;
 #[path = "cli/serve.rs"]
 mod serve;
 #[path = "cli/session.rs"]
@@ -299,6 +301,34 @@ enum Command {
         #[arg(long, default_value = "rotary-sweep.svg")]
         plot: PathBuf,
     },
+    /// What a routing does: next-token reuse, reuse within a window, popularity, exact repeats
+    /// and the LRU hit-rate curve, per layer, of a routing trace (`run --record-routing`), or of
+    /// `--routing text` made for a preset's shape without a model (`--preset`).
+    RoutingStats {
+        /// A trace file (from `run --record-routing`); or none, with --preset.
+        trace: Option<PathBuf>,
+        /// Experts per layer, for a trace whose header does not say (older traces).
+        #[arg(long)]
+        experts: Option<usize>,
+        /// Make a --routing text trace for this preset's shape (qwen3-30b-a3b, qwen35-35b-a3b,
+        /// small, ...) instead of reading one.
+        #[arg(long)]
+        preset: Option<String>,
+        /// With --preset: text or text:SEED.
+        #[arg(long, default_value = "text")]
+        routing: String,
+        /// With --preset: tokens to route.
+        #[arg(short = 'n', long = "n-tokens", default_value_t = 256)]
+        n_tokens: usize,
+        /// With --preset: also write the trace to FILE (for --routing trace:FILE).
+        #[arg(long)]
+        write: Option<PathBuf>,
+        /// The reuse window in tokens.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every kernel of a backend against the scalar CPU reference (NMSE per case).
     Selftest {
         /// cuda (the GPU kernels), cpu (the fast CPU kernels), cpu-ref (the oracle itself) or
@@ -405,6 +435,19 @@ fn run(cli: Cli) -> Result<()> {
             cmd_selftest(&backend, device, threads, json, perf)
         }
         Command::Kernels { sm, json } => cmd_kernels(sm, json),
+        Command::RoutingStats {
+            trace,
+            experts,
+            preset,
+            routing,
+            n_tokens,
+            write,
+            window,
+            json,
+        } => {
+            let a = routing_stats::Args { trace, experts, preset, routing, n_tokens, write };
+            routing_stats::cmd_routing_stats(&a, window, json)
+        }
         Command::Tokenize { model, json, no_parse_special, text } => {
             cmd_tokenize(model, json, !no_parse_special, &text)
         }

@@ -481,25 +481,28 @@ fn sim_copies_are_ordered_by_events() {
 }
 
 #[test]
-fn sticky_routing_streams_identically_too() {
+fn sticky_and_text_routing_stream_identically_too() {
     use rotary::routing::{Router, RoutingMode};
     let file = tiny();
     let w = Weights::load(&file).expect("weights");
     let (l, k) = (w.cfg.n_layers as usize, w.cfg.n_experts_used as usize);
-    let router = || Router::new(RoutingMode::Sticky(0.45), l, k, 9).expect("router");
-    let mut resident = session(&w, None, Options::default()).expect("resident");
-    resident.set_router(router());
-    let want = trace(&mut resident, &prompt(), w.cfg.n_vocab as usize);
-    let budget = resident.plan.fixed_bytes() + 5 * resident.plan.slot_bytes;
-    let mut s =
-        session(&w, Some(budget), Options { moe_policy: MoePolicy::Auto, ..Options::default() })
-            .expect("streamed");
-    s.set_router(router());
-    let got = trace(&mut s, &prompt(), w.cfg.n_vocab as usize);
-    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!(g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "step {step} differs");
+    let e = w.cfg.n_experts as usize;
+    for mode in [RoutingMode::Sticky(0.45), RoutingMode::Text(9)] {
+        let router = || Router::new(mode.clone(), l, e, k, 9).expect("router");
+        let mut resident = session(&w, None, Options::default()).expect("resident");
+        resident.set_router(router());
+        let want = trace(&mut resident, &prompt(), w.cfg.n_vocab as usize);
+        let budget = resident.plan.fixed_bytes() + 5 * resident.plan.slot_bytes;
+        let opts = Options { moe_policy: MoePolicy::Auto, ..Options::default() };
+        let mut s = session(&w, Some(budget), opts).expect("streamed");
+        s.set_router(router());
+        let got = trace(&mut s, &prompt(), w.cfg.n_vocab as usize);
+        for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+            let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{}: step {step} differs", mode.label());
+        }
+        assert!(s.stats().misses > 0);
     }
-    assert!(s.stats().misses > 0);
 }
 
 /// Admission on a second miss: an expert computed on the CPU twice in a short while is copied
@@ -512,6 +515,7 @@ fn experts_computed_on_the_cpu_are_loaded_behind() {
     let file = tiny();
     let w = Weights::load(&file).expect("weights");
     let (l, k) = (w.cfg.n_layers as usize, w.cfg.n_experts_used as usize);
+    let e = w.cfg.n_experts as usize;
     let resident = session(&w, None, Options::default()).expect("resident");
     let budget = resident.plan.fixed_bytes() + 12 * resident.plan.slot_bytes;
     drop(resident);
@@ -530,7 +534,7 @@ fn experts_computed_on_the_cpu_are_loaded_behind() {
         };
         let mut s =
             Session::new(&w, Box::new(dev), N_CTX, opts, "sim", &mut |_, _| {}).expect("session");
-        s.set_router(Router::new(RoutingMode::Sticky(1.0), l, k, 3).expect("router"));
+        s.set_router(Router::new(RoutingMode::Sticky(1.0), l, e, k, 3).expect("router"));
         s.forward(&prompt()[..3], Logits::Last).expect("prompt");
         let before = s.stats();
         let logits = trace(&mut s, &[7], w.cfg.n_vocab as usize);

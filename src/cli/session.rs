@@ -164,10 +164,10 @@ pub fn router(
     if matches!(mode, rotary::routing::RoutingMode::Model) && record.is_none() {
         return Ok(None);
     }
-    let (l, k) = (cfg.n_layers as usize, cfg.n_experts_used as usize);
-    let mut r = rotary::routing::Router::new(mode, l, k, 0x5eed)?;
+    let (l, e, k) = (cfg.n_layers as usize, cfg.n_experts as usize, cfg.n_experts_used as usize);
+    let mut r = rotary::routing::Router::new(mode, l, e, k, 0x5eed)?;
     if let Some(path) = record {
-        r.record_to(rotary::routing::Recorder::create(path, l, k)?);
+        r.record_to(rotary::routing::Recorder::create(path, l, e, k)?);
     }
     Ok(Some(r))
 }

@@ -1,16 +1,18 @@
-//! Routing modes for benchmarks (`--routing model|sticky:P|trace:FILE`) and routing traces
-//! (`rotary run --record-routing FILE`).
+//! Routing modes for benchmarks (`--routing model|text|sticky:P|trace:FILE`), routing traces
+//! (`rotary run --record-routing FILE`) and their statistics (`rotary routing-stats`).
 //!
 //! Random weights route almost uniformly, the worst case for an expert cache, while real
 //! Qwen3-30B-A3B decode reuses ~45% of a layer's experts at the next token (anchors.md §8).
 //! - `model`: what the router computes.
+//! - `text` (`text:SEED`): a seeded synthetic router with the statistics of real text
+//!   (src/routing/text.rs); independent of the hidden state, weights from the router.
 //! - `sticky:P`: each layer's expert set repeats the previous token's set with probability P,
 //!   else the router's choice; weights are the router's probabilities of the chosen experts.
 //! - `trace:FILE`: replays recorded expert ids (cycling when the trace is shorter than the run),
 //!   weights again from the router.
 //!
-//! Trace format (text): a header `rotary-routing v1 layers=L k=K`, then one line per token
-//! with L groups of K expert ids, groups separated by `;`, ids by spaces.
+//! Trace format (text): a header `rotary-routing v1 layers=L k=K [experts=E]`, then one line per
+//! token with L groups of K expert ids, groups separated by `;`, ids by spaces.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,9 +20,19 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::ops::oracle::top_k;
 
+pub mod stats;
+pub mod text;
+
+use text::TextRouting;
+
+/// The seed of `--routing text` unless the mode names one.
+pub const TEXT_SEED: u64 = 0x5eed;
+
 #[derive(Clone, Debug)]
 pub enum RoutingMode {
     Model,
+    /// Text-like synthetic routing with this seed.
+    Text(u64),
     Sticky(f64),
     Trace(PathBuf),
 }
@@ -29,11 +41,17 @@ impl RoutingMode {
     pub fn parse(s: &str) -> Result<RoutingMode> {
         let bad = || {
             Error::Usage(format!(
-                "routing mode {s}: want model, sticky:P (0 <= P <= 1) or trace:FILE"
+                "routing mode {s}: want model, text, text:SEED, sticky:P (0 <= P <= 1) or trace:FILE"
             ))
         };
         if s == "model" {
             return Ok(RoutingMode::Model);
+        }
+        if s == "text" {
+            return Ok(RoutingMode::Text(TEXT_SEED));
+        }
+        if let Some(seed) = s.strip_prefix("text:") {
+            return seed.parse().map(RoutingMode::Text).map_err(|_| bad());
         }
         if let Some(p) = s.strip_prefix("sticky:") {
             let p: f64 = p.parse().map_err(|_| bad())?;
@@ -49,10 +67,12 @@ impl RoutingMode {
         Err(bad())
     }
 
-    /// The mode as a result label: "model", "sticky:0.45", "trace:FILE".
+    /// The mode as a result label: "model", "text", "text:7", "sticky:0.45", "trace:FILE".
     pub fn label(&self) -> String {
         match self {
             RoutingMode::Model => "model".into(),
+            RoutingMode::Text(TEXT_SEED) => "text".into(),
+            RoutingMode::Text(seed) => format!("text:{seed}"),
             RoutingMode::Sticky(p) => format!("sticky:{p}"),
             RoutingMode::Trace(f) => format!("trace:{}", f.display()),
         }
@@ -64,6 +84,8 @@ impl RoutingMode {
 pub struct Trace {
     pub n_layers: usize,
     pub k: usize,
+    /// Experts per layer, when the header says (traces written before it was recorded lack it).
+    pub n_experts: Option<usize>,
     pub tokens: Vec<Vec<Vec<usize>>>,
 }
 
@@ -94,6 +116,15 @@ impl Trace {
             v.filter(|&v| v > 0 && v <= 4096).ok_or_else(|| bad(1, &format!("bad {name}")))
         };
         let (n_layers, k) = (get("layers=")?, get("k=")?);
+        let n_experts = match fields.next() {
+            None => None,
+            Some(f) => Some(
+                f.strip_prefix("experts=")
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&v: &usize| v >= k && v <= 1 << 16)
+                    .ok_or_else(|| bad(1, "bad experts="))?,
+            ),
+        };
         let mut tokens = Vec::new();
         for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             if tokens.len() >= MAX_TRACE_TOKENS {
@@ -120,7 +151,43 @@ impl Trace {
         if tokens.is_empty() {
             return Err(bad(2, "no tokens"));
         }
-        Ok(Trace { n_layers, k, tokens })
+        if let Some(e) = n_experts {
+            if let Some(&id) = tokens.iter().flatten().flatten().find(|&&id| id >= e) {
+                return Err(bad(1, &format!("expert {id} in a trace of experts={e}")));
+            }
+        }
+        Ok(Trace { n_layers, k, n_experts, tokens })
+    }
+
+    /// `n_tokens` tokens of text routing, without a model: what `--routing text:SEED` chooses.
+    pub fn text(n_layers: usize, n_experts: usize, k: usize, seed: u64, n_tokens: usize) -> Trace {
+        let mut r = TextRouting::new(n_layers, n_experts, k, seed);
+        let tokens = (0..n_tokens).map(|_| (0..n_layers).map(|l| r.next(l)).collect()).collect();
+        Trace { n_layers, k, n_experts: Some(n_experts), tokens }
+    }
+}
+
+/// One token's line of a trace file: layer groups separated by `;`, ids by spaces.
+fn token_line(tok: &[Vec<usize>]) -> String {
+    let groups: Vec<String> =
+        tok.iter().map(|g| g.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" ")).collect();
+    groups.join(";")
+}
+
+fn header(n_layers: usize, n_experts: usize, k: usize) -> String {
+    format!("rotary-routing v1 layers={n_layers} k={k} experts={n_experts}")
+}
+
+impl Trace {
+    /// Write the trace in the format `Trace::load` reads.
+    pub fn write(&self, path: &Path, n_experts: usize) -> Result<()> {
+        let mut text = header(self.n_layers, n_experts, self.k);
+        for tok in &self.tokens {
+            text.push('\n');
+            text.push_str(&token_line(tok));
+        }
+        text.push('\n');
+        std::fs::write(path, text).map_err(|e| Error::Io { path: path.into(), source: e })
     }
 }
 
@@ -134,10 +201,10 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn create(path: &Path, n_layers: usize, k: usize) -> Result<Recorder> {
+    pub fn create(path: &Path, n_layers: usize, n_experts: usize, k: usize) -> Result<Recorder> {
         let io = |e| Error::Io { path: path.into(), source: e };
         let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-        writeln!(out, "rotary-routing v1 layers={n_layers} k={k}").map_err(io)?;
+        writeln!(out, "{}", header(n_layers, n_experts, k)).map_err(io)?;
         Ok(Recorder { out, path: path.into(), pending: Vec::new(), n_layers })
     }
 
@@ -151,11 +218,7 @@ impl Recorder {
         if layer + 1 == self.n_layers {
             let io = |e| Error::Io { path: self.path.clone(), source: e };
             for tok in std::mem::take(&mut self.pending) {
-                let groups: Vec<String> = tok
-                    .iter()
-                    .map(|g| g.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" "))
-                    .collect();
-                writeln!(self.out, "{}", groups.join(";")).map_err(io)?;
+                writeln!(self.out, "{}", token_line(&tok)).map_err(io)?;
             }
             self.out.flush().map_err(io)?;
         }
@@ -167,6 +230,7 @@ impl Recorder {
 pub struct Router {
     mode: RoutingMode,
     trace: Option<Trace>,
+    text: Option<TextRouting>,
     /// The previous token's experts at each layer (sticky).
     prev: Vec<Option<Vec<usize>>>,
     /// Tokens routed so far at each layer (trace position).
@@ -177,7 +241,13 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(mode: RoutingMode, n_layers: usize, k: usize, seed: u64) -> Result<Router> {
+    pub fn new(
+        mode: RoutingMode,
+        n_layers: usize,
+        n_experts: usize,
+        k: usize,
+        seed: u64,
+    ) -> Result<Router> {
         let trace = match &mode {
             RoutingMode::Trace(p) => {
                 let t = Trace::load(p)?;
@@ -193,9 +263,14 @@ impl Router {
             }
             _ => None,
         };
+        let text = match mode {
+            RoutingMode::Text(seed) => Some(TextRouting::new(n_layers, n_experts, k, seed)),
+            _ => None,
+        };
         Ok(Router {
             mode,
             trace,
+            text,
             prev: vec![None; n_layers],
             routed: vec![0; n_layers],
             rng: seed | 1,
@@ -257,6 +332,16 @@ impl Router {
                         _ => top_k(p, k).into_iter().map(|(e, _)| e).collect(),
                     }
                 }
+                RoutingMode::Text(_) => {
+                    let text = self.text.as_mut().expect("text mode has its generator");
+                    let ids = text.next(layer);
+                    if let Some(&bad) = ids.iter().find(|&&e| e >= n_experts) {
+                        return Err(Error::Usage(format!(
+                            "text routing: expert {bad} of {n_experts} (router built for more)"
+                        )));
+                    }
+                    ids
+                }
                 RoutingMode::Trace(_) => {
                     let tr = self.trace.as_ref().expect("trace mode has a trace");
                     let at = self.routed[layer] % tr.tokens.len();
@@ -283,8 +368,12 @@ impl Router {
         Ok(())
     }
 
-    /// Forget the sequence (sticky history); trace positions continue.
+    /// Forget the sequence (sticky and text history); trace positions and random streams
+    /// continue.
     pub fn reset(&mut self) {
         self.prev.iter_mut().for_each(|p| *p = None);
+        if let Some(t) = &mut self.text {
+            t.reset();
+        }
     }
 }
