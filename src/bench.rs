@@ -39,6 +39,8 @@ pub struct PaperResult {
     /// The rotary's stats over the decode tokens only (None on host backends).
     pub stats: Option<Stats>,
     pub routing: String,
+    /// The expert cache's policy and allocation ("lru, global"); empty on host backends.
+    pub cache: String,
     pub backend: String,
     pub device: String,
     pub model: String,
@@ -146,6 +148,7 @@ impl PaperResult {
             "cpu_expert_share": s.map(Stats::cpu_expert_share),
             "misses_per_layer_token": s.map(Stats::misses_per_layer_token),
             "routing": self.routing,
+            "cache": self.cache,
             "backend": self.backend,
             "device": self.device,
             "model": self.model,

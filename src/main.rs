@@ -102,10 +102,12 @@ struct ModelArgs {
     /// default cpu (bench --paper: cuda when there is a GPU, else sim).
     #[arg(long)]
     backend: Option<String>,
-    /// Expert routing: model (the router's choice), sticky:P (each layer repeats the previous
-    /// token's experts with probability P) or trace:FILE (replay `run --record-routing`).
-    #[arg(long, default_value = "model")]
-    routing: String,
+    /// Expert routing: model (the router's choice; the default), text or text:SEED (synthetic,
+    /// with real text's reuse and popularity; bench --paper's default on synthesized files),
+    /// sticky:P (each layer repeats the previous token's experts with probability P) or
+    /// trace:FILE (replay `run --record-routing`).
+    #[arg(long)]
+    routing: Option<String>,
     /// CUDA device ordinal (with --backend cuda).
     #[arg(long, default_value_t = 0)]
     device: usize,
@@ -155,7 +157,8 @@ enum Command {
         /// tiny | small | qwen3-30b-a3b | qwen35-tiny | qwen35-small | qwen35-35b-a3b
         #[arg(long, default_value = "tiny")]
         preset: String,
-        /// Type mix, as llama.cpp's --ftype: q8_0 | q4_k_m | q6_k | f16
+        /// Type mix: q4_k_m (as llama.cpp's --ftype), q4_k_xl (an Unsloth-style dynamic mix), or
+        /// any supported weight type name (q8_0, q6_k, iq4_xs, q3_k, mxfp4, ...).
         #[arg(long, default_value = "q4_k_m")]
         quant: String,
         #[arg(long, default_value_t = 0)]
@@ -294,7 +297,8 @@ enum Command {
         #[arg(long, default_value = "q4_k_m")]
         quant: String,
         /// --paper: repeat over vram=4,5,6.3,8,12GiB (or vram=10%,25%: expert residency),
-        /// policy=lru,lfru,layer, or routing=model,sticky:0.45; a table and an SVG chart.
+        /// policy=lru,lfru,layer, alloc=global,layer, cache=lru/global,lfru/layer (policy and
+        /// allocation together), or routing=model,text,sticky:0.45; a table and an SVG chart.
         #[arg(long)]
         sweep: Option<String>,
         /// Where the sweep's chart goes.

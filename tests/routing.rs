@@ -199,3 +199,34 @@ fn text_routing_weights_are_the_routers() {
         }
     }
 }
+
+/// The text router's prediction for the prefetcher recalls PREDICT_RECALL of the experts it
+/// then picks, and asking for it does not change what is picked.
+#[test]
+fn text_predictions_recall_as_stated_and_change_nothing() {
+    use rotary::routing::text::{TextRouting, PREDICT_RECALL};
+    let (e, k, l) = (128, 8, 2);
+    let want = Trace::text(l, e, k, 5, 300);
+    let mut r = TextRouting::new(l, e, k, 5);
+    let (mut right, mut total) = (0, 0);
+    let mut t = 0;
+    while t < 300 {
+        let n = 1 + t % 3; // batches of 1..3 tokens, as prompts and decode ask
+        let n = n.min(300 - t);
+        let pred = r.predict(1, n);
+        for (i, p) in pred.iter().enumerate() {
+            assert_eq!(r.next(0), want.tokens[t + i][0]);
+            let got = r.next(1);
+            assert_eq!(got, want.tokens[t + i][1], "token {}", t + i);
+            right += p.iter().filter(|x| got.contains(x)).count();
+            total += k;
+            let mut distinct = p.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), k, "a prediction of k distinct experts");
+        }
+        t += n;
+    }
+    let recall = right as f64 / total as f64;
+    assert!((recall - PREDICT_RECALL).abs() < 0.03, "recall {recall}");
+}

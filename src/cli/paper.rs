@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rotary::bench::{self, PaperResult, SweepPoint};
 use rotary::model::weights::{ModelFile, Weights};
-use rotary::rotary::cache::Policy;
+use rotary::rotary::cache::{Allocation, Policy};
 use rotary::rotary::BackendKind;
 use rotary::routing::RoutingMode;
 use rotary::synth::{self, Preset, QuantMix, SynthOptions};
@@ -14,7 +14,7 @@ use rotary::units::{self, human_bytes};
 use rotary::Engine;
 use rotary::{Error, Result};
 
-use super::session::{backend_kind, cache_policy, open_stream, router};
+use super::session::{backend_kind, cache_alloc, cache_policy, open_stream, router};
 use super::{bytes_bar, ModelArgs};
 
 pub struct PaperArgs {
@@ -49,7 +49,7 @@ fn cached_preset(name: &str, quant: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// One configuration of a run: budget, policy, routing.
+/// One configuration of a run: budget, cache policy and allocation, routing.
 #[derive(Clone)]
 struct Config {
     label: String,
@@ -57,6 +57,7 @@ struct Config {
     /// Expert residency instead of a byte budget (scaled runs, vram=N% sweeps).
     residency: Option<f64>,
     policy: Policy,
+    alloc: Allocation,
     routing: String,
 }
 
@@ -102,12 +103,23 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         ));
     }
     let file = ModelFile::open(&path)?;
+    if args.routing.is_none() && file.is_synthesized() {
+        notes.push(
+            "routing text by default on a synthesized file (random weights route degenerately; \
+             --routing model for the router's own choice)"
+                .to_string(),
+        );
+    }
     let weights = Weights::load(&file)?;
     let tok = rotary::run::tokenizer_for(&file)?;
     let prompt = tok.encode(bench::PAPER_PROMPT, true)?;
     let n_decode = p.n_decode.unwrap_or(bench::PAPER_DECODE);
     let n_ctx = (prompt.len() + n_decode + 1).div_ceil(256) * 256;
-    let base = base_config(args, backend, &mut notes)?;
+    let routing = args
+        .routing
+        .clone()
+        .unwrap_or_else(|| if file.is_synthesized() { "text" } else { "model" }.to_string());
+    let base = base_config(args, backend, routing, &mut notes)?;
     let model = path.display().to_string();
     let configs = match &p.sweep {
         None => vec![base.clone()],
@@ -146,7 +158,12 @@ fn short(path: &str) -> &str {
 /// The configuration every sweep point starts from. The budget: the flag; on a GPU 8 GiB; on
 /// the simulator the 30B's expert residency at 8 GiB applied to this model (so the cache is as
 /// tight as on the paper's laptop).
-fn base_config(args: &ModelArgs, backend: BackendKind, notes: &mut Vec<String>) -> Result<Config> {
+fn base_config(
+    args: &ModelArgs,
+    backend: BackendKind,
+    routing: String,
+    notes: &mut Vec<String>,
+) -> Result<Config> {
     let r = &args.rotary;
     let user_budget = r.vram_budget.as_deref().map(units::parse_size).transpose()?;
     let mut base = Config {
@@ -158,7 +175,8 @@ fn base_config(args: &ModelArgs, backend: BackendKind, notes: &mut Vec<String>) 
         }),
         residency: None,
         policy: cache_policy(&r.cache_policy)?,
-        routing: args.routing.clone(),
+        alloc: cache_alloc(&r.cache_alloc)?,
+        routing,
     };
     if base.budget.is_none() {
         let ctx = rotary::inspect::CUDA_CONTEXT_BYTES_ESTIMATE;
@@ -213,6 +231,8 @@ fn sweep_chart(
         "vram" if results[0].0.budget.is_some() => "VRAM budget (GiB)",
         "vram" => "expert cache residency (% of experts)",
         "policy" => "cache policy",
+        "alloc" => "cache allocation",
+        "cache" => "cache policy / allocation",
         _ => "routing",
     };
     let svg = bench::sweep_svg(title, x_label, &points);
@@ -228,12 +248,13 @@ fn sweep_chart(
 }
 
 /// `vram=4,5,6.3,8,12GiB` (a unit on the last value applies to all), `vram=10%,25%`,
-/// `policy=lru,lfru,layer`, `routing=model,sticky:0.45`.
+/// `policy=lru,lfru,layer`, `alloc=global,layer`, `cache=lru/global,layer/layer` (both),
+/// `routing=model,text,sticky:0.45`.
 fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
     let bad = || {
         Error::Usage(format!(
-            "--sweep {spec}: want vram=4,6.3,8GiB, vram=10%,25%, policy=lru,lfru,layer or \
-             routing=model,sticky:0.45"
+            "--sweep {spec}: want vram=4,6.3,8GiB, vram=10%,25%, policy=lru,lfru,layer, \
+             alloc=global,layer, cache=lru/global,layer/layer or routing=model,text,sticky:0.45"
         ))
     };
     let (what, list) = spec.split_once('=').ok_or_else(bad)?;
@@ -271,10 +292,17 @@ fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
                 out.push(c);
             }
         }
-        "policy" => {
+        "policy" | "alloc" | "cache" => {
             for it in &items {
                 let mut c = base.clone();
-                c.policy = cache_policy(it)?;
+                match what {
+                    "policy" => c.policy = cache_policy(it)?,
+                    "alloc" => c.alloc = cache_alloc(it)?,
+                    _ => {
+                        let (p, a) = it.split_once('/').ok_or_else(bad)?;
+                        (c.policy, c.alloc) = (cache_policy(p)?, cache_alloc(a)?);
+                    }
+                }
                 c.label = it.to_string();
                 out.push(c);
             }
@@ -309,12 +337,13 @@ fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
     let budget = match (c.budget, c.residency) {
         (Some(b), _) => Some(b),
         (None, Some(f)) => {
-            let probe = open_stream(args, w, BackendKind::Sim, n_ctx, None, Some(c.policy))?;
+            let probe =
+                open_stream(args, w, BackendKind::Sim, n_ctx, None, Some((c.policy, c.alloc)))?;
             Some(probe.plan.fixed_bytes() + probe.plan.cache_bytes_for(f))
         }
         (None, None) => None,
     };
-    let mut s = open_stream(args, w, backend, n_ctx, budget, Some(c.policy))?;
+    let mut s = open_stream(args, w, backend, n_ctx, budget, Some((c.policy, c.alloc)))?;
     if let Some(r) = router(&c.routing, &w.cfg, None)? {
         s.set_router(r);
     }
@@ -329,6 +358,7 @@ fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
     let mut r = bench::paper_run(&mut s, prompt, n_decode)?;
     r.device = s.device();
     r.routing = c.routing.clone();
+    r.cache = format!("{}, {} allocation", c.policy.name(), c.alloc.name());
     r.pinned_bytes = s.pinned_bytes();
     if let Some(st) = &r.stats {
         let tokens = st.tokens.max(1) as f64;
@@ -375,6 +405,9 @@ fn print_result(c: &Config, r: &PaperResult) {
         println!("note       {}", r.note);
     }
     println!("routing    {}", r.routing);
+    if !r.cache.is_empty() {
+        println!("cache      {}", r.cache);
+    }
     println!("prefill    {} tokens, {:.1} tok/s", r.n_prompt, r.prefill_tok_s);
     println!(
         "decode     {} tokens, {:.2} tok/s (latency p50 {:.1} ms, p99 {:.1} ms)",

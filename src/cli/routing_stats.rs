@@ -35,10 +35,12 @@ pub fn cmd_routing_stats(a: &Args, window: usize, json: bool) -> Result<()> {
                 (Some(e), None) => e,
                 (_, Some(e)) if e >= t.k && e <= 1 << 16 => e,
                 (_, Some(e)) => return Err(Error::Usage(format!("--experts {e}: want k..=65536"))),
-                (None, None) => return Err(Error::Usage(format!(
+                (None, None) => {
+                    return Err(Error::Usage(format!(
                     "{}: the header does not say how many experts a layer has; pass --experts N",
                     path.display()
-                ))),
+                )))
+                }
             };
             (t, e, path.display().to_string())
         }

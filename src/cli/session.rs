@@ -39,7 +39,8 @@ pub fn cache_policy(s: &str) -> Result<Policy> {
     }
 }
 
-fn cache_alloc(s: &str) -> Result<Allocation> {
+/// `--cache-alloc`.
+pub fn cache_alloc(s: &str) -> Result<Allocation> {
     match s {
         "global" => Ok(Allocation::Global),
         "layer" | "per-layer" => Ok(Allocation::PerLayer),
@@ -96,7 +97,7 @@ pub fn with_session<T>(
     let weights = Weights::load(&file)?;
     let tok = rotary::run::tokenizer_for(&file)?;
     let n_ctx = args.ctx.unwrap_or(weights.cfg.context_length.min(4096) as usize);
-    let router = router(&args.routing, &weights.cfg, record)?;
+    let router = router(args.routing.as_deref().unwrap_or("model"), &weights.cfg, record)?;
     let mut s = open_stream(args, &weights, kind, n_ctx, budget, None)?;
     if kind.is_device() {
         eprint!("{}: {}\n{}", kind.name(), s.device(), s.plan);
@@ -111,23 +112,27 @@ pub fn with_session<T>(
     Ok(out)
 }
 
-/// A session on `kind` under `budget`, configured by the rotary flags; `policy` overrides
-/// --cache-policy (policy sweeps).
+/// A session on `kind` under `budget`, configured by the rotary flags; `cache` overrides
+/// --cache-policy and --cache-alloc (sweeps).
 pub fn open_stream<'w>(
     args: &ModelArgs,
     w: &'w Weights<'w>,
     kind: BackendKind,
     n_ctx: usize,
     budget: Option<u64>,
-    policy: Option<Policy>,
+    cache: Option<(Policy, Allocation)>,
 ) -> Result<Session<'w>> {
     let r = &args.rotary;
     if !(r.sim_link_gbps > 0.0 && r.sim_link_gbps.is_finite()) {
         return usage("sim-link-gbps", &r.sim_link_gbps.to_string(), "a positive number");
     }
+    let (policy, alloc) = match cache {
+        Some(c) => c,
+        None => (cache_policy(&r.cache_policy)?, cache_alloc(&r.cache_alloc)?),
+    };
     let opts = Options {
-        policy: policy.map_or_else(|| cache_policy(&r.cache_policy), Ok)?,
-        alloc: cache_alloc(&r.cache_alloc)?,
+        policy,
+        alloc,
         prefetch: !r.no_prefetch,
         load_behind: !r.no_load_behind,
         moe_policy: moe_policy(&r.moe_policy)?,

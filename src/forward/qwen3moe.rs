@@ -132,6 +132,11 @@ impl Session<'_> {
             if let Some(h) = &host_ids {
                 ids.copy_from_slice(h);
             }
+            if let Some(p) =
+                self.router.as_mut().filter(|_| predict).and_then(|r| r.predict(l + 1, n))
+            {
+                pred = p; // a synthetic router knows what it will pick (with its stated recall)
+            }
             self.rotary.resolve(self.dev.as_mut(), l, n, &ids, &s)?;
         }
         let ly = &self.dw.layers[l];

@@ -26,6 +26,20 @@ impl ModelFile {
         Ok(ModelFile::Gguf(Gguf::open(path)?))
     }
 
+    /// Whether `rotary synth` wrote this file (general.name "rotary-synth ..."): random weights,
+    /// whose router picks experts almost uniformly and whose greedy text loops.
+    pub fn is_synthesized(&self) -> bool {
+        match self {
+            ModelFile::Gguf(g) => g
+                .header
+                .get_str("general.name")
+                .ok()
+                .flatten()
+                .is_some_and(|n| n.starts_with("rotary-synth ")),
+            ModelFile::Hf(_) => false,
+        }
+    }
+
     /// Hyperparameters with every semantic and tensor check done.
     pub fn config(&self) -> Result<ModelConfig> {
         let cfg = match self {

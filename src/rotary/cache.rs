@@ -38,6 +38,15 @@ pub enum Allocation {
     PerLayer,
 }
 
+impl Allocation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Allocation::Global => "global",
+            Allocation::PerLayer => "layer",
+        }
+    }
+}
+
 /// The slots of `class` (a range of the cache) that member `i` of its `n` layers may use: all
 /// of them (global), or an equal share (per layer).
 pub fn layer_range(

@@ -368,6 +368,15 @@ impl Router {
         Ok(())
     }
 
+    /// A synthetic router's prediction of `layer`'s experts for the next n tokens ([n, k] ids),
+    /// for the prefetcher; None where the model's own predictor is the right one (model,
+    /// sticky, trace modes).
+    pub fn predict(&mut self, layer: usize, n: usize) -> Option<Vec<i32>> {
+        let text = self.text.as_mut()?;
+        let sets = text.predict(layer, n);
+        Some(sets.into_iter().flatten().map(|e| e as i32).collect())
+    }
+
     /// Forget the sequence (sticky and text history); trace positions and random streams
     /// continue.
     pub fn reset(&mut self) {

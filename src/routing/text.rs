@@ -9,7 +9,12 @@
 //! - the top 12.5% of experts carry 40% of activations: imp PR #2061, 300 tokens of real text on a
 //!   512-expert Qwen model, layer 0's 64 most used experts carry 41%;
 //! - exact repeats of a token's top-k set are rare (vLLM route captures of Qwen3.6,
-//!   steveseguin/b70-optimization-lab PR #8): here P(all k from the previous set) = 0.45^k.
+//!   steveseguin/b70-optimization-lab PR #8): here P(all k from the previous set) = 0.45^k;
+//! - the prefetcher's prediction of the next layer (`predict`) recalls 80% of its experts: the
+//!   next layer's gate on the current state recalls ~80–90% on Mixtral (Eliseev & Mazur,
+//!   arXiv 2312.17238, second-hand), and predictors are weaker on fine-grained MoEs (MoBiLE,
+//!   arXiv 2510.12357), so the low end. The engine's own predictor (the next layer's router on
+//!   random weights) cannot know what this router will pick.
 //!
 //! The process, for each layer and token, k distinct picks. Each pick:
 //! 1. with probability `REUSE_NEXT`: one of the previous token's experts, uniformly;
@@ -34,6 +39,8 @@ pub const REUSE_WINDOW: f64 = 0.80;
 pub const WINDOW: usize = 8;
 /// Share of activations carried by the most used 12.5% of experts (imp PR #2061: 41%).
 pub const TOP_SHARE: f64 = 0.40;
+/// Share of a layer's experts the prediction made one layer ahead gets right.
+pub const PREDICT_RECALL: f64 = 0.80;
 /// The calibration that fits the Zipf exponent: FIT_RUNS runs of FIT_TOKENS tokens (the share is
 /// a statistic of a run's length: imp PR #2061 measured it over 300 tokens, our statistics use
 /// 256, and a longer run spreads the same process over more experts).
@@ -86,6 +93,10 @@ impl Rng {
 #[derive(Clone, Debug)]
 struct Layer {
     rng: Rng,
+    /// The predictions' own stream (predicting never changes what is routed).
+    predict_rng: Rng,
+    /// Sets made ahead for a prediction, not yet routed (oldest first).
+    ahead: VecDeque<Vec<usize>>,
     /// Popularity of each expert (Zipf weights over a permutation; not normalised).
     popularity: Vec<f64>,
     /// The last WINDOW tokens' experts, most recent last.
@@ -103,11 +114,56 @@ impl Layer {
         for (rank, &e) in order.iter().enumerate() {
             popularity[e] = 1.0 / ((rank + 1) as f64).powf(exponent);
         }
-        Layer { rng, popularity, history: VecDeque::with_capacity(WINDOW) }
+        let predict_rng = Rng::new(seed ^ 0x9e3d_1c7a);
+        Layer { rng, predict_rng, ahead: VecDeque::new(), popularity, history: VecDeque::new() }
     }
 
-    /// The next token's k distinct experts, in pick order.
+    /// The next token's experts: made ahead for a prediction, or now.
     fn next(&mut self, k: usize) -> Vec<usize> {
+        self.ahead.pop_front().unwrap_or_else(|| self.make(k))
+    }
+
+    /// A prediction of the next `n` tokens' experts: each of their k experts is right with
+    /// probability PREDICT_RECALL, else replaced by a popularity draw outside the set.
+    fn predict(&mut self, k: usize, n: usize) -> Vec<Vec<usize>> {
+        while self.ahead.len() < n {
+            let set = self.make(k);
+            self.ahead.push_back(set);
+        }
+        let n_experts = self.popularity.len();
+        let mut out = Vec::with_capacity(n);
+        for t in 0..n {
+            let truth = self.ahead[t].clone();
+            let mut guess = Vec::with_capacity(k);
+            for &e in &truth {
+                if self.predict_rng.uniform() < PREDICT_RECALL {
+                    guess.push(e);
+                    continue;
+                }
+                let w: Vec<f64> = (0..n_experts)
+                    .map(|x| {
+                        let taken = truth.contains(&x) || guess.contains(&x);
+                        if taken {
+                            0.0
+                        } else {
+                            self.popularity[x]
+                        }
+                    })
+                    .collect();
+                // k < n_experts leaves a candidate unless every expert is in the set.
+                guess.push(if w.iter().any(|&x| x > 0.0) {
+                    self.predict_rng.weighted(&w)
+                } else {
+                    e
+                });
+            }
+            out.push(guess);
+        }
+        out
+    }
+
+    /// Make the next token's k distinct experts (in pick order) and enter them in the history.
+    fn make(&mut self, k: usize) -> Vec<usize> {
         let n = self.popularity.len();
         assert!(k > 0 && k <= n, "k = {k} of {n} experts");
         // Tokens since each expert's last use within the window (1 = the previous token).
@@ -231,8 +287,18 @@ impl TextRouting {
         self.layers[layer].next(k)
     }
 
+    /// The prefetcher's view of `layer`'s next `n` tokens (see PREDICT_RECALL); what `next`
+    /// returns is not changed by asking.
+    pub fn predict(&mut self, layer: usize, n: usize) -> Vec<Vec<usize>> {
+        let k = self.k;
+        self.layers[layer].predict(k, n)
+    }
+
     /// Forget every layer's history (a new sequence); the random streams continue.
     pub fn reset(&mut self) {
-        self.layers.iter_mut().for_each(|l| l.history.clear());
+        for l in &mut self.layers {
+            l.history.clear();
+            l.ahead.clear();
+        }
     }
 }
