@@ -209,9 +209,11 @@ impl ExpertCache {
         if let Some(k) = old {
             self.map.remove(&k);
         }
+        // The slot's events stay: the caller orders the refill after them (before_refill).
         self.slots[slot] = Slot {
             key: Some((layer, expert)),
             last_read: self.slots[slot].last_read,
+            ready: self.slots[slot].ready.take(),
             ..Slot::default()
         };
         self.map.insert((layer, expert), slot);

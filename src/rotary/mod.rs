@@ -7,12 +7,14 @@
 //! - `device`: the device trait; `host`, `sim`, `cuda`: its implementations.
 //! - `upload`: the dense weights and workspaces on a device.
 //! - `cache`: expert slots and eviction policies.
+//! - `decide`: the rotary's choices on the cache (hits, loads, CPU experts, behind, ahead).
 //! - `residency`: hits, demand loads, prefetch, the CPU fallback, the pinned host side.
 //! - `options`: typed options, and the stats a run measured.
 
 pub mod cache;
 #[cfg(has_cuda)]
 pub mod cuda;
+pub mod decide;
 pub mod device;
 pub mod host;
 pub mod options;

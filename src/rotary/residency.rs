@@ -10,10 +10,10 @@
 //! The host side of the copies lives here too: every expert packed once into pinned memory,
 //! or a ring of pinned staging buffers that loader threads fill from the file mapping.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::cache::{layer_range, Allocation, ExpertCache};
+use super::decide::{Costs, Decider};
 use super::device::{download, upload, Addr, Device, Event, Stream};
 use super::options::{MoePolicy, Options, PinMode, Stats};
 use super::plan::Plan;
@@ -49,21 +49,17 @@ pub struct Residency<'w> {
     slot_offsets: Vec<u64>,
     /// Each layer's equal share of its class's slots.
     per_layer_ranges: Vec<std::ops::Range<usize>>,
-    cache: ExpertCache,
+    /// The cache and every choice made on it (shared with the trace replay).
+    decide: Decider,
     host: HostExperts,
     /// Host mirror of each layer's pointer table.
     tables: Vec<Vec<u64>>,
     /// The previous layer's prediction of each layer's experts, per token.
     predicted: Vec<Option<Vec<Vec<usize>>>>,
-    /// Per layer, the experts most recently computed on the CPU (at most GHOSTS · k): a second
-    /// CPU miss of one of them admits it into the cache (load-behind).
-    ghosts: Vec<VecDeque<usize>>,
     /// The CPU fallback's kernels (streaming only) and their measured seconds per byte of
     /// expert weights (cost model).
     cpu: Option<CpuBackend>,
     cpu_s_per_byte: f64,
-    /// Slots the current layer's experts occupy (protected from eviction while it runs).
-    used_slots: Vec<usize>,
     /// The copy-stream event after the latest demand loads (prefetches queue behind it).
     last_demand: Option<Event>,
     pinned_bytes: u64,
@@ -116,18 +112,18 @@ impl<'w> Residency<'w> {
             slots,
             slot_offsets: slot_offsets(plan),
             per_layer_ranges: layer_ranges(plan, Allocation::PerLayer),
-            cache: ExpertCache::with_ranges(
-                plan.n_slots,
-                layer_ranges(plan, opts.alloc),
-                opts.policy,
+            decide: Decider::new(
+                ExpertCache::with_ranges(plan.n_slots, layer_ranges(plan, opts.alloc), opts.policy),
+                c.n_experts_used as usize,
+                opts.moe_policy,
+                opts.load_behind,
+                layers.iter().map(|l| (2 * l.gate_bytes + l.down_bytes) as u64).collect(),
             ),
             host: HostExperts::None,
             tables: vec![vec![0u64; 3 * c.n_experts as usize]; n_layers],
             predicted: vec![None; n_layers],
-            ghosts: vec![VecDeque::new(); n_layers],
             cpu: None,
             cpu_s_per_byte: 0.0,
-            used_slots: Vec::new(),
             last_demand: None,
             pinned_bytes: 0,
             stats: Stats {
@@ -150,17 +146,17 @@ impl<'w> Residency<'w> {
 
     /// Per layer, the hits and misses; in total, what the cache counted.
     pub fn fill_stats(&self, s: &mut Stats) {
-        for (l, c) in self.cache.per_layer.iter().enumerate() {
+        for (l, c) in self.decide.cache.per_layer.iter().enumerate() {
             s.per_layer_hits[l] = c.hits;
             s.per_layer_misses[l] = c.misses;
         }
-        let t = self.cache.totals();
+        let t = self.decide.cache.totals();
         (s.hits, s.misses) = (t.hits, t.misses);
     }
 
     /// Resident: every lookup of these n tokens' k experts hits (counted, no ids on the host).
     pub fn count_resident(&mut self, l: usize, n: usize) {
-        self.cache.per_layer[l].hits += (n * self.k) as u64;
+        self.decide.cache.per_layer[l].hits += (n * self.k) as u64;
         self.stats.gpu_experts += (n * self.k) as u64;
     }
 
@@ -168,9 +164,9 @@ impl<'w> Residency<'w> {
     /// (a refill of the slot waits for it).
     pub fn layer_done(&mut self, dev: &mut dyn Device) -> Result<()> {
         let ev = dev.record(Stream::Compute)?;
-        for &slot in &self.used_slots {
+        for &slot in &self.decide.used_slots {
             dev.retain(ev);
-            if let Some(old) = self.cache.slots[slot].last_read.replace(ev) {
+            if let Some(old) = self.decide.cache.slots[slot].last_read.replace(ev) {
                 dev.release(old);
             }
         }
@@ -226,7 +222,7 @@ impl<'w> Residency<'w> {
                         upload(dev, at + 2 * g as u64, x.down.data)?;
                         self.set_table(l, e, slot);
                     }
-                    self.cache.insert(slot, l, e);
+                    self.decide.cache.insert(slot, l, e);
                     *done += (2 * g + d) as u64;
                 }
                 progress(*done);
@@ -291,7 +287,8 @@ impl<'w> Residency<'w> {
     }
 
     fn slot_addr(&self, slot: usize) -> Addr {
-        assert!(slot < self.cache.len(), "slot {slot} of {}", self.cache.len());
+        let n = self.decide.cache.len();
+        assert!(slot < n, "slot {slot} of {n}");
         self.slots + self.slot_offsets[slot]
     }
 
@@ -315,33 +312,25 @@ impl<'w> Residency<'w> {
         ids: &[i32],
         s: &Scratch,
     ) -> Result<()> {
-        let (dim, k) = (self.dim, self.k);
+        let dim = self.dim;
         self.score_prediction(l, n, ids);
-        let mut needed: Vec<usize> = Vec::with_capacity(n * k);
-        for &e in ids {
-            assert!(e >= 0 && (e as u64) < self.n_experts as u64, "router id {e}");
-            if !needed.contains(&(e as usize)) {
-                needed.push(e as usize);
-            }
+        if let Some(&e) = ids.iter().find(|&&e| e < 0 || e as u64 >= self.n_experts as u64) {
+            panic!("router id {e} of {} experts", self.n_experts);
         }
-        self.used_slots.clear();
-        let mut misses = Vec::new();
+        let costs = Costs {
+            link_bytes_per_s: self.link_bytes_per_s(dev),
+            cpu_s_per_byte: self.cpu_s_per_byte,
+        };
+        let d = self.decide.resolve(l, ids, costs);
         let mut in_flight = Vec::new(); // prefetches the hits still wait for
-        for &e in &needed {
-            match self.cache.lookup(l, e) {
-                Some(slot) => {
-                    in_flight.extend(self.cache.slots[slot].ready.take());
-                    self.used_slots.push(slot);
-                    self.set_table(l, e, slot);
-                }
-                None => misses.push(e),
-            }
+        for &(e, slot) in &d.hits {
+            in_flight.extend(self.decide.cache.slots[slot].ready.take());
+            self.set_table(l, e, slot);
         }
-        let (gpu, cpu) = self.split(dev, l, &misses);
         // The CPU experts start from h as it is now: it comes down before the compute stream
         // queues any wait for a copy, so they run while the copies do (max, not sum).
         let mut h = Vec::new(); // [n, dim] when some expert runs on the CPU
-        if !cpu.is_empty() {
+        if !d.cpu.is_empty() {
             h.resize(n * dim, 0f32);
             download(dev, s.h, &mut h)?;
         }
@@ -349,19 +338,13 @@ impl<'w> Residency<'w> {
             dev.wait(Stream::Compute, ev)?;
             dev.release(ev);
         }
-        let mut jobs = Vec::with_capacity(gpu.len());
-        for &e in &gpu {
-            let slot = self
-                .cache
-                .victim(l, &self.used_slots)
-                .expect("split() keeps loads within capacity");
+        let mut jobs = Vec::with_capacity(d.loads.len());
+        for &(e, slot) in &d.loads {
             self.before_refill(dev, Stream::Copy, slot)?;
             jobs.push((l, e, slot));
-            self.cache.insert(slot, l, e);
-            self.used_slots.push(slot);
             self.set_table(l, e, slot);
         }
-        if !gpu.is_empty() {
+        if !jobs.is_empty() {
             self.copy_experts(dev, Stream::Copy, &jobs)?;
             let ev = dev.record(Stream::Copy)?;
             dev.wait(Stream::Compute, ev)?;
@@ -373,15 +356,15 @@ impl<'w> Residency<'w> {
         let table = std::mem::take(&mut self.tables[l]);
         upload(dev, self.shape[l].table, &table)?;
         self.tables[l] = table;
-        if !cpu.is_empty() {
+        if !d.cpu.is_empty() {
             // Activations cross the link instead of weights: h down (above), output rows up.
-            self.run_on_cpu(dev, l, ids, &cpu, &h, s)?;
-            if self.opts.load_behind && self.opts.moe_policy != MoePolicy::Cpu {
-                self.stats.behind_loads += self.admit_behind(dev, l, &cpu)? as u64;
-            }
+            self.run_on_cpu(dev, l, ids, &d.cpu, &h, s)?;
+            let behind = self.decide.behind(l, &d.cpu);
+            self.stats.behind_loads += self.load_async(dev, l, &behind)? as u64;
         }
-        self.stats.cpu_experts += cpu.len() as u64;
-        self.stats.gpu_experts += (needed.len() - cpu.len()) as u64;
+        let needed = d.hits.len() + d.loads.len() + d.cpu.len();
+        self.stats.cpu_experts += d.cpu.len() as u64;
+        self.stats.gpu_experts += (needed - d.cpu.len()) as u64;
         Ok(())
     }
 
@@ -426,50 +409,6 @@ impl<'w> Residency<'w> {
             }
         }
         upload(dev, s.ids, &marked)
-    }
-
-    /// Admission on a second miss: an expert that ran on the CPU recently and runs there again
-    /// is copied into the cache behind the compute (prefetch stream), so its next reuse hits.
-    /// One-off misses (no reuse) cost no link traffic. Returns how many were queued.
-    fn admit_behind(&mut self, dev: &mut dyn Device, l: usize, cpu: &[usize]) -> Result<usize> {
-        let ghosts = &mut self.ghosts[l];
-        let again: Vec<usize> = cpu.iter().copied().filter(|e| ghosts.contains(e)).collect();
-        for &e in cpu {
-            ghosts.retain(|&g| g != e);
-            ghosts.push_back(e);
-        }
-        while ghosts.len() > GHOSTS * self.k {
-            ghosts.pop_front();
-        }
-        let used = self.used_slots.clone();
-        self.load_async(dev, l, &again, used)
-    }
-
-    /// Which misses load into VRAM and which run on the CPU. Loads never exceed the slots the
-    /// layer may use beside its hits; what does not fit runs on the CPU whatever the policy.
-    fn split(&self, dev: &dyn Device, l: usize, misses: &[usize]) -> (Vec<usize>, Vec<usize>) {
-        let room = self.cache.capacity(l).saturating_sub(self.used_slots.len());
-        let (mut gpu, mut cpu) = (Vec::new(), Vec::new());
-        let bytes = (2 * self.shape[l].gate_bytes + self.shape[l].down_bytes) as f64;
-        let link = self.link_bytes_per_s(dev);
-        let (mut t_link, mut t_cpu) = (0.0f64, 0.0f64);
-        for &e in misses {
-            let to_gpu = gpu.len() < room
-                && match self.opts.moe_policy {
-                    MoePolicy::Gpu => true,
-                    MoePolicy::Cpu => false,
-                    // Both sides work at once: give each miss to the side that finishes first.
-                    MoePolicy::Auto => t_link + bytes / link <= t_cpu + bytes * self.cpu_s_per_byte,
-                };
-            if to_gpu {
-                t_link += bytes / link;
-                gpu.push(e);
-            } else {
-                t_cpu += bytes * self.cpu_s_per_byte;
-                cpu.push(e);
-            }
-        }
-        (gpu, cpu)
     }
 
     /// The link's measured speed (bytes/s), or the configured estimate before any copy.
@@ -553,10 +492,10 @@ impl<'w> Residency<'w> {
     /// compute that last read it, and a prefetch still filling it (two copies into one slot on
     /// two streams would land in either order).
     fn before_refill(&mut self, dev: &mut dyn Device, stream: Stream, slot: usize) -> Result<()> {
-        if let Some(ev) = self.cache.slots[slot].last_read {
+        if let Some(ev) = self.decide.cache.slots[slot].last_read {
             dev.wait(stream, ev)?;
         }
-        if let Some(ev) = self.cache.slots[slot].ready.take() {
+        if let Some(ev) = self.decide.cache.slots[slot].ready.take() {
             dev.wait(stream, ev)?;
             dev.release(ev);
         }
@@ -583,54 +522,42 @@ impl<'w> Residency<'w> {
             }
         }
         self.predicted[l] = Some(per_token);
-        // Only as many as the layer can hold without evicting its own predicted experts.
-        let protected: Vec<usize> = want.iter().filter_map(|&e| self.cache.peek(l, e)).collect();
-        self.stats.prefetch_loads += self.load_async(dev, l, &want, protected)? as u64;
+        let placed = self.decide.ahead(l, &want);
+        self.stats.prefetch_loads += self.load_async(dev, l, &placed)? as u64;
         Ok(())
     }
 
-    /// Load layer `l`'s `experts` (those not cached) on the prefetch stream into slots other
-    /// than `protected`, as many as the layer may hold; each slot's `ready` event orders its
-    /// first reader after the copy. Returns how many were queued.
+    /// Copy layer `l`'s experts into the slots the decider gave them, on the prefetch stream
+    /// (behind every demand load); each slot's `ready` event orders its first reader after the
+    /// copy. Returns how many were queued.
     fn load_async(
         &mut self,
         dev: &mut dyn Device,
         l: usize,
-        experts: &[usize],
-        mut protected: Vec<usize>,
+        placed: &[(usize, usize)],
     ) -> Result<usize> {
-        let mut loaded = Vec::new();
-        for &e in experts {
-            if self.cache.peek(l, e).is_some() || protected.len() >= self.cache.capacity(l) {
-                continue;
-            }
-            let Some(slot) = self.cache.victim(l, &protected) else { break };
+        if placed.is_empty() {
+            return Ok(0);
+        }
+        for &(e, slot) in placed {
             self.before_refill(dev, Stream::Prefetch, slot)?;
-            self.cache.insert(slot, l, e);
             self.set_table(l, e, slot);
-            protected.push(slot);
-            loaded.push(slot);
         }
-        let n_loaded = loaded.len();
-        if !loaded.is_empty() {
-            let jobs: Vec<(usize, usize, usize)> = loaded
-                .iter()
-                .map(|&slot| (l, self.cache.slots[slot].key.expect("just inserted").1, slot))
-                .collect();
-            // Never ahead of a demand load on the link: the two copy streams are peers on a
-            // GPU (the simulator serves demand first); this makes the GPU behave the same.
-            if let Some(ev) = self.last_demand {
-                dev.wait(Stream::Prefetch, ev)?;
-            }
-            self.copy_experts(dev, Stream::Prefetch, &jobs)?;
-            let ev = dev.record(Stream::Prefetch)?;
-            for slot in loaded {
-                dev.retain(ev);
-                self.cache.slots[slot].ready = Some(ev);
-            }
-            dev.release(ev);
+        let jobs: Vec<(usize, usize, usize)> =
+            placed.iter().map(|&(e, slot)| (l, e, slot)).collect();
+        // Never ahead of a demand load on the link: the two copy streams are peers on a GPU
+        // (the simulator serves demand first); this makes the GPU behave the same.
+        if let Some(ev) = self.last_demand {
+            dev.wait(Stream::Prefetch, ev)?;
         }
-        Ok(n_loaded)
+        self.copy_experts(dev, Stream::Prefetch, &jobs)?;
+        let ev = dev.record(Stream::Prefetch)?;
+        for &(_, slot) in placed {
+            dev.retain(ev);
+            self.decide.cache.slots[slot].ready = Some(ev);
+        }
+        dev.release(ev);
+        Ok(placed.len())
     }
 }
 
@@ -708,9 +635,6 @@ enum HostExperts {
 fn ring_len(n_experts: usize) -> usize {
     2 * n_experts
 }
-
-/// Recently CPU-computed experts remembered per layer, in units of top-k (see `ghosts`).
-const GHOSTS: usize = 4;
 
 /// Loader threads per batch of staging fills.
 const LOADERS: usize = 4;
