@@ -29,6 +29,8 @@ use session::with_session;
 mod generate;
 #[path = "cli/paper.rs"]
 mod paper;
+#[path = "cli/paper_replay.rs"]
+mod paper_replay;
 #[path = "cli/routing_stats.rs"]
 mod routing_stats;
 #[path = "cli/serve.rs"]
@@ -148,6 +150,10 @@ struct RotaryArgs {
     /// The simulated host link's speed (--backend sim), GB/s.
     #[arg(long, default_value_t = 12.0)]
     sim_link_gbps: f64,
+    /// Decide as this machine would (the miss policy's link and CPU speeds) and project for it:
+    /// laptop-4060. bench --paper without a GPU replays on it by default.
+    #[arg(long)]
+    target: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -527,6 +533,17 @@ fn bytes_bar(total: u64, msg: &str) -> ProgressBar {
     )
     .expect("valid template")
     .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(msg.to_string());
+    bar
+}
+
+/// A bar counting items (tokens) on stderr, hidden when stderr is not a terminal.
+fn count_bar(total: u64, msg: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+        .expect("valid template")
+        .progress_chars("=> ");
     bar.set_style(style);
     bar.set_message(msg.to_string());
     bar

@@ -51,20 +51,24 @@ fn cached_preset(name: &str, quant: &str) -> Result<PathBuf> {
 
 /// One configuration of a run: budget, cache policy and allocation, routing.
 #[derive(Clone)]
-struct Config {
-    label: String,
-    budget: Option<u64>,
+pub struct Config {
+    pub label: String,
+    pub budget: Option<u64>,
     /// Expert residency instead of a byte budget (scaled runs, vram=N% sweeps).
-    residency: Option<f64>,
-    policy: Policy,
-    alloc: Allocation,
-    routing: String,
+    pub residency: Option<f64>,
+    pub policy: Policy,
+    pub alloc: Allocation,
+    pub routing: String,
 }
 
 /// `rotary bench --paper`: model, device, protocol, each configuration, the report. Over a
 /// screen: the command's steps in order, each a call.
 pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
     let gpu = rotary::backend::cuda::device_available(args.device);
+    // No GPU, no file, no backend asked for: the paper's model, replayed in seconds.
+    if !gpu && args.backend.is_none() && args.model.is_none() {
+        return super::paper_replay::cmd(args, p);
+    }
     let backend = match &args.backend {
         Some(b) => backend_kind(b)?,
         None if gpu => BackendKind::Cuda,
@@ -250,7 +254,7 @@ fn sweep_chart(
 /// `vram=4,5,6.3,8,12GiB` (a unit on the last value applies to all), `vram=10%,25%`,
 /// `policy=lru,lfru,layer`, `alloc=global,layer`, `cache=lru/global,layer/layer` (both),
 /// `routing=model,text,sticky:0.45`.
-fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
+pub fn sweep_configs(spec: &str, base: &Config) -> Result<Vec<Config>> {
     let bad = || {
         Error::Usage(format!(
             "--sweep {spec}: want vram=4,6.3,8GiB, vram=10%,25%, policy=lru,lfru,layer, \

@@ -8,6 +8,7 @@ use std::path::Path;
 use rotary::forward::{Engine, Session};
 use rotary::model::weights::Weights;
 use rotary::rotary::cache::{Allocation, Policy};
+use rotary::rotary::target::Target;
 use rotary::rotary::{open_device, BackendKind, MoePolicy, Options, PinMode};
 use rotary::tokenizer::Tokenizer;
 use rotary::{units, Error, Result};
@@ -48,7 +49,8 @@ pub fn cache_alloc(s: &str) -> Result<Allocation> {
     }
 }
 
-fn moe_policy(s: &str) -> Result<MoePolicy> {
+/// `--moe-policy`.
+pub fn moe_policy(s: &str) -> Result<MoePolicy> {
     match s {
         "gpu" => Ok(MoePolicy::Gpu),
         "cpu" => Ok(MoePolicy::Cpu),
@@ -140,6 +142,7 @@ pub fn open_stream<'w>(
         link_gbps: r.sim_link_gbps,
         threads: args.threads,
         max_slots: r.cache_slots,
+        costs: r.target.as_deref().map(Target::by_name).transpose()?.map(|t| t.costs()),
     };
     let dev = open_device(kind, args.device, budget, r.sim_link_gbps, args.threads)?;
     let bar = bytes_bar(0, "place weights");

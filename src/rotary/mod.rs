@@ -10,6 +10,8 @@
 //! - `decide`: the rotary's choices on the cache (hits, loads, CPU experts, behind, ahead).
 //! - `residency`: hits, demand loads, prefetch, the CPU fallback, the pinned host side.
 //! - `options`: typed options, and the stats a run measured.
+//! - `target`: machines to project for and the per-layer time model; `replay`: the cache and
+//!   miss policy on a routing trace, without kernels (real shapes in seconds).
 
 pub mod cache;
 #[cfg(has_cuda)]
@@ -19,8 +21,10 @@ pub mod device;
 pub mod host;
 pub mod options;
 pub mod plan;
+pub mod replay;
 pub mod residency;
 pub mod sim;
+pub mod target;
 pub mod upload;
 
 pub use options::{MoePolicy, Options, PinMode, Stats};

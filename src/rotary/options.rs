@@ -40,6 +40,9 @@ pub struct Options {
     /// At most this many expert slots, whatever the budget leaves (experiments and tests that
     /// need an exact cache size on a device whose charges they cannot predict).
     pub max_slots: Option<usize>,
+    /// The miss policy's link and CPU speeds (a `--target`'s), instead of this machine's
+    /// measured ones.
+    pub costs: Option<super::decide::Costs>,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             link_gbps: 12.0,
             threads: None,
             max_slots: None,
+            costs: None,
         }
     }
 }

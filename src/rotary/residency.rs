@@ -317,10 +317,12 @@ impl<'w> Residency<'w> {
         if let Some(&e) = ids.iter().find(|&&e| e < 0 || e as u64 >= self.n_experts as u64) {
             panic!("router id {e} of {} experts", self.n_experts);
         }
-        let costs = Costs {
+        // A target's speeds when one is given (the decisions that machine would make), else
+        // this machine's, measured.
+        let costs = self.opts.costs.unwrap_or(Costs {
             link_bytes_per_s: self.link_bytes_per_s(dev),
             cpu_s_per_byte: self.cpu_s_per_byte,
-        };
+        });
         let d = self.decide.resolve(l, ids, costs);
         let mut in_flight = Vec::new(); // prefetches the hits still wait for
         for &(e, slot) in &d.hits {
@@ -608,7 +610,7 @@ fn slot_offsets(plan: &Plan) -> Vec<u64> {
 }
 
 /// The slots each layer may use: its class's, shared or split among the class's layers.
-fn layer_ranges(plan: &Plan, alloc: Allocation) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn layer_ranges(plan: &Plan, alloc: Allocation) -> Vec<std::ops::Range<usize>> {
     let n_layers = plan.classes.iter().map(|k| k.layers.len()).sum();
     let mut ranges = vec![0..0; n_layers];
     for (k, (start, _)) in plan.classes.iter().zip(plan.class_starts()) {

@@ -1,0 +1,172 @@
+//! Target machines (`--target laptop-4060`) and the per-layer time model a projection uses.
+//!
+//! A projection is labelled as one wherever it is printed: it is this model evaluated on the
+//! decisions the rotary made (hits, demand loads, CPU experts, background loads per layer and
+//! token), with the target's constants, each of which names its source.
+//!
+//! The model walks one decode token's layers in order, with the link as a queue:
+//!
+//! ```text
+//! layer l starts at t (the previous layer's end); its prefetch (issued at t) holds the link
+//!   until ready = max(t, link free) + ahead bytes / link GB/s
+//! MoE start  m = t + T_dense      (dense weights + KV or recurrent state, at VRAM GB/s × eff)
+//! GPU side   g = max(m + demand bytes / link GB/s, ready) + T_gpu_experts  (hits, loads)
+//! CPU side   c = m + CPU expert bytes / host GB/s + T_sync (if the layer has any)
+//! layer end  max(g, c); loads behind the CPU experts then take the link
+//! token      Σ layers + T_head (the output head)
+//! ```
+//!
+//! Demand loads go ahead of queued background copies (the engine orders them so).
+
+use crate::error::{Error, Result};
+
+/// A machine to project for: each constant with where it comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub name: &'static str,
+    pub what: &'static str,
+    /// The GPU's memory.
+    pub vram_bytes: u64,
+    pub vram_gbps: f64,
+    /// Share of the VRAM bandwidth decode kernels reach (assumed).
+    pub gpu_efficiency: f64,
+    /// Pinned host-to-device copies.
+    pub link_gbps: f64,
+    /// What the CPU's expert GEMV reads from host memory, all cores.
+    pub host_gbps: f64,
+    pub cores: usize,
+    /// Per layer with CPU experts: h down, output rows up, the join.
+    pub sync_s: f64,
+    /// One line per constant: its value and source.
+    pub sources: &'static [&'static str],
+}
+
+/// The seed's laptop (the published 21.06 tok/s, FreeToken's ~39 tok/s).
+pub const LAPTOP_4060: Target = Target {
+    name: "laptop-4060",
+    what: "RTX 4060 Laptop 8 GB, PCIe 4.0 x8, 2-channel DDR5-5600",
+    vram_bytes: 8 << 30,
+    vram_gbps: 256.0,
+    gpu_efficiency: 0.6,
+    link_gbps: 11.8,
+    host_gbps: 40.0,
+    cores: 8,
+    sync_s: 60e-6,
+    sources: &[
+        "VRAM 8 GiB, 256 GB/s: 128-bit GDDR6 at 16 Gbps (fpsbench.com, data-check.eu; anchors.md §6.1)",
+        "GPU efficiency 0.6 of 256 GB/s: assumed; anchors.md §6.2 puts the 30B-A3B's 7.9 ms at \
+         peak at 10-20 ms realistic (0.4-0.8)",
+        "link 11.8 GB/s: measured pinned H2D on this laptop's PCIe 4.0 x8 (FreeToken paper table; \
+         anchors.md §6.1)",
+        "CPU experts 40 GB/s: 2-channel DDR5-5600 is 89.6 GB/s peak, 60-70 STREAM, ~35 for LLM \
+         GEMV (anchors.md §6.1, §6.2c; imp #1356 saturates at 4 threads)",
+        "cores 8: assumed (a 4060-laptop CPU has 8 or more; bandwidth saturates at ~4)",
+        "sync 60 us per layer with CPU experts: ~3 ms for 48 CPU-GPU round trips (anchors.md \
+         §6.2b, imp #1356)",
+    ],
+};
+
+pub const TARGETS: [Target; 1] = [LAPTOP_4060];
+
+impl Target {
+    pub fn by_name(name: &str) -> Result<Target> {
+        TARGETS.iter().find(|t| t.name == name).cloned().ok_or_else(|| {
+            let names: Vec<_> = TARGETS.iter().map(|t| t.name).collect();
+            Error::Usage(format!("--target {name}: known targets are {}", names.join(", ")))
+        })
+    }
+
+    /// Seconds to read `bytes` on the GPU at the assumed efficiency.
+    pub fn gpu_s(&self, bytes: f64) -> f64 {
+        bytes / (self.vram_gbps * 1e9 * self.gpu_efficiency)
+    }
+
+    pub fn link_s(&self, bytes: f64) -> f64 {
+        bytes / (self.link_gbps * 1e9)
+    }
+
+    pub fn cpu_s(&self, bytes: f64) -> f64 {
+        bytes / (self.host_gbps * 1e9)
+    }
+
+    /// The miss policy's costs on this machine.
+    pub fn costs(&self) -> super::decide::Costs {
+        super::decide::Costs {
+            link_bytes_per_s: self.link_gbps * 1e9,
+            cpu_s_per_byte: 1.0 / (self.host_gbps * 1e9),
+        }
+    }
+}
+
+/// What one layer of one token did, in bytes.
+#[derive(Copy, Clone, Debug, Default, PartialEq)]
+pub struct LayerWork {
+    /// Dense weights of the layer plus its KV cache (or recurrent state) at this position.
+    pub dense: f64,
+    /// Experts the GPU computes (hits and demand loads).
+    pub gpu_experts: f64,
+    pub demand: f64,
+    pub cpu_experts: f64,
+    /// CPU experts (count): a layer with any pays the sync.
+    pub n_cpu: usize,
+    /// Prefetched for this layer (issued when the previous layer ended).
+    pub ahead: f64,
+    /// Loaded behind this layer's CPU experts.
+    pub behind: f64,
+}
+
+/// Seconds of a projection, summed over tokens; the breakdown the summary prints.
+#[derive(Copy, Clone, Debug, Default, PartialEq)]
+pub struct Breakdown {
+    pub tokens: usize,
+    /// The GPU's own reading: dense, experts, head.
+    pub gpu_s: f64,
+    pub cpu_s: f64,
+    pub sync_s: f64,
+    /// Time the GPU waited for the link (demand loads, late prefetches) beyond what the CPU
+    /// side took anyway.
+    pub link_wait_s: f64,
+    /// Seconds the link was busy.
+    pub link_busy_s: f64,
+    /// The model's total.
+    pub total_s: f64,
+}
+
+impl Breakdown {
+    pub fn tok_s(&self) -> f64 {
+        self.tokens as f64 / self.total_s.max(1e-12)
+    }
+
+    /// Milliseconds per token of a part.
+    pub fn ms(&self, part: f64) -> f64 {
+        1e3 * part / self.tokens.max(1) as f64
+    }
+
+    /// Add one token: its layers' work in order and its head bytes.
+    pub fn add_token(&mut self, t: &Target, layers: &[LayerWork], head: f64) {
+        let (mut now, mut link_free) = (0.0f64, 0.0f64);
+        for w in layers {
+            let ready = now.max(link_free) + t.link_s(w.ahead);
+            let moe = now + t.gpu_s(w.dense);
+            let demand_done = moe + t.link_s(w.demand);
+            let gpu_start = demand_done.max(ready);
+            let gpu_end = gpu_start + t.gpu_s(w.gpu_experts);
+            let sync = if w.n_cpu > 0 { t.sync_s } else { 0.0 };
+            let cpu_end = moe + t.cpu_s(w.cpu_experts) + sync;
+            let end = gpu_end.max(cpu_end);
+            // The wait is what the link added beyond the slower of the two compute sides.
+            let compute_end = (moe + t.gpu_s(w.gpu_experts)).max(cpu_end);
+            self.link_wait_s += end - compute_end;
+            self.gpu_s += t.gpu_s(w.dense) + t.gpu_s(w.gpu_experts);
+            self.cpu_s += t.cpu_s(w.cpu_experts);
+            self.sync_s += sync;
+            self.link_busy_s += t.link_s(w.ahead + w.demand + w.behind);
+            link_free = ready.max(demand_done) + t.link_s(w.behind);
+            now = end;
+        }
+        now += t.gpu_s(head);
+        self.gpu_s += t.gpu_s(head);
+        self.total_s += now;
+        self.tokens += 1;
+    }
+}

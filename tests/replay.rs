@@ -1,0 +1,141 @@
+//! The trace-driven replay makes the engine's decisions: on the simulator and in the replay,
+//! the same text routing under the same plan and miss-policy costs gives the same hits,
+//! misses, CPU experts, demand loads, prefetches and loads behind, on qwen3moe and qwen35moe.
+//! And the projection's time model on hand-made layers has the worked-out answers.
+
+use rotary::model::weights::{ModelFile, Weights};
+use rotary::rotary::cache::{Allocation, Policy};
+use rotary::rotary::plan::UBATCH;
+use rotary::rotary::replay::{replay, Protocol, Shape};
+use rotary::rotary::sim::SimDevice;
+use rotary::rotary::target::{Breakdown, LayerWork, LAPTOP_4060};
+use rotary::rotary::{MoePolicy, Options};
+use rotary::routing::text::TextRouting;
+use rotary::routing::{Router, RoutingMode};
+use rotary::synth::{Preset, QuantMix, SynthOptions};
+use rotary::{Engine, Logits, Session};
+
+fn synth(preset: &str) -> ModelFile {
+    let opts = SynthOptions::new(Preset::by_name(preset).expect("preset"), QuantMix::Q8_0, 0);
+    let bytes = rotary::synth::to_bytes(&opts).expect("synth");
+    ModelFile::Gguf(rotary::format::gguf::Gguf::from_bytes(bytes).expect("gguf"))
+}
+
+fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation) {
+    let file = synth(preset);
+    let w = Weights::load(&file).expect("weights");
+    let c = &w.cfg;
+    let (l, e, k) = (c.n_layers as usize, c.n_experts as usize, c.n_experts_used as usize);
+    let n_ctx = 256;
+    let probe = Session::new(
+        &w,
+        Box::new(SimDevice::new(None, 50.0, Some(2)).expect("sim")),
+        n_ctx,
+        Options::default(),
+        "sim",
+        &mut |_, _| {},
+    )
+    .expect("probe");
+    let budget = probe.plan.fixed_bytes() + slots * probe.plan.slot_bytes;
+    drop(probe);
+    let opts = Options {
+        policy,
+        alloc,
+        moe_policy: MoePolicy::Auto,
+        costs: Some(LAPTOP_4060.costs()),
+        ..Options::default()
+    };
+    let dev = SimDevice::new(Some(budget), 50.0, Some(2)).expect("sim");
+    let mut s = Session::new(&w, Box::new(dev), n_ctx, opts.clone(), "sim", &mut |_, _| {})
+        .expect("session");
+    s.set_router(Router::new(RoutingMode::Text(3), l, e, k, 0).expect("router"));
+    // A prompt of 2 micro-batches and a bit, then 40 decode tokens (the routing does not look
+    // at the tokens).
+    let n_prompt = UBATCH + 5;
+    let prompt: Vec<u32> = (0..n_prompt as u32).map(|i| 1 + i % 200).collect();
+    s.forward(&prompt, Logits::Last).expect("prompt");
+    let before = s.stats();
+    let n_decode = 40;
+    for i in 0..n_decode {
+        s.forward(&[7 + i as u32], Logits::Last).expect("decode");
+    }
+    let sim = s.stats().since(&before);
+
+    let shape = Shape::preset(preset, QuantMix::Q8_0).expect("shape");
+    let mut routing = TextRouting::new(l, e, k, 3);
+    let protocol = Protocol { n_prompt, n_decode, ubatch: UBATCH };
+    let r = replay(
+        &shape,
+        &s.plan,
+        &opts,
+        LAPTOP_4060.costs(),
+        &mut routing,
+        protocol,
+        None,
+        &mut |_, _| {},
+    )
+    .expect("replay");
+    let rep = &r.stats;
+    println!(
+        "{preset} {policy:?} {alloc:?}: sim {sim} | replay hits {} misses {}",
+        rep.hits, rep.misses
+    );
+    assert!(
+        sim.misses > 0 && sim.cpu_experts > 0,
+        "{preset}: the case exercises misses on both sides"
+    );
+    let what = [
+        ("hits", sim.hits, rep.hits),
+        ("misses", sim.misses, rep.misses),
+        ("CPU experts", sim.cpu_experts, rep.cpu_experts),
+        ("GPU experts", sim.gpu_experts, rep.gpu_experts),
+        ("prefetch loads", sim.prefetch_loads, rep.prefetch_loads),
+        ("loads behind", sim.behind_loads, rep.behind_loads),
+        ("prefetch correct", sim.prefetch_correct, rep.prefetch_correct),
+    ];
+    for (name, a, b) in what {
+        assert_eq!(a, b, "{preset} {policy:?} {alloc:?}: {name} sim {a}, replay {b}");
+    }
+}
+
+#[test]
+fn replay_makes_the_simulators_decisions_qwen3moe() {
+    same_decisions("tiny", 7, Policy::Lru, Allocation::Global);
+    same_decisions("tiny", 12, Policy::Lfru, Allocation::PerLayer);
+}
+
+#[test]
+fn replay_makes_the_simulators_decisions_qwen35moe() {
+    same_decisions("qwen35-tiny", 12, Policy::LayerAware, Allocation::Global);
+}
+
+/// The time model on hand-made layers: 1 GB/s everywhere makes bytes read as nanoseconds.
+#[test]
+fn the_time_model_has_the_worked_out_answers() {
+    let t = rotary::rotary::target::Target {
+        vram_gbps: 1.0,
+        gpu_efficiency: 1.0,
+        link_gbps: 1.0,
+        host_gbps: 1.0,
+        sync_s: 0.0,
+        ..LAPTOP_4060
+    };
+    let mut b = Breakdown::default();
+    // Layer 0: dense 10, GPU experts 5, demand 3, CPU 20 → max(10+3+5, 10+20) = 30 (µs·1e-3).
+    // Layer 1: prefetched 40 issued at 30, ready at 70; dense 10 → MoE at 40, waits until 70,
+    // GPU 5 → 75; CPU none. Head 5 → 80.
+    let l0 = LayerWork {
+        dense: 10e3,
+        gpu_experts: 5e3,
+        demand: 3e3,
+        cpu_experts: 20e3,
+        n_cpu: 1,
+        ..Default::default()
+    };
+    let l1 = LayerWork { dense: 10e3, gpu_experts: 5e3, ahead: 40e3, ..Default::default() };
+    b.add_token(&t, &[l0, l1], 5e3);
+    assert!((b.total_s - 80e-6).abs() < 1e-12, "{}", b.total_s);
+    // The link wait: layer 1 waited 30 beyond its own compute (it would end at 45).
+    assert!((b.link_wait_s - 30e-6).abs() < 1e-12, "{}", b.link_wait_s);
+    assert!((b.link_busy_s - 43e-6).abs() < 1e-12);
+}
