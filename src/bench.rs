@@ -49,8 +49,14 @@ pub struct PaperResult {
     pub note: String,
 }
 
-/// Prefill `prompt`, then `n_decode` greedy tokens, timing each.
-pub fn paper_run(e: &mut dyn Engine, prompt: &[u32], n_decode: usize) -> Result<PaperResult> {
+/// Prefill `prompt`, then `n_decode` greedy tokens, timing each. `progress(done, hit_rate)`
+/// after each decode token (the hit rate so far, on a device).
+pub fn paper_run(
+    e: &mut dyn Engine,
+    prompt: &[u32],
+    n_decode: usize,
+    progress: &mut dyn FnMut(usize, Option<f64>),
+) -> Result<PaperResult> {
     if prompt.is_empty() || prompt.len() + n_decode > e.n_ctx() {
         return Err(Error::ContextOverflow { n_tokens: prompt.len() + n_decode, n_ctx: e.n_ctx() });
     }
@@ -61,11 +67,16 @@ pub fn paper_run(e: &mut dyn Engine, prompt: &[u32], n_decode: usize) -> Result<
     let before = e.rotary_stats();
     let mut lat_ms = Vec::with_capacity(n_decode);
     let start = Instant::now();
-    for _ in 0..n_decode {
+    for i in 0..n_decode {
         let next = crate::run::argmax(&logits);
         let t = Instant::now();
         logits = e.forward(&[next], Logits::Last)?;
         lat_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let hit = match (e.rotary_stats(), &before) {
+            (Some(now), Some(b)) => Some(now.since(b).hit_rate()),
+            _ => None,
+        };
+        progress(i + 1, hit);
     }
     let decode_s = start.elapsed().as_secs_f64();
     let stats = match (e.rotary_stats(), before) {
@@ -131,6 +142,7 @@ impl PaperResult {
     pub fn to_json(&self, budget: Option<u64>) -> serde_json::Value {
         let s = self.stats.as_ref();
         serde_json::json!({
+            "kind": if self.backend == "sim" { "simulated" } else { "measured" },
             "decode_tok_s": self.decode_tok_s,
             "prefill_tok_s": self.prefill_tok_s,
             "n_prompt": self.n_prompt,
@@ -159,6 +171,7 @@ impl PaperResult {
                 "gpu_ms": p.gpu_ms,
                 "link_ms": p.link_ms,
                 "formula": p.formula,
+                "kind": "projected",
                 "label": "projection, not a measurement",
             })),
         })

@@ -352,9 +352,13 @@ fn bench_paper_runs_scaled_on_the_simulator_and_sweeps() {
         assert!(v.get(key).is_some(), "{key} missing: {v}");
     }
     assert_eq!(v["n_decode"], 12);
-    assert_eq!(v["routing"], "model");
-    assert!(v["note"].as_str().unwrap().contains("simulated GPU"), "{v}");
-    assert!(v["laptop_projection"]["label"].as_str().unwrap().contains("projection"));
+    // A synthesized file routes like text by default, and says so; a scaled preset's run has
+    // simulator figures and no laptop number.
+    assert_eq!(v["routing"], "text");
+    assert_eq!(v["kind"], "simulated");
+    let note = v["note"].as_str().unwrap();
+    assert!(note.contains("simulated GPU") && note.contains("routing text by default"), "{v}");
+    assert!(note.contains("no laptop projection") && v["laptop_projection"].is_null(), "{v}");
     assert!(v["peak_vram_bytes"].as_u64() <= v["vram_budget_bytes"].as_u64());
     assert!(cache.join("rotary/tiny-q8_0-seed0.gguf").exists(), "the preset is cached");
     // A sweep over residency and routing modes draws its chart.
@@ -386,6 +390,51 @@ fn bench_paper_runs_scaled_on_the_simulator_and_sweeps() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--sweep colour=red"), "{}", stderr(&o));
     std::fs::remove_dir_all(&cache).ok();
+}
+
+/// Without a GPU, `bench --paper` replays the paper's model: the real shape's tensor table, text
+/// routing, a projection for the laptop with its assumptions; a scaled preset gets no laptop
+/// figure; a routing that needs the hidden state is refused.
+#[test]
+fn bench_paper_without_a_gpu_replays_the_real_shape() {
+    let paper = |extra: &[&str]| rotary(&[&["bench", "--paper"][..], extra].concat());
+    let o = paper(&["--preset", "qwen3-30b-a3b", "-n", "48", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["kind"], "replay");
+    assert_eq!(v["routing"], "text");
+    assert_eq!(v["n_decode"], 48);
+    assert_eq!(v["vram_budget_bytes"], 6_764_573_491u64);
+    let p = &v["projection"];
+    assert_eq!(p["kind"], "projected");
+    assert_eq!(p["target"], "laptop-4060");
+    assert!(p["decode_tok_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(p["assumptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a.as_str().unwrap().contains("11.8")));
+    for key in ["hit_rate", "cpu_experts_per_token", "link_bytes_per_token", "reproduce_on_gpu"] {
+        assert!(v.get(key).is_some_and(|x| !x.is_null()), "{key} missing: {v}");
+    }
+    assert!(v["reproduce_on_gpu"].as_str().unwrap().contains("--backend cuda"));
+    // The one-screen summary says what it is in its first line.
+    let o = paper(&["--preset", "qwen35-35b-a3b", "-n", "16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let first = out.lines().next().unwrap_or("");
+    assert!(first.contains("no GPU") && first.contains("a projection, not a measurement"), "{out}");
+    for line in ["hit rate", "CPU ", "link ", "projected", "21.06", "on a GPU", "assumptions"] {
+        assert!(out.contains(line), "{line} missing: {out}");
+    }
+    // A scaled preset: counts, no laptop figure.
+    let o = paper(&["--preset", "tiny", "--quant", "q8_0", "-n", "8", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(v["projection"].is_null() && v["model"].as_str().unwrap().contains("scaled"), "{v}");
+    let o = paper(&["--routing", "model", "-n", "8"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("does not depend on the hidden state"), "{}", stderr(&o));
 }
 
 /// `synth --vocab X.tiktoken`: the real Qwen3.5/3.6 vocabulary, built from its tiktoken ranks.

@@ -130,7 +130,14 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         Some(spec) => sweep_configs(spec, &base)?,
     };
     let mut results = Vec::new();
-    let job = Job { args, w: &weights, backend, n_ctx, prompt: &prompt, n_decode };
+    let real_shape = match file.synth_preset() {
+        None => true,
+        Some(p) => matches!(p.as_str(), "qwen3-30b-a3b" | "qwen35-35b-a3b"),
+    };
+    if !real_shape && !host {
+        notes.push("no laptop projection: not a real model's shape".into());
+    }
+    let job = Job { args, w: &weights, backend, n_ctx, prompt: &prompt, n_decode, real_shape };
     for c in &configs {
         let mut res = if host { run_host(&job, c)? } else { run_config(&job, c)? };
         res.model = model.clone();
@@ -333,10 +340,12 @@ struct Job<'a> {
     n_ctx: usize,
     prompt: &'a [u32],
     n_decode: usize,
+    /// A real model (a file that is not synthesized, or a real shape's preset).
+    real_shape: bool,
 }
 
 fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
-    let Job { args, w, backend, n_ctx, prompt, n_decode } = *j;
+    let Job { args, w, backend, n_ctx, prompt, n_decode, .. } = *j;
     // A residency becomes a byte budget through the plan of this model.
     let budget = match (c.budget, c.residency) {
         (Some(b), _) => Some(b),
@@ -359,12 +368,21 @@ fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
         s.plan.n_experts_total,
         100.0 * s.plan.n_slots as f64 / s.plan.n_experts_total.max(1) as f64
     );
-    let mut r = bench::paper_run(&mut s, prompt, n_decode)?;
+    let bar = super::count_bar(n_decode as u64, "decode");
+    let mut tick = |done: usize, hit: Option<f64>| {
+        bar.set_position(done as u64);
+        if let Some(h) = hit {
+            bar.set_message(format!("decode, hit {:.1}%", 100.0 * h));
+        }
+    };
+    let mut r = bench::paper_run(&mut s, prompt, n_decode, &mut tick)?;
+    bar.finish_and_clear();
     r.device = s.device();
     r.routing = c.routing.clone();
     r.cache = format!("{}, {} allocation", c.policy.name(), c.alloc.name());
     r.pinned_bytes = s.pinned_bytes();
-    if let Some(st) = &r.stats {
+    // A laptop figure only for a real model's shape: a scaled preset's would read as ours.
+    if let Some(st) = r.stats.as_ref().filter(|_| j.real_shape) {
         let tokens = st.tokens.max(1) as f64;
         let cpu_bytes = st.cpu_experts as f64 * s.expert_bytes_avg() / tokens;
         r.projection = Some(bench::project(
@@ -377,12 +395,20 @@ fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
 
 /// The protocol on the CPU engine (no VRAM, no expert stats).
 fn run_host(j: &Job, c: &Config) -> Result<PaperResult> {
-    let Job { args, w, backend, n_ctx, prompt, n_decode } = *j;
+    let Job { args, w, backend, n_ctx, prompt, n_decode, .. } = *j;
     let mut s = open_stream(args, w, backend, n_ctx, None, None)?;
     if let Some(r) = router(&c.routing, &w.cfg, None)? {
         s.set_router(r);
     }
-    let mut r = bench::paper_run(&mut s, prompt, n_decode)?;
+    let bar = super::count_bar(n_decode as u64, "decode");
+    let mut tick = |done: usize, hit: Option<f64>| {
+        bar.set_position(done as u64);
+        if let Some(h) = hit {
+            bar.set_message(format!("decode, hit {:.1}%", 100.0 * h));
+        }
+    };
+    let mut r = bench::paper_run(&mut s, prompt, n_decode, &mut tick)?;
+    bar.finish_and_clear();
     r.device = format!("CPU ({} threads)", s.threads());
     r.routing = c.routing.clone();
     Ok(r)
@@ -427,9 +453,12 @@ fn print_result(c: &Config, r: &PaperResult) {
     );
     if let Some(p) = &r.projection {
         println!(
-            "projection RTX 4060 Laptop (PCIe 4.0 x8, 11.8 GB/s; 256 GB/s VRAM): {:.1} tok/s \
-             serial, {:.1} tok/s with full overlap [a projection, not a measurement]",
-            p.serial_tok_s, p.overlap_tok_s
+            "projection for {} on laptop-4060 (assumptions: 256 GB/s VRAM at 0.6 efficiency, \
+             11.8 GB/s link; a projection, not a measurement): {:.1} tok/s serial, {:.1} tok/s \
+             with full overlap",
+            short(&r.model),
+            p.serial_tok_s,
+            p.overlap_tok_s
         );
         println!("           {}", p.formula);
     }

@@ -26,18 +26,20 @@ impl ModelFile {
         Ok(ModelFile::Gguf(Gguf::open(path)?))
     }
 
-    /// Whether `rotary synth` wrote this file (general.name "rotary-synth ..."): random weights,
-    /// whose router picks experts almost uniformly and whose greedy text loops.
-    pub fn is_synthesized(&self) -> bool {
+    /// The preset `rotary synth` made this file from (general.name "rotary-synth PRESET ..."):
+    /// random weights, whose router picks experts almost uniformly and whose greedy text loops.
+    pub fn synth_preset(&self) -> Option<String> {
         match self {
-            ModelFile::Gguf(g) => g
-                .header
-                .get_str("general.name")
-                .ok()
-                .flatten()
-                .is_some_and(|n| n.starts_with("rotary-synth ")),
-            ModelFile::Hf(_) => false,
+            ModelFile::Gguf(g) => {
+                let name = g.header.get_str("general.name").ok().flatten()?;
+                name.strip_prefix("rotary-synth ")?.split_whitespace().next().map(str::to_string)
+            }
+            ModelFile::Hf(_) => None,
         }
+    }
+
+    pub fn is_synthesized(&self) -> bool {
+        self.synth_preset().is_some()
     }
 
     /// Hyperparameters with every semantic and tensor check done.
