@@ -5,6 +5,7 @@
 
 use rotary::model::weights::{ModelFile, Weights};
 use rotary::rotary::cache::{Allocation, Policy};
+use rotary::rotary::decide::Costs;
 use rotary::rotary::plan::UBATCH;
 use rotary::rotary::replay::{replay, Protocol, Shape};
 use rotary::rotary::sim::SimDevice;
@@ -21,7 +22,7 @@ fn synth(preset: &str) -> ModelFile {
     ModelFile::Gguf(rotary::format::gguf::Gguf::from_bytes(bytes).expect("gguf"))
 }
 
-fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation) {
+fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation, costs: Costs) {
     let file = synth(preset);
     let w = Weights::load(&file).expect("weights");
     let c = &w.cfg;
@@ -42,7 +43,7 @@ fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation) {
         policy,
         alloc,
         moe_policy: MoePolicy::Auto,
-        costs: Some(LAPTOP_4060.costs()),
+        costs: Some(costs),
         ..Options::default()
     };
     let dev = SimDevice::new(Some(budget), 50.0, Some(2)).expect("sim");
@@ -64,26 +65,19 @@ fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation) {
     let shape = Shape::preset(preset, QuantMix::Q8_0).expect("shape");
     let mut routing = TextRouting::new(l, e, k, 3);
     let protocol = Protocol { n_prompt, n_decode, ubatch: UBATCH };
-    let r = replay(
-        &shape,
-        &s.plan,
-        &opts,
-        LAPTOP_4060.costs(),
-        &mut routing,
-        protocol,
-        None,
-        &mut |_, _| {},
-    )
-    .expect("replay");
+    let r = replay(&shape, &s.plan, &opts, costs, &mut routing, protocol, None, &mut |_, _| {})
+        .expect("replay");
     let rep = &r.stats;
     println!(
         "{preset} {policy:?} {alloc:?}: sim {sim} | replay hits {} misses {}",
         rep.hits, rep.misses
     );
-    assert!(
-        sim.misses > 0 && sim.cpu_experts > 0,
-        "{preset}: the case exercises misses on both sides"
-    );
+    // Prefetch runs where a copy beats the CPU (the fast link); on the laptop misses go to
+    // the CPU instead.
+    let fast_link = costs.link_bytes_per_s * costs.cpu_s_per_byte > 1.0;
+    assert!(sim.misses > 0, "{preset}: the case has misses");
+    assert_eq!(sim.prefetch_loads > 0, fast_link, "{preset}: prefetches {}", sim.prefetch_loads);
+    assert_eq!(sim.cpu_experts > 0, !fast_link, "{preset}: CPU experts {}", sim.cpu_experts);
     let what = [
         ("hits", sim.hits, rep.hits),
         ("misses", sim.misses, rep.misses),
@@ -98,15 +92,19 @@ fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation) {
     }
 }
 
+/// A machine whose link copies an expert 4x faster than its CPU computes one (prefetch pays).
+const FAST_LINK: Costs = Costs { link_bytes_per_s: 40e9, cpu_s_per_byte: 1.0 / 10e9 };
+
 #[test]
 fn replay_makes_the_simulators_decisions_qwen3moe() {
-    same_decisions("tiny", 7, Policy::Lru, Allocation::Global);
-    same_decisions("tiny", 12, Policy::Lfru, Allocation::PerLayer);
+    same_decisions("tiny", 7, Policy::Lru, Allocation::Global, LAPTOP_4060.costs());
+    same_decisions("tiny", 12, Policy::Lfru, Allocation::PerLayer, FAST_LINK);
 }
 
 #[test]
 fn replay_makes_the_simulators_decisions_qwen35moe() {
-    same_decisions("qwen35-tiny", 12, Policy::LayerAware, Allocation::Global);
+    same_decisions("qwen35-tiny", 12, Policy::LayerAware, Allocation::Global, FAST_LINK);
+    same_decisions("qwen35-tiny", 10, Policy::Lru, Allocation::Global, LAPTOP_4060.costs());
 }
 
 /// The time model on hand-made layers: 1 GB/s everywhere makes bytes read as nanoseconds.

@@ -153,9 +153,22 @@ impl Decider {
         self.place(l, &again, used)
     }
 
+    /// Whether prefetching layer `l` pays: a prefetch is an early demand load, so under the
+    /// auto miss policy it is worth the link only where a copy beats computing the expert on
+    /// the CPU (on the 4060 laptop the CPU reads an expert ~3x faster than the link copies it:
+    /// prefetches would only queue in front of the loads that matter).
+    pub fn prefetch_pays(&self, l: usize, costs: Costs) -> bool {
+        let bytes = self.expert_bytes[l] as f64;
+        self.moe_policy != MoePolicy::Auto
+            || bytes / costs.link_bytes_per_s <= bytes * costs.cpu_s_per_byte
+    }
+
     /// Prefetch: layer `l`'s predicted experts (those not cached) get slots, as many as the
-    /// layer can hold without evicting its own predicted experts.
-    pub fn ahead(&mut self, l: usize, want: &[usize]) -> Vec<(usize, usize)> {
+    /// layer can hold without evicting its own predicted experts; none where it does not pay.
+    pub fn ahead(&mut self, l: usize, want: &[usize], costs: Costs) -> Vec<(usize, usize)> {
+        if !self.prefetch_pays(l, costs) {
+            return Vec::new();
+        }
         let protected: Vec<usize> = want.iter().filter_map(|&e| self.cache.peek(l, e)).collect();
         self.place(l, want, protected)
     }

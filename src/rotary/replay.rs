@@ -183,7 +183,7 @@ pub fn replay(
                         }
                     }
                     predicted[l + 1] = Some(pr.clone());
-                    d.ahead(l + 1, &want)
+                    d.ahead(l + 1, &want, costs)
                 }
                 None => Vec::new(),
             };

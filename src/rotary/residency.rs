@@ -317,12 +317,7 @@ impl<'w> Residency<'w> {
         if let Some(&e) = ids.iter().find(|&&e| e < 0 || e as u64 >= self.n_experts as u64) {
             panic!("router id {e} of {} experts", self.n_experts);
         }
-        // A target's speeds when one is given (the decisions that machine would make), else
-        // this machine's, measured.
-        let costs = self.opts.costs.unwrap_or(Costs {
-            link_bytes_per_s: self.link_bytes_per_s(dev),
-            cpu_s_per_byte: self.cpu_s_per_byte,
-        });
+        let costs = self.costs(dev);
         let d = self.decide.resolve(l, ids, costs);
         let mut in_flight = Vec::new(); // prefetches the hits still wait for
         for &(e, slot) in &d.hits {
@@ -411,6 +406,15 @@ impl<'w> Residency<'w> {
             }
         }
         upload(dev, s.ids, &marked)
+    }
+
+    /// What the miss policy weighs: a target's speeds when one is given (the decisions that
+    /// machine would make), else this machine's, measured.
+    fn costs(&self, dev: &dyn Device) -> Costs {
+        self.opts.costs.unwrap_or(Costs {
+            link_bytes_per_s: self.link_bytes_per_s(dev),
+            cpu_s_per_byte: self.cpu_s_per_byte,
+        })
     }
 
     /// The link's measured speed (bytes/s), or the configured estimate before any copy.
@@ -524,7 +528,8 @@ impl<'w> Residency<'w> {
             }
         }
         self.predicted[l] = Some(per_token);
-        let placed = self.decide.ahead(l, &want);
+        let costs = self.costs(dev);
+        let placed = self.decide.ahead(l, &want, costs);
         self.stats.prefetch_loads += self.load_async(dev, l, &placed)? as u64;
         Ok(())
     }
