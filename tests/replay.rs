@@ -65,7 +65,7 @@ fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation, c
     let shape = Shape::preset(preset, QuantMix::Q8_0).expect("shape");
     let mut routing = TextRouting::new(l, e, k, 3);
     let protocol = Protocol { n_prompt, n_decode, ubatch: UBATCH };
-    let r = replay(&shape, &s.plan, &opts, costs, &mut routing, protocol, None, &mut |_, _| {})
+    let r = replay(&shape, &s.plan, &opts, &mut routing, protocol, None, &mut |_, _| {})
         .expect("replay");
     let rep = &r.stats;
     println!(

@@ -101,16 +101,7 @@ pub fn cmd(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         let bar = super::count_bar((n_prompt + n_decode) as u64, "replay");
         let proj = real.map(|_| &target);
         let mut tick = |done: usize, _: usize| bar.set_position(done as u64);
-        let rep = replay::replay(
-            &shape,
-            &plan,
-            &opts,
-            target.costs(),
-            &mut routing,
-            protocol,
-            proj,
-            &mut tick,
-        )?;
+        let rep = replay::replay(&shape, &plan, &opts, &mut routing, protocol, proj, &mut tick)?;
         bar.finish_and_clear();
         rows.push(Row { c, budget, r: rep });
     }

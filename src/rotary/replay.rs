@@ -9,7 +9,7 @@
 //! prefetch of the next layer. Counts are taken over the decode tokens, as `bench --paper`
 //! takes the engine's.
 
-use super::decide::{Costs, Decider};
+use super::decide::Decider;
 use super::options::{Options, Stats};
 use super::plan::{self, Plan};
 use super::residency::check_slots;
@@ -102,13 +102,13 @@ pub struct Replayed {
     pub n_experts_total: usize,
 }
 
-/// Replay `routing` on `shape` under `plan` with the rotary's `opts` and miss-policy `costs`;
-/// project each decode token on `target` when given. `progress(done, total)` counts tokens.
+/// Replay `routing` on `shape` under `plan` with the rotary's `opts` (whose `costs`, a target
+/// machine's, the miss policy weighs: the replay measures nothing); project each decode token
+/// on `target` when given. `progress(done, total)` counts tokens.
 pub fn replay(
     shape: &Shape,
     plan: &Plan,
     opts: &Options,
-    costs: Costs,
     routing: &mut TextRouting,
     p: Protocol,
     target: Option<&Target>,
@@ -116,6 +116,9 @@ pub fn replay(
 ) -> Result<Replayed> {
     let c = &shape.cfg;
     check_slots(plan, c, opts)?;
+    let costs = opts.costs.ok_or_else(|| {
+        crate::Error::Usage("the replay decides with a target machine's costs: none given".into())
+    })?;
     let (n_layers, k) = (c.n_layers as usize, c.n_experts_used as usize);
     let mut d = Decider::new(
         super::cache::ExpertCache::with_ranges(
