@@ -16,8 +16,18 @@ use rotary::routing::{Router, RoutingMode};
 use rotary::synth::{Preset, QuantMix, SynthOptions};
 use rotary::{Engine, Logits, Session};
 
+/// The tiny presets at Q8_0; the small ones at Q4_K_M (half the bytes, and two expert sizes:
+/// two slot classes).
+fn quant(preset: &str) -> QuantMix {
+    if preset.ends_with("small") {
+        QuantMix::Q4KM
+    } else {
+        QuantMix::Q8_0
+    }
+}
+
 fn synth(preset: &str) -> ModelFile {
-    let opts = SynthOptions::new(Preset::by_name(preset).expect("preset"), QuantMix::Q8_0, 0);
+    let opts = SynthOptions::new(Preset::by_name(preset).expect("preset"), quant(preset), 0);
     let bytes = rotary::synth::to_bytes(&opts).expect("synth");
     ModelFile::Gguf(rotary::format::gguf::Gguf::from_bytes(bytes).expect("gguf"))
 }
@@ -62,7 +72,7 @@ fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation, c
     }
     let sim = s.stats().since(&before);
 
-    let shape = Shape::preset(preset, QuantMix::Q8_0).expect("shape");
+    let shape = Shape::preset(preset, quant(preset)).expect("shape");
     let mut routing = TextRouting::new(l, e, k, 3);
     let protocol = Protocol { n_prompt, n_decode, ubatch: UBATCH };
     let r = replay(&shape, &s.plan, &opts, &mut routing, protocol, None, &mut |_, _| {})
@@ -105,6 +115,13 @@ fn replay_makes_the_simulators_decisions_qwen3moe() {
 fn replay_makes_the_simulators_decisions_qwen35moe() {
     same_decisions("qwen35-tiny", 12, Policy::LayerAware, Allocation::Global, FAST_LINK);
     same_decisions("qwen35-tiny", 10, Policy::Lru, Allocation::Global, LAPTOP_4060.costs());
+}
+
+/// The validation models, in memory (about 1 GB each), on the laptop's costs.
+#[test]
+fn replay_makes_the_simulators_decisions_small_and_qwen35_small() {
+    same_decisions("small", 240, Policy::Lru, Allocation::Global, LAPTOP_4060.costs());
+    same_decisions("qwen35-small", 160, Policy::Lru, Allocation::Global, LAPTOP_4060.costs());
 }
 
 /// The time model on hand-made layers: 1 GB/s everywhere makes bytes read as nanoseconds.

@@ -216,10 +216,11 @@ fn print_rows(h: &Heading, rows: &[Row]) {
         match &r.breakdown {
             Some(b) => {
                 println!(
-                    "projected  {:.1} tok/s decode on {} [a projection, not a measurement]: per \
-                     token T_gpu {:.2} ms, T_cpu {:.2} ms, T_sync {:.2} ms, waiting for the link \
-                     {:.2} ms (link busy {:.2} ms)",
+                    "projected  {:.1} tok/s decode: projection for {} on {} (assumptions \
+                     below; a projection, not a measurement); per token T_gpu {:.2} ms, T_cpu \
+                     {:.2} ms, T_sync {:.2} ms, waiting for the link {:.2} ms (link busy {:.2} ms)",
                     b.tok_s(),
+                    h.real.unwrap_or(h.preset),
                     h.target.name,
                     b.ms(b.gpu_s),
                     b.ms(b.cpu_s),
