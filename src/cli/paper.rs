@@ -11,7 +11,7 @@ use rotary::rotary::BackendKind;
 use rotary::routing::RoutingMode;
 use rotary::synth::{self, Preset, QuantMix, SynthOptions};
 use rotary::units::{self, human_bytes};
-use rotary::Engine;
+use rotary::{Engine, Session};
 use rotary::{Error, Result};
 
 use super::session::{backend_kind, cache_alloc, cache_policy, open_stream, router};
@@ -368,15 +368,7 @@ fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
         s.plan.n_experts_total,
         100.0 * s.plan.n_slots as f64 / s.plan.n_experts_total.max(1) as f64
     );
-    let bar = super::count_bar(n_decode as u64, "decode");
-    let mut tick = |done: usize, hit: Option<f64>| {
-        bar.set_position(done as u64);
-        if let Some(h) = hit {
-            bar.set_message(format!("decode, hit {:.1}%", 100.0 * h));
-        }
-    };
-    let mut r = bench::paper_run(&mut s, prompt, n_decode, &mut tick)?;
-    bar.finish_and_clear();
+    let mut r = paper_run_with_bar(&mut s, prompt, n_decode)?;
     r.device = s.device();
     r.routing = c.routing.clone();
     r.cache = format!("{}, {} allocation", c.policy.name(), c.alloc.name());
@@ -393,13 +385,8 @@ fn run_config(j: &Job, c: &Config) -> Result<PaperResult> {
     Ok(r)
 }
 
-/// The protocol on the CPU engine (no VRAM, no expert stats).
-fn run_host(j: &Job, c: &Config) -> Result<PaperResult> {
-    let Job { args, w, backend, n_ctx, prompt, n_decode, .. } = *j;
-    let mut s = open_stream(args, w, backend, n_ctx, None, None)?;
-    if let Some(r) = router(&c.routing, &w.cfg, None)? {
-        s.set_router(r);
-    }
+/// The paper protocol with a progress bar on stderr (tokens, tok/s, hit rate, ETA).
+fn paper_run_with_bar(s: &mut Session, prompt: &[u32], n_decode: usize) -> Result<PaperResult> {
     let bar = super::count_bar(n_decode as u64, "decode");
     let mut tick = |done: usize, hit: Option<f64>| {
         bar.set_position(done as u64);
@@ -407,8 +394,19 @@ fn run_host(j: &Job, c: &Config) -> Result<PaperResult> {
             bar.set_message(format!("decode, hit {:.1}%", 100.0 * h));
         }
     };
-    let mut r = bench::paper_run(&mut s, prompt, n_decode, &mut tick)?;
+    let r = bench::paper_run(s, prompt, n_decode, &mut tick);
     bar.finish_and_clear();
+    r
+}
+
+/// The protocol on the CPU engine (no VRAM, no expert stats).
+fn run_host(j: &Job, c: &Config) -> Result<PaperResult> {
+    let Job { args, w, backend, n_ctx, prompt, n_decode, .. } = *j;
+    let mut s = open_stream(args, w, backend, n_ctx, None, None)?;
+    if let Some(r) = router(&c.routing, &w.cfg, None)? {
+        s.set_router(r);
+    }
+    let mut r = paper_run_with_bar(&mut s, prompt, n_decode)?;
     r.device = format!("CPU ({} threads)", s.threads());
     r.routing = c.routing.clone();
     Ok(r)

@@ -203,8 +203,16 @@ fn print_rows(h: &Heading, rows: &[Row]) {
             row.c.policy.name(),
             row.c.alloc.name()
         );
-        let recall = s.prefetch_recall().map_or("-".into(), |x| format!("{:.1}%", 100.0 * x));
-        println!("hit rate   {:.1}% (prefetch recall {recall})", 100.0 * s.hit_rate());
+        let prefetch = match s.prefetch_recall() {
+            _ if s.prefetch_loads == 0 && s.prefetch_predicted > 0 => {
+                "no prefetch: on this target the CPU computes a missed expert faster than the \
+                 link copies it"
+                    .to_string()
+            }
+            Some(x) => format!("prefetch recall {:.1}%", 100.0 * x),
+            None => "no prefetch".to_string(),
+        };
+        println!("hit rate   {:.1}% ({prefetch})", 100.0 * s.hit_rate());
         println!("CPU        {cpu:.2} experts per token (of {} routed)", h.routed_per_token);
         println!(
             "link       {:.1} MB of experts per token ({} demand loads, {} prefetched, {} loaded behind)",
