@@ -9,7 +9,7 @@ use rotary::rotary::decide::Costs;
 use rotary::rotary::plan::UBATCH;
 use rotary::rotary::replay::{replay, Protocol, Shape};
 use rotary::rotary::sim::SimDevice;
-use rotary::rotary::target::{Breakdown, LayerWork, LAPTOP_4060};
+use rotary::rotary::target::{laptop_4060, Breakdown, LayerWork};
 use rotary::rotary::{MoePolicy, Options};
 use rotary::routing::text::TextRouting;
 use rotary::routing::{Router, RoutingMode};
@@ -107,21 +107,21 @@ const FAST_LINK: Costs = Costs { link_bytes_per_s: 40e9, cpu_s_per_byte: 1.0 / 1
 
 #[test]
 fn replay_makes_the_simulators_decisions_qwen3moe() {
-    same_decisions("tiny", 7, Policy::Lru, Allocation::Global, LAPTOP_4060.costs());
+    same_decisions("tiny", 7, Policy::Lru, Allocation::Global, laptop_4060().costs());
     same_decisions("tiny", 12, Policy::Lfru, Allocation::PerLayer, FAST_LINK);
 }
 
 #[test]
 fn replay_makes_the_simulators_decisions_qwen35moe() {
     same_decisions("qwen35-tiny", 12, Policy::LayerAware, Allocation::Global, FAST_LINK);
-    same_decisions("qwen35-tiny", 10, Policy::Lru, Allocation::Global, LAPTOP_4060.costs());
+    same_decisions("qwen35-tiny", 10, Policy::Lru, Allocation::Global, laptop_4060().costs());
 }
 
 /// The validation models, in memory (about 1 GB each), on the laptop's costs.
 #[test]
 fn replay_makes_the_simulators_decisions_small_and_qwen35_small() {
-    same_decisions("small", 240, Policy::Lru, Allocation::Global, LAPTOP_4060.costs());
-    same_decisions("qwen35-small", 160, Policy::Lru, Allocation::Global, LAPTOP_4060.costs());
+    same_decisions("small", 240, Policy::Lru, Allocation::Global, laptop_4060().costs());
+    same_decisions("qwen35-small", 160, Policy::Lru, Allocation::Global, laptop_4060().costs());
 }
 
 /// The time model on hand-made layers: 1 GB/s everywhere makes bytes read as nanoseconds.
@@ -133,7 +133,7 @@ fn the_time_model_has_the_worked_out_answers() {
         link_gbps: 1.0,
         host_gbps: 1.0,
         sync_s: 0.0,
-        ..LAPTOP_4060
+        ..laptop_4060()
     };
     let mut b = Breakdown::default();
     // Layer 0: dense 10, GPU experts 5, demand 3, CPU 20 → max(10+3+5, 10+20) = 30 (µs·1e-3).

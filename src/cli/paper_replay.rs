@@ -99,7 +99,9 @@ pub fn cmd(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         let mut routing = TextRouting::new(l, e, k, seed);
         let protocol = Protocol { n_prompt, n_decode, ubatch: rotary::rotary::plan::UBATCH };
         let bar = super::count_bar((n_prompt + n_decode) as u64, "replay");
-        let proj = real.map(|_| &target);
+        // A laptop figure only for a real model's shape; a machine given by its speeds (the
+        // simulator's, to validate the model) projects any shape.
+        let proj = (real.is_some() || target.is_custom()).then_some(&target);
         let mut tick = |done: usize, _: usize| bar.set_position(done as u64);
         let rep = replay::replay(&shape, &plan, &opts, &mut routing, protocol, proj, &mut tick)?;
         bar.finish_and_clear();
@@ -229,7 +231,7 @@ fn print_rows(h: &Heading, rows: &[Row]) {
                      {:.2} ms, T_sync {:.2} ms, waiting for the link {:.2} ms (link busy {:.2} ms)",
                     b.tok_s(),
                     h.real.unwrap_or(h.preset),
-                    h.target.name,
+                    &h.target.name,
                     b.ms(b.gpu_s),
                     b.ms(b.cpu_s),
                     b.ms(b.sync_s),
@@ -247,7 +249,7 @@ fn print_rows(h: &Heading, rows: &[Row]) {
     }
     if rows.iter().any(|r| r.r.breakdown.is_some()) {
         println!("assumptions ({}, {}):", h.target.name, h.target.what);
-        for s in h.target.sources {
+        for s in &h.target.sources {
             println!("  - {s}");
         }
         println!("  - model: {}", MODEL_LINE);

@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 /// A machine to project for: each constant with where it comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Target {
-    pub name: &'static str,
-    pub what: &'static str,
+    pub name: String,
+    pub what: String,
     /// The GPU's memory.
     pub vram_bytes: u64,
     pub vram_gbps: f64,
@@ -37,22 +37,16 @@ pub struct Target {
     pub cores: usize,
     /// Per layer with CPU experts: h down, output rows up, the join.
     pub sync_s: f64,
+    /// The CPU experts run on the GPU's own threads, one after the other (the simulator, whose
+    /// "GPU" kernels are CPU kernels), not beside them.
+    pub serial_cpu: bool,
     /// One line per constant: its value and source.
-    pub sources: &'static [&'static str],
+    pub sources: Vec<String>,
 }
 
 /// The seed's laptop (the published 21.06 tok/s, FreeToken's ~39 tok/s).
-pub const LAPTOP_4060: Target = Target {
-    name: "laptop-4060",
-    what: "RTX 4060 Laptop 8 GB, PCIe 4.0 x8, 2-channel DDR5-5600",
-    vram_bytes: 8 << 30,
-    vram_gbps: 256.0,
-    gpu_efficiency: 0.6,
-    link_gbps: 11.8,
-    host_gbps: 40.0,
-    cores: 8,
-    sync_s: 60e-6,
-    sources: &[
+pub fn laptop_4060() -> Target {
+    let sources = [
         "VRAM 8 GiB, 256 GB/s: 128-bit GDDR6 at 16 Gbps (fpsbench.com, data-check.eu; anchors.md §6.1)",
         "GPU efficiency 0.6 of 256 GB/s: assumed; anchors.md §6.2 puts the 30B-A3B's 7.9 ms at \
          peak at 10-20 ms realistic (0.4-0.8)",
@@ -63,17 +57,78 @@ pub const LAPTOP_4060: Target = Target {
         "cores 8: assumed (a 4060-laptop CPU has 8 or more; bandwidth saturates at ~4)",
         "sync 60 us per layer with CPU experts: ~3 ms for 48 CPU-GPU round trips (anchors.md \
          §6.2b, imp #1356)",
-    ],
-};
-
-pub const TARGETS: [Target; 1] = [LAPTOP_4060];
+    ];
+    Target {
+        name: "laptop-4060".into(),
+        what: "RTX 4060 Laptop 8 GB, PCIe 4.0 x8, 2-channel DDR5-5600".into(),
+        vram_bytes: 8 << 30,
+        vram_gbps: 256.0,
+        gpu_efficiency: 0.6,
+        link_gbps: 11.8,
+        host_gbps: 40.0,
+        cores: 8,
+        sync_s: 60e-6,
+        serial_cpu: false,
+        sources: sources.iter().map(|s| s.to_string()).collect(),
+    }
+}
 
 impl Target {
+    /// `laptop-4060`, or a machine given by its speeds:
+    /// `custom:gpu=GBPS,link=GBPS,cpu=GBPS[,sync_us=US][,serial]` (GPU efficiency 1; `serial`:
+    /// CPU experts on the GPU's threads, as in the simulator).
     pub fn by_name(name: &str) -> Result<Target> {
-        TARGETS.iter().find(|t| t.name == name).cloned().ok_or_else(|| {
-            let names: Vec<_> = TARGETS.iter().map(|t| t.name).collect();
-            Error::Usage(format!("--target {name}: known targets are {}", names.join(", ")))
-        })
+        if name == "laptop-4060" {
+            return Ok(laptop_4060());
+        }
+        let bad = |why: &str| {
+            Error::Usage(format!(
+                "--target {name}: {why} (want laptop-4060 or \
+                 custom:gpu=GBPS,link=GBPS,cpu=GBPS[,sync_us=US][,serial])"
+            ))
+        };
+        let spec = name.strip_prefix("custom:").ok_or_else(|| bad("unknown target"))?;
+        let mut t = Target {
+            name: name.to_string(),
+            what: "a machine given by its speeds".into(),
+            vram_bytes: 0,
+            vram_gbps: 0.0,
+            gpu_efficiency: 1.0,
+            link_gbps: 0.0,
+            host_gbps: 0.0,
+            cores: 0,
+            sync_s: 0.0,
+            serial_cpu: false,
+            sources: vec![format!("given on the command line: {spec}")],
+        };
+        for part in spec.split(',') {
+            if part == "serial" {
+                t.serial_cpu = true;
+                continue;
+            }
+            let (k, v) = part.split_once('=').ok_or_else(|| bad(part))?;
+            let v: f64 = v
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| bad(part))?;
+            match k {
+                "gpu" => t.vram_gbps = v,
+                "link" => t.link_gbps = v,
+                "cpu" => t.host_gbps = v,
+                "sync_us" => t.sync_s = v * 1e-6,
+                _ => return Err(bad(part)),
+            }
+        }
+        if t.vram_gbps <= 0.0 || t.link_gbps <= 0.0 || t.host_gbps <= 0.0 {
+            return Err(bad("gpu, link and cpu speeds are required and positive"));
+        }
+        Ok(t)
+    }
+
+    /// A machine given by its speeds (not a real one: its projection is no laptop claim).
+    pub fn is_custom(&self) -> bool {
+        self.name.starts_with("custom:")
     }
 
     /// Seconds to read `bytes` on the GPU at the assumed efficiency.
@@ -153,9 +208,14 @@ impl Breakdown {
             let gpu_end = gpu_start + t.gpu_s(w.gpu_experts);
             let sync = if w.n_cpu > 0 { t.sync_s } else { 0.0 };
             let cpu_end = moe + t.cpu_s(w.cpu_experts) + sync;
-            let end = gpu_end.max(cpu_end);
-            // The wait is what the link added beyond the slower of the two compute sides.
-            let compute_end = (moe + t.gpu_s(w.gpu_experts)).max(cpu_end);
+            let (end, compute_end) = if t.serial_cpu {
+                // The CPU experts first, then the GPU's once its copies are in.
+                let start = cpu_end.max(demand_done).max(ready);
+                (start + t.gpu_s(w.gpu_experts), cpu_end + t.gpu_s(w.gpu_experts))
+            } else {
+                (gpu_end.max(cpu_end), (moe + t.gpu_s(w.gpu_experts)).max(cpu_end))
+            };
+            // The wait is what the link added beyond the compute.
             self.link_wait_s += end - compute_end;
             self.gpu_s += t.gpu_s(w.dense) + t.gpu_s(w.gpu_experts);
             self.cpu_s += t.cpu_s(w.cpu_experts);
