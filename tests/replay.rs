@@ -144,7 +144,7 @@ fn the_time_model_has_the_worked_out_answers() {
         gpu_experts: 5e3,
         demand: 3e3,
         cpu_experts: 20e3,
-        n_cpu: 1,
+        resolved: true,
         ..Default::default()
     };
     let l1 = LayerWork { dense: 10e3, gpu_experts: 5e3, ahead: 40e3, ..Default::default() };

@@ -206,7 +206,7 @@ pub fn replay(
                 work[l].gpu_experts = ((r.hits.len() + r.loads.len()) as u64 * xb) as f64;
                 work[l].demand = (r.loads.len() as u64 * xb) as f64;
                 work[l].cpu_experts = (r.cpu.len() as u64 * xb) as f64;
-                work[l].n_cpu = r.cpu.len();
+                work[l].resolved = true;
             }
         }
         if counting {

@@ -11,12 +11,14 @@
 //!   until ready = max(t, link free) + ahead bytes / link GB/s
 //! MoE start  m = t + T_dense      (dense weights + KV or recurrent state, at VRAM GB/s × eff)
 //! GPU side   g = max(m + demand bytes / link GB/s, ready) + T_gpu_experts  (hits, loads)
-//! CPU side   c = m + CPU expert bytes / host GB/s + T_sync (if the layer has any)
+//! CPU side   c = m + CPU expert bytes / host GB/s + T_sync (a streamed layer's round trip)
 //! layer end  max(g, c); loads behind the CPU experts then take the link
 //! token      Σ layers + T_head (the output head)
 //! ```
 //!
-//! Demand loads go ahead of queued background copies (the engine orders them so).
+//! Demand loads go ahead of queued background copies (the engine orders them so). A `serial`
+//! machine (the simulator) does everything on one set of cores: T_layer = T_dense + T_sync +
+//! T_cpu + T_gpu_experts + all its copies.
 
 use crate::error::{Error, Result};
 
@@ -37,9 +39,9 @@ pub struct Target {
     pub cores: usize,
     /// Per layer with CPU experts: h down, output rows up, the join.
     pub sync_s: f64,
-    /// The CPU experts run on the GPU's own threads, one after the other (the simulator, whose
-    /// "GPU" kernels are CPU kernels), not beside them.
-    pub serial_cpu: bool,
+    /// One set of cores does everything one after the other: kernels, CPU experts and copies
+    /// (the simulator, whose "GPU" kernels and link thread are this CPU's).
+    pub serial: bool,
     /// One line per constant: its value and source.
     pub sources: Vec<String>,
 }
@@ -55,8 +57,8 @@ pub fn laptop_4060() -> Target {
         "CPU experts 40 GB/s: 2-channel DDR5-5600 is 89.6 GB/s peak, 60-70 STREAM, ~35 for LLM \
          GEMV (anchors.md §6.1, §6.2c; imp #1356 saturates at 4 threads)",
         "cores 8: assumed (a 4060-laptop CPU has 8 or more; bandwidth saturates at ~4)",
-        "sync 60 us per layer with CPU experts: ~3 ms for 48 CPU-GPU round trips (anchors.md \
-         §6.2b, imp #1356)",
+        "sync 60 us per streamed layer (its ids come down; CPU experts' rows go up): ~3 ms for \
+         48 CPU-GPU round trips (anchors.md §6.2b, imp #1356)",
     ];
     Target {
         name: "laptop-4060".into(),
@@ -68,7 +70,7 @@ pub fn laptop_4060() -> Target {
         host_gbps: 40.0,
         cores: 8,
         sync_s: 60e-6,
-        serial_cpu: false,
+        serial: false,
         sources: sources.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -76,7 +78,7 @@ pub fn laptop_4060() -> Target {
 impl Target {
     /// `laptop-4060`, or a machine given by its speeds:
     /// `custom:gpu=GBPS,link=GBPS,cpu=GBPS[,sync_us=US][,serial]` (GPU efficiency 1; `serial`:
-    /// CPU experts on the GPU's threads, as in the simulator).
+    /// one set of cores does kernels, CPU experts and copies, as in the simulator).
     pub fn by_name(name: &str) -> Result<Target> {
         if name == "laptop-4060" {
             return Ok(laptop_4060());
@@ -98,12 +100,12 @@ impl Target {
             host_gbps: 0.0,
             cores: 0,
             sync_s: 0.0,
-            serial_cpu: false,
+            serial: false,
             sources: vec![format!("given on the command line: {spec}")],
         };
         for part in spec.split(',') {
             if part == "serial" {
-                t.serial_cpu = true;
+                t.serial = true;
                 continue;
             }
             let (k, v) = part.split_once('=').ok_or_else(|| bad(part))?;
@@ -162,8 +164,8 @@ pub struct LayerWork {
     pub gpu_experts: f64,
     pub demand: f64,
     pub cpu_experts: f64,
-    /// CPU experts (count): a layer with any pays the sync.
-    pub n_cpu: usize,
+    /// The layer's experts were resolved on the host (streaming): it pays the sync.
+    pub resolved: bool,
     /// Prefetched for this layer (issued when the previous layer ended).
     pub ahead: f64,
     /// Loaded behind this layer's CPU experts.
@@ -201,27 +203,32 @@ impl Breakdown {
     pub fn add_token(&mut self, t: &Target, layers: &[LayerWork], head: f64) {
         let (mut now, mut link_free) = (0.0f64, 0.0f64);
         for w in layers {
-            let ready = now.max(link_free) + t.link_s(w.ahead);
-            let moe = now + t.gpu_s(w.dense);
-            let demand_done = moe + t.link_s(w.demand);
-            let gpu_start = demand_done.max(ready);
-            let gpu_end = gpu_start + t.gpu_s(w.gpu_experts);
-            let sync = if w.n_cpu > 0 { t.sync_s } else { 0.0 };
-            let cpu_end = moe + t.cpu_s(w.cpu_experts) + sync;
-            let (end, compute_end) = if t.serial_cpu {
-                // The CPU experts first, then the GPU's once its copies are in.
-                let start = cpu_end.max(demand_done).max(ready);
-                (start + t.gpu_s(w.gpu_experts), cpu_end + t.gpu_s(w.gpu_experts))
+            let link = t.link_s(w.ahead + w.demand + w.behind);
+            // A layer that resolves on the host (streaming) pays one round trip: its ids come
+            // down, and the CPU experts' rows go up.
+            let sync = if w.resolved { t.sync_s } else { 0.0 };
+            let (dense, gpu, cpu) =
+                (t.gpu_s(w.dense), t.gpu_s(w.gpu_experts), t.cpu_s(w.cpu_experts));
+            let (end, compute_end) = if t.serial {
+                // One set of cores does everything, copies included (the simulator: its link
+                // thread copies with memcpy beside kernels that use every core).
+                let end = now + dense + sync + cpu + gpu + link;
+                (end, end - link)
             } else {
-                (gpu_end.max(cpu_end), (moe + t.gpu_s(w.gpu_experts)).max(cpu_end))
+                let ready = now.max(link_free) + t.link_s(w.ahead);
+                let moe = now + dense;
+                let demand_done = moe + t.link_s(w.demand);
+                let gpu_end = demand_done.max(ready) + gpu;
+                let cpu_end = moe + cpu + sync;
+                link_free = ready.max(demand_done) + t.link_s(w.behind);
+                (gpu_end.max(cpu_end), (moe + gpu).max(cpu_end))
             };
             // The wait is what the link added beyond the compute.
             self.link_wait_s += end - compute_end;
-            self.gpu_s += t.gpu_s(w.dense) + t.gpu_s(w.gpu_experts);
-            self.cpu_s += t.cpu_s(w.cpu_experts);
+            self.gpu_s += dense + gpu;
+            self.cpu_s += cpu;
             self.sync_s += sync;
-            self.link_busy_s += t.link_s(w.ahead + w.demand + w.behind);
-            link_free = ready.max(demand_done) + t.link_s(w.behind);
+            self.link_busy_s += link;
             now = end;
         }
         now += t.gpu_s(head);
