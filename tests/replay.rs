@@ -133,9 +133,11 @@ fn the_time_model_has_the_worked_out_answers() {
         link_gbps: 1.0,
         host_gbps: 1.0,
         sync_s: 0.0,
+        cpu_beside_gpu: true,
         ..laptop_4060()
     };
     let mut b = Breakdown::default();
+    // CPU experts beside the GPU's (issue 15's hybrid step):
     // Layer 0: dense 10, GPU experts 5, demand 3, CPU 20 → max(10+3+5, 10+20) = 30 (µs·1e-3).
     // Layer 1: prefetched 40 issued at 30, ready at 70; dense 10 → MoE at 40, waits until 70,
     // GPU 5 → 75; CPU none. Head 5 → 80.
@@ -153,4 +155,16 @@ fn the_time_model_has_the_worked_out_answers() {
     // The link wait: layer 1 waited 30 beyond its own compute (it would end at 45).
     assert!((b.link_wait_s - 30e-6).abs() < 1e-12, "{}", b.link_wait_s);
     assert!((b.link_busy_s - 43e-6).abs() < 1e-12);
+    // The engine today: layer 0's CPU experts (20, while its demand load flies) before its
+    // kernel: 10 + 20 + 5 = 35. Layer 1: its prefetch, issued at 35, is in at 75; MoE at 45
+    // waits until 75, then 5 → 80; head → 85.
+    let today = rotary::rotary::target::Target { cpu_beside_gpu: false, ..t };
+    let mut b = Breakdown::default();
+    b.add_token(&today, &[l0, l1], 5e3);
+    assert!((b.total_s - 85e-6).abs() < 1e-12, "{}", b.total_s);
+    // A serial machine (the simulator) adds everything: 10+20+5+3 + 10+5+40 + 5 = 98.
+    let serial = rotary::rotary::target::Target { serial: true, ..today };
+    let mut b = Breakdown::default();
+    b.add_token(&serial, &[l0, l1], 5e3);
+    assert!((b.total_s - 98e-6).abs() < 1e-12, "{}", b.total_s);
 }

@@ -238,6 +238,13 @@ fn print_rows(h: &Heading, rows: &[Row]) {
                     b.ms(b.link_wait_s),
                     b.ms(b.link_busy_s)
                 );
+                if let Some(b2) = &r.breakdown_beside {
+                    println!(
+                        "           {:.1} tok/s if the CPU experts ran beside the GPU's instead of \
+                         before its MoE kernel (the hybrid step of issue 15, not built yet)",
+                        b2.tok_s()
+                    );
+                }
                 println!(
                     "           published on the same laptop: the seed {SEED_TOK_S} tok/s, \
                      FreeToken ~{FREETOKEN_TOK_S} tok/s"
@@ -256,9 +263,10 @@ fn print_rows(h: &Heading, rows: &[Row]) {
     }
 }
 
-const MODEL_LINE: &str = "per layer: dense, then max(GPU experts after demand loads and the \
-    layer's prefetch, CPU experts + sync); the link a queue (prefetch at the previous layer's end, \
-    demand first, load-behind after); per token + the output head (src/rotary/target.rs)";
+const MODEL_LINE: &str = "per layer: dense, the round trip and the CPU experts (while demand \
+    loads fly), then the GPU experts once their loads and prefetches are in, as the engine runs \
+    today; the link a queue (prefetch at the previous layer's end, demand first, load-behind \
+    after); per token + the output head (src/rotary/target.rs)";
 
 fn print_json(h: &Heading, rows: &[Row]) {
     let out: Vec<serde_json::Value> = rows
@@ -271,6 +279,7 @@ fn print_json(h: &Heading, rows: &[Row]) {
                     "kind": "projected",
                     "target": h.target.name,
                     "decode_tok_s": b.tok_s(),
+                    "decode_tok_s_cpu_beside_gpu": r.breakdown_beside.map(|b| b.tok_s()),
                     "gpu_ms": b.ms(b.gpu_s),
                     "cpu_ms": b.ms(b.cpu_s),
                     "sync_ms": b.ms(b.sync_s),

@@ -98,6 +98,8 @@ pub struct Replayed {
     pub stats: Stats,
     pub demand_loads: u64,
     pub breakdown: Option<Breakdown>,
+    /// The same decisions with the CPU experts beside the GPU's (issue 15's hybrid step).
+    pub breakdown_beside: Option<Breakdown>,
     pub n_slots: usize,
     pub n_experts_total: usize,
 }
@@ -138,6 +140,10 @@ pub fn replay(
         ..Replayed::default()
     };
     let mut breakdown = target.map(|_| Breakdown::default());
+    let beside = target
+        .filter(|t| !t.serial && !t.cpu_beside_gpu)
+        .map(|t| Target { cpu_beside_gpu: true, ..t.clone() });
+    let mut breakdown_beside = beside.as_ref().map(|_| Breakdown::default());
     let mut predicted: Vec<Option<Vec<Vec<usize>>>> = vec![None; n_layers];
     let total = p.n_prompt + p.n_decode;
     let mut pos = 0usize;
@@ -218,6 +224,9 @@ pub fn replay(
                         (shape.dense[l] + shape.kv_per_token[l] * ctx + shape.state[l]) as f64;
                 }
                 b.add_token(t, &work, shape.head as f64);
+                if let (Some(b2), Some(t2)) = (breakdown_beside.as_mut(), beside.as_ref()) {
+                    b2.add_token(t2, &work, shape.head as f64);
+                }
             }
         }
         pos += n;
@@ -227,5 +236,6 @@ pub fn replay(
     (out.stats.hits, out.stats.misses) = (t.hits, t.misses);
     out.stats.n_layers = c.n_layers;
     out.breakdown = breakdown;
+    out.breakdown_beside = breakdown_beside;
     Ok(out)
 }

@@ -16,6 +16,10 @@
 //! token      Σ layers + T_head (the output head)
 //! ```
 //!
+//! That is the hybrid step issue 15 asks for (`cpu_beside_gpu`). The engine today computes the
+//! CPU experts in resolve(), before the layer's MoE kernel: GPU side g = max(c, m + demand,
+//! ready) + T_gpu_experts, and that is the default projection.
+//!
 //! Demand loads go ahead of queued background copies (the engine orders them so). A `serial`
 //! machine (the simulator) does everything on one set of cores: T_layer = T_dense + T_sync +
 //! T_cpu + T_gpu_experts + all its copies.
@@ -42,6 +46,10 @@ pub struct Target {
     /// One set of cores does everything one after the other: kernels, CPU experts and copies
     /// (the simulator, whose "GPU" kernels and link thread are this CPU's).
     pub serial: bool,
+    /// The CPU experts run beside the GPU's (issue 15's hybrid step, not built yet) instead of
+    /// before the layer's MoE kernel is launched (the engine today: resolve() computes them,
+    /// then the kernel runs the hits and loads).
+    pub cpu_beside_gpu: bool,
     /// One line per constant: its value and source.
     pub sources: Vec<String>,
 }
@@ -71,6 +79,7 @@ pub fn laptop_4060() -> Target {
         cores: 8,
         sync_s: 60e-6,
         serial: false,
+        cpu_beside_gpu: false,
         sources: sources.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -101,6 +110,7 @@ impl Target {
             cores: 0,
             sync_s: 0.0,
             serial: false,
+            cpu_beside_gpu: false,
             sources: vec![format!("given on the command line: {spec}")],
         };
         for part in spec.split(',') {
@@ -218,10 +228,15 @@ impl Breakdown {
                 let ready = now.max(link_free) + t.link_s(w.ahead);
                 let moe = now + dense;
                 let demand_done = moe + t.link_s(w.demand);
-                let gpu_end = demand_done.max(ready) + gpu;
                 let cpu_end = moe + cpu + sync;
                 link_free = ready.max(demand_done) + t.link_s(w.behind);
-                (gpu_end.max(cpu_end), (moe + gpu).max(cpu_end))
+                if t.cpu_beside_gpu {
+                    let gpu_end = demand_done.max(ready) + gpu;
+                    (gpu_end.max(cpu_end), (moe + gpu).max(cpu_end))
+                } else {
+                    // The engine today: the CPU experts (while the copies fly), then the kernel.
+                    (cpu_end.max(demand_done).max(ready) + gpu, cpu_end + gpu)
+                }
             };
             // The wait is what the link added beyond the compute.
             self.link_wait_s += end - compute_end;
