@@ -162,6 +162,14 @@ fn the_time_model_has_the_worked_out_answers() {
     let mut b = Breakdown::default();
     b.add_token(&today, &[l0, l1], 5e3);
     assert!((b.total_s - 85e-6).abs() < 1e-12, "{}", b.total_s);
+    // One queue on the link: layer 0 loads 50 behind its CPU experts (queued at 30, on the
+    // link until 80); layer 1's demand load of 3 waits for it: MoE at 45, demand 80..83, then
+    // 5 → 88; head → 93.
+    let l0b = LayerWork { behind: 50e3, demand: 0.0, ..l0 };
+    let l1b = LayerWork { ahead: 0.0, demand: 3e3, ..l1 };
+    let mut b = Breakdown::default();
+    b.add_token(&today, &[l0b, l1b], 5e3);
+    assert!((b.total_s - 93e-6).abs() < 1e-12, "{}", b.total_s);
     // A serial machine (the simulator) adds everything: 10+20+5+3 + 10+5+40 + 5 = 98.
     let serial = rotary::rotary::target::Target { serial: true, ..today };
     let mut b = Breakdown::default();

@@ -47,6 +47,9 @@ pub fn cmd(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
     };
     let shape = Shape::preset(&preset, quant)?;
     let n_decode = p.n_decode.unwrap_or(bench::PAPER_DECODE);
+    if n_decode == 0 {
+        return Err(Error::Usage("-n 0: the replay projects decode tokens; want 1 or more".into()));
+    }
     // A synthesized file's byte-level vocabulary makes one token per byte of the prompt.
     let n_prompt = bench::PAPER_PROMPT.len();
     let n_ctx = (n_prompt + n_decode + 1).div_ceil(256) * 256;
@@ -70,6 +73,9 @@ pub fn cmd(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         Some(spec) => sweep_configs(spec, &base)?,
     };
     let overhead = rotary::inspect::CUDA_CONTEXT_BYTES_ESTIMATE;
+    let cfg = &shape.cfg;
+    let (l, e, k) = (cfg.n_layers as usize, cfg.n_experts as usize, cfg.n_experts_used as usize);
+    let text = TextRouting::new(l, e, k, seed); // fits its exponent once; each run gets a copy
     let mut rows = Vec::new();
     for c in configs {
         let budget = match (c.budget, c.residency) {
@@ -93,10 +99,7 @@ pub fn cmd(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
             costs: Some(target.costs()),
             ..Options::default()
         };
-        let cfg = &shape.cfg;
-        let (l, e, k) =
-            (cfg.n_layers as usize, cfg.n_experts as usize, cfg.n_experts_used as usize);
-        let mut routing = TextRouting::new(l, e, k, seed);
+        let mut routing = text.clone();
         let protocol = Protocol { n_prompt, n_decode, ubatch: rotary::rotary::plan::UBATCH };
         let bar = super::count_bar((n_prompt + n_decode) as u64, "replay");
         // A laptop figure only for a real model's shape; a machine given by its speeds (the
@@ -116,6 +119,7 @@ pub fn cmd(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         n_prompt,
         n_decode,
         routed_per_token,
+        flags: rotary_flags(args),
     };
     if p.json {
         print_json(&what, &rows);
@@ -137,6 +141,8 @@ struct Heading<'a> {
     n_decode: usize,
     /// Layers × k.
     routed_per_token: u64,
+    /// The rotary flags the run was given, for the reproduce line.
+    flags: String,
 }
 
 impl Heading<'_> {
@@ -149,19 +155,36 @@ impl Heading<'_> {
         }
     }
 
-    fn reproduce(&self, row: &Row) -> String {
+    fn reproduce(&self, row: &Row, flags: &str) -> String {
         format!(
             "rotary bench --paper --backend cuda --preset {} --quant {} --vram-budget {} \
-             --routing {} --cache-policy {} --cache-alloc {} -n {}",
+             --routing {} --cache-policy {} --cache-alloc {} --target {} -n {}{flags}",
             self.preset,
             self.quant,
-            human_bytes(row.budget).replace(' ', ""),
+            row.budget,
             row.c.routing,
             row.c.policy.name(),
             row.c.alloc.name(),
+            self.target.name,
             self.n_decode
         )
     }
+}
+
+/// The rotary flags beyond budget, cache and target, as given (for the reproduce line).
+fn rotary_flags(args: &ModelArgs) -> String {
+    let r = &args.rotary;
+    let mut f = format!(" --moe-policy {}", r.moe_policy);
+    if r.no_prefetch {
+        f += " --no-prefetch";
+    }
+    if r.no_load_behind {
+        f += " --no-load-behind";
+    }
+    if let Some(n) = r.cache_slots {
+        f += &format!(" --cache-slots {n}");
+    }
+    f
 }
 
 /// Per decode token: experts on the CPU, and expert bytes over the link.
@@ -205,8 +228,9 @@ fn print_rows(h: &Heading, rows: &[Row]) {
             row.c.policy.name(),
             row.c.alloc.name()
         );
+        let cpu_beats_link = h.target.host_gbps > h.target.link_gbps;
         let prefetch = match s.prefetch_recall() {
-            _ if s.prefetch_loads == 0 && s.prefetch_predicted > 0 => {
+            _ if s.prefetch_loads == 0 && s.prefetch_predicted > 0 && cpu_beats_link => {
                 "no prefetch: on this target the CPU computes a missed expert faster than the \
                  link copies it"
                     .to_string()
@@ -245,14 +269,16 @@ fn print_rows(h: &Heading, rows: &[Row]) {
                         b2.tok_s()
                     );
                 }
-                println!(
-                    "           published on the same laptop: the seed {SEED_TOK_S} tok/s, \
-                     FreeToken ~{FREETOKEN_TOK_S} tok/s"
-                );
+                if h.target.name == "laptop-4060" {
+                    println!(
+                        "           published on the same laptop: the seed {SEED_TOK_S} tok/s, \
+                         FreeToken ~{FREETOKEN_TOK_S} tok/s"
+                    );
+                }
             }
             None => println!("projected  none: a scaled preset has no laptop figure"),
         }
-        println!("on a GPU   {}", h.reproduce(row));
+        println!("on a GPU   {}", h.reproduce(row, &h.flags));
     }
     if rows.iter().any(|r| r.r.breakdown.is_some()) {
         println!("assumptions ({}, {}):", h.target.name, h.target.what);
@@ -310,8 +336,11 @@ fn print_json(h: &Heading, rows: &[Row]) {
                 "prefetch_loads": s.prefetch_loads,
                 "behind_loads": s.behind_loads,
                 "projection": projection,
-                "published": { "seed_tok_s": SEED_TOK_S, "freetoken_tok_s": FREETOKEN_TOK_S },
-                "reproduce_on_gpu": h.reproduce(row),
+                "published": (h.target.name == "laptop-4060").then(|| serde_json::json!({
+                    "seed_tok_s": SEED_TOK_S,
+                    "freetoken_tok_s": FREETOKEN_TOK_S,
+                })),
+                "reproduce_on_gpu": h.reproduce(row, &h.flags),
             })
         })
         .collect();

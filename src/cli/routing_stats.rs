@@ -25,8 +25,8 @@ pub struct Args {
 const MAX_TOKENS: usize = 1 << 16;
 
 pub fn cmd_routing_stats(a: &Args, window: usize, json: bool) -> Result<()> {
-    if window == 0 || window > 4096 {
-        return Err(Error::Usage(format!("--window {window}: want 1..=4096 tokens")));
+    if window == 0 || window > 256 {
+        return Err(Error::Usage(format!("--window {window}: want 1..=256 tokens")));
     }
     let (trace, n_experts, source) = match (&a.trace, &a.preset) {
         (Some(path), None) => {

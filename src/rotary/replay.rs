@@ -118,6 +118,9 @@ pub fn replay(
 ) -> Result<Replayed> {
     let c = &shape.cfg;
     check_slots(plan, c, opts)?;
+    if p.ubatch == 0 {
+        return Err(crate::Error::Usage("replay: a micro-batch of 0 tokens".into()));
+    }
     let costs = opts.costs.ok_or_else(|| {
         crate::Error::Usage("the replay decides with a target machine's costs: none given".into())
     })?;

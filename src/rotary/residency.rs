@@ -411,7 +411,7 @@ impl<'w> Residency<'w> {
     /// What the miss policy weighs: a target's speeds when one is given (the decisions that
     /// machine would make), else this machine's, measured.
     fn costs(&self, dev: &dyn Device) -> Costs {
-        self.opts.costs.unwrap_or(Costs {
+        self.opts.costs.unwrap_or_else(|| Costs {
             link_bytes_per_s: self.link_bytes_per_s(dev),
             cpu_s_per_byte: self.cpu_s_per_byte,
         })

@@ -10,7 +10,8 @@
 //! layer l starts at t (the previous layer's end); its prefetch (issued at t) holds the link
 //!   until ready = max(t, link free) + ahead bytes / link GB/s
 //! MoE start  m = t + T_dense      (dense weights + KV or recurrent state, at VRAM GB/s × eff)
-//! GPU side   g = max(m + demand bytes / link GB/s, ready) + T_gpu_experts  (hits, loads)
+//! demand     d = max(m + T_sync, ready) + demand bytes / link GB/s  (ids first; FIFO link)
+//! GPU side   g = max(d, ready) + T_gpu_experts                 (hits, loads)
 //! CPU side   c = m + CPU expert bytes / host GB/s + T_sync (a streamed layer's round trip)
 //! layer end  max(g, c); loads behind the CPU experts then take the link
 //! token      Σ layers + T_head (the output head)
@@ -20,7 +21,8 @@
 //! CPU experts in resolve(), before the layer's MoE kernel: GPU side g = max(c, m + demand,
 //! ready) + T_gpu_experts, and that is the default projection.
 //!
-//! Demand loads go ahead of queued background copies (the engine orders them so). A `serial`
+//! The link serves copies in the order they were queued (demand loads wait behind a prefetch or
+//! a load-behind already on it). A `serial`
 //! machine (the simulator) does everything on one set of cores: T_layer = T_dense + T_sync +
 //! T_cpu + T_gpu_experts + all its copies.
 
@@ -225,11 +227,18 @@ impl Breakdown {
                 let end = now + dense + sync + cpu + gpu + link;
                 (end, end - link)
             } else {
+                // The link is one first-in-first-out queue: the layer's prefetch (queued when
+                // the previous layer ended), then its demand loads (queued once its ids are on
+                // the host), then what loads behind its CPU experts.
                 let ready = now.max(link_free) + t.link_s(w.ahead);
                 let moe = now + dense;
-                let demand_done = moe + t.link_s(w.demand);
+                let demand_done = (moe + sync).max(ready) + t.link_s(w.demand);
                 let cpu_end = moe + cpu + sync;
-                link_free = ready.max(demand_done) + t.link_s(w.behind);
+                link_free = if w.behind > 0.0 {
+                    demand_done.max(cpu_end) + t.link_s(w.behind)
+                } else {
+                    demand_done
+                };
                 if t.cpu_beside_gpu {
                     let gpu_end = demand_done.max(ready) + gpu;
                     (gpu_end.max(cpu_end), (moe + gpu).max(cpu_end))

@@ -264,6 +264,11 @@ impl Router {
             _ => None,
         };
         let text = match mode {
+            RoutingMode::Text(_) if k == 0 || k > n_experts || n_layers == 0 => {
+                return Err(Error::Usage(format!(
+                    "text routing: {n_layers} layers, k={k} of {n_experts} experts"
+                )))
+            }
             RoutingMode::Text(seed) => Some(TextRouting::new(n_layers, n_experts, k, seed)),
             _ => None,
         };

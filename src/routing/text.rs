@@ -274,7 +274,8 @@ impl TextRouting {
         let layers = (0..n_layers)
             .map(|l| {
                 let factor = 1.0 + LAYER_SPREAD * (2.0 * pick.uniform() - 1.0);
-                Layer::new(n_experts, exponent * factor, seed.wrapping_mul(1000) + l as u64)
+                let layer_seed = seed.wrapping_mul(1000).wrapping_add(l as u64);
+                Layer::new(n_experts, exponent * factor, layer_seed)
             })
             .collect();
         TextRouting { layers, k, exponent }
