@@ -6,10 +6,9 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::forward::{Engine, Logits};
-use crate::model::TensorRole;
-use crate::rotary::plan::{align, Plan};
+use crate::rotary::plan::Plan;
 use crate::rotary::Stats;
-use crate::synth::{self, Preset, QuantMix, SynthOptions};
+use crate::synth::QuantMix;
 
 /// The protocol's prompt (the paper does not publish its own; any fixed prompt will do).
 pub const PAPER_PROMPT: &str = "Write a short story about a lighthouse keeper who finds a map.";
@@ -199,26 +198,7 @@ pub fn preset_plan(
     budget: Option<u64>,
     overhead: u64,
 ) -> Result<Plan> {
-    let opts = SynthOptions::new(Preset::by_name(preset)?, quant, 0);
-    let cfg = opts.preset.config(opts.n_vocab);
-    let (_, tensors) = synth::plan(&opts)?;
-    let (mut dense, mut expert_layer) = (0u64, std::collections::HashMap::new());
-    for t in &tensors {
-        let ty = quant.type_for(t, cfg.n_layers);
-        let rows: u64 = t.dims[1..].iter().product();
-        let bytes = ty.row_bytes(t.dims[0]).unwrap_or(0) * rows.max(1);
-        match t.role {
-            TensorRole::Expert => {
-                *expert_layer.entry(t.layer.unwrap_or(0)).or_insert(0u64) += bytes
-            }
-            TensorRole::Embedding => {}
-            _ => dense += align(bytes),
-        }
-    }
-    let per_layer: Vec<u64> = (0..cfg.n_layers)
-        .map(|l| expert_layer.get(&l).copied().unwrap_or(0) / cfg.n_experts.max(1))
-        .collect();
-    Plan::new(&cfg, n_ctx, dense, &per_layer, overhead, budget)
+    crate::rotary::replay::Shape::preset(preset, quant)?.plan(n_ctx, budget, overhead)
 }
 
 /// One point of a sweep, for the chart.

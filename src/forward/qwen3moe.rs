@@ -106,7 +106,14 @@ impl Session<'_> {
         let host_ids = self.route_on_host(l, n)?;
         let resident = self.rotary.resident;
         let predict = !resident && self.rotary.prefetches() && l + 1 < self.dw.layers.len();
-        if predict {
+        // A synthetic router knows what it will pick (with its stated recall): the device's
+        // prediction is then neither computed nor downloaded.
+        let host_pred = match self.router.as_mut() {
+            Some(r) if predict => r.predict(l + 1, n),
+            _ => None,
+        };
+        let device_predict = predict && host_pred.is_none();
+        if device_predict {
             // The next layer's router on this layer's state: its likely experts, early.
             let next = &self.dw.layers[l + 1];
             let (ffn_norm1, router1) = (next.ffn_norm, next.router);
@@ -115,13 +122,13 @@ impl Session<'_> {
             let (ids, weights) = (s.ids + (ub * k * 4) as u64, s.weights + (ub * k * 4) as u64);
             self.launch(Kernel::TopkMoe { logits: s.router, ids, weights, n, n_experts, k, norm })?;
         }
-        let mut pred = Vec::new();
+        let mut pred = host_pred.unwrap_or_default();
         if resident {
             self.rotary.count_resident(l, n);
         } else {
             // The one device-to-host copy of the layer: this layer's ids (and the prediction).
             let mut ids = vec![0i32; n * k]; // [n, k]
-            if predict {
+            if device_predict {
                 let mut both = vec![0i32; ub * k + n * k]; // [ubatch + n, k]
                 download(self.dev.as_mut(), s.ids, &mut both)?;
                 ids.copy_from_slice(&both[..n * k]);
@@ -131,11 +138,6 @@ impl Session<'_> {
             }
             if let Some(h) = &host_ids {
                 ids.copy_from_slice(h);
-            }
-            if let Some(p) =
-                self.router.as_mut().filter(|_| predict).and_then(|r| r.predict(l + 1, n))
-            {
-                pred = p; // a synthetic router knows what it will pick (with its stated recall)
             }
             self.rotary.resolve(self.dev.as_mut(), l, n, &ids, &s)?;
         }

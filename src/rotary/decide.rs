@@ -63,10 +63,6 @@ impl Decider {
         }
     }
 
-    pub fn expert_bytes(&self, l: usize) -> u64 {
-        self.expert_bytes[l]
-    }
-
     /// Layer `l`'s experts for these router ids ([n, k], any order): hits are touched, demand
     /// loads get slots (entered now: the caller copies before the layer reads them), the rest
     /// runs on the CPU.

@@ -33,6 +33,8 @@ pub struct Shape {
     pub state: Vec<u64>,
     /// Output head and final norm, read once per token.
     pub head: u64,
+    /// What the VRAM plan charges for the resident tensors (each aligned, as they are placed).
+    pub resident_bytes: u64,
 }
 
 impl Shape {
@@ -43,6 +45,7 @@ impl Shape {
         let (_, tensors) = synth::plan(&opts)?;
         let n = cfg.n_layers as usize;
         let (mut dense, mut expert, mut head) = (vec![0u64; n], vec![0u64; n], 0u64);
+        let mut resident_bytes = 0u64;
         for t in &tensors {
             let ty = quant.type_for(t, cfg.n_layers);
             let rows: u64 = t.dims[1..].iter().product();
@@ -52,6 +55,9 @@ impl Shape {
                 (TensorRole::Expert, Some(l)) => expert[l as usize] += bytes / cfg.n_experts,
                 (_, Some(l)) => dense[l as usize] += bytes,
                 (_, None) => head += bytes,
+            }
+            if !matches!(t.role, TensorRole::Embedding | TensorRole::Expert) {
+                resident_bytes += plan::align(bytes);
             }
         }
         let kv_per_token =
@@ -72,14 +78,12 @@ impl Shape {
                 _ => 0,
             })
             .collect();
-        Ok(Shape { cfg, dense, expert, kv_per_token, state, head })
+        Ok(Shape { cfg, dense, expert, kv_per_token, state, head, resident_bytes })
     }
 
     /// The VRAM plan for a budget on a device with `overhead` bytes of its own.
     pub fn plan(&self, n_ctx: usize, budget: Option<u64>, overhead: u64) -> Result<Plan> {
-        let dense =
-            self.dense.iter().map(|&b| plan::align(b)).sum::<u64>() + plan::align(self.head);
-        Plan::new(&self.cfg, n_ctx, dense, &self.expert, overhead, budget)
+        Plan::new(&self.cfg, n_ctx, self.resident_bytes, &self.expert, overhead, budget)
     }
 }
 

@@ -314,9 +314,8 @@ impl<'w> Residency<'w> {
     ) -> Result<()> {
         let dim = self.dim;
         self.score_prediction(l, n, ids);
-        if let Some(&e) = ids.iter().find(|&&e| e < 0 || e as u64 >= self.n_experts as u64) {
-            panic!("router id {e} of {} experts", self.n_experts);
-        }
+        let n_experts = self.n_experts as u64;
+        assert!(ids.iter().all(|&e| e >= 0 && (e as u64) < n_experts), "router ids {ids:?}");
         let costs = self.costs(dev);
         let d = self.decide.resolve(l, ids, costs);
         let mut in_flight = Vec::new(); // prefetches the hits still wait for
