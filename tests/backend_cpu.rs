@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use rotary::backend::cpu::{CpuBackend, Simd};
 use rotary::backend::cpu_ref::CpuRef;
-use rotary::backend::{Backend, Mat};
+use rotary::backend::{Backend, Mat, MatJob};
 use rotary::quant::{self, BlockQ8K, BlockQ8_0, GgmlType, QuantBlock};
 use rotary::Error;
 
@@ -267,6 +267,66 @@ fn inconsistent_matrices_are_errors() {
     }
 }
 
+/// A batch is each of its products alone, bit for bit: products that share an x (an expert's
+/// gate and up), mixed weight types (each quantizes x its own way), token counts that leave
+/// partial passes, empty products, and one expert's down on another's output.
+#[test]
+fn a_batch_is_its_products_alone() {
+    for simd in Simd::available() {
+        let cpu = backend(2, simd);
+        let (q4k, q80, f16, iq4) = (GgmlType::Q4K, GgmlType::Q8_0, GgmlType::F16, GgmlType::IQ4XS);
+        // (type, rows, cols, tokens, x index): x 0 and 1 are [17, 512]-ish, shared by several.
+        let cases = [
+            (q4k, 512, 512, 17, 0),
+            (q4k, 512, 512, 17, 0),
+            (q80, 37, 512, 17, 0),
+            (f16, 64, 512, 17, 0),
+            (iq4, 256, 512, 5, 1),
+            (q4k, 768, 512, 5, 1),
+            (q80, 0, 512, 5, 1),
+            (q4k, 256, 512, 0, 2),
+        ];
+        let xs = [activations(17, 512, 1), activations(5, 512, 2), Vec::new()];
+        let data: Vec<Vec<u8>> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, &(ty, rows, cols, ..))| weights(ty, rows, cols, 10 + i as u64))
+            .collect();
+        let mats: Vec<Mat> = cases
+            .iter()
+            .zip(&data)
+            .map(|(&(ty, rows, cols, ..), d)| Mat::new(ty, rows, cols, d, "w").unwrap())
+            .collect();
+        let alone: Vec<Vec<f32>> =
+            cases.iter().zip(&mats).map(|(&(.., n, x), w)| matmul(&cpu, w, &xs[x], n)).collect();
+        let mut ys: Vec<Vec<f32>> =
+            cases.iter().map(|&(_, rows, _, n, _)| vec![f32::NAN; n * rows]).collect();
+        let mut jobs: Vec<MatJob> = cases
+            .iter()
+            .zip(&mats)
+            .zip(&mut ys)
+            .map(|((&(.., n, x), w), y)| MatJob { w: *w, x: &xs[x], n, y })
+            .collect();
+        cpu.matmul_batch(&mut jobs).unwrap();
+        drop(jobs);
+        for (i, (a, b)) in alone.iter().zip(&ys).enumerate() {
+            let same = a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same && a.len() == b.len(), "{simd:?} product {i} ({})", cases[i].0);
+        }
+        // The batch's own default (one matmul each) agrees too, on the reference backend.
+        let oracle = CpuRef;
+        let mut y0 = vec![0f32; 17 * 512];
+        let mut jobs = [MatJob { w: mats[0], x: &xs[0], n: 17, y: &mut y0 }];
+        oracle.matmul_batch(&mut jobs).unwrap();
+        assert_eq!(y0, matmul(&oracle, &mats[0], &xs[0], 17));
+        // A bad product anywhere in the batch is an error, not a panic.
+        let bad = Mat { ty: q4k, rows: 2, cols: 512, data: &data[0][..100] };
+        let mut y = vec![0f32; 2 * 5];
+        let mut jobs = [MatJob { w: bad, x: &xs[1], n: 5, y: &mut y }];
+        assert!(cpu.matmul_batch(&mut jobs).is_err());
+    }
+}
+
 #[test]
 fn empty_shapes_are_fine() {
     let cpu = backend(2, Simd::detect());
@@ -398,6 +458,31 @@ fn kernel_speed() {
             line += &format!("  {simd:?} hot {:5.2} cold {:5.2} GB/s", gb / hot, gb / cold);
         }
         println!("{line}");
+    }
+}
+
+/// Prompt-processing speed: GMAC/s of many-token products on 2 threads, hot, at the `small`
+/// preset's shapes (an expert's gate with its ~64 tokens, an attention projection over a 512
+/// prompt, an expert's down) and the 30B-A3B expert's.
+#[test]
+#[ignore = "timing: run with --release -- --ignored --nocapture"]
+fn prefill_speed() {
+    let cpu = backend(2, Simd::detect());
+    for (ty, rows, cols, n) in [
+        (GgmlType::Q4K, 512, 1024, 64),
+        (GgmlType::Q4K, 1024, 1024, 512),
+        (GgmlType::Q6K, 1024, 512, 64),
+        (GgmlType::Q4K, 768, 2048, 64),
+        (GgmlType::Q6K, 2048, 768, 64),
+    ] {
+        let data = weights(ty, rows, cols, 27);
+        let w = Mat::new(ty, rows, cols, &data, "w").unwrap();
+        let x = activations(n, cols, 28);
+        let mut y = vec![0f32; n * rows];
+        let calls = (2_000_000_000 / (rows * cols * n)).max(1);
+        let t = best_seconds_per_call(5, calls, |_| cpu.matmul(&w, &x, n, &mut y).unwrap());
+        let gmac = (rows * cols * n) as f64 / t / 1e9;
+        println!("{ty:>5} {rows}x{cols} n={n:<3} threads=2: {:8.1} us {gmac:6.1} GMAC/s", t * 1e6);
     }
 }
 

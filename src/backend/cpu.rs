@@ -32,7 +32,7 @@ mod scalar_kquant;
 
 use std::sync::{Mutex, PoisonError};
 
-use super::{check_matmul, threads_or_default, Backend, Mat};
+use super::{check_matmul, threads_or_default, Backend, Mat, MatJob};
 use crate::error::{Error, Result};
 use crate::quant::{BlockQ8K, GgmlType};
 use act::{ActFormat, ActQ8_0, ActQ8_1, Scratch};
@@ -96,6 +96,8 @@ impl Simd {
 
 /// Tokens a multi-token kernel dots with one weight row per pass.
 const TOKENS_PER_PASS: usize = 4;
+/// Activation bytes of one token block in a many-token matmul (about half of L1d).
+const BLOCK_ACT_BYTES: usize = 16 << 10;
 
 /// A kernel that dots one weight row with 1 to `TOKENS_PER_PASS` tokens' activations
 /// ([out.len(), blocks]) into `out`, unpacking each weight block once: bit for bit the
@@ -210,10 +212,11 @@ impl Simd {
     }
 }
 
-/// What one call may reuse from the last: the workers and the activation buffers.
+/// What one call may reuse from the last: the workers and the activation buffers (one per
+/// distinct x of a batch).
 struct State {
     pool: Pool,
-    scratch: Scratch,
+    scratch: Vec<Scratch>,
 }
 
 pub struct CpuBackend {
@@ -238,12 +241,22 @@ impl CpuBackend {
         let threads = threads_or_default(threads);
         let pool = Pool::new(threads)?;
         assert_eq!(pool.threads(), threads);
-        let state = Mutex::new(State { pool, scratch: Scratch::default() });
+        let state = Mutex::new(State { pool, scratch: Vec::new() });
         Ok(CpuBackend { simd, threads, state })
     }
 
     pub fn simd(&self) -> Simd {
         self.simd
+    }
+
+    /// The dot kernel for `w`'s type, after checking that `w` holds whole activation blocks.
+    fn dot_for(&self, w: &Mat) -> Result<Dot> {
+        let Some(&(_, dot)) = self.simd.kernels().dots.iter().find(|(ty, _)| *ty == w.ty) else {
+            let ty = w.ty.name().to_string();
+            return Err(Error::UnsupportedType { name: "<cpu matmul weight>".to_string(), ty });
+        };
+        check_weight(w, dot.act_format())?;
+        Ok(dot)
     }
 }
 
@@ -257,46 +270,109 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, w: &Mat, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
-        check_matmul(w, x, n, y);
+        self.matmul_batch(&mut [MatJob { w: *w, x, n, y }])
+    }
+
+    /// One pool job for the whole batch: tasks of whole rows of every product; each distinct
+    /// (x, activation format) quantized once on the calling thread first.
+    fn matmul_batch(&self, jobs: &mut [MatJob]) -> Result<()> {
+        let mut dots = Vec::with_capacity(jobs.len());
+        for j in jobs.iter_mut() {
+            check_matmul(&j.w, j.x, j.n, j.y);
+            dots.push(self.dot_for(&j.w)?);
+            if j.w.cols == 0 {
+                j.y.fill(0.0); // empty sums
+            }
+        }
         let kernels = self.simd.kernels();
-        let Some(&(_, dot)) = kernels.dots.iter().find(|(ty, _)| *ty == w.ty) else {
-            let ty = w.ty.name().to_string();
-            return Err(Error::UnsupportedType { name: "<cpu matmul weight>".to_string(), ty });
-        };
-        check_weight(w, dot.act_format())?;
-        if w.cols == 0 {
-            y.fill(0.0); // empty sums
-        }
-        if w.rows == 0 || w.cols == 0 || n == 0 {
-            return Ok(());
-        }
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let State { pool, scratch } = &mut *state;
-        let out = OutPtr::new(y);
-        // Quantized activations: [n, cols / block elements].
-        let blocks = x.len() / dot.act_format().block_elems();
-        match dot {
-            Dot::F32(f) => run_rows(pool, w, x, n, f, None, &out),
-            Dot::Q8_0(f, multi) => {
-                let act = scratch.q8_0(blocks);
-                // SAFETY: a kernel of `self.simd`, whose CPU features `with_simd` checked.
-                unsafe { (kernels.quantize_q8_0)(x, act) };
-                run_rows(pool, w, act, n, f, multi, &out);
-            }
-            Dot::Q8_1(f, multi) => {
-                let act = scratch.q8_1(blocks);
-                // SAFETY: a kernel of `self.simd`, whose CPU features `with_simd` checked.
-                unsafe { (kernels.quantize_q8_1)(x, act) };
-                run_rows(pool, w, act, n, f, multi, &out);
-            }
-            Dot::Q8K(f, multi) => {
-                let act = scratch.q8_k(blocks);
-                // SAFETY: a kernel of `self.simd`, whose CPU features `with_simd` checked.
-                unsafe { (kernels.quantize_q8_k)(x, act) };
-                run_rows(pool, w, act, n, f, multi, &out);
-            }
+        // Distinct (x, format) pairs in first-seen order, and which one each job reads.
+        let mut keys: Vec<(usize, usize, ActFormat)> = Vec::new();
+        let mut act_of = Vec::with_capacity(jobs.len());
+        for (j, dot) in jobs.iter().zip(&dots) {
+            let key = (j.x.as_ptr() as usize, j.x.len(), dot.act_format());
+            let at = match keys.iter().position(|k| *k == key) {
+                Some(at) => at,
+                None => {
+                    keys.push(key);
+                    if scratch.len() < keys.len() {
+                        scratch.push(Scratch::default());
+                    }
+                    // SAFETY: kernels of `self.simd`, whose CPU features `with_simd` checked.
+                    unsafe { scratch[keys.len() - 1].quantize(kernels, key.2, j.x) };
+                    keys.len() - 1
+                }
+            };
+            act_of.push(at);
         }
+        let acts: Vec<ActRef> = (0..keys.len())
+            .map(|at| {
+                let first = act_of.iter().position(|&a| a == at).expect("every key has a job");
+                scratch[at].view(keys[at].2, jobs[first].x)
+            })
+            .collect();
+        // Tasks: (job, first row), whole rows of one product each.
+        let threads = pool.threads();
+        let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (job, start, end)
+        for (i, j) in jobs.iter().enumerate() {
+            let (rows, n) = (j.w.rows, j.n);
+            if rows == 0 || j.w.cols == 0 || n == 0 {
+                continue;
+            }
+            let per = rows_per_task(rows, j.w.data.len() / rows, n, threads);
+            tasks.extend((0..rows).step_by(per).map(|s| (i, s, (s + per).min(rows))));
+        }
+        let outs: Vec<OutPtr> = jobs.iter_mut().map(|j| OutPtr::new(j.y)).collect();
+        let jobs = &*jobs;
+        pool.run(tasks.len(), &|task| {
+            let (i, start, end) = tasks[task];
+            let (j, y) = (&jobs[i], &outs[i]);
+            match (dots[i], acts[act_of[i]]) {
+                (Dot::F32(f), ActRef::F32(a)) => rows_task(&j.w, a, j.n, f, None, y, start..end),
+                (Dot::Q8_0(f, m), ActRef::Q8_0(a)) => rows_task(&j.w, a, j.n, f, m, y, start..end),
+                (Dot::Q8_1(f, m), ActRef::Q8_1(a)) => rows_task(&j.w, a, j.n, f, m, y, start..end),
+                (Dot::Q8K(f, m), ActRef::Q8K(a)) => rows_task(&j.w, a, j.n, f, m, y, start..end),
+                _ => unreachable!("activations quantized for the job's own kernel"),
+            }
+        });
         Ok(())
+    }
+}
+
+/// A job's activations, quantized (or the f32 x itself): [n, blocks per row].
+#[derive(Clone, Copy)]
+enum ActRef<'a> {
+    F32(&'a [f32]),
+    Q8_0(&'a [ActQ8_0]),
+    Q8_1(&'a [ActQ8_1]),
+    Q8K(&'a [BlockQ8K]),
+}
+
+impl Scratch {
+    /// x quantized into this scratch in `format` (nothing to do for f32).
+    ///
+    /// # Safety
+    /// `kernels` must be a family whose CPU features this CPU has.
+    unsafe fn quantize(&mut self, kernels: &Kernels, format: ActFormat, x: &[f32]) {
+        let blocks = x.len() / format.block_elems();
+        match format {
+            ActFormat::F32 => {}
+            ActFormat::Q8_0 => (kernels.quantize_q8_0)(x, self.q8_0(blocks)),
+            ActFormat::Q8_1 => (kernels.quantize_q8_1)(x, self.q8_1(blocks)),
+            ActFormat::Q8K => (kernels.quantize_q8_k)(x, self.q8_k(blocks)),
+        }
+    }
+
+    /// What `quantize(format, x)` left here (x itself for f32).
+    fn view<'a>(&'a self, format: ActFormat, x: &'a [f32]) -> ActRef<'a> {
+        let blocks = x.len() / format.block_elems();
+        match format {
+            ActFormat::F32 => ActRef::F32(x),
+            ActFormat::Q8_0 => ActRef::Q8_0(&self.q8_0_done()[..blocks]),
+            ActFormat::Q8_1 => ActRef::Q8_1(&self.q8_1_done()[..blocks]),
+            ActFormat::Q8K => ActRef::Q8K(&self.q8_k_done()[..blocks]),
+        }
     }
 }
 
@@ -330,50 +406,54 @@ fn rows_per_task(rows: usize, row_bytes: usize, n: usize, threads: usize) -> usi
     by_work.max(by_balance).max(1).next_multiple_of(TASK_ROWS_ALIGN)
 }
 
-/// `y[t, i] = dot(w row i, act[t])` for every row i and token t, tasks of whole rows; with a
-/// `multi` kernel, tokens `TOKENS_PER_PASS` at a time (the last pass takes what is left).
+/// `y[t, i] = dot(w row i, act[t])` for rows i in `rows` and every token t. With a `multi`
+/// kernel and several tokens: token blocks (whose activations stay in L1) outside, the rows
+/// inside, `TOKENS_PER_PASS` tokens per kernel call (the last pass takes what is left).
 /// act: [n, blocks per row]; y: [n, w.rows].
-fn run_rows<A: Sync>(
-    pool: &mut Pool,
+fn rows_task<A>(
     w: &Mat,
     act: &[A],
     n: usize,
     dot: unsafe fn(&[u8], &[A]) -> f32,
     multi: Option<MultiDot<A>>,
     y: &OutPtr,
+    rows: std::ops::Range<usize>,
 ) {
-    let rows = w.rows;
-    let row_bytes = w.data.len() / rows;
+    let row_bytes = w.data.len() / w.rows;
     let act_per_token = act.len() / n;
     assert_eq!(act_per_token * n, act.len(), "act is [n, blocks]");
-    assert_eq!(y.len, n * rows, "y is [n, rows]");
-    let rows_per_task = rows_per_task(rows, row_bytes, n, pool.threads());
-    pool.run(rows.div_ceil(rows_per_task), &|task| {
-        let start = task * rows_per_task;
-        for i in start..(start + rows_per_task).min(rows) {
-            let row = &w.data[i * row_bytes..(i + 1) * row_bytes];
-            // One token (decode) takes the one-token kernel: nothing to share.
-            if let Some(multi) = multi.filter(|_| n > 1) {
-                let pass = TOKENS_PER_PASS * act_per_token;
-                for (p, a) in act.chunks(pass).enumerate() {
+    assert_eq!(y.len, n * w.rows, "y is [n, rows]");
+    let row = |i: usize| &w.data[i * row_bytes..(i + 1) * row_bytes];
+    // One token (decode) takes the one-token kernel: nothing to share.
+    if let Some(multi) = multi.filter(|_| n > 1) {
+        let block_tokens = (BLOCK_ACT_BYTES / (act_per_token * std::mem::size_of::<A>()).max(1))
+            .max(1)
+            .next_multiple_of(TOKENS_PER_PASS);
+        let pass = TOKENS_PER_PASS * act_per_token;
+        for (b, block) in act.chunks(block_tokens * act_per_token).enumerate() {
+            for i in rows.clone() {
+                for (p, a) in block.chunks(pass).enumerate() {
                     let mut values = [0f32; TOKENS_PER_PASS];
                     let values = &mut values[..a.len() / act_per_token];
                     // SAFETY: as for `dot` below; `multi` comes from the same family.
-                    unsafe { multi(row, a, values) };
+                    unsafe { multi(row(i), a, values) };
+                    let t0 = b * block_tokens + p * TOKENS_PER_PASS;
                     for (k, &value) in values.iter().enumerate() {
-                        y.write((p * TOKENS_PER_PASS + k) * rows + i, value);
+                        y.write((t0 + k) * w.rows + i, value);
                     }
                 }
-                continue;
-            }
-            for (t, a) in act.chunks_exact(act_per_token).enumerate() {
-                // SAFETY: `dot` comes from `self.simd.kernels()`, and `with_simd` refused to build
-                // a backend whose kernels' CPU features `Simd::is_available` did not detect.
-                let value = unsafe { dot(row, a) };
-                y.write(t * rows + i, value);
             }
         }
-    });
+        return;
+    }
+    for i in rows {
+        for (t, a) in act.chunks_exact(act_per_token).enumerate() {
+            // SAFETY: `dot` comes from `self.simd.kernels()`, and `with_simd` refused to build
+            // a backend whose kernels' CPU features `Simd::is_available` did not detect.
+            let value = unsafe { dot(row(i), a) };
+            y.write(t * w.rows + i, value);
+        }
+    }
 }
 
 /// The output matrix shared by the tasks of one matmul, each writing only its own rows.

@@ -93,6 +93,25 @@ pub trait Backend: Send + Sync {
     /// `y[t, i] = Σ_j w[i, j] · x[t, j]` for `n` tokens: x is `[n, w.cols]`, y is `[n, w.rows]`,
     /// both row-major f32. The hot operation: every projection and expert goes through it.
     fn matmul(&self, w: &Mat, x: &[f32], n: usize, y: &mut [f32]) -> Result<()>;
+
+    /// Several independent products, each exactly (bit for bit) what `matmul` gives it. A
+    /// backend may share work between them: the CPU backend runs the whole batch as one job of
+    /// its thread pool and quantizes an x that several products share once (a MoE layer's
+    /// experts: one call instead of three per expert).
+    fn matmul_batch(&self, jobs: &mut [MatJob]) -> Result<()> {
+        for j in jobs {
+            self.matmul(&j.w, j.x, j.n, j.y)?;
+        }
+        Ok(())
+    }
+}
+
+/// One product of a `matmul_batch`: y = w · x for n tokens, x [n, w.cols], y [n, w.rows].
+pub struct MatJob<'a> {
+    pub w: Mat<'a>,
+    pub x: &'a [f32],
+    pub n: usize,
+    pub y: &'a mut [f32],
 }
 
 /// The thread count a backend uses: the flag, else the physical cores.

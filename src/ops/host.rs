@@ -17,7 +17,7 @@ use half::slice::HalfFloatSliceExt;
 
 use super::oracle::{rmsnorm_rows, rope_tokens, silu, softmax, split_gate, topk_moe};
 use super::{deltanet, Addr, Kernel, KvCache, KvType};
-use crate::backend::{Backend, Mat};
+use crate::backend::{Backend, Mat, MatJob};
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 
@@ -369,13 +369,33 @@ impl HostKernels {
         // streamed run agrees with a resident one to the bit.
         let expert_of: Vec<i32> = id.iter().map(|&e| if e < 0 { -1 - e } else { e }).collect();
         let groups = group_pairs(&expert_of, n_experts)?;
-        for (e, pairs) in groups.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+        let used: Vec<(usize, &Vec<usize>)> =
+            groups.iter().enumerate().filter(|(_, p)| !p.is_empty()).collect();
+        // The experts computed here, all in one batch: their weights, then their rows.
+        let mut here = Vec::new();
+        for &(e, pairs) in &used {
             let on_host = id[pairs[0]] < 0;
             assert!(
                 pairs.iter().all(|&p| (id[p] < 0) == on_host),
                 "expert {e} split between host and device"
             );
-            let y = if on_host {
+            if !on_host {
+                here.push([
+                    mem.mat(ty_gate_up, gt[e], ffn, dim, "expert gate")?,
+                    mem.mat(ty_gate_up, ut[e], ffn, dim, "expert up")?,
+                    mem.mat(ty_down, dt[e], dim, ffn, "expert down")?,
+                ]);
+            }
+        }
+        let batch: Vec<([&Mat; 3], &[usize])> = used
+            .iter()
+            .filter(|(_, pairs)| id[pairs[0]] >= 0)
+            .zip(&here)
+            .map(|(&(_, pairs), [g, u, d])| ([g, u, d], pairs.as_slice()))
+            .collect();
+        let mut computed = experts_rows(self.backend.as_ref(), &batch, xs, k)?.into_iter();
+        for &(_, pairs) in &used {
+            let y = if id[pairs[0]] < 0 {
                 let mut y = Vec::with_capacity(pairs.len() * dim); // [pairs, dim]
                 for &pair in pairs {
                     y.extend_from_slice(mem.view::<f32>(
@@ -386,10 +406,7 @@ impl HostKernels {
                 }
                 y
             } else {
-                let g = mem.mat(ty_gate_up, gt[e], ffn, dim, "expert gate")?;
-                let u = mem.mat(ty_gate_up, ut[e], ffn, dim, "expert up")?;
-                let d = mem.mat(ty_down, dt[e], dim, ffn, "expert down")?;
-                expert_rows(self.backend.as_ref(), [&g, &u, &d], xs, pairs, k)? // [pairs, dim]
+                computed.next().expect("one result per expert computed here") // [pairs, dim]
             };
             for (row, &pair) in y.chunks_exact(dim).zip(pairs) {
                 let (r, wt) = (&mut res[pair / k * dim..(pair / k + 1) * dim], w[pair]);
@@ -544,24 +561,57 @@ pub fn group_pairs(ids: &[i32], n_experts: usize) -> Result<Vec<Vec<usize>>> {
 
 /// One expert over the tokens of `pairs` (x rows pair / k):
 /// down · (silu(gate · x) ⊙ (up · x)), [pairs, dim]. The MoE kernel and the rotary's CPU
-/// fallback both run experts through this, with the same pairs, so a streamed run agrees with a
-/// resident one to the bit.
+/// fallback both run experts through this (or `experts_rows`), with the same pairs, so a
+/// streamed run agrees with a resident one to the bit.
 pub fn expert_rows(
     b: &dyn Backend,
-    [gate, up, down]: [&Mat; 3],
+    weights: [&Mat; 3],
     x: &[f32],
     pairs: &[usize],
     k: usize,
 ) -> Result<Vec<f32>> {
-    let (dim, m, ffn) = (gate.cols, pairs.len(), gate.rows);
-    let mut xe = Vec::with_capacity(m * dim); // [m, dim]
-    pairs.iter().for_each(|&pair| xe.extend_from_slice(&x[pair / k * dim..(pair / k + 1) * dim]));
-    let (mut g, mut u) = (vec![0f32; m * ffn], vec![0f32; m * ffn]); // [m, ffn]
-    b.matmul(gate, &xe, m, &mut g)?;
-    b.matmul(up, &xe, m, &mut u)?;
-    g.iter_mut().zip(&u).for_each(|(g, &u)| *g = silu(*g) * u);
-    let mut y = vec![0f32; m * down.rows]; // [m, dim]
-    b.matmul(down, &g, m, &mut y)?;
+    Ok(experts_rows(b, &[(weights, pairs)], x, k)?.pop().expect("one expert in, one out"))
+}
+
+/// `expert_rows` for several experts at once, bit for bit: every gate and up product in one
+/// `matmul_batch` (an expert's gate and up share its gathered x), then every down in another.
+/// Returns each expert's [pairs, dim] in the order given.
+pub fn experts_rows(
+    b: &dyn Backend,
+    experts: &[([&Mat; 3], &[usize])],
+    x: &[f32],
+    k: usize,
+) -> Result<Vec<Vec<f32>>> {
+    // Per expert: xe [m, dim], g and u [m, ffn], y [m, dim].
+    let mut xe = Vec::with_capacity(experts.len());
+    let (mut g, mut u, mut y) = (Vec::new(), Vec::new(), Vec::new());
+    for &([gate, _, down], pairs) in experts {
+        let (dim, m, ffn) = (gate.cols, pairs.len(), gate.rows);
+        let mut rows = Vec::with_capacity(m * dim);
+        pairs.iter().for_each(|&p| rows.extend_from_slice(&x[p / k * dim..(p / k + 1) * dim]));
+        xe.push(rows);
+        g.push(vec![0f32; m * ffn]);
+        u.push(vec![0f32; m * ffn]);
+        y.push(vec![0f32; m * down.rows]);
+    }
+    let mut jobs = Vec::with_capacity(2 * experts.len());
+    for (((&([gate, up, _], pairs), xe), g), u) in experts.iter().zip(&xe).zip(&mut g).zip(&mut u) {
+        let n = pairs.len();
+        jobs.push(MatJob { w: *gate, x: xe, n, y: g });
+        jobs.push(MatJob { w: *up, x: xe, n, y: u });
+    }
+    b.matmul_batch(&mut jobs)?;
+    drop(jobs);
+    for (g, u) in g.iter_mut().zip(&u) {
+        g.iter_mut().zip(u).for_each(|(g, &u)| *g = silu(*g) * u);
+    }
+    let mut jobs: Vec<MatJob> = experts
+        .iter()
+        .zip(&g)
+        .zip(&mut y)
+        .map(|((&([_, _, down], pairs), g), y)| MatJob { w: *down, x: g, n: pairs.len(), y })
+        .collect();
+    b.matmul_batch(&mut jobs)?;
     Ok(y)
 }
 

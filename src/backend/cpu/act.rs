@@ -92,4 +92,19 @@ impl Scratch {
         }
         &mut self.q8_k[..n_blocks]
     }
+
+    /// The Q8_0 blocks last quantized here.
+    pub(crate) fn q8_0_done(&self) -> &[ActQ8_0] {
+        &self.q8_0
+    }
+
+    /// The Q8_1 blocks last quantized here.
+    pub(crate) fn q8_1_done(&self) -> &[ActQ8_1] {
+        &self.q8_1
+    }
+
+    /// The Q8_K blocks last quantized here.
+    pub(crate) fn q8_k_done(&self) -> &[BlockQ8K] {
+        &self.q8_k
+    }
 }
