@@ -95,7 +95,7 @@ impl Simd {
 }
 
 /// Tokens a multi-token kernel dots with one weight row per pass.
-const TOKENS_PER_PASS: usize = 4;
+const TOKENS_PER_PASS: usize = 8;
 /// Activation bytes of one token block in a many-token matmul (about half of L1d).
 const BLOCK_ACT_BYTES: usize = 16 << 10;
 

@@ -623,6 +623,20 @@ impl KvType {
             KvType::F16 => f16::from_f32(x).to_f32(),
         }
     }
+
+    /// `round` of every element (the `half` crate's slice conversion: F16C where the CPU has
+    /// it, the same values either way).
+    pub fn round_slice(self, xs: &mut [f32]) {
+        if self == KvType::F32 {
+            return;
+        }
+        let mut h = [f16::ZERO; 64];
+        for chunk in xs.chunks_mut(h.len()) {
+            let h = &mut h[..chunk.len()];
+            h.convert_from_f32_slice(chunk);
+            h.convert_to_f32_slice(chunk);
+        }
+    }
 }
 
 /// Element index of position `pos` in a cache tensor.
@@ -708,8 +722,45 @@ struct AttnGeometry {
 
 /// Attention for the q heads of kv heads `kv_heads`: returns [n, their q heads * head_dim].
 /// `rows[p]` is position p's element offset; `buf` is this thread's workspace (grown as
-/// needed, never shrunk).
+/// needed, never shrunk). The same code compiled twice: for AVX2 (chosen at run time where the
+/// CPU has it) and for the baseline; both do the same f32 operations in the same order (Rust
+/// never fuses a multiply and an add), so they agree to the bit.
 fn attend_kv_heads(
+    kc: &CacheView,
+    vc: &CacheView,
+    q: &[f32],
+    rows: &[usize],
+    g: &AttnGeometry,
+    kv_heads: std::ops::Range<usize>,
+    buf: &mut Vec<f32>,
+) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 detected just above.
+        return unsafe { attend_kv_heads_avx2(kc, vc, q, rows, g, kv_heads, buf) };
+    }
+    attend_kv_heads_impl(kc, vc, q, rows, g, kv_heads, buf)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_kv_heads_avx2(
+    kc: &CacheView,
+    vc: &CacheView,
+    q: &[f32],
+    rows: &[usize],
+    g: &AttnGeometry,
+    kv_heads: std::ops::Range<usize>,
+    buf: &mut Vec<f32>,
+) -> Vec<f32> {
+    attend_kv_heads_impl(kc, vc, q, rows, g, kv_heads, buf)
+}
+
+/// Per kv head: its keys and values widened to f32 once; per token, the scores of all the
+/// group's q heads in one pass over the keys (each key row read once for the group), softmax,
+/// the weights rounded to the cache's precision, then one pass over the values.
+#[inline(always)]
+fn attend_kv_heads_impl(
     kc: &CacheView,
     vc: &CacheView,
     q: &[f32],
@@ -724,12 +775,13 @@ fn attend_kv_heads(
     let n_all = g.pos0 + n;
     let width = kv_heads.len() * group * hd;
     let mut out = vec![0f32; n * width]; // [n, heads here * head_dim]
-    if buf.len() < n_all * (2 * hd + 1) {
-        buf.resize(n_all * (2 * hd + 1), 0.0);
+    let need = n_all * (2 * hd + group);
+    if buf.len() < need {
+        buf.resize(need, 0.0);
     }
     let (kf, rest) = buf.split_at_mut(n_all * hd); // [n_all, head_dim] one kv head's keys
     let (vf, rest) = rest.split_at_mut(n_all * hd); // [n_all, head_dim] one kv head's values
-    let scores = &mut rest[..n_all]; // [n_seen]
+    let scores = &mut rest[..group * n_all]; // [group, n_all]
     for (i, kv_head) in kv_heads.enumerate() {
         for (p, &row) in rows.iter().enumerate() {
             kc.gather(row + kv_head * hd, &mut kf[p * hd..(p + 1) * hd]);
@@ -737,17 +789,23 @@ fn attend_kv_heads(
         }
         for t in 0..n {
             let n_seen = g.pos0 + t + 1;
-            for j in 0..group {
-                let head = kv_head * group + j;
-                let qh = &q[t * q_width + head * hd..][..hd];
-                for (p, s) in scores[..n_seen].iter_mut().enumerate() {
-                    *s = kc.dot(qh, &kf[p * hd..(p + 1) * hd]) * g.scale;
+            let q0 = t * q_width + kv_head * group * hd; // the group's q heads, [group, hd]
+            let qs = &q[q0..q0 + group * hd];
+            for (p, k) in kf[..n_seen * hd].chunks_exact(hd).enumerate() {
+                for (j, qh) in qs.chunks_exact(hd).enumerate() {
+                    scores[j * n_all + p] = kc.dot(qh, k) * g.scale;
                 }
-                softmax(&mut scores[..n_seen]);
-                let oh = &mut out[t * width + (i * group + j) * hd..][..hd];
-                for (p, &s) in scores[..n_seen].iter().enumerate() {
-                    let w = vc.ty().round(s);
-                    oh.iter_mut().zip(&vf[p * hd..(p + 1) * hd]).for_each(|(o, &v)| *o += w * v);
+            }
+            for sj in scores.chunks_exact_mut(n_all) {
+                softmax(&mut sj[..n_seen]);
+                vc.ty().round_slice(&mut sj[..n_seen]);
+            }
+            let o0 = t * width + i * group * hd;
+            let oh = &mut out[o0..o0 + group * hd]; // [group, hd]
+            for (p, v) in vf[..n_seen * hd].chunks_exact(hd).enumerate() {
+                for (j, o) in oh.chunks_exact_mut(hd).enumerate() {
+                    let w = scores[j * n_all + p];
+                    o.iter_mut().zip(v).for_each(|(o, &v)| *o += w * v);
                 }
             }
         }

@@ -427,7 +427,11 @@ macro_rules! dot_tokens {
                 2 => out.copy_from_slice(&$multi::<2>(row, act)),
                 3 => out.copy_from_slice(&$multi::<3>(row, act)),
                 4 => out.copy_from_slice(&$multi::<4>(row, act)),
-                n => panic!("{n} tokens in one pass: want 1 to 4"),
+                5 => out.copy_from_slice(&$multi::<5>(row, act)),
+                6 => out.copy_from_slice(&$multi::<6>(row, act)),
+                7 => out.copy_from_slice(&$multi::<7>(row, act)),
+                8 => out.copy_from_slice(&$multi::<8>(row, act)),
+                n => panic!("{n} tokens in one pass: want 1 to 8"),
             }
         }
     };
