@@ -542,7 +542,14 @@ mod tests {
         if !Simd::Avx2.is_available() {
             return;
         }
-        let x = inputs(); // 4 tokens of 256, or 1 token of 1024
+        // TOKENS_PER_PASS tokens of 256: the 4 of `inputs()`, then those scaled and reversed.
+        let mut x = inputs();
+        for t in 0..TOKENS_PER_PASS.saturating_sub(4) {
+            let more: Vec<f32> =
+                x[t % 4 * 256..][..256].iter().rev().map(|v| v * 1.5 + 0.25).collect();
+            x.extend(more);
+        }
+        x.truncate(TOKENS_PER_PASS * 256);
         let mut act = vec![BlockQ8K::ZERO; x.len() / 256];
         scalar::quantize_q8_k(&x, &mut act);
         // Every Q8_K kernel of the AVX2 table that has a multi-token form.
