@@ -371,18 +371,28 @@ pub(super) unsafe fn dot_q5_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) + hsum_ps128(acc_m)
 }
 
+/// 32 · Σ_g scale[g] · bsum[g] over a Q6_K block's 16 groups of 16, as 8 i32 lanes (lane i:
+/// groups 2i and 2i + 1): the -32 offset of its levels, from the activations' block sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_offset(scales: __m128i, a: &BlockQ8K) -> __m256i {
+    let bsums = _mm256_loadu_si256(a.bsums.as_ptr().cast());
+    _mm256_slli_epi32::<5>(_mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), bsums))
+}
+
 /// Q6_K (210 bytes: ql[128], qh[64], scales[16] i8, d f16) · Q8_K. Levels are 0..64 unsigned
-/// for `maddubs`; the -32 offset comes back as 32 · Σ y, subtracted before the scale.
+/// for `maddubs`; the -32 offset comes back once per block as 32 · Σ scale · bsum
+/// (`q6_offset`), subtracted from the integer sums.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q6_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
     assert_eq!(row.len(), act.len() * 210, "row is [blocks] of Q6_K");
-    let (m4, m3, m32) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    let (m4, m3) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
     let mut acc = _mm256_setzero_ps();
     for (w, a) in row.chunks_exact(210).zip(act) {
         let wp = w.as_ptr();
         prefetch(wp, 210);
         let scales = _mm_loadu_si128(wp.add(192).cast());
-        let mut sumi = _mm256_setzero_si256();
+        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), q6_offset(scales, a));
         for half in 0..2 {
             let ql = wp.add(64 * half);
             let q8 = a.qs.as_ptr().add(128 * half);
@@ -405,7 +415,7 @@ pub(super) unsafe fn dot_q6_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
             for k in 0..4 {
                 let q6 = _mm256_or_si256(levels[k], _mm256_slli_epi16::<4>(highs[k]));
                 let y = _mm256_loadu_si256(q8.add(32 * k).cast());
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q6, y), _mm256_maddubs_epi16(m32, y));
+                let p = _mm256_maddubs_epi16(q6, y);
                 let sc = _mm_shuffle_epi8(scales, load128(&SHUFFLE_Q6[4 * half + k]));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), p));
             }
@@ -515,7 +525,7 @@ unsafe fn dot_q6_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
     let blocks = row.len() / 210;
     assert_eq!(row.len(), blocks * 210, "row is [blocks] of Q6_K");
     let rows = token_rows::<T>(act, blocks);
-    let (m4, m3, m32) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    let (m4, m3) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
     let mut acc = [_mm256_setzero_ps(); T];
     for (b, w) in row.chunks_exact(210).enumerate() {
         let wp = w.as_ptr();
@@ -523,7 +533,9 @@ unsafe fn dot_q6_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
         // SAFETY: b < blocks, and each token's row holds `blocks` blocks (`token_rows`).
         let a: [&BlockQ8K; T] = std::array::from_fn(|t| &*rows[t].add(b));
         let scales = _mm_loadu_si128(wp.add(192).cast());
-        let mut sumi = [_mm256_setzero_si256(); T];
+        let mut sumi: [__m256i; T] = std::array::from_fn(|t| {
+            _mm256_sub_epi32(_mm256_setzero_si256(), q6_offset(scales, a[t]))
+        });
         for half in 0..2 {
             let ql = wp.add(64 * half);
             let ql0 = _mm256_loadu_si256(ql.cast());
@@ -547,8 +559,7 @@ unsafe fn dot_q6_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
                 let sc = _mm256_cvtepi8_epi16(sc);
                 for t in 0..T {
                     let y = _mm256_loadu_si256(a[t].qs.as_ptr().add(128 * half + 32 * k).cast());
-                    let p =
-                        _mm256_sub_epi16(_mm256_maddubs_epi16(q6, y), _mm256_maddubs_epi16(m32, y));
+                    let p = _mm256_maddubs_epi16(q6, y);
                     sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(sc, p));
                 }
             }
