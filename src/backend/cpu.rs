@@ -273,6 +273,11 @@ impl Backend for CpuBackend {
         self.matmul_batch(&mut [MatJob { w: *w, x, n, y }])
     }
 
+    fn for_each_task(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.pool.run(n_tasks, f);
+    }
+
     /// One pool job for the whole batch: tasks of whole rows of every product; each distinct
     /// (x, activation format) quantized once on the calling thread first.
     fn matmul_batch(&self, jobs: &mut [MatJob]) -> Result<()> {

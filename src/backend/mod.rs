@@ -84,6 +84,13 @@ pub trait Backend: Send + Sync {
         1
     }
 
+    /// `f(task)` for every task in 0..n_tasks, on the backend's threads (the CPU backend's
+    /// pool; in order on the caller by default), returning when all are done. `f` must not
+    /// call back into the backend.
+    fn for_each_task(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        (0..n_tasks).for_each(f);
+    }
+
     /// Whether this is the f32 oracle (sessions then keep an f32 KV cache; others use f16,
     /// as llama.cpp does).
     fn is_reference(&self) -> bool {

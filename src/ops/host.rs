@@ -11,6 +11,7 @@
 //! a shared and a mutable view of one buffer at once.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -181,9 +182,9 @@ impl HostMemory {
 /// Kernels on host memory, with the workspaces they keep between launches.
 pub struct HostKernels {
     pub backend: Box<dyn Backend>,
-    /// Attention workspaces, one per thread (long contexts would otherwise fault in fresh
-    /// pages for every layer of every token).
-    attn_scratch: Vec<Vec<f32>>,
+    /// Attention workspaces, one per task (long contexts would otherwise fault in fresh
+    /// pages for every layer of every token); a task locks its own, uncontended.
+    attn_scratch: Vec<Mutex<Vec<f32>>>,
 }
 
 /// Attention work (positions × tokens × q dims) from which the kv heads are split over threads.
@@ -440,39 +441,25 @@ impl HostKernels {
             CacheView::of(mem, c.v, c.ty, n_pages_elems)?,
         );
         let work = n_all * n * q_width;
-        let threads =
-            if work >= ATTN_PARALLEL_WORK { self.backend.threads().min(n_kv_heads) } else { 1 };
-        let per = n_kv_heads.div_ceil(threads.max(1));
+        // One task per kv head on the backend's threads when there is enough work, else one.
+        let per = if work >= ATTN_PARALLEL_WORK { 1 } else { n_kv_heads };
         let n_jobs = n_kv_heads.div_ceil(per);
         if self.attn_scratch.len() < n_jobs {
-            self.attn_scratch.resize_with(n_jobs, Vec::new);
+            self.attn_scratch.resize_with(n_jobs, Default::default);
         }
-        let (qs, rows) = (&qs, &rows);
-        let parts: Vec<Vec<f32>> = if n_jobs <= 1 {
-            vec![attend_kv_heads(&kc, &vc, qs, rows, g, 0..n_kv_heads, &mut self.attn_scratch[0])]
-        } else {
-            std::thread::scope(|sc| {
-                let jobs: Vec<_> = (0..n_kv_heads)
-                    .step_by(per)
-                    .zip(self.attn_scratch.iter_mut())
-                    .map(|(h0, buf)| {
-                        let (kc, vc) = (&kc, &vc);
-                        sc.spawn(move || {
-                            attend_kv_heads(
-                                kc,
-                                vc,
-                                qs,
-                                rows,
-                                g,
-                                h0..(h0 + per).min(n_kv_heads),
-                                buf,
-                            )
-                        })
-                    })
-                    .collect();
-                jobs.into_iter().map(|j| j.join().expect("attention thread")).collect()
-            })
-        };
+        let (qs, rows, (kc, vc)) = (&qs, &rows, (&kc, &vc));
+        let slots: Vec<Mutex<Vec<f32>>> = (0..n_jobs).map(|_| Mutex::default()).collect();
+        let scratch = &self.attn_scratch;
+        self.backend.for_each_task(n_jobs, &|job| {
+            let heads = job * per..((job + 1) * per).min(n_kv_heads);
+            let mut buf = scratch[job].lock().unwrap_or_else(PoisonError::into_inner);
+            let part = attend_kv_heads(kc, vc, qs, rows, g, heads, &mut buf);
+            *slots[job].lock().unwrap_or_else(PoisonError::into_inner) = part;
+        });
+        let parts: Vec<Vec<f32>> = slots
+            .into_iter()
+            .map(|s| s.into_inner().unwrap_or_else(PoisonError::into_inner))
+            .collect();
         // parts[i] is [n, its heads * head_dim]; interleave into o [n, n_heads * head_dim].
         let mut o = vec![0f32; n * q_width];
         let mut head0 = 0;
