@@ -192,6 +192,13 @@ fn bench_json_fields() {
         assert!(!v[key].is_null(), "missing {key} in {v}");
     }
     assert!(v["tg_tok_s"].as_f64().unwrap() > 0.0);
+    // The embedded tiny model (Q8_0): 40.25 MiB of dense weights (its output 39.41 MiB) and
+    // k = 2 experts of 4 layers per token, 1,671,168 bytes (`rotary inspect`).
+    let bytes = v["weight_bytes_per_token"].as_u64().unwrap();
+    assert_eq!(bytes, 42_206_208 + 1_671_168, "{v}");
+    let gbps = bytes as f64 * v["tg_tok_s"].as_f64().unwrap() / 1e9;
+    assert!((v["tg_weight_gbps"].as_f64().unwrap() - gbps).abs() < 1e-3 + gbps * 1e-6, "{v}");
+    assert!(v["read_gbps"].as_f64().unwrap() > 0.0, "{v}");
 }
 
 #[test]

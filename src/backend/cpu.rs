@@ -381,6 +381,50 @@ impl Scratch {
     }
 }
 
+/// This machine's memory read bandwidth with `threads` threads, in GB/s: each thread sums its
+/// share of a 512 MiB buffer (written first, so that its pages exist), the best of 3. What a
+/// memory-bound decode can reach at most.
+pub fn read_gbps(threads: usize) -> f64 {
+    let words = (512usize << 20) / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let chunk = words.div_ceil(threads.max(1));
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for part in buf.chunks(chunk) {
+                s.spawn(move || std::hint::black_box(sum_words(part)));
+            }
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    (words * 8) as f64 / best / 1e9
+}
+
+/// Σ words (wrapping), in 16 lanes; compiled for AVX2 where the CPU has it, so that the sum
+/// is not what limits the read.
+fn sum_words(words: &[u64]) -> u64 {
+    #[inline(always)]
+    fn sum(words: &[u64]) -> u64 {
+        let mut acc = [0u64; 16];
+        for c in words.chunks_exact(16) {
+            acc.iter_mut().zip(c).for_each(|(a, &v)| *a = a.wrapping_add(v));
+        }
+        acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn sum_avx2(words: &[u64]) -> u64 {
+        sum(words)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 detected just above.
+        return unsafe { sum_avx2(words) };
+    }
+    sum(words)
+}
+
 /// Whether `w.data` holds exactly rows x cols of its type, in whole activation blocks too (a
 /// `Mat` built with `Mat::new` always does; its fields are public, so check again).
 fn check_weight(w: &Mat, act: ActFormat) -> Result<()> {

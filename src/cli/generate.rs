@@ -171,18 +171,34 @@ pub fn cmd_bench(
         return Err(rotary::Error::Usage("-r must be at least 1".into()));
     }
     let model = args.model.as_ref().map_or("<embedded tiny>".into(), |p| p.display().to_string());
+    // On the CPU, decode reads every dense weight and k experts per layer for each token.
+    use rotary::rotary::BackendKind;
+    let on_cpu = matches!(args.backend()?, BackendKind::Cpu | BackendKind::CpuRef);
+    let weight_bytes = if on_cpu && n_gen > 0 { Some(decode_weight_bytes(args)?) } else { None };
     with_session(args, None, |session, tok| {
         let threads = session.threads();
         let r = rotary::run::bench(session, tok.n_vocab(), n_prompt, n_gen, reps)?;
+        // Bytes per decode token against what this machine's memory can deliver.
+        let traffic = weight_bytes.map(|(dense, experts)| {
+            let bytes = (dense + experts) as f64;
+            (dense, experts, bytes * r.tg_tok_s / 1e9, rotary::backend::cpu::read_gbps(threads))
+        });
         if json {
             let stats = session
                 .rotary_stats()
                 .map_or(String::new(), |s| format!(", \"stats\": {}", s.to_json()));
+            let traffic = traffic.map_or(String::new(), |(dense, experts, gbps, read)| {
+                format!(
+                    ", \"weight_bytes_per_token\": {}, \"tg_weight_gbps\": {gbps:.3}, \
+                     \"read_gbps\": {read:.3}",
+                    dense + experts
+                )
+            });
             println!(
                 "{{\"model\": {model:?}, \"backend\": {:?}, \"threads\": {threads}, \
                  \"n_prompt\": {n_prompt}, \"n_gen\": {n_gen}, \"repetitions\": {reps}, \
                  \"pp_tok_s\": {:.3}, \"pp_tok_s_sd\": {:.3}, \"tg_tok_s\": {:.3}, \
-                 \"tg_tok_s_sd\": {:.3}{stats}}}",
+                 \"tg_tok_s_sd\": {:.3}{traffic}{stats}}}",
                 session.backend_name(),
                 r.pp_tok_s,
                 r.pp_tok_s_sd,
@@ -201,7 +217,32 @@ pub fn cmd_bench(
                 "| {model} | {b} | {threads} | tg{n_gen} | {:.2} ± {:.2} |",
                 r.tg_tok_s, r.tg_tok_s_sd
             );
+            if let Some((dense, experts, gbps, read)) = traffic {
+                let mb = |b: u64| b as f64 / 1e6;
+                println!(
+                    "decode reads {:.1} MB of weights per token (dense {:.1} + experts {:.1}): \
+                     {gbps:.1} GB/s at tg{n_gen}, {:.0}% of this machine's {threads}-thread read \
+                     bandwidth ({read:.1} GB/s, measured now)",
+                    mb(dense + experts),
+                    mb(dense),
+                    mb(experts),
+                    100.0 * gbps / read
+                );
+            }
         }
         Ok(())
     })
+}
+
+/// (dense, routed experts) weight bytes one decode token reads on the CPU: every tensor but
+/// the experts and the embedding table (one row per token), and k experts per layer.
+fn decode_weight_bytes(args: &ModelArgs) -> Result<(u64, u64)> {
+    let report = match args.model.as_ref() {
+        Some(dir) if dir.is_dir() => {
+            Report::from_hf(&HfDir::open(dir)?, None).map_err(|e| e.in_file(dir))?
+        }
+        Some(path) => Report::new(&Gguf::open(path)?, None).map_err(|e| e.in_file(path))?,
+        None => Report::new(&embedded_default()?, None)?,
+    };
+    Ok((report.dense_resident_bytes(), report.expert_bytes_per_token))
 }
