@@ -292,31 +292,29 @@ impl Backend for CpuBackend {
         let kernels = self.simd.kernels();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let State { pool, scratch } = &mut *state;
-        // Distinct (x, format) pairs in first-seen order, and which one each job reads.
-        let mut keys: Vec<(usize, usize, ActFormat)> = Vec::new();
+        // Distinct (x, format) pairs in first-seen order (the same slice: same address and
+        // length), and which one each job reads.
+        let mut keys: Vec<(&[f32], ActFormat)> = Vec::new();
         let mut act_of = Vec::with_capacity(jobs.len());
         for (j, dot) in jobs.iter().zip(&dots) {
-            let key = (j.x.as_ptr() as usize, j.x.len(), dot.act_format());
-            let at = match keys.iter().position(|k| *k == key) {
+            let format = dot.act_format();
+            let same = |&(x, f): &(&[f32], ActFormat)| std::ptr::eq(x, j.x) && f == format;
+            let at = match keys.iter().position(same) {
                 Some(at) => at,
                 None => {
-                    keys.push(key);
+                    keys.push((j.x, format));
                     if scratch.len() < keys.len() {
                         scratch.push(Scratch::default());
                     }
                     // SAFETY: kernels of `self.simd`, whose CPU features `with_simd` checked.
-                    unsafe { scratch[keys.len() - 1].quantize(kernels, key.2, j.x) };
+                    unsafe { scratch[keys.len() - 1].quantize(kernels, format, j.x) };
                     keys.len() - 1
                 }
             };
             act_of.push(at);
         }
-        let acts: Vec<ActRef> = (0..keys.len())
-            .map(|at| {
-                let first = act_of.iter().position(|&a| a == at).expect("every key has a job");
-                scratch[at].view(keys[at].2, jobs[first].x)
-            })
-            .collect();
+        let acts: Vec<ActRef> =
+            keys.iter().zip(scratch.iter()).map(|(&(x, f), s)| s.view(f, x)).collect();
         // Tasks: (job, first row), whole rows of one product each.
         let threads = pool.threads();
         let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (job, start, end)

@@ -426,7 +426,7 @@ pub(super) unsafe fn dot_q6_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
     hsum_ps(acc)
 }
 
-/// Dots one row with `out.len()` (1 to 4) tokens' activations ([tokens, blocks]) through the
+/// Dots one row with `out.len()` (1 to 8) tokens' activations ([tokens, blocks]) through the
 /// multi-token kernel monomorphized for that count.
 macro_rules! dot_tokens {
     ($name:ident, $multi:ident) => {
