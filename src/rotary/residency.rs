@@ -19,11 +19,10 @@ use super::options::{MoePolicy, Options, PinMode, Stats};
 use super::plan::Plan;
 use super::upload::{expert_bytes, DLayer, Scratch};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::Mat;
 use crate::error::{Error, Result};
 use crate::model::weights::Weights;
 use crate::model::ModelConfig;
-use crate::ops::host::{expert_rows, experts_rows, group_pairs};
+use crate::ops::host::{expert_rows, group_pairs};
 
 /// One layer's experts on the device: their bytes and the address of its pointer table.
 #[derive(Copy, Clone)]
@@ -396,19 +395,10 @@ impl<'w> Residency<'w> {
         let on_cpu: Vec<i32> =
             ids.iter().map(|&e| if cpu.contains(&(e as usize)) { e } else { -1 }).collect();
         let groups = group_pairs(&on_cpu, self.n_experts)?;
-        let used: Vec<(usize, &Vec<usize>)> =
-            groups.iter().enumerate().filter(|(_, p)| !p.is_empty()).collect();
-        let experts = &self.w.layers[l].experts;
-        let batch: Vec<([&Mat; 3], &[usize])> = used
-            .iter()
-            .map(|&(e, pairs)| {
-                let x = &experts[e];
-                ([&x.gate, &x.up, &x.down], pairs.as_slice())
-            })
-            .collect();
-        // Each [pairs, dim], in the order of `used`.
-        let rows = experts_rows(cpu_kernels, &batch, h, k)?;
-        for (&(e, pairs), y) in used.iter().zip(&rows) {
+        for (e, pairs) in groups.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            let x = &self.w.layers[l].experts[e];
+            // [pairs, dim]
+            let y = expert_rows(cpu_kernels, [&x.gate, &x.up, &x.down], h, pairs, k)?;
             for (i, &pair) in pairs.iter().enumerate() {
                 upload(dev, s.out + (pair * dim * 4) as u64, &y[i * dim..(i + 1) * dim])?;
                 marked[pair] = -1 - e as i32;
