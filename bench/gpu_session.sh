@@ -252,7 +252,7 @@ for line in open(os.path.join(out, "steps.tsv")):
         counts = {}
         for c in cases:
             counts[c.get("status")] = counts.get(c.get("status"), 0) + 1
-        s["device"], s["copy_gbps"], s["cases"] = v.get("device"), v.get("copy_gbps"), counts
+        s["device"], s["peak_gbps"], s["cases"] = v.get("device"), v.get("peak_gbps"), counts
         bad = [c for c in cases if c.get("status") not in ("pass", "skip")]
         s["not_passed"] = [{k: c.get(k) for k in ("op", "quant", "shape", "status", "nmse", "note")} for c in bad[:20]]
         if "gbps" in json.dumps(cases):

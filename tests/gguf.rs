@@ -55,7 +55,7 @@ impl B {
     }
     /// pad to 32 and append `n` data bytes
     fn data(&mut self, n: usize) -> &mut B {
-        while self.0.len() % 32 != 0 {
+        while !self.0.len().is_multiple_of(32) {
             self.0.push(0);
         }
         self.0.extend(std::iter::repeat_n(0u8, n));
@@ -203,7 +203,7 @@ fn well_known_key_types_and_alignment() {
     // A custom power-of-two alignment is honoured.
     let mut b = B::header(3, 1, 1);
     b.kv_u32("general.alignment", 64).tensor(b"t", &[16], 0, 0);
-    while b.0.len() % 64 != 0 {
+    while !b.0.len().is_multiple_of(64) {
         b.u8(0);
     }
     b.0.extend_from_slice(&[0; 64]);

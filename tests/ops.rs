@@ -145,7 +145,7 @@ fn attention_reference_matches_the_forward_pass_rules() {
 
 #[test]
 fn reference_products_are_the_cpu_ref_backend() {
-    let op = Op::Gemv { ty: rotary::quant::GgmlType::Q4K, rows: 8, cols: 256, n: 2 };
+    let op = Op::Gemv { ty: rotary::quant::GgmlType::Q4K, rows: 8, cols: 256, n: 2, copies: 1 };
     let i = selftest::inputs(&op, 7).expect("inputs");
     let a = selftest::reference(&op, &i).expect("reference");
     let b = selftest::products(&CpuRef, &op, &i).expect("products");

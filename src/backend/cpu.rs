@@ -10,6 +10,8 @@
 //!   NVFP4), `scalar_kquant` (Q2_K, Q3_K, IQ4_XS) and `scalar_grid` (IQ3, IQ2, IQ1) for the rest.
 //! - `avx2`, `avx2_block32`, `avx2_kquant`, `avx2_grid`: AVX2 + FMA + F16C kernels of the same
 //!   families, chosen at run time by feature detection.
+//! - `avx512`: AVX-512 + VNNI kernels for Q4_K and Q6_K (the AVX2 ones for every other type),
+//!   chosen where the CPU has them.
 //! - `pool`: the workers; a job starts with one atomic store (and an unpark if they slept).
 //!
 //! Results do not depend on the thread count: each output element is computed by exactly one
@@ -24,6 +26,8 @@ mod avx2_block32;
 mod avx2_grid;
 #[cfg(target_arch = "x86_64")]
 mod avx2_kquant;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod pool;
 mod scalar;
 mod scalar_block32;
@@ -48,11 +52,13 @@ pub enum Simd {
     Scalar,
     /// AVX2 + FMA + F16C (x86_64).
     Avx2,
+    /// AVX-512 F/BW/VL + VNNI for Q4_K and Q6_K, the AVX2 kernels for the rest (x86_64).
+    Avx512,
 }
 
 impl Simd {
     /// Every family, best last.
-    pub const ALL: [Simd; 2] = [Simd::Scalar, Simd::Avx2];
+    pub const ALL: [Simd; 3] = [Simd::Scalar, Simd::Avx2, Simd::Avx512];
 
     /// The families this CPU can run.
     pub fn available() -> impl Iterator<Item = Simd> {
@@ -74,21 +80,30 @@ impl Simd {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => {
+                Simd::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Simd::Avx2 => false,
+            Simd::Avx2 | Simd::Avx512 => false,
         }
     }
 
-    /// The kernels `ROTARY_CPU_SIMD` asks for: `off` or `scalar`, `avx2`, or `auto` (the
-    /// default when unset: `detect()`).
+    /// The kernels `ROTARY_CPU_SIMD` asks for: `off` or `scalar`, `avx2`, `avx512`, or `auto`
+    /// (the default when unset: `detect()`).
     pub fn from_env() -> Result<Simd> {
         let value = std::env::var("ROTARY_CPU_SIMD").unwrap_or_default();
         match value.to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(Simd::detect()),
             "off" | "scalar" => Ok(Simd::Scalar),
             "avx2" => Ok(Simd::Avx2),
+            "avx512" => Ok(Simd::Avx512),
             other => Err(Error::Usage(format!(
-                "ROTARY_CPU_SIMD={other}: want off, scalar, avx2 or auto"
+                "ROTARY_CPU_SIMD={other}: want off, scalar, avx2, avx512 or auto"
             ))),
         }
     }
@@ -200,14 +215,26 @@ const AVX2: Kernels = Kernels {
     quantize_q8_k: avx2::quantize_q8_k,
 };
 
+/// AVX2's table with the AVX-512 kernels of Q4_K and Q6_K.
+#[cfg(target_arch = "x86_64")]
+const AVX512: Kernels = {
+    let mut k = AVX2;
+    assert!(matches!(k.dots[5].0, GgmlType::Q4K) && matches!(k.dots[7].0, GgmlType::Q6K));
+    k.dots[5].1 = Dot::Q8K(avx512::dot_q4_k, Some(avx512::dot_q4_k_tokens));
+    k.dots[7].1 = Dot::Q8K(avx512::dot_q6_k, Some(avx512::dot_q6_k_tokens));
+    k
+};
+
 impl Simd {
     fn kernels(self) -> &'static Kernels {
         match self {
             Simd::Scalar => &SCALAR,
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => &AVX2,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => &AVX512,
             #[cfg(not(target_arch = "x86_64"))]
-            Simd::Avx2 => unreachable!("{self:?} is never available off x86_64"),
+            Simd::Avx2 | Simd::Avx512 => unreachable!("{self:?} is never available off x86_64"),
         }
     }
 }
@@ -428,7 +455,7 @@ fn sum_words(words: &[u64]) -> u64 {
 fn check_weight(w: &Mat, act: ActFormat) -> Result<()> {
     let row_bytes = w.ty.row_bytes(w.cols as u64);
     let want = row_bytes.and_then(|r| r.checked_mul(w.rows as u64));
-    if want != Some(w.data.len() as u64) || w.cols % act.block_elems() != 0 {
+    if want != Some(w.data.len() as u64) || !w.cols.is_multiple_of(act.block_elems()) {
         return Err(Error::QuantLength {
             ty: w.ty.name().to_string(),
             len: w.data.len(),

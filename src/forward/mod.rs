@@ -400,7 +400,7 @@ fn check_shapes(c: &ModelConfig) -> Result<()> {
     let bad = |what: String| {
         Err(Error::Usage(format!("the device engine cannot run this model: {what}")))
     };
-    if c.head_dim % 32 != 0 || c.head_dim > 256 {
+    if !c.head_dim.is_multiple_of(32) || c.head_dim > 256 {
         return bad(format!("head_dim {} is not a multiple of 32 up to 256", c.head_dim));
     }
     if c.n_experts > 512 || c.n_experts_used > 16 {
@@ -409,7 +409,7 @@ fn check_shapes(c: &ModelConfig) -> Result<()> {
             c.n_experts, c.n_experts_used
         ));
     }
-    if c.dim % 32 != 0 || c.expert_ffn_dim % 32 != 0 {
+    if !c.dim.is_multiple_of(32) || !c.expert_ffn_dim.is_multiple_of(32) {
         return bad(format!("dim {} and ffn {} must be multiples of 32", c.dim, c.expert_ffn_dim));
     }
     if let Some(s) = &c.ssm {

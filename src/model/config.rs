@@ -210,14 +210,14 @@ impl ModelConfig {
             let (used, total) = (self.n_experts_used, self.n_experts);
             return Err(bad("expert_used_count", format!("{used} > expert_count {total}")));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             let (h, kv) = (self.n_heads, self.n_kv_heads);
             return Err(bad(
                 "attention.head_count_kv",
                 format!("{kv} does not divide head_count {h}"),
             ));
         }
-        if self.rope_dims % 2 != 0 || self.rope_dims > self.head_dim {
+        if !self.rope_dims.is_multiple_of(2) || self.rope_dims > self.head_dim {
             let (r, hd) = (self.rope_dims, self.head_dim);
             return Err(bad(
                 "rope.dimension_count",
@@ -233,7 +233,7 @@ impl ModelConfig {
     pub fn is_full_attention(&self, layer: u64) -> bool {
         match &self.ssm {
             None => true,
-            Some(ssm) => (layer + 1) % ssm.full_attention_interval == 0,
+            Some(ssm) => (layer + 1).is_multiple_of(ssm.full_attention_interval),
         }
     }
 
@@ -359,7 +359,7 @@ impl SsmConfig {
         if self.full_attention_interval == 0 {
             return Err(bad("full_attention_interval", "must be at least 1".into()));
         }
-        if self.n_v_heads % self.n_k_heads != 0 {
+        if !self.n_v_heads.is_multiple_of(self.n_k_heads) {
             return Err(bad("ssm.group_count", "key heads must divide value heads".into()));
         }
         if self.n_v_heads * self.state_size != self.inner_size {
@@ -655,7 +655,7 @@ fn hf_attention_interval(dir: &HfDir, n_layers: u64) -> Result<u64> {
     };
     if let Some(t) = types {
         let want =
-            |l: u64| if (l + 1) % interval == 0 { "full_attention" } else { "linear_attention" };
+            |l: u64| if (l + 1).is_multiple_of(interval) { "full_attention" } else { "linear_attention" };
         let ok =
             t.len() as u64 == n_layers && t.iter().enumerate().all(|(l, x)| *x == want(l as u64));
         if !ok {

@@ -96,7 +96,7 @@ pub fn conv_silu(x: &mut [f32], state: &mut [f32], w: &[f32], n: usize, ch: usiz
 /// and decay.
 pub fn gates(b: &mut [f32], alpha: &mut [f32], dt_bias: &[f32], a: &[f32]) {
     let hv = a.len();
-    assert!(dt_bias.len() == hv && b.len() == alpha.len() && b.len() % hv == 0);
+    assert!(dt_bias.len() == hv && b.len() == alpha.len() && b.len().is_multiple_of(hv));
     for (i, (b, al)) in b.iter_mut().zip(alpha.iter_mut()).enumerate() {
         let h = i % hv;
         *b = sigmoid(*b);
@@ -334,7 +334,7 @@ fn chunk_update(st: &mut [f32], g: &[f32], k: &[&[f32]], u: &[f32]) {
 
 /// Gated RMSNorm of every `dv`-wide head of `o` in place: rms(o)·w·silu(z) (plain weight).
 pub fn gated_norm(o: &mut [f32], z: &[f32], w: &[f32], eps: f32) {
-    assert!(o.len() == z.len() && o.len() % w.len() == 0);
+    assert!(o.len() == z.len() && o.len().is_multiple_of(w.len()));
     let d = w.len();
     for (oh, zh) in o.chunks_exact_mut(d).zip(z.chunks_exact(d)) {
         let inv = 1.0 / (oh.iter().map(|&x| x * x).sum::<f32>() / d as f32 + eps).sqrt();

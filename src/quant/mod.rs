@@ -174,7 +174,7 @@ impl GgmlType {
     /// blocks or the size overflows.
     pub fn row_bytes(self, n_elems: u64) -> Option<u64> {
         let block_elems = self.block_elems() as u64;
-        if n_elems % block_elems != 0 {
+        if !n_elems.is_multiple_of(block_elems) {
             return None;
         }
         (n_elems / block_elems).checked_mul(self.block_bytes() as u64)

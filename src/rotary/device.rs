@@ -127,9 +127,10 @@ pub trait Device {
 
     fn link_stats(&self) -> LinkStats;
 
-    /// The device memory's copy bandwidth in GB/s (bytes read + written), measured now; None
-    /// where the device has no memory of its own to measure (the simulator).
-    fn copy_gbps(&mut self) -> Result<Option<f64>> {
+    /// The memory bandwidth weight-streaming kernels are held to, measured now: a GPU's
+    /// device-to-device copy, the host's read bandwidth on the backend's threads; None where
+    /// the device has no memory of its own to measure (the simulator).
+    fn peak_gbps(&mut self) -> Result<Option<PeakBandwidth>> {
         Ok(None)
     }
 
@@ -142,6 +143,14 @@ pub trait Device {
     fn stall_seconds(&self) -> f64 {
         0.0
     }
+}
+
+/// A measured memory bandwidth and what was measured.
+#[derive(Clone, Debug)]
+pub struct PeakBandwidth {
+    pub gbps: f64,
+    /// How: "device copy, read + write", "memory read, 2 threads".
+    pub what: String,
 }
 
 /// Upload a slice on the compute stream (setup and small per-layer tables).

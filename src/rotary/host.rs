@@ -4,7 +4,7 @@
 //! when it is recorded. The kernels are src/ops/host.rs over the fast CPU backend (`cpu`, f16
 //! KV cache as llama.cpp) or the scalar oracle (`cpu-ref`, f32 KV cache: HF to 1e-12).
 
-use super::device::{Addr, Device, Event, Kernel, KvType, LinkStats, Stream};
+use super::device::{Addr, Device, Event, Kernel, KvType, LinkStats, PeakBandwidth, Stream};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu_ref::CpuRef;
 use crate::backend::Backend;
@@ -63,18 +63,14 @@ impl Device for HostDevice {
         self.mem.free(addr);
     }
 
-    /// Memory copy bandwidth: 256 MiB copied, best of 3.
-    fn copy_gbps(&mut self) -> Result<Option<f64>> {
-        let src = vec![1u8; 256 << 20];
-        let mut dst = vec![0u8; 256 << 20];
-        let mut best = f64::MAX;
-        for _ in 0..3 {
-            let start = std::time::Instant::now();
-            dst.copy_from_slice(&src);
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        std::hint::black_box(&dst);
-        Ok(Some(2.0 * src.len() as f64 / best / 1e9))
+    /// Memory read bandwidth on the backend's threads (`backend::cpu::read_gbps`): what a
+    /// CPU product streaming its weights from memory can reach at most.
+    fn peak_gbps(&mut self) -> Result<Option<PeakBandwidth>> {
+        let threads = self.backend().threads();
+        Ok(Some(PeakBandwidth {
+            gbps: crate::backend::cpu::read_gbps(threads),
+            what: format!("memory read, {threads} threads"),
+        }))
     }
 
     /// Workspaces, caches and state (the weights are the mapping, counted by nobody here).

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{cases, compare, inputs, reference, CaseResult, Inputs, Op, Output, Report, Status};
 use crate::error::Result;
 use crate::ops::{Addr, Kernel, KvCache};
-use crate::rotary::device::{alloc_upload, download, Device, Plain, Stream};
+use crate::rotary::device::{alloc_upload, download, upload, Device, Plain, Stream};
 
 /// Elements of guard on each side of an output.
 const GUARD: usize = 64;
@@ -87,10 +87,20 @@ fn prepare(dev: &mut dyn Device, op: &Op, i: &Inputs) -> Result<Prepared> {
     let mut u = Uploads { dev, buffers: Vec::new() };
     let (mut ids, mut second) = (None, None);
     let (kernels, out) = match *op {
-        Op::Gemv { ty, rows, cols, n } => {
-            let (w, x) = (u.data(&i.mats[0])?, u.data(&i.f[0])?);
+        Op::Gemv { ty, rows, cols, n, copies } => {
+            // `copies` of the matrix side by side, each product over the next one: the same
+            // result every time, from memory the caches no longer hold.
+            let bytes = i.mats[0].len();
+            let w = u.zeros(bytes * copies, "gemv weights")?;
+            for c in 0..copies {
+                upload(u.dev, w + (c * bytes) as u64, &i.mats[0])?;
+            }
+            let x = u.data(&i.f[0])?;
             let out = u.guarded(&vec![0f32; n * rows], "gemv y")?;
-            (vec![Kernel::Gemv { ty, w, x, y: out.at(), rows, cols, n }], out)
+            let y = out.at();
+            let gemv =
+                |c: usize| Kernel::Gemv { ty, w: w + (c * bytes) as u64, x, y, rows, cols, n };
+            ((0..copies).map(gemv).collect(), out)
         }
         Op::Moe { .. } => return prepare_moe(u, op, i),
         Op::TopkMoe { n, n_experts, k, norm } => {
@@ -294,10 +304,11 @@ impl Prepared {
         self.buffers.into_iter().chain(outputs).for_each(|a| dev.free(a));
     }
 
-    /// Seconds per evaluation: the median of 5 timed batches of 20 (after 3 warm-ups), each
-    /// ended by a host wait for the compute stream (on a GPU the launches' own latency is
-    /// included: a bound, close for the large perf shapes). In-place ops (moe's residual, the
-    /// DeltaNet states) drift over repeats; timing does not care.
+    /// Seconds per evaluation: the median of 5 timed batches of up to 20 (as many as fit in
+    /// about 20 ms, after 3 warm-ups), each ended by a host wait for the compute stream (on a
+    /// GPU the launches' own latency is included: a bound, close for the large perf shapes).
+    /// In-place ops (moe's residual, the DeltaNet states) drift over repeats; timing does not
+    /// care.
     fn time(&self, dev: &mut dyn Device) -> Result<f64> {
         let sync = |dev: &mut dyn Device| -> Result<()> {
             let ev = dev.record(Stream::Compute)?;
@@ -305,18 +316,23 @@ impl Prepared {
             dev.release(ev);
             Ok(())
         };
-        for _ in 0..3 {
+        let start = Instant::now();
+        self.launch(dev)?;
+        sync(dev)?;
+        let once = start.elapsed().as_secs_f64();
+        for _ in 0..2 {
             self.launch(dev)?;
         }
         sync(dev)?;
+        let batch = ((0.02 / once) as usize).clamp(1, 20);
         let mut per_iter = Vec::new();
         for _ in 0..5 {
             let start = Instant::now();
-            for _ in 0..20 {
+            for _ in 0..batch {
                 self.launch(dev)?;
             }
             sync(dev)?;
-            per_iter.push(start.elapsed().as_secs_f64() / 20.0);
+            per_iter.push(start.elapsed().as_secs_f64() / batch as f64);
         }
         per_iter.sort_by(f64::total_cmp);
         Ok(per_iter[per_iter.len() / 2])
@@ -324,9 +340,9 @@ impl Prepared {
 }
 
 /// Run every case on `dev` (named `backend` in the report). `perf`: also the large shapes,
-/// and GB/s for the products against the device's copy bandwidth.
+/// and GB/s for the products against the device's peak memory bandwidth.
 pub fn run(dev: &mut dyn Device, backend: &'static str, perf: bool) -> Result<Report> {
-    let copy_gbps = if perf { dev.copy_gbps()? } else { None };
+    let peak = if perf { dev.peak_gbps()? } else { None };
     let mut results = Vec::new();
     for (idx, case) in cases(perf).iter().enumerate() {
         let op = &case.op;
@@ -351,11 +367,11 @@ pub fn run(dev: &mut dyn Device, backend: &'static str, perf: bool) -> Result<Re
             if let Some(bytes) = op.weight_bytes() {
                 let gbps = bytes as f64 / p.time(dev)? / 1e9;
                 r.gbps = Some(gbps);
-                r.peak_fraction = copy_gbps.map(|c| gbps / c);
+                r.peak_fraction = peak.as_ref().map(|p| gbps / p.gbps);
             }
         }
         p.free(dev);
         results.push(r);
     }
-    Ok(Report { device: dev.describe(), copy_gbps, cases: results })
+    Ok(Report { device: dev.describe(), peak, cases: results })
 }

@@ -66,12 +66,15 @@ fn odd_cols(ty: GgmlType) -> usize {
 /// One op with its shape.
 #[derive(Clone, Debug)]
 pub enum Op {
-    /// y [n, rows] = W [rows, cols] · x [n, cols].
+    /// y [n, rows] = W [rows, cols] · x [n, cols]; W held `copies` times side by side and one
+    /// evaluation the product over each copy in turn (more than 1: weights the caches do not
+    /// hold, as a layer's experts on the CPU).
     Gemv {
         ty: GgmlType,
         rows: usize,
         cols: usize,
         n: usize,
+        copies: usize,
     },
     /// Routed SwiGLU experts added to a residual (RotaryMoe).
     Moe {
@@ -196,7 +199,10 @@ impl Op {
 
     pub fn shape(&self) -> String {
         match *self {
-            Op::Gemv { rows, cols, n, .. } => format!("rows={rows} cols={cols} n={n}"),
+            Op::Gemv { rows, cols, n, copies: 1, .. } => format!("rows={rows} cols={cols} n={n}"),
+            Op::Gemv { rows, cols, n, copies, .. } => {
+                format!("rows={rows} cols={cols} n={n} cold x{copies}")
+            }
             Op::Moe { dim, ffn, n_experts, k, n, .. } => {
                 format!("dim={dim} ffn={ffn} experts={n_experts} k={k} n={n}")
             }
@@ -248,7 +254,7 @@ impl Op {
     pub fn weight_bytes(&self) -> Option<u64> {
         let rb = |ty: GgmlType, cols: usize| ty.row_bytes(cols as u64).unwrap_or(0);
         match *self {
-            Op::Gemv { ty, rows, cols, .. } => Some(rb(ty, cols) * rows as u64),
+            Op::Gemv { ty, rows, cols, copies, .. } => Some(rb(ty, cols) * (rows * copies) as u64),
             // Decode: the k chosen experts' gate, up and down.
             Op::Moe { ty_gate_up, ty_down, dim, ffn, k, n: 1, .. } => Some(
                 k as u64 * (2 * rb(ty_gate_up, dim) * ffn as u64 + rb(ty_down, ffn) * dim as u64),
@@ -276,7 +282,7 @@ pub fn cases(perf: bool) -> Vec<Case> {
     let mut add = |op: Op| out.push(Case { op, perf_only: false });
     for &ty in FORMATS {
         for (n, cols) in [(1, 512), (3, odd_cols(ty)), (11, 512)] {
-            add(Op::Gemv { ty, rows: 96, cols, n });
+            add(Op::Gemv { ty, rows: 96, cols, n, copies: 1 });
         }
         add(Op::Embed { ty, n_vocab: 50, dim: odd_cols(ty), n: 5 });
     }
@@ -320,9 +326,21 @@ pub fn cases(perf: bool) -> Vec<Case> {
         // layer's decode.
         let mut add_perf = |op: Op| out.push(Case { op, perf_only: true });
         for &ty in FORMATS {
-            add_perf(Op::Gemv { ty, rows: 4096, cols: 2048, n: 1 });
+            add_perf(Op::Gemv { ty, rows: 4096, cols: 2048, n: 1, copies: 1 });
         }
-        add_perf(Op::Gemv { ty: GgmlType::Q6K, rows: 151_936, cols: 2048, n: 1 });
+        add_perf(Op::Gemv { ty: GgmlType::Q6K, rows: 151_936, cols: 2048, n: 1, copies: 1 });
+        // One expert's matrices, cold (1 GiB of copies: past any cache), for 1 and 8 tokens:
+        // Qwen3-30B-A3B's gate/up [768, 2048] and down [2048, 768], Qwen3.5-35B-A3B's [512,
+        // 2048] and [2048, 512]. On the CPU, the rate of experts computed from host memory.
+        for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q8_0] {
+            for (rows, cols) in [(768, 2048), (2048, 768), (512, 2048), (2048, 512)] {
+                let bytes = ty.row_bytes(cols as u64).unwrap_or(1) as usize * rows;
+                let copies = (1usize << 30).div_ceil(bytes);
+                for n in [1, 8] {
+                    add_perf(Op::Gemv { ty, rows, cols, n, copies });
+                }
+            }
+        }
         for (gu, down) in [(GgmlType::Q4K, GgmlType::Q6K), (GgmlType::Q4K, GgmlType::Q4K)] {
             add_perf(Op::Moe {
                 ty_gate_up: gu,
@@ -460,7 +478,7 @@ fn gdn_gate_values(n: usize, n_v: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
 pub fn inputs(op: &Op, seed: u64) -> Result<Inputs> {
     let mut i = Inputs::default();
     match *op {
-        Op::Gemv { ty, rows, cols, n } => {
+        Op::Gemv { ty, rows, cols, n, .. } => {
             i.mats.push(random_matrix(ty, rows, cols, 1.0 / (cols as f32).sqrt(), seed)?);
             i.f.push(random_f32(n * cols, 0.0, 1.0, seed + 1));
         }
@@ -711,7 +729,7 @@ fn two_outputs(op: &Op, i: &Inputs) -> Output {
 /// Gemv and Moe through a host `Backend`'s matmul (the reference, or the fast CPU backend).
 pub fn products(b: &dyn Backend, op: &Op, i: &Inputs) -> Result<Output> {
     let values = match *op {
-        Op::Gemv { ty, rows, cols, n } => {
+        Op::Gemv { ty, rows, cols, n, .. } => {
             let mut y = vec![0f32; n * rows];
             b.matmul(&mat(ty, rows, cols, &i.mats[0])?, &i.f[0], n, &mut y)?;
             y

@@ -2,6 +2,7 @@
 //! (NaN, guards, ids as sets), and the report as a table or JSON.
 
 use super::{Op, Output};
+use crate::rotary::device::PeakBandwidth;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -107,11 +108,11 @@ pub fn compare(op: &Op, got: &Output, want: &Output) -> (Option<f64>, Status, St
     (Some(e), Status::Pass, String::new())
 }
 
-/// What `run` found: the device's copy bandwidth (with `perf`) and one row per case.
+/// What `run` found: the device's peak memory bandwidth (with `perf`) and one row per case.
 #[derive(Clone, Debug)]
 pub struct Report {
     pub device: String,
-    pub copy_gbps: Option<f64>,
+    pub peak: Option<PeakBandwidth>,
     pub cases: Vec<CaseResult>,
 }
 
@@ -121,8 +122,8 @@ impl Report {
     }
 }
 
-/// The report as JSON: `{"device", "copy_gbps"?, "cases": [{op, quant, shape, backend, nmse,
-/// max_nmse, status, note, gbps?, peak_fraction?}]}`.
+/// The report as JSON: `{"device", "peak_gbps"?, "peak"? (what was measured), "cases": [{op,
+/// quant, shape, backend, nmse, max_nmse, status, note, gbps?, peak_fraction?}]}`.
 pub fn to_json(report: &Report) -> String {
     use serde_json::{json, Value};
     let cases: Vec<Value> = report
@@ -150,15 +151,21 @@ pub fn to_json(report: &Report) -> String {
             v
         })
         .collect();
-    json!({ "device": report.device, "copy_gbps": report.copy_gbps, "cases": cases }).to_string()
+    json!({
+        "device": report.device,
+        "peak_gbps": report.peak.as_ref().map(|p| p.gbps),
+        "peak": report.peak.as_ref().map(|p| p.what.clone()),
+        "cases": cases,
+    })
+    .to_string()
 }
 
 /// The report as a table.
 pub fn table(report: &Report) -> String {
     let results = &report.cases;
     let mut s = format!("device: {}\n", report.device);
-    if let Some(c) = report.copy_gbps {
-        s += &format!("device copy bandwidth: {c:.1} GB/s (read + write)\n");
+    if let Some(p) = &report.peak {
+        s += &format!("peak bandwidth: {:.1} GB/s ({})\n", p.gbps, p.what);
     }
     s += &format!(
         "{:<11} {:<10} {:<46} {:>10} {:>8} {:<5} {}\n",
@@ -170,7 +177,7 @@ pub fn table(report: &Report) -> String {
         if let Some(g) = r.gbps {
             note = format!("{g:.1} GB/s");
             if let Some(f) = r.peak_fraction {
-                note += &format!(" ({:.0}% of copy bandwidth)", 100.0 * f);
+                note += &format!(" ({:.0}% of peak)", 100.0 * f);
             }
         }
         s += &format!(

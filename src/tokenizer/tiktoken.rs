@@ -280,7 +280,7 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
         Some(u32::from(v))
     };
     let text = text.as_bytes();
-    if text.is_empty() || text.len() % 4 != 0 {
+    if text.is_empty() || !text.len().is_multiple_of(4) {
         return None;
     }
     let n_quads = text.len() / 4;

@@ -212,7 +212,7 @@ fn wait_for_epoch(shared: &Shared, index: usize, seen: u32) -> u32 {
             return epoch;
         }
         spins = spins.wrapping_add(1);
-        if spins % 64 == 0 && start.elapsed() > SPIN_BEFORE_PARK {
+        if spins.is_multiple_of(64) && start.elapsed() > SPIN_BEFORE_PARK {
             break;
         }
         std::hint::spin_loop();
@@ -235,7 +235,7 @@ fn wait_until(ready: impl Fn() -> bool) {
     let mut spins = 0u32;
     while !ready() {
         spins = spins.wrapping_add(1);
-        if spins % 256 == 0 {
+        if spins.is_multiple_of(256) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();

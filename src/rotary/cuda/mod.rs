@@ -16,7 +16,7 @@ mod launch;
 use crate::backend::cuda::device::{check, Gpu};
 use crate::backend::cuda::ffi;
 use crate::error::{Error, Result};
-use crate::rotary::device::{Addr, Device, Event, Kernel, LinkStats, Stream};
+use crate::rotary::device::{Addr, Device, Event, Kernel, LinkStats, PeakBandwidth, Stream};
 use crate::rotary::plan::LAUNCH_RESERVE;
 use launch::launch;
 
@@ -525,8 +525,8 @@ impl Device for CudaDevice {
         self.link_peak_gbps
     }
 
-    /// Device-to-device copy of 512 MiB timed with events, best of 5.
-    fn copy_gbps(&mut self) -> Result<Option<f64>> {
+    /// Device-to-device copy of 512 MiB timed with events, best of 5 (read + write).
+    fn peak_gbps(&mut self) -> Result<Option<PeakBandwidth>> {
         let bytes = 512u64 << 20;
         let (src, dst) = (
             self.alloc(bytes, "copy bandwidth source")?,
@@ -552,7 +552,8 @@ impl Device for CudaDevice {
                 end.record(&self.gpu)?;
                 best = best.min(end.elapsed_ms_since(&start)? as f64 / 1e3);
             }
-            Ok(Some(2.0 * bytes as f64 / best / 1e9))
+            let gbps = 2.0 * bytes as f64 / best / 1e9;
+            Ok(Some(PeakBandwidth { gbps, what: "device copy, read + write".into() }))
         })();
         self.free(src);
         self.free(dst);
