@@ -38,8 +38,8 @@ use std::sync::{Mutex, PoisonError};
 
 use super::{check_matmul, threads_or_default, Backend, Mat, MatJob};
 use crate::error::{Error, Result};
-use crate::quant::{BlockQ8K, GgmlType};
-use act::{ActFormat, ActQ8_0, ActQ8_1, Scratch};
+use crate::quant::{BlockQ8K, GgmlType, QK_K};
+use act::{ActFormat, ActQ8K16, ActQ8_0, ActQ8_1, Scratch, GROUP_TOKENS};
 use pool::Pool;
 use scalar_block32 as s32;
 use scalar_grid as sgrid;
@@ -119,6 +119,10 @@ const BLOCK_ACT_BYTES: usize = 16 << 10;
 /// one-token kernel per token.
 type MultiDot<A> = unsafe fn(&[u8], &[A], &mut [f32]);
 
+/// A kernel that dots one weight row with 16 tokens' transposed activations ([blocks] of
+/// `ActQ8K16`): bit for bit the one-token kernel per token.
+type Gemm16 = unsafe fn(&[u8], &[ActQ8K16], &mut [f32; GROUP_TOKENS]);
+
 /// One weight type's dot product of a row with one token's activations, by the activation
 /// format it takes, and where a family has one, its multi-token kernel. `unsafe`: the SIMD
 /// kernels need their CPU features (checked when the backend is built).
@@ -148,6 +152,8 @@ struct Kernels {
     quantize_q8_0: unsafe fn(&[f32], &mut [ActQ8_0]),
     quantize_q8_1: unsafe fn(&[f32], &mut [ActQ8_1]),
     quantize_q8_k: unsafe fn(&[f32], &mut [BlockQ8K]),
+    /// The types with a 16-token kernel over transposed Q8_K activations.
+    gemm16: &'static [(GgmlType, Gemm16)],
 }
 
 const SCALAR: Kernels = Kernels {
@@ -180,6 +186,7 @@ const SCALAR: Kernels = Kernels {
     quantize_q8_0: scalar::quantize_q8_0,
     quantize_q8_1: scalar::quantize_q8_1,
     quantize_q8_k: scalar::quantize_q8_k,
+    gemm16: &[],
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -213,6 +220,7 @@ const AVX2: Kernels = Kernels {
     quantize_q8_0: avx2::quantize_q8_0,
     quantize_q8_1: avx2::quantize_q8_1,
     quantize_q8_k: avx2::quantize_q8_k,
+    gemm16: &[],
 };
 
 /// AVX2's table with the AVX-512 kernels of Q4_K and Q6_K.
@@ -222,6 +230,7 @@ const AVX512: Kernels = {
     assert!(matches!(k.dots[5].0, GgmlType::Q4K) && matches!(k.dots[7].0, GgmlType::Q6K));
     k.dots[5].1 = Dot::Q8K(avx512::dot_q4_k, Some(avx512::dot_q4_k_tokens));
     k.dots[7].1 = Dot::Q8K(avx512::dot_q6_k, Some(avx512::dot_q6_k_tokens));
+    k.gemm16 = &[(GgmlType::Q4K, avx512::gemm16_q4_k)];
     k
 };
 
@@ -340,6 +349,21 @@ impl Backend for CpuBackend {
             };
             act_of.push(at);
         }
+        // The 16-token kernels' transposed activations, where a job takes them.
+        let gemms: Vec<Option<Gemm16>> = jobs
+            .iter()
+            .map(|j| {
+                let found = kernels.gemm16.iter().find(|(ty, _)| *ty == j.w.ty);
+                found.map(|&(_, g)| g).filter(|_| j.n >= GROUP_TOKENS && j.w.cols > 0)
+            })
+            .collect();
+        for (k, &(x, format)) in keys.iter().enumerate() {
+            let wanted = (0..jobs.len()).find(|&i| act_of[i] == k && gemms[i].is_some());
+            if let (Some(i), ActFormat::Q8K) = (wanted, format) {
+                let (blocks, groups) = (jobs[i].w.cols / QK_K, jobs[i].n / GROUP_TOKENS);
+                scratch[k].transpose_q8_k16(x.len() / QK_K, blocks, groups);
+            }
+        }
         let acts: Vec<ActRef> =
             keys.iter().zip(scratch.iter()).map(|(&(x, f), s)| s.view(f, x)).collect();
         // Tasks: (job, first row), whole rows of one product each.
@@ -359,10 +383,24 @@ impl Backend for CpuBackend {
             let (i, start, end) = tasks[task];
             let (j, y) = (&jobs[i], &outs[i]);
             match (dots[i], acts[act_of[i]]) {
-                (Dot::F32(f), ActRef::F32(a)) => rows_task(&j.w, a, j.n, f, None, y, start..end),
-                (Dot::Q8_0(f, m), ActRef::Q8_0(a)) => rows_task(&j.w, a, j.n, f, m, y, start..end),
-                (Dot::Q8_1(f, m), ActRef::Q8_1(a)) => rows_task(&j.w, a, j.n, f, m, y, start..end),
-                (Dot::Q8K(f, m), ActRef::Q8K(a)) => rows_task(&j.w, a, j.n, f, m, y, start..end),
+                (Dot::F32(f), ActRef::F32(a)) => rows_task(&j.w, a, 0, j.n, f, None, y, start..end),
+                (Dot::Q8_0(f, m), ActRef::Q8_0(a)) => {
+                    rows_task(&j.w, a, 0, j.n, f, m, y, start..end)
+                }
+                (Dot::Q8_1(f, m), ActRef::Q8_1(a)) => {
+                    rows_task(&j.w, a, 0, j.n, f, m, y, start..end)
+                }
+                (Dot::Q8K(f, m), ActRef::Q8K(a, a16)) => {
+                    let rows = start..end;
+                    let done = match gemms[i] {
+                        Some(gemm) => {
+                            gemm_task(&j.w, a16, j.n / GROUP_TOKENS, gemm, y, rows.clone())
+                        }
+                        None => 0,
+                    };
+                    let per_token = a.len() / j.n;
+                    rows_task(&j.w, &a[done * per_token..], done, j.n - done, f, m, y, rows);
+                }
                 _ => unreachable!("activations quantized for the job's own kernel"),
             }
         });
@@ -376,7 +414,9 @@ enum ActRef<'a> {
     F32(&'a [f32]),
     Q8_0(&'a [ActQ8_0]),
     Q8_1(&'a [ActQ8_1]),
-    Q8K(&'a [BlockQ8K]),
+    /// The blocks, and the first whole groups of 16 tokens transposed where a 16-token kernel
+    /// takes them (else empty).
+    Q8K(&'a [BlockQ8K], &'a [ActQ8K16]),
 }
 
 impl Scratch {
@@ -401,7 +441,7 @@ impl Scratch {
             ActFormat::F32 => ActRef::F32(x),
             ActFormat::Q8_0 => ActRef::Q8_0(&self.q8_0_done()[..blocks]),
             ActFormat::Q8_1 => ActRef::Q8_1(&self.q8_1_done()[..blocks]),
-            ActFormat::Q8K => ActRef::Q8K(&self.q8_k_done()[..blocks]),
+            ActFormat::Q8K => ActRef::Q8K(&self.q8_k_done()[..blocks], &self.q8_k16),
         }
     }
 }
@@ -484,19 +524,24 @@ fn rows_per_task(rows: usize, row_bytes: usize, n: usize, threads: usize) -> usi
 /// kernel and several tokens: token blocks (whose activations stay in L1) outside, the rows
 /// inside, `TOKENS_PER_PASS` tokens per kernel call (the last pass takes what is left).
 /// act: [n, blocks per row]; y: [n, w.rows].
+#[allow(clippy::too_many_arguments)]
 fn rows_task<A>(
     w: &Mat,
     act: &[A],
+    t0: usize,
     n: usize,
     dot: unsafe fn(&[u8], &[A]) -> f32,
     multi: Option<MultiDot<A>>,
     y: &OutPtr,
     rows: std::ops::Range<usize>,
 ) {
+    if n == 0 {
+        return;
+    }
     let row_bytes = w.data.len() / w.rows;
     let act_per_token = act.len() / n;
     assert_eq!(act_per_token * n, act.len(), "act is [n, blocks]");
-    assert_eq!(y.len, n * w.rows, "y is [n, rows]");
+    assert_eq!(y.len, (t0 + n) * w.rows, "y is [t0 + n, rows]");
     let row = |i: usize| &w.data[i * row_bytes..(i + 1) * row_bytes];
     // One token (decode) takes the one-token kernel: nothing to share.
     if let Some(multi) = multi.filter(|_| n > 1) {
@@ -511,9 +556,9 @@ fn rows_task<A>(
                     let values = &mut values[..a.len() / act_per_token];
                     // SAFETY: as for `dot` below; `multi` comes from the same family.
                     unsafe { multi(row(i), a, values) };
-                    let t0 = b * block_tokens + p * TOKENS_PER_PASS;
+                    let first = t0 + b * block_tokens + p * TOKENS_PER_PASS;
                     for (k, &value) in values.iter().enumerate() {
-                        y.write((t0 + k) * w.rows + i, value);
+                        y.write((first + k) * w.rows + i, value);
                     }
                 }
             }
@@ -525,9 +570,45 @@ fn rows_task<A>(
             // SAFETY: `dot` comes from `self.simd.kernels()`, and `with_simd` refused to build
             // a backend whose kernels' CPU features `Simd::is_available` did not detect.
             let value = unsafe { dot(row(i), a) };
-            y.write(t * w.rows + i, value);
+            y.write((t0 + t) * w.rows + i, value);
         }
     }
+}
+
+/// Rows `rows` of w times the first `groups` × 16 tokens (a16: [groups, blocks], transposed)
+/// through a 16-token kernel, a group's activations kept in cache over the rows. Returns the
+/// tokens done.
+fn gemm_task(
+    w: &Mat,
+    a16: &[ActQ8K16],
+    groups: usize,
+    gemm: Gemm16,
+    y: &OutPtr,
+    rows: std::ops::Range<usize>,
+) -> usize {
+    let (row_bytes, blocks) = (w.data.len() / w.rows, w.cols / QK_K);
+    assert!(a16.len() >= groups * blocks, "a16 is [groups, blocks] of transposed Q8_K");
+    // A tile of 16 rows × 16 tokens, written a token at a time: 16 consecutive floats of y
+    // (one cache line) instead of 16 scattered ones.
+    const TILE_ROWS: usize = 16;
+    let mut tile = [[0f32; GROUP_TOKENS]; TILE_ROWS];
+    let mut line = [0f32; TILE_ROWS];
+    for (g, group) in a16.chunks_exact(blocks).take(groups).enumerate() {
+        for first in rows.clone().step_by(TILE_ROWS) {
+            let count = TILE_ROWS.min(rows.end - first);
+            for (r, values) in tile[..count].iter_mut().enumerate() {
+                let i = first + r;
+                // SAFETY: `gemm` comes from `self.simd.kernels()`, whose CPU features
+                // `with_simd` checked.
+                unsafe { gemm(&w.data[i * row_bytes..(i + 1) * row_bytes], group, values) };
+            }
+            for t in 0..GROUP_TOKENS {
+                line.iter_mut().zip(&tile).for_each(|(v, values)| *v = values[t]);
+                y.write_slice((g * GROUP_TOKENS + t) * w.rows + first, &line[..count]);
+            }
+        }
+    }
+    groups * GROUP_TOKENS
 }
 
 /// The output matrix shared by the tasks of one matmul, each writing only its own rows.
@@ -543,6 +624,13 @@ unsafe impl Sync for OutPtr {}
 impl OutPtr {
     fn new(y: &mut [f32]) -> OutPtr {
         OutPtr { ptr: y.as_mut_ptr(), len: y.len() }
+    }
+
+    fn write_slice(&self, index: usize, values: &[f32]) {
+        assert!(index + values.len() <= self.len, "y [{index}, +{}) of {}", values.len(), self.len);
+        // SAFETY: in bounds (checked above) of a live `&mut [f32]`; no other task writes
+        // these elements and nobody reads y until the matmul returns.
+        unsafe { self.ptr.add(index).copy_from_nonoverlapping(values.as_ptr(), values.len()) }
     }
 
     fn write(&self, index: usize, value: f32) {

@@ -654,8 +654,13 @@ fn hf_attention_interval(dir: &HfDir, n_layers: u64) -> Result<u64> {
         },
     };
     if let Some(t) = types {
-        let want =
-            |l: u64| if (l + 1).is_multiple_of(interval) { "full_attention" } else { "linear_attention" };
+        let want = |l: u64| {
+            if (l + 1).is_multiple_of(interval) {
+                "full_attention"
+            } else {
+                "linear_attention"
+            }
+        };
         let ok =
             t.len() as u64 == n_layers && t.iter().enumerate().all(|(l, x)| *x == want(l as u64));
         if !ok {

@@ -66,6 +66,8 @@ pub(crate) struct Scratch {
     q8_0: Vec<ActQ8_0>,
     q8_1: Vec<ActQ8_1>,
     q8_k: Vec<BlockQ8K>,
+    /// The Q8_K blocks' first whole groups of 16 tokens, transposed (`ActQ8K16`).
+    pub(crate) q8_k16: Vec<ActQ8K16>,
 }
 
 impl Scratch {
@@ -93,6 +95,12 @@ impl Scratch {
         &mut self.q8_k[..n_blocks]
     }
 
+    /// The first `groups` × 16 tokens of the `total` Q8_K blocks last quantized here ([n,
+    /// blocks]) into `q8_k16`, transposed.
+    pub(crate) fn transpose_q8_k16(&mut self, total: usize, blocks: usize, groups: usize) {
+        ActQ8K16::transpose(&self.q8_k[..total], blocks, groups, &mut self.q8_k16);
+    }
+
     /// The Q8_0 blocks last quantized here.
     pub(crate) fn q8_0_done(&self) -> &[ActQ8_0] {
         &self.q8_0
@@ -106,5 +114,57 @@ impl Scratch {
     /// The Q8_K blocks last quantized here.
     pub(crate) fn q8_k_done(&self) -> &[BlockQ8K] {
         &self.q8_k
+    }
+}
+
+/// Tokens per group of `ActQ8K16`: the i32 lanes of an AVX-512 register.
+pub(crate) const GROUP_TOKENS: usize = 16;
+
+/// One Q8_K block of 16 tokens, transposed for a product whose lanes are tokens (the AVX-512
+/// many-token kernels): every 4 quants of a token side by side with the same 4 of the others,
+/// offset by 128 to be unsigned (`vpdpbusd` wants one unsigned operand; the kernel takes
+/// 128 · Σ weights back), the tokens' scales, and their sums over each 32 quants, in pairs.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ActQ8K16 {
+    /// [64 quads][16 tokens][4]: quants 4q..4q+4 of token t at 64 q + 4 t, plus 128.
+    pub q: [u8; QK_K * GROUP_TOKENS],
+    /// [16 tokens]: the blocks' d.
+    pub d: [f32; GROUP_TOKENS],
+    /// [4 pairs][16 tokens][2]: Σ of the 32 quants of sub-blocks 2p and 2p + 1 of token t at
+    /// 32 p + 2 t and 32 p + 2 t + 1.
+    pub sums: [i16; 4 * GROUP_TOKENS * 2],
+}
+
+impl ActQ8K16 {
+    const ZERO: ActQ8K16 =
+        ActQ8K16 { q: [0; QK_K * GROUP_TOKENS], d: [0.0; GROUP_TOKENS], sums: [0; 128] };
+
+    /// The first `groups` × 16 tokens of `act` ([n, blocks] of Q8_K) as [groups, blocks] of
+    /// transposed blocks, into `out` (grown, never shrunk).
+    pub(crate) fn transpose(act: &[BlockQ8K], blocks: usize, groups: usize, out: &mut Vec<Self>) {
+        assert!(act.len() >= groups * GROUP_TOKENS * blocks, "act is [n, blocks] of Q8_K");
+        if out.len() < groups * blocks {
+            out.resize(groups * blocks, ActQ8K16::ZERO);
+        }
+        for g in 0..groups {
+            for b in 0..blocks {
+                let o = &mut out[g * blocks + b];
+                for t in 0..GROUP_TOKENS {
+                    let a = &act[(g * GROUP_TOKENS + t) * blocks + b];
+                    o.d[t] = a.d;
+                    for (quad, q) in a.qs.chunks_exact(4).enumerate() {
+                        let at = quad * 64 + 4 * t;
+                        for (k, &v) in q.iter().enumerate() {
+                            o.q[at + k] = (v as u8) ^ 0x80;
+                        }
+                    }
+                    for s in 0..8 {
+                        let (p, k) = (s / 2, s % 2);
+                        o.sums[32 * p + 2 * t + k] = a.bsums[2 * s] + a.bsums[2 * s + 1];
+                    }
+                }
+            }
+        }
     }
 }

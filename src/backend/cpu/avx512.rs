@@ -18,6 +18,7 @@
 
 use std::arch::x86_64::*;
 
+use super::act::{ActQ8K16, GROUP_TOKENS};
 use super::avx2::{prefetch, token_rows};
 use super::scalar::unpack_scales_k4;
 use crate::quant::BlockQ8K;
@@ -70,6 +71,25 @@ unsafe fn f16_splat16(p: *const u8) -> __m512 {
     _mm512_cvtph_ps(_mm256_set1_epi16(p.cast::<i16>().read_unaligned()))
 }
 
+/// `acc + Σ quads of a · b` (u8 × i8 → i32 lanes): `vpdpbusd`, written out for the reason
+/// `dpwssd` is.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dpbusd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut acc = acc;
+    // SAFETY: register operands only; the CPU has AVX512_VNNI (this function's features).
+    unsafe {
+        std::arch::asm!(
+            "vpdpbusd {acc}, {a}, {b}",
+            acc = inout(zmm_reg) acc,
+            a = in(zmm_reg) a,
+            b = in(zmm_reg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
 /// `acc + Σ pairs of a · b` (i16 × i16 → i32 lanes): `vpdpwssd`, written out because LLVM's
 /// generic x86-64 tuning splits `_mm512_dpwssd_epi32` back into `vpmaddwd` + `vpaddd` (one more
 /// instruction per token and step, the fusion VNNI exists for).
@@ -88,14 +108,6 @@ unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
         );
     }
     acc
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn hsum256(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 /// Dots one row with `out.len()` (1 to 8) tokens' activations ([tokens, blocks]) through the
@@ -128,11 +140,23 @@ pub(super) unsafe fn dot_q4_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
     dot_q4_k_multi::<1>(row, act)[0]
 }
 
+/// One Q4_K block's share of a token's sum, in the order every Q4_K kernel of this family
+/// keeps (so that 1, 2..8 and 16 tokens at a time give the same bits): the exact integer sums
+/// i = Σ scale · code · q and m = Σ min · (sum of 32 q) first, then
+/// acc + d_a · (d_w · i - dmin_w · m) with two fused operations.
+#[inline]
+fn q4_k_block_scalar(acc: f32, i: i32, m: i32, d_w: f32, dmin_w: f32, d_a: f32) -> f32 {
+    let f = (-dmin_w).mul_add(m as f32, d_w * i as f32);
+    d_a.mul_add(f, acc)
+}
+
 /// Q4_K · Q8_K for T tokens at once (act: [T, blocks]), each weight block unpacked once. Step
 /// j takes the 32 code bytes of sub-blocks 2j and 2j + 1 broadcast to both 256-bit halves,
 /// shifted right by 0 and 4 bits (one 64-bit variable shift), masked to nibbles: the 64 codes
 /// in element order, against 64 contiguous activation bytes. The mins term is Σ min · (bsum
-/// pair), one 256-bit `madd` against the block sums with each min doubled.
+/// pair), one 256-bit `madd` against the block sums with each min doubled. Per block the lanes
+/// are summed to each token's integers, and the f32 work is `q4_k_block_scalar`'s, lanes being
+/// tokens (as in `gemm16_q4_k`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn dot_q4_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; T] {
@@ -142,8 +166,8 @@ unsafe fn dot_q4_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
     let m4 = _mm512_set1_epi8(0x0f);
     let nibble_shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
     let shuffles: [__m512i; 4] = std::array::from_fn(|j| load512(SHUFFLE_K4_PAIR[j].as_ptr()));
-    let mut acc = [_mm512_setzero_ps(); T];
-    let mut acc_m = [_mm256_setzero_ps(); T];
+    let mut acc = _mm256_setzero_ps();
+    let mut acc1 = 0f32;
     for (b, w) in row.chunks_exact(144).enumerate() {
         let wp = w.as_ptr();
         prefetch(wp, 144);
@@ -153,14 +177,10 @@ unsafe fn dot_q4_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
         let scales = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_setr_epi32(s0, s1, 0, 0)));
         let mins = _mm_setr_epi32(m0, m1, 0, 0);
         let mins_doubled = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins, mins));
-        let (d_w, dmin_w) = (f16_splat16(wp), f16_splat16(wp.add(2)));
-        let dmin_w = _mm512_castps512_ps256(dmin_w);
-        for t in 0..T {
+        let prod: [__m256i; T] = std::array::from_fn(|t| {
             let bsums = _mm256_loadu_si256(a[t].bsums.as_ptr().cast());
-            let prod = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins_doubled, bsums));
-            let dmin = _mm256_mul_ps(dmin_w, _mm256_set1_ps(a[t].d));
-            acc_m[t] = _mm256_fnmadd_ps(dmin, prod, acc_m[t]);
-        }
+            _mm256_madd_epi16(mins_doubled, bsums)
+        });
         let mut sumi = [_mm512_setzero_si512(); T];
         for (j, shuffle) in shuffles.iter().enumerate() {
             let bits = _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(16 + 32 * j).cast()));
@@ -171,12 +191,131 @@ unsafe fn dot_q4_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
                 sumi[t] = dpwssd(sumi[t], scale, p);
             }
         }
-        for t in 0..T {
-            let d = _mm512_mul_ps(d_w, _mm512_set1_ps(a[t].d));
-            acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi[t]), acc[t]);
+        let (d_w, dmin_w) = (f16_at(wp), f16_at(wp.add(2)));
+        if T == 1 {
+            let (i, m) = (_mm512_reduce_add_epi32(sumi[0]), hsum_epi32(prod[0]));
+            acc1 = q4_k_block_scalar(acc1, i, m, d_w, dmin_w, a[0].d);
+            continue;
         }
+        let zero = _mm256_setzero_si256();
+        let i = sum_lanes8(std::array::from_fn(|t| {
+            if t < T {
+                let s = sumi[t];
+                _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s))
+            } else {
+                zero
+            }
+        }));
+        let m = sum_lanes8(std::array::from_fn(|t| if t < T { prod[t] } else { zero }));
+        let mut d_a = [0f32; 8];
+        for t in 0..T {
+            d_a[t] = a[t].d;
+        }
+        let f = _mm256_mul_ps(_mm256_set1_ps(d_w), _mm256_cvtepi32_ps(i));
+        let f = _mm256_fnmadd_ps(_mm256_set1_ps(dmin_w), _mm256_cvtepi32_ps(m), f);
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(d_a.as_ptr()), f, acc);
     }
-    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]) + hsum256(acc_m[t]))
+    if T == 1 {
+        return [acc1; T];
+    }
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
+    std::array::from_fn(|t| out[t])
+}
+
+/// Q4_K · Q8_K for 16 tokens at once, lanes being tokens (act: [blocks] of `ActQ8K16`, the
+/// tokens transposed): per block the 256 codes are unpacked once to bytes on the stack, then
+/// each 4 codes, broadcast, meet the same 4 quants of all 16 tokens in one `vpdpbusd`; each
+/// sub-block's i32 sums times its scale. The quants carry +128 (unsigned for `vpdpbusd`), taken
+/// back once per block as 128 · Σ scale · code; the mins term is four `vpdpwssd` of the
+/// tokens' sub-block sums against broadcast pairs of mins. The f32 work is
+/// `q4_k_block_scalar`'s per lane: each token's result is bit for bit `dot_q4_k`'s.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn gemm16_q4_k(row: &[u8], act: &[ActQ8K16], out: &mut [f32; GROUP_TOKENS]) {
+    let blocks = row.len() / 144;
+    assert_eq!(row.len(), blocks * 144, "row is [blocks] of Q4_K");
+    assert_eq!(act.len(), blocks, "act is [blocks] of 16-token groups");
+    #[repr(align(64))]
+    struct Codes([u8; 256]);
+    let mut codes = Codes([0; 256]);
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm512_setzero_ps();
+    for (w, a) in row.chunks_exact(144).zip(act) {
+        let wp = w.as_ptr();
+        prefetch(wp, 144);
+        let [s0, s1, m0, m1] = unpack_scales_k4(&w[4..16]);
+        let sc = (u64::from(s0) | u64::from(s1) << 32).to_le_bytes();
+        let mn = (u64::from(m0) | u64::from(m1) << 32).to_le_bytes();
+        // Codes in element order, and Σ scale · code (i16 lanes: at most 8 · 2 · 15 · 63).
+        let mut wsum = _mm256_setzero_si256();
+        for j in 0..4 {
+            let bits = _mm256_loadu_si256(wp.add(16 + 32 * j).cast());
+            let lo = _mm256_and_si256(bits, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+            _mm256_store_si256(codes.0.as_mut_ptr().add(64 * j).cast(), lo);
+            _mm256_store_si256(codes.0.as_mut_ptr().add(64 * j + 32).cast(), hi);
+            let sl = _mm256_maddubs_epi16(lo, _mm256_set1_epi8(sc[2 * j] as i8));
+            let sh = _mm256_maddubs_epi16(hi, _mm256_set1_epi8(sc[2 * j + 1] as i8));
+            wsum = _mm256_add_epi16(wsum, _mm256_add_epi16(sl, sh));
+        }
+        let wsum = hsum_epi32(_mm256_madd_epi16(wsum, _mm256_set1_epi16(1)));
+        // Eight sub-blocks' sums side by side: eight independent chains of `vpdpbusd`.
+        let mut ssum = [_mm512_setzero_si512(); 8];
+        for g in 0..8 {
+            for (s, sum) in ssum.iter_mut().enumerate() {
+                let x = load512(a.q.as_ptr().add(64 * (8 * s + g)));
+                let quad = codes.0.as_ptr().add(32 * s + 4 * g).cast::<i32>().read();
+                *sum = dpbusd(*sum, x, _mm512_set1_epi32(quad));
+            }
+        }
+        let mut isum = _mm512_set1_epi32(-128 * wsum);
+        for (sum, &scale) in ssum.iter().zip(&sc) {
+            let scaled = _mm512_mullo_epi32(*sum, _mm512_set1_epi32(i32::from(scale)));
+            isum = _mm512_add_epi32(isum, scaled);
+        }
+        let mut msum = _mm512_setzero_si512();
+        for p in 0..4 {
+            let pair = i32::from(mn[2 * p]) | i32::from(mn[2 * p + 1]) << 16;
+            msum = dpwssd(msum, load512(a.sums.as_ptr().add(32 * p)), _mm512_set1_epi32(pair));
+        }
+        let (d_w, dmin_w) = (f16_at(wp), f16_at(wp.add(2)));
+        let f = _mm512_mul_ps(_mm512_set1_ps(d_w), _mm512_cvtepi32_ps(isum));
+        let f = _mm512_fnmadd_ps(_mm512_set1_ps(dmin_w), _mm512_cvtepi32_ps(msum), f);
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.d.as_ptr()), f, acc);
+    }
+    _mm512_storeu_ps(out.as_mut_ptr(), acc);
+}
+
+/// Lane t of the result: the sum of the 8 i32 lanes of v[t] (three rounds of pairwise adds,
+/// then the two halves).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn sum_lanes8(v: [__m256i; 8]) -> __m256i {
+    let h01 = _mm256_hadd_epi32(v[0], v[1]);
+    let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    let h45 = _mm256_hadd_epi32(v[4], v[5]);
+    let h67 = _mm256_hadd_epi32(v[6], v[7]);
+    let q0 = _mm256_hadd_epi32(h01, h23);
+    let q1 = _mm256_hadd_epi32(h45, h67);
+    let lo = _mm256_permute2x128_si256::<0x20>(q0, q1);
+    let hi = _mm256_permute2x128_si256::<0x31>(q0, q1);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// The sum of the 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
+}
+
+/// The f16 at `p` (unaligned) as f32, through F16C.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(p.cast::<i16>().read_unaligned())))
 }
 
 /// Q6_K (210 bytes: ql[128], qh[64], scales[16] i8, d f16) · Q8_K: `dot_q6_k_multi` for one
