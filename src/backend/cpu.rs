@@ -230,7 +230,7 @@ const AVX512: Kernels = {
     assert!(matches!(k.dots[5].0, GgmlType::Q4K) && matches!(k.dots[7].0, GgmlType::Q6K));
     k.dots[5].1 = Dot::Q8K(avx512::dot_q4_k, Some(avx512::dot_q4_k_tokens));
     k.dots[7].1 = Dot::Q8K(avx512::dot_q6_k, Some(avx512::dot_q6_k_tokens));
-    k.gemm16 = &[(GgmlType::Q4K, avx512::gemm16_q4_k)];
+    k.gemm16 = &[(GgmlType::Q4K, avx512::gemm16_q4_k), (GgmlType::Q6K, avx512::gemm16_q6_k)];
     k
 };
 
@@ -557,9 +557,7 @@ fn rows_task<A>(
                     // SAFETY: as for `dot` below; `multi` comes from the same family.
                     unsafe { multi(row(i), a, values) };
                     let first = t0 + b * block_tokens + p * TOKENS_PER_PASS;
-                    for (k, &value) in values.iter().enumerate() {
-                        y.write((first + k) * w.rows + i, value);
-                    }
+                    y.write_strided(first * w.rows + i, w.rows, values);
                 }
             }
         }
@@ -588,24 +586,13 @@ fn gemm_task(
 ) -> usize {
     let (row_bytes, blocks) = (w.data.len() / w.rows, w.cols / QK_K);
     assert!(a16.len() >= groups * blocks, "a16 is [groups, blocks] of transposed Q8_K");
-    // A tile of 16 rows × 16 tokens, written a token at a time: 16 consecutive floats of y
-    // (one cache line) instead of 16 scattered ones.
-    const TILE_ROWS: usize = 16;
-    let mut tile = [[0f32; GROUP_TOKENS]; TILE_ROWS];
-    let mut line = [0f32; TILE_ROWS];
     for (g, group) in a16.chunks_exact(blocks).take(groups).enumerate() {
-        for first in rows.clone().step_by(TILE_ROWS) {
-            let count = TILE_ROWS.min(rows.end - first);
-            for (r, values) in tile[..count].iter_mut().enumerate() {
-                let i = first + r;
-                // SAFETY: `gemm` comes from `self.simd.kernels()`, whose CPU features
-                // `with_simd` checked.
-                unsafe { gemm(&w.data[i * row_bytes..(i + 1) * row_bytes], group, values) };
-            }
-            for t in 0..GROUP_TOKENS {
-                line.iter_mut().zip(&tile).for_each(|(v, values)| *v = values[t]);
-                y.write_slice((g * GROUP_TOKENS + t) * w.rows + first, &line[..count]);
-            }
+        for i in rows.clone() {
+            let mut values = [0f32; GROUP_TOKENS];
+            // SAFETY: `gemm` comes from `self.simd.kernels()`, whose CPU features `with_simd`
+            // checked.
+            unsafe { gemm(&w.data[i * row_bytes..(i + 1) * row_bytes], group, &mut values) };
+            y.write_strided(g * GROUP_TOKENS * w.rows + i, w.rows, &values);
         }
     }
     groups * GROUP_TOKENS
@@ -626,11 +613,15 @@ impl OutPtr {
         OutPtr { ptr: y.as_mut_ptr(), len: y.len() }
     }
 
-    fn write_slice(&self, index: usize, values: &[f32]) {
-        assert!(index + values.len() <= self.len, "y [{index}, +{}) of {}", values.len(), self.len);
-        // SAFETY: in bounds (checked above) of a live `&mut [f32]`; no other task writes
-        // these elements and nobody reads y until the matmul returns.
-        unsafe { self.ptr.add(index).copy_from_nonoverlapping(values.as_ptr(), values.len()) }
+    /// values[k] to index + k · stride, one bounds check for all.
+    fn write_strided(&self, index: usize, stride: usize, values: &[f32]) {
+        let Some(last) = values.len().checked_sub(1) else { return };
+        assert!(index + last * stride < self.len, "y {index} + {last} x {stride} of {}", self.len);
+        for (k, &value) in values.iter().enumerate() {
+            // SAFETY: in bounds (the last one checked above) of a live `&mut [f32]`; no other
+            // task writes these elements and nobody reads y until the matmul returns.
+            unsafe { self.ptr.add(index + k * stride).write(value) }
+        }
     }
 
     fn write(&self, index: usize, value: f32) {

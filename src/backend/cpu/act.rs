@@ -134,11 +134,18 @@ pub(crate) struct ActQ8K16 {
     /// [4 pairs][16 tokens][2]: Σ of the 32 quants of sub-blocks 2p and 2p + 1 of token t at
     /// 32 p + 2 t and 32 p + 2 t + 1.
     pub sums: [i16; 4 * GROUP_TOKENS * 2],
+    /// [8 pairs][16 tokens][2]: the block sums (16 quants each) 2p and 2p + 1 of token t at
+    /// 32 p + 2 t and 32 p + 2 t + 1.
+    pub sums16: [i16; 8 * GROUP_TOKENS * 2],
 }
 
 impl ActQ8K16 {
-    const ZERO: ActQ8K16 =
-        ActQ8K16 { q: [0; QK_K * GROUP_TOKENS], d: [0.0; GROUP_TOKENS], sums: [0; 128] };
+    const ZERO: ActQ8K16 = ActQ8K16 {
+        q: [0; QK_K * GROUP_TOKENS],
+        d: [0.0; GROUP_TOKENS],
+        sums: [0; 128],
+        sums16: [0; 256],
+    };
 
     /// The first `groups` × 16 tokens of `act` ([n, blocks] of Q8_K) as [groups, blocks] of
     /// transposed blocks, into `out` (grown, never shrunk).
@@ -162,6 +169,9 @@ impl ActQ8K16 {
                     for s in 0..8 {
                         let (p, k) = (s / 2, s % 2);
                         o.sums[32 * p + 2 * t + k] = a.bsums[2 * s] + a.bsums[2 * s + 1];
+                    }
+                    for (g, &sum) in a.bsums.iter().enumerate() {
+                        o.sums16[32 * (g / 2) + 2 * t + g % 2] = sum;
                     }
                 }
             }

@@ -63,16 +63,6 @@ unsafe fn load512<T>(p: *const T) -> __m512i {
     _mm512_loadu_si512(p.cast())
 }
 
-/// The f16 at `p` (unaligned) widened into all 16 lanes (F16C; `half`'s conversion checks
-/// the CPU's features on every call).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn f16_splat16(p: *const u8) -> __m512 {
-    _mm512_cvtph_ps(_mm256_set1_epi16(p.cast::<i16>().read_unaligned()))
-}
-
-/// `acc + Σ quads of a · b` (u8 × i8 → i32 lanes): `vpdpbusd`, written out for the reason
-/// `dpwssd` is.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn dpbusd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
@@ -198,14 +188,7 @@ unsafe fn dot_q4_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
             continue;
         }
         let zero = _mm256_setzero_si256();
-        let i = sum_lanes8(std::array::from_fn(|t| {
-            if t < T {
-                let s = sumi[t];
-                _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s))
-            } else {
-                zero
-            }
-        }));
+        let i = sum_lanes8(std::array::from_fn(|t| if t < T { fold512(sumi[t]) } else { zero }));
         let m = sum_lanes8(std::array::from_fn(|t| if t < T { prod[t] } else { zero }));
         let mut d_a = [0f32; 8];
         for t in 0..T {
@@ -329,7 +312,9 @@ pub(super) unsafe fn dot_q6_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
 /// half (128 codes): the 64 ql bytes' low nibbles are elements 0..64 and their high nibbles
 /// 64..128; the 32 qh bytes, broadcast and shifted by 0 and 2 bits per 256-bit half, give
 /// their top two bits (bits 0..2 and 4..6 of each byte). Levels are 0..64 unsigned for
-/// `maddubs`; the -32 offset is 32 · Σ scale · bsum per block, as in `avx2::dot_q6_k`.
+/// `maddubs`; the -32 offset is 32 · Σ scale · bsum per block, as in `avx2::dot_q6_k`. Per
+/// block the lanes are summed to each token's integer i, then acc + d_a · (d_w · i) per token
+/// (lanes being tokens, as in `gemm16_q6_k`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn dot_q6_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; T] {
@@ -339,7 +324,8 @@ unsafe fn dot_q6_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
     let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
     let qh_shift = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
     let permutes: [__m512i; 4] = std::array::from_fn(|s| load512(PERMUTE_Q6[s].as_ptr()));
-    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc = _mm256_setzero_ps();
+    let mut acc1 = 0f32;
     for (b, w) in row.chunks_exact(210).enumerate() {
         let wp = w.as_ptr();
         prefetch(wp, 210);
@@ -376,11 +362,122 @@ unsafe fn dot_q6_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
                 }
             }
         }
-        let d_w = f16_splat16(wp.add(208));
-        for t in 0..T {
-            let d = _mm512_mul_ps(d_w, _mm512_set1_ps(a[t].d));
-            acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi[t]), acc[t]);
+        let d_w = f16_at(wp.add(208));
+        if T == 1 {
+            acc1 = a[0].d.mul_add(d_w * _mm512_reduce_add_epi32(sumi[0]) as f32, acc1);
+            continue;
         }
+        let zero = _mm256_setzero_si256();
+        let i = sum_lanes8(std::array::from_fn(|t| if t < T { fold512(sumi[t]) } else { zero }));
+        let mut d_a = [0f32; 8];
+        for t in 0..T {
+            d_a[t] = a[t].d;
+        }
+        let f = _mm256_mul_ps(_mm256_set1_ps(d_w), _mm256_cvtepi32_ps(i));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(d_a.as_ptr()), f, acc);
     }
-    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]))
+    if T == 1 {
+        return [acc1; T];
+    }
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
+    std::array::from_fn(|t| out[t])
+}
+
+/// `_mm512_shuffle_epi8` masks over the 16 i8 scales of a Q6_K block held in each 128-bit
+/// lane: 64 codes from 64s get scale 4s + l in lane l.
+const SHUFFLE_Q6_GROUPS: [[u8; 64]; 4] = {
+    let mut t = [[0u8; 64]; 4];
+    let mut s = 0;
+    while s < 4 {
+        let mut b = 0;
+        while b < 64 {
+            t[s][b] = (4 * s + b / 16) as u8;
+            b += 1;
+        }
+        s += 1;
+    }
+    t
+};
+
+/// Q6_K · Q8_K for 16 tokens at once, lanes being tokens (act: [blocks] of `ActQ8K16`), as
+/// `gemm16_q4_k`: the codes (0..64) unpacked once per block, each 4 broadcast against the same
+/// 4 quants (+128) of the 16 tokens, sixteen independent chains (one per group of 16), each
+/// group's sums times its signed scale. Taken back per block: 128 · Σ scale · code (weights)
+/// and the levels' -32, 32 · Σ scale · (sum of the group's quants) (eight `vpdpwssd` against
+/// broadcast scale pairs). Then acc + d_a · (d_w · i): bit for bit `dot_q6_k` per token.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn gemm16_q6_k(row: &[u8], act: &[ActQ8K16], out: &mut [f32; GROUP_TOKENS]) {
+    let blocks = row.len() / 210;
+    assert_eq!(row.len(), blocks * 210, "row is [blocks] of Q6_K");
+    assert_eq!(act.len(), blocks, "act is [blocks] of 16-token groups");
+    #[repr(align(64))]
+    struct Codes([u8; 256]);
+    let mut codes = Codes([0; 256]);
+    let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+    let qh_shift = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
+    let shuffles: [__m512i; 4] = std::array::from_fn(|s| load512(SHUFFLE_Q6_GROUPS[s].as_ptr()));
+    let ones = _mm512_set1_epi16(1);
+    let mut acc = _mm512_setzero_ps();
+    for (w, a) in row.chunks_exact(210).zip(act) {
+        let wp = w.as_ptr();
+        prefetch(wp, 210);
+        let sc: [i8; 16] = std::array::from_fn(|g| *wp.add(192 + g) as i8);
+        let scales8 = _mm512_broadcast_i32x4(_mm_loadu_si128(wp.add(192).cast()));
+        // Codes in element order (as `dot_q6_k_multi` unpacks them), and Σ scale · code.
+        let mut wsum = _mm512_setzero_si512();
+        for half in 0..2 {
+            let ql = load512(wp.add(64 * half));
+            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(128 + 32 * half).cast()));
+            let qh = _mm512_srlv_epi64(qh, qh_shift);
+            let q6 = [
+                _mm512_or_si512(
+                    _mm512_and_si512(ql, m4),
+                    _mm512_and_si512(_mm512_slli_epi16::<4>(qh), m30),
+                ),
+                _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                    _mm512_and_si512(qh, m30),
+                ),
+            ];
+            for (k, q6) in q6.into_iter().enumerate() {
+                let s = 2 * half + k;
+                _mm512_store_si512(codes.0.as_mut_ptr().add(64 * s).cast(), q6);
+                let scale = _mm512_shuffle_epi8(scales8, shuffles[s]);
+                let pairs = _mm512_maddubs_epi16(q6, scale);
+                wsum = _mm512_add_epi32(wsum, _mm512_madd_epi16(pairs, ones));
+            }
+        }
+        let wsum = _mm512_reduce_add_epi32(wsum);
+        let mut ssum = [_mm512_setzero_si512(); 16];
+        for q in 0..4 {
+            for (g, sum) in ssum.iter_mut().enumerate() {
+                let x = load512(a.q.as_ptr().add(64 * (4 * g + q)));
+                let quad = codes.0.as_ptr().add(16 * g + 4 * q).cast::<i32>().read();
+                *sum = dpbusd(*sum, x, _mm512_set1_epi32(quad));
+            }
+        }
+        let mut offset = _mm512_setzero_si512();
+        for p in 0..8 {
+            let pair = i32::from(sc[2 * p] as i16 as u16) | i32::from(sc[2 * p + 1]) << 16;
+            let sums = load512(a.sums16.as_ptr().add(32 * p));
+            offset = dpwssd(offset, sums, _mm512_set1_epi32(pair));
+        }
+        let mut isum =
+            _mm512_sub_epi32(_mm512_set1_epi32(-128 * wsum), _mm512_slli_epi32::<5>(offset));
+        for (sum, &scale) in ssum.iter().zip(&sc) {
+            let scaled = _mm512_mullo_epi32(*sum, _mm512_set1_epi32(i32::from(scale)));
+            isum = _mm512_add_epi32(isum, scaled);
+        }
+        let f = _mm512_mul_ps(_mm512_set1_ps(f16_at(wp.add(208))), _mm512_cvtepi32_ps(isum));
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.d.as_ptr()), f, acc);
+    }
+    _mm512_storeu_ps(out.as_mut_ptr(), acc);
+}
+
+/// The 16 i32 lanes folded to 8 (lane i + lane i + 8).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn fold512(v: __m512i) -> __m256i {
+    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
 }
