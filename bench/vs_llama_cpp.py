@@ -7,10 +7,14 @@ processing of -p tokens from an empty context, tg = -n tokens generated one at a
     ./target/release/rotary synth --preset small --quant q4_k_m -o /tmp/small-q4km.gguf
     v/bin/python bench/vs_llama_cpp.py -m /tmp/small-q4km.gguf -t 2 -p 64 -n 32 -r 5
 
+--alone runs every llama.cpp round first, then every rotary round, for models too large to be
+held twice (llama.cpp repacks its weights into its own memory on AVX-512/AMX CPUs).
+
 Needs llama-cpp-python==0.3.36 and numpy (built without AMX on CPUs where its AMX kernels
 crash: CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AMX_INT8=OFF"). Writes --json FILE.
 """
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -58,6 +62,10 @@ def main():
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--rotary", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "rotary"))
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--alone", action="store_true",
+                    help="every llama.cpp round first, its model freed, then every rotary round: for "
+                         "models that do not fit in RAM twice (llama.cpp repacks its weights into "
+                         "memory of its own on CPUs with AVX-512 or AMX, beside the file's pages)")
     args = ap.parse_args()
 
     llm = llama_cpp.Llama(model_path=args.model, n_ctx=max(512, args.p + args.n + 8), n_batch=512,
@@ -69,18 +77,35 @@ def main():
         state = (state * 6364136223846793005 + 1442695040888963407) % 2**64
         ids.append((state >> 33) % min(n_vocab, 151643))
     prompt, gen = ids[: args.p], ids[args.p:]
-    llama_round(llm, prompt, gen)  # warm-up
-    rotary_round(args)
     res = {"llama_pp": [], "llama_tg": [], "rotary_pp": [], "rotary_tg": []}
-    for _ in range(args.r):
+
+    def llama():
         pp, tg = llama_round(llm, prompt, gen)
         res["llama_pp"].append(pp)
         res["llama_tg"].append(tg)
+
+    def rotary():
         pp, tg = rotary_round(args)
         res["rotary_pp"].append(pp)
         res["rotary_tg"].append(tg)
+
+    llama_round(llm, prompt, gen)  # warm-up
+    if args.alone:
+        for _ in range(args.r):
+            llama()
+        del llm
+        gc.collect()
+        rotary_round(args)  # warm-up
+        for _ in range(args.r):
+            rotary()
+    else:
+        rotary_round(args)
+        for _ in range(args.r):
+            llama()
+            rotary()
     s = {k: summary(v) for k, v in res.items()}
-    print(f"model {args.model}, threads {args.t}, pp{args.p} / tg{args.n}, {args.r} interleaved rounds")
+    how = "rounds, each engine alone" if args.alone else "interleaved rounds"
+    print(f"model {args.model}, threads {args.t}, pp{args.p} / tg{args.n}, {args.r} {how}")
     print(f"{'':10} {'pp tok/s (median, min)':>26} {'tg tok/s (median, min)':>26}")
     for who in ("llama", "rotary"):
         pp, tg = s[f"{who}_pp"], s[f"{who}_tg"]
