@@ -308,11 +308,31 @@ pub(super) unsafe fn dot_q6_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
     dot_q6_k_multi::<1>(row, act)[0]
 }
 
-/// Q6_K · Q8_K for T tokens at once (act: [T, blocks]), each weight block unpacked once. Per
-/// half (128 codes): the 64 ql bytes' low nibbles are elements 0..64 and their high nibbles
-/// 64..128; the 32 qh bytes, broadcast and shifted by 0 and 2 bits per 256-bit half, give
-/// their top two bits (bits 0..2 and 4..6 of each byte). Levels are 0..64 unsigned for
-/// `maddubs`; the -32 offset is 32 · Σ scale · bsum per block, as in `avx2::dot_q6_k`. Per
+/// The 128 codes (0..64) of half `half` of the Q6_K block at wp, in element order as two
+/// vectors of 64: the 64 ql bytes' low nibbles are elements 0..64 and their high nibbles 64..128;
+/// the 32 qh bytes, broadcast and shifted by 0 and 2 bits per 256-bit half, give their top two
+/// bits (bits 0..2 and 4..6 of each byte).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6_codes(wp: *const u8, half: usize) -> [__m512i; 2] {
+    let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+    let ql = load512(wp.add(64 * half));
+    let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(128 + 32 * half).cast()));
+    let qh = _mm512_srlv_epi64(qh, _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2));
+    [
+        _mm512_or_si512(
+            _mm512_and_si512(ql, m4),
+            _mm512_and_si512(_mm512_slli_epi16::<4>(qh), m30),
+        ),
+        _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+            _mm512_and_si512(qh, m30),
+        ),
+    ]
+}
+
+/// Q6_K · Q8_K for T tokens at once (act: [T, blocks]), each weight block unpacked once
+/// (`q6_codes`). Levels are 0..64 unsigned for `maddubs`; the -32 offset is 32 · Σ scale · bsum per block, as in `avx2::dot_q6_k`. Per
 /// block the lanes are summed to each token's integer i, then acc + d_a · (d_w · i) per token
 /// (lanes being tokens, as in `gemm16_q6_k`).
 #[inline]
@@ -321,8 +341,6 @@ unsafe fn dot_q6_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
     let blocks = row.len() / 210;
     assert_eq!(row.len(), blocks * 210, "row is [blocks] of Q6_K");
     let rows = token_rows::<T>(act, blocks);
-    let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
-    let qh_shift = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
     let permutes: [__m512i; 4] = std::array::from_fn(|s| load512(PERMUTE_Q6[s].as_ptr()));
     let mut acc = _mm256_setzero_ps();
     let mut acc1 = 0f32;
@@ -340,19 +358,7 @@ unsafe fn dot_q6_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
             _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), offset))
         });
         for half in 0..2 {
-            let ql = load512(wp.add(64 * half));
-            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(128 + 32 * half).cast()));
-            let qh = _mm512_srlv_epi64(qh, qh_shift);
-            let q6 = [
-                _mm512_or_si512(
-                    _mm512_and_si512(ql, m4),
-                    _mm512_and_si512(_mm512_slli_epi16::<4>(qh), m30),
-                ),
-                _mm512_or_si512(
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
-                    _mm512_and_si512(qh, m30),
-                ),
-            ];
+            let q6 = q6_codes(wp, half);
             for (k, q6) in q6.into_iter().enumerate() {
                 let s = 2 * half + k;
                 let scale = _mm512_permutexvar_epi16(permutes[s], scales);
@@ -414,8 +420,6 @@ pub(super) unsafe fn gemm16_q6_k(row: &[u8], act: &[ActQ8K16], out: &mut [f32; G
     #[repr(align(64))]
     struct Codes([u8; 256]);
     let mut codes = Codes([0; 256]);
-    let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
-    let qh_shift = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
     let shuffles: [__m512i; 4] = std::array::from_fn(|s| load512(SHUFFLE_Q6_GROUPS[s].as_ptr()));
     let ones = _mm512_set1_epi16(1);
     let mut acc = _mm512_setzero_ps();
@@ -427,19 +431,7 @@ pub(super) unsafe fn gemm16_q6_k(row: &[u8], act: &[ActQ8K16], out: &mut [f32; G
         // Codes in element order (as `dot_q6_k_multi` unpacks them), and Σ scale · code.
         let mut wsum = _mm512_setzero_si512();
         for half in 0..2 {
-            let ql = load512(wp.add(64 * half));
-            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(128 + 32 * half).cast()));
-            let qh = _mm512_srlv_epi64(qh, qh_shift);
-            let q6 = [
-                _mm512_or_si512(
-                    _mm512_and_si512(ql, m4),
-                    _mm512_and_si512(_mm512_slli_epi16::<4>(qh), m30),
-                ),
-                _mm512_or_si512(
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
-                    _mm512_and_si512(qh, m30),
-                ),
-            ];
+            let q6 = q6_codes(wp, half);
             for (k, q6) in q6.into_iter().enumerate() {
                 let s = 2 * half + k;
                 _mm512_store_si512(codes.0.as_mut_ptr().add(64 * s).cast(), q6);
