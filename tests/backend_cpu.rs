@@ -286,8 +286,12 @@ fn a_batch_is_its_products_alone() {
             (q4k, 768, 512, 5, 1),
             (q80, 0, 512, 5, 1),
             (q4k, 256, 512, 0, 2),
+            // One x read as [16, 512] and as [32, 256]: two layouts of 16-token groups.
+            (q4k, 48, 512, 16, 3),
+            (q4k, 40, 256, 32, 3),
         ];
-        let xs = [activations(17, 512, 1), activations(5, 512, 2), Vec::new()];
+        let xs =
+            [activations(17, 512, 1), activations(5, 512, 2), Vec::new(), activations(16, 512, 3)];
         let data: Vec<Vec<u8>> = cases
             .iter()
             .enumerate()

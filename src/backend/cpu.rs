@@ -349,8 +349,10 @@ impl Backend for CpuBackend {
             };
             act_of.push(at);
         }
-        // The 16-token kernels' transposed activations, where a job takes them.
-        let gemms: Vec<Option<Gemm16>> = jobs
+        // The 16-token kernels, and their transposed activations: one layout per x, the first
+        // job's that takes them (a job sharing x with other rows per token keeps its own
+        // kernels).
+        let mut gemms: Vec<Option<Gemm16>> = jobs
             .iter()
             .map(|j| {
                 let found = kernels.gemm16.iter().find(|(ty, _)| *ty == j.w.ty);
@@ -358,10 +360,15 @@ impl Backend for CpuBackend {
             })
             .collect();
         for (k, &(x, format)) in keys.iter().enumerate() {
-            let wanted = (0..jobs.len()).find(|&i| act_of[i] == k && gemms[i].is_some());
-            if let (Some(i), ActFormat::Q8K) = (wanted, format) {
-                let (blocks, groups) = (jobs[i].w.cols / QK_K, jobs[i].n / GROUP_TOKENS);
-                scratch[k].transpose_q8_k16(x.len() / QK_K, blocks, groups);
+            let takers: Vec<usize> =
+                (0..jobs.len()).filter(|&i| act_of[i] == k && gemms[i].is_some()).collect();
+            let Some(&first) = takers.first() else { continue };
+            assert_eq!(format, ActFormat::Q8K, "16-token kernels take Q8_K activations");
+            let layout = |i: usize| (jobs[i].w.cols / QK_K, jobs[i].n / GROUP_TOKENS);
+            let (blocks, groups) = layout(first);
+            scratch[k].transpose_q8_k16(x.len() / QK_K, blocks, groups);
+            for i in takers.into_iter().filter(|&i| layout(i) != (blocks, groups)) {
+                gemms[i] = None;
             }
         }
         let acts: Vec<ActRef> =
@@ -441,7 +448,7 @@ impl Scratch {
             ActFormat::F32 => ActRef::F32(x),
             ActFormat::Q8_0 => ActRef::Q8_0(&self.q8_0_done()[..blocks]),
             ActFormat::Q8_1 => ActRef::Q8_1(&self.q8_1_done()[..blocks]),
-            ActFormat::Q8K => ActRef::Q8K(&self.q8_k_done()[..blocks], &self.q8_k16),
+            ActFormat::Q8K => ActRef::Q8K(&self.q8_k_done()[..blocks], self.q8_k16_done()),
         }
     }
 }
@@ -585,8 +592,8 @@ fn gemm_task(
     rows: std::ops::Range<usize>,
 ) -> usize {
     let (row_bytes, blocks) = (w.data.len() / w.rows, w.cols / QK_K);
-    assert!(a16.len() >= groups * blocks, "a16 is [groups, blocks] of transposed Q8_K");
-    for (g, group) in a16.chunks_exact(blocks).take(groups).enumerate() {
+    assert_eq!(a16.len(), groups * blocks, "a16 is [groups, blocks] of transposed Q8_K");
+    for (g, group) in a16.chunks_exact(blocks).enumerate() {
         for i in rows.clone() {
             let mut values = [0f32; GROUP_TOKENS];
             // SAFETY: `gemm` comes from `self.simd.kernels()`, whose CPU features `with_simd`

@@ -66,8 +66,10 @@ pub(crate) struct Scratch {
     q8_0: Vec<ActQ8_0>,
     q8_1: Vec<ActQ8_1>,
     q8_k: Vec<BlockQ8K>,
-    /// The Q8_K blocks' first whole groups of 16 tokens, transposed (`ActQ8K16`).
-    pub(crate) q8_k16: Vec<ActQ8K16>,
+    /// The Q8_K blocks' first whole groups of 16 tokens, transposed (`ActQ8K16`), and how many
+    /// of them the last `transpose_q8_k16` wrote (0 after each `q8_k`: none stale is handed out).
+    q8_k16: Vec<ActQ8K16>,
+    q8_k16_len: usize,
 }
 
 impl Scratch {
@@ -89,6 +91,7 @@ impl Scratch {
 
     /// Room for `n_blocks` Q8_K activation blocks.
     pub(crate) fn q8_k(&mut self, n_blocks: usize) -> &mut [BlockQ8K] {
+        self.q8_k16_len = 0;
         if self.q8_k.len() < n_blocks {
             self.q8_k.resize(n_blocks, BlockQ8K::ZERO);
         }
@@ -99,6 +102,13 @@ impl Scratch {
     /// blocks]) into `q8_k16`, transposed.
     pub(crate) fn transpose_q8_k16(&mut self, total: usize, blocks: usize, groups: usize) {
         ActQ8K16::transpose(&self.q8_k[..total], blocks, groups, &mut self.q8_k16);
+        self.q8_k16_len = groups * blocks;
+    }
+
+    /// What the last `transpose_q8_k16` since the last `q8_k` wrote ([groups, blocks]; empty if
+    /// none).
+    pub(crate) fn q8_k16_done(&self) -> &[ActQ8K16] {
+        &self.q8_k16[..self.q8_k16_len]
     }
 
     /// The Q8_0 blocks last quantized here.

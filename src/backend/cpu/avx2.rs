@@ -427,10 +427,14 @@ pub(super) unsafe fn dot_q6_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
 }
 
 /// Dots one row with `out.len()` (1 to 8) tokens' activations ([tokens, blocks]) through the
-/// multi-token kernel monomorphized for that count.
+/// multi-token kernel monomorphized for that count (compiled for AVX2, or for the features
+/// given).
 macro_rules! dot_tokens {
     ($name:ident, $multi:ident) => {
-        #[target_feature(enable = "avx2,fma,f16c")]
+        dot_tokens!($name, $multi, "avx2,fma,f16c");
+    };
+    ($name:ident, $multi:ident, $features:literal) => {
+        #[target_feature(enable = $features)]
         pub(super) unsafe fn $name(row: &[u8], act: &[BlockQ8K], out: &mut [f32]) {
             match out.len() {
                 1 => out.copy_from_slice(&$multi::<1>(row, act)),

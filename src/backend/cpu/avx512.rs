@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 
 use super::act::{ActQ8K16, GROUP_TOKENS};
-use super::avx2::{prefetch, token_rows};
+use super::avx2::{dot_tokens, prefetch, token_rows};
 use super::scalar::unpack_scales_k4;
 use crate::quant::BlockQ8K;
 
@@ -41,15 +41,31 @@ const SHUFFLE_K4_PAIR: [[u8; 64]; 4] = {
     t
 };
 
-/// `_mm512_permutexvar_epi16` indices over the 16 i16 scales of a Q6_K block: step s (64
-/// codes, four groups of 16) gets scale 4s + l in 128-bit lane l.
+/// `_mm512_shuffle_epi8` masks over the 16 i8 scales of a Q6_K block held in each 128-bit
+/// lane: 64 codes from 64s get scale 4s + l in lane l.
+const SHUFFLE_Q6_GROUPS: [[u8; 64]; 4] = {
+    let mut t = [[0u8; 64]; 4];
+    let mut s = 0;
+    while s < 4 {
+        let mut b = 0;
+        while b < 64 {
+            t[s][b] = (4 * s + b / 16) as u8;
+            b += 1;
+        }
+        s += 1;
+    }
+    t
+};
+
+/// `_mm512_permutexvar_epi16` indices over the 16 i16 scales of a Q6_K block: the same groups
+/// (i16 lane i is bytes 2i, 2i + 1, in 128-bit lane i / 8).
 const PERMUTE_Q6: [[u16; 32]; 4] = {
     let mut t = [[0u16; 32]; 4];
     let mut s = 0;
     while s < 4 {
         let mut i = 0;
         while i < 32 {
-            t[s][i] = (4 * s + i / 8) as u16;
+            t[s][i] = SHUFFLE_Q6_GROUPS[s][2 * i] as u16;
             i += 1;
         }
         s += 1;
@@ -63,66 +79,45 @@ unsafe fn load512<T>(p: *const T) -> __m512i {
     _mm512_loadu_si512(p.cast())
 }
 
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dpbusd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-    let mut acc = acc;
-    // SAFETY: register operands only; the CPU has AVX512_VNNI (this function's features).
-    unsafe {
-        std::arch::asm!(
-            "vpdpbusd {acc}, {a}, {b}",
-            acc = inout(zmm_reg) acc,
-            a = in(zmm_reg) a,
-            b = in(zmm_reg) b,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    acc
-}
-
-/// `acc + Σ pairs of a · b` (i16 × i16 → i32 lanes): `vpdpwssd`, written out because LLVM's
-/// generic x86-64 tuning splits `_mm512_dpwssd_epi32` back into `vpmaddwd` + `vpaddd` (one more
-/// instruction per token and step, the fusion VNNI exists for).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-    let mut acc = acc;
-    // SAFETY: register operands only; the CPU has AVX512_VNNI (this function's features).
-    unsafe {
-        std::arch::asm!(
-            "vpdpwssd {acc}, {a}, {b}",
-            acc = inout(zmm_reg) acc,
-            a = in(zmm_reg) a,
-            b = in(zmm_reg) b,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    acc
-}
-
-/// Dots one row with `out.len()` (1 to 8) tokens' activations ([tokens, blocks]) through the
-/// multi-token kernel monomorphized for that count.
-macro_rules! dot_tokens_512 {
-    ($name:ident, $multi:ident) => {
+/// A VNNI multiply-accumulate on 16 i32 lanes, written out with `asm!` because LLVM's generic
+/// x86-64 tuning splits the intrinsics back into `vpmadd*` + `vpaddd` (one more instruction per
+/// token and step, the fusion VNNI exists for).
+macro_rules! vnni {
+    ($(#[$doc:meta])* $name:ident, $insn:literal) => {
+        $(#[$doc])*
+        #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        pub(super) unsafe fn $name(row: &[u8], act: &[BlockQ8K], out: &mut [f32]) {
-            match out.len() {
-                1 => out.copy_from_slice(&$multi::<1>(row, act)),
-                2 => out.copy_from_slice(&$multi::<2>(row, act)),
-                3 => out.copy_from_slice(&$multi::<3>(row, act)),
-                4 => out.copy_from_slice(&$multi::<4>(row, act)),
-                5 => out.copy_from_slice(&$multi::<5>(row, act)),
-                6 => out.copy_from_slice(&$multi::<6>(row, act)),
-                7 => out.copy_from_slice(&$multi::<7>(row, act)),
-                8 => out.copy_from_slice(&$multi::<8>(row, act)),
-                n => panic!("{n} tokens in one pass: want 1 to 8"),
+        unsafe fn $name(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+            let mut acc = acc;
+            // SAFETY: register operands only; the CPU has AVX512_VNNI (this function's
+            // features).
+            unsafe {
+                std::arch::asm!(
+                    concat!($insn, " {acc}, {a}, {b}"),
+                    acc = inout(zmm_reg) acc,
+                    a = in(zmm_reg) a,
+                    b = in(zmm_reg) b,
+                    options(pure, nomem, nostack, preserves_flags),
+                );
             }
+            acc
         }
     };
 }
 
-dot_tokens_512!(dot_q4_k_tokens, dot_q4_k_multi);
-dot_tokens_512!(dot_q6_k_tokens, dot_q6_k_multi);
+vnni!(
+    /// `acc + Σ quads of a · b` (u8 × i8 → i32 lanes): `vpdpbusd`.
+    dpbusd,
+    "vpdpbusd"
+);
+vnni!(
+    /// `acc + Σ pairs of a · b` (i16 × i16 → i32 lanes): `vpdpwssd`.
+    dpwssd,
+    "vpdpwssd"
+);
+
+dot_tokens!(dot_q4_k_tokens, dot_q4_k_multi, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+dot_tokens!(dot_q6_k_tokens, dot_q6_k_multi, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
 
 /// Q4_K (144 bytes: d, dmin f16, scales[12], qs[128]) · Q8_K: `dot_q4_k_multi` for one token.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -389,22 +384,6 @@ unsafe fn dot_q6_k_multi<const T: usize>(row: &[u8], act: &[BlockQ8K]) -> [f32; 
     _mm256_storeu_ps(out.as_mut_ptr(), acc);
     std::array::from_fn(|t| out[t])
 }
-
-/// `_mm512_shuffle_epi8` masks over the 16 i8 scales of a Q6_K block held in each 128-bit
-/// lane: 64 codes from 64s get scale 4s + l in lane l.
-const SHUFFLE_Q6_GROUPS: [[u8; 64]; 4] = {
-    let mut t = [[0u8; 64]; 4];
-    let mut s = 0;
-    while s < 4 {
-        let mut b = 0;
-        while b < 64 {
-            t[s][b] = (4 * s + b / 16) as u8;
-            b += 1;
-        }
-        s += 1;
-    }
-    t
-};
 
 /// Q6_K · Q8_K for 16 tokens at once, lanes being tokens (act: [blocks] of `ActQ8K16`), as
 /// `gemm16_q4_k`: the codes (0..64) unpacked once per block, each 4 broadcast against the same
