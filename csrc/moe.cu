@@ -55,15 +55,22 @@ extern "C" int rotary_moe(const RotaryMoe *p, void *stream) {
         p->n_experts <= 0 || p->n_experts > ROTARY_MAX_EXPERTS) {
         return static_cast<int>(cudaErrorInvalidValue);
     }
-    const bool grouped = p->n_tokens >= GROUP_MIN_TOKENS;
-    if (grouped) {
-        const int err = rotary_launch<moe_group_kernel>(1, 256, 0, s, *p);
+    if (p->stage != ROTARY_MOE_ALL && p->stage != ROTARY_MOE_EXPERTS &&
+        p->stage != ROTARY_MOE_COMBINE) {
+        return static_cast<int>(cudaErrorInvalidValue);
+    }
+    if (p->stage != ROTARY_MOE_COMBINE) {
+        const bool grouped = p->n_tokens >= GROUP_MIN_TOKENS;
+        if (grouped) {
+            const int err = rotary_launch<moe_group_kernel>(1, 256, 0, s, *p);
+            if (err != 0) return err;
+        }
+        int err = rotary_moe_gate_up_dispatch(p, grouped ? 1 : 0, stream);
+        if (err != 0) return err;
+        err = rotary_moe_down_dispatch(p, grouped ? 1 : 0, stream);
         if (err != 0) return err;
     }
-    int err = rotary_moe_gate_up_dispatch(p, grouped ? 1 : 0, stream);
-    if (err != 0) return err;
-    err = rotary_moe_down_dispatch(p, grouped ? 1 : 0, stream);
-    if (err != 0) return err;
+    if (p->stage == ROTARY_MOE_EXPERTS) return 0;
     const dim3 grid(ceil_div(p->dim, 256), p->n_tokens);
     return rotary_launch<moe_combine_kernel>(grid, 256, 0, s, *p);
 }

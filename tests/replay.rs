@@ -103,7 +103,12 @@ fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation, c
 }
 
 /// A machine whose link copies an expert 4x faster than its CPU computes one (prefetch pays).
-const FAST_LINK: Costs = Costs { link_bytes_per_s: 40e9, cpu_s_per_byte: 1.0 / 10e9 };
+const FAST_LINK: Costs = Costs {
+    link_bytes_per_s: 40e9,
+    cpu_s_per_byte: 1.0 / 10e9,
+    gpu_s_per_byte: 1.0 / 100e9,
+    serial: false,
+};
 
 #[test]
 fn replay_makes_the_simulators_decisions_qwen3moe() {
@@ -155,7 +160,7 @@ fn the_time_model_has_the_worked_out_answers() {
     // The link wait: layer 1 waited 30 beyond its own compute (it would end at 45).
     assert!((b.link_wait_s - 30e-6).abs() < 1e-12, "{}", b.link_wait_s);
     assert!((b.link_busy_s - 43e-6).abs() < 1e-12);
-    // The engine today: layer 0's CPU experts (20, while its demand load flies) before its
+    // Before the hybrid step: layer 0's CPU experts (20, while its demand load flies) before its
     // kernel: 10 + 20 + 5 = 35. Layer 1: its prefetch, issued at 35, is in at 75; MoE at 45
     // waits until 75, then 5 → 80; head → 85.
     let today = rotary::rotary::target::Target { cpu_beside_gpu: false, ..t };

@@ -5,6 +5,7 @@
 //! simulator's own rules (bounds-checked memory, ordered copies).
 
 use rotary::model::weights::{ModelFile, Weights};
+use rotary::ops::MoeStage;
 use rotary::rotary::cache::{Allocation, ExpertCache, Policy};
 use rotary::rotary::device::{upload, Device, Stream};
 use rotary::rotary::sim::SimDevice;
@@ -566,6 +567,8 @@ enum Call {
     Record(Stream, u64),
     /// A stream waits for an event recorded on another stream.
     Wait(Stream, u64),
+    /// A launch of the routed MoE kernel (or one of its stages).
+    Moe(MoeStage),
 }
 
 /// A device that passes everything through and logs the calls that order work; with
@@ -656,6 +659,11 @@ impl Device for Spy {
         self.inner.sync_event(event)
     }
     fn launch(&mut self, k: &rotary::rotary::device::Kernel) -> rotary::Result<()> {
+        if let rotary::rotary::device::Kernel::Moe { stage, n_experts, .. } = k {
+            if *n_experts > 1 {
+                self.log(Call::Moe(*stage)); // routed, not the shared expert
+            }
+        }
         self.inner.launch(k)
     }
     fn link_stats(&self) -> rotary::rotary::device::LinkStats {
@@ -725,6 +733,46 @@ fn cpu_experts_do_not_wait_for_the_demand_copies() {
     println!("{h_downloads} downloads of h for CPU experts, {late} behind a wait for copies; {st}");
     assert!(h_downloads > 0);
     assert_eq!(late, 0, "h came down behind the compute stream's wait for demand copies");
+}
+
+/// The hybrid step: in a layer with CPU experts the MoE kernel's expert stages are launched
+/// first, the host computes its experts while the GPU runs them and uploads their rows, and
+/// only then is the combine launched (one sum in the canonical order). A layer without CPU
+/// experts launches the whole kernel.
+#[test]
+fn cpu_experts_run_between_the_expert_stages_and_the_combine() {
+    let opts = Options {
+        alloc: Allocation::PerLayer,
+        moe_policy: MoePolicy::Gpu,
+        prefetch: false,
+        ..Options::default()
+    };
+    let (calls, st, dim) = spy_run(opts, 4 * 3);
+    assert!(st.cpu_experts > 0 && st.gpu_experts > 0, "both sides ran: {st}");
+    let (mut hybrid, mut whole, mut open, mut rows) = (0, 0, false, 0);
+    for c in &calls {
+        match c {
+            Call::Moe(MoeStage::Experts) => {
+                assert!(!open, "two expert stages without a combine");
+                (open, rows) = (true, 0);
+            }
+            Call::H2d(Stream::Compute, bytes) if open => {
+                assert_eq!(*bytes, dim * 4, "only the CPU experts' rows go up mid-layer");
+                rows += 1;
+            }
+            Call::Moe(MoeStage::Combine) => {
+                assert!(open && rows > 0, "a combine without the CPU experts' rows before it");
+                (open, hybrid) = (false, hybrid + 1);
+            }
+            Call::Moe(MoeStage::All) => {
+                assert!(!open, "a whole MoE kernel inside a hybrid step");
+                whole += 1;
+            }
+            _ => {}
+        }
+    }
+    println!("{hybrid} hybrid layer steps, {whole} whole MoE launches; {st}");
+    assert!(!open && hybrid > 0 && whole > 0);
 }
 
 /// Prefetches never get ahead of demand loads on the link: each prefetch batch queued after a

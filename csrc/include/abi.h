@@ -54,6 +54,15 @@ typedef enum RotaryTopkNorm {
     ROTARY_TOPK_RENORM = 1,   /* the same, divided by their sum */
 } RotaryTopkNorm;
 
+/* Which part of RotaryMoe runs: all of it, or its two halves apart (the rotary's hybrid step
+ * launches the expert stages, computes the CPU experts meanwhile, uploads their rows, then
+ * launches the combine). */
+typedef enum RotaryMoeStage {
+    ROTARY_MOE_ALL = 0,      /* expert stages, then the combine */
+    ROTARY_MOE_EXPERTS = 1,  /* out[p] for every pair with id >= 0; residual untouched */
+    ROTARY_MOE_COMBINE = 2,  /* residual += the weighted out rows (every pair's row written) */
+} RotaryMoeStage;
+
 typedef enum RotaryCopyKind {
     ROTARY_COPY_H2D = 1,
     ROTARY_COPY_D2H = 2,
@@ -93,8 +102,8 @@ typedef struct RotaryTopkMoe {
  *   residual[t] += Σ_j weights[t * k + j] · out[t * k + j]   (j in order: deterministic)
  * The experts' matrices are reached through per-expert pointer tables, so an expert can live
  * anywhere in VRAM (a resident tensor or a cache slot). A negative id -1-e marks a pair the
- * host computed itself (the rotary's CPU fallback): its `out` row is already written, the
- * expert stages skip it and the combine adds it. Few tokens (decode) run one block row
+ * host computes itself (the rotary's CPU fallback): the expert stages skip it, and its `out`
+ * row is written by the host before the combine runs (`stage`). Few tokens (decode) run one block row
  * per pair; many tokens (prefill) are first grouped by expert (`group_offsets`, `group_pairs`)
  * and each expert's weights are read once per tile of tokens (a batched expert GEMM). */
 typedef struct RotaryMoe {
@@ -116,6 +125,7 @@ typedef struct RotaryMoe {
     int32_t n_tokens;
     int32_t k;
     int32_t n_experts;
+    RotaryMoeStage stage;
 } RotaryMoe;
 
 /* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for `rows` rows of `width` (in place allowed).

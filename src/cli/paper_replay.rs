@@ -262,10 +262,10 @@ fn print_rows(h: &Heading, rows: &[Row]) {
                     b.ms(b.link_wait_s),
                     b.ms(b.link_busy_s)
                 );
-                if let Some(b2) = &r.breakdown_beside {
+                if let Some(b2) = &r.breakdown_before {
                     println!(
-                        "           {:.1} tok/s if the CPU experts ran beside the GPU's instead of \
-                         before its MoE kernel (the hybrid step of issue 15, not built yet)",
+                        "           {:.1} tok/s with the CPU experts before the MoE kernel instead \
+                         of beside the GPU's (the engine before its hybrid step)",
                         b2.tok_s()
                     );
                 }
@@ -305,7 +305,7 @@ fn print_json(h: &Heading, rows: &[Row]) {
                     "kind": "projected",
                     "target": h.target.name,
                     "decode_tok_s": b.tok_s(),
-                    "decode_tok_s_cpu_beside_gpu": r.breakdown_beside.map(|b| b.tok_s()),
+                    "decode_tok_s_cpu_before_gpu": r.breakdown_before.map(|b| b.tok_s()),
                     "gpu_ms": b.ms(b.gpu_s),
                     "cpu_ms": b.ms(b.cpu_s),
                     "sync_ms": b.ms(b.sync_s),

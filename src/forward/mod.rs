@@ -14,7 +14,7 @@ mod qwen3moe;
 use crate::error::{Error, Result};
 use crate::model::weights::Weights;
 use crate::model::{Arch, ModelConfig};
-use crate::ops::{oracle, Kernel, TopkNorm};
+use crate::ops::{oracle, Kernel, MoeStage, TopkNorm};
 use crate::quant;
 use crate::quant::GgmlType;
 use crate::rotary::device::{download, upload, Addr, Device};
@@ -251,7 +251,8 @@ impl<'w> Session<'w> {
         Ok(())
     }
 
-    /// residual (s.x) += Σ_j weights[t, j] · expert_{ids[t, j]}(s.h) over `e`'s pointer table.
+    /// residual (s.x) += Σ_j weights[t, j] · expert_{ids[t, j]}(s.h) over `e`'s pointer table
+    /// (or one `stage` of it).
     fn launch_moe(
         &mut self,
         e: Experts,
@@ -259,9 +260,11 @@ impl<'w> Session<'w> {
         weights: Addr,
         n: usize,
         k: usize,
+        stage: MoeStage,
     ) -> Result<()> {
         let (s, n_experts) = (self.s, e.n_experts);
         self.launch(Kernel::Moe {
+            stage,
             ty_gate_up: e.ty_gate_up,
             ty_down: e.ty_down,
             gate: e.table,

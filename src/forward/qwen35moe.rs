@@ -5,7 +5,7 @@
 
 use super::{Experts, Session};
 use crate::error::Result;
-use crate::ops::{HeadOrder, Kernel};
+use crate::ops::{HeadOrder, Kernel, MoeStage};
 use crate::rotary::device::upload;
 use crate::rotary::upload::{DDeltaNet, DMixer};
 
@@ -85,7 +85,7 @@ impl Session<'_> {
             ty_down: sx.ty_down,
             ffn: sx.ffn,
         };
-        self.launch_moe(shared, sx.ids, s.router, n, 1)
+        self.launch_moe(shared, sx.ids, s.router, n, 1, MoeStage::All)
     }
 
     /// Zero every DeltaNet layer's conv and recurrent state (a new sequence starts).

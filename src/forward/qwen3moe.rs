@@ -5,7 +5,7 @@
 
 use super::{Experts, Session};
 use crate::error::Result;
-use crate::ops::{AttnGate, Kernel};
+use crate::ops::{AttnGate, Kernel, MoeStage};
 use crate::rotary::device::download;
 use crate::rotary::upload::{DAttention, DMixer};
 
@@ -123,6 +123,7 @@ impl Session<'_> {
             self.launch(Kernel::TopkMoe { logits: s.router, ids, weights, n, n_experts, k, norm })?;
         }
         let mut pred = host_pred.unwrap_or_default();
+        let mut cpu_experts = false;
         if resident {
             self.rotary.count_resident(l, n);
         } else {
@@ -139,7 +140,7 @@ impl Session<'_> {
             if let Some(h) = &host_ids {
                 ids.copy_from_slice(h);
             }
-            self.rotary.resolve(self.dev.as_mut(), l, n, &ids, &s)?;
+            cpu_experts = self.rotary.resolve(self.dev.as_mut(), l, n, &ids, &s)?;
         }
         let ly = &self.dw.layers[l];
         let ffn = self.cfg.expert_ffn_dim as usize;
@@ -150,7 +151,15 @@ impl Session<'_> {
             ty_down: ly.ty_down,
             ffn,
         };
-        self.launch_moe(routed, s.ids, s.weights, n, k)?;
+        if cpu_experts {
+            // The hybrid step: the GPU runs the hits and loads while the host computes the
+            // misses it was given; their rows go up, then one combine in the canonical order.
+            self.launch_moe(routed, s.ids, s.weights, n, k, MoeStage::Experts)?;
+            self.rotary.join_cpu(self.dev.as_mut(), &s)?;
+            self.launch_moe(routed, s.ids, s.weights, n, k, MoeStage::Combine)?;
+        } else {
+            self.launch_moe(routed, s.ids, s.weights, n, k, MoeStage::All)?;
+        }
         if !resident {
             self.rotary.layer_done(self.dev.as_mut())?;
         }

@@ -17,7 +17,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::oracle::{rmsnorm_rows, rope_tokens, silu, softmax, split_gate, topk_moe};
-use super::{deltanet, Addr, Kernel, KvCache, KvType};
+use super::{deltanet, Addr, Kernel, KvCache, KvType, MoeStage};
 use crate::backend::{Backend, Mat, MatJob};
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
@@ -333,9 +333,11 @@ impl HostKernels {
 
     /// Routed experts into the residual (abi.h RotaryMoe): each expert once over its pairs,
     /// pairs with a negative id (computed on the host) taken from `out` as they are; then per
-    /// token residual += Σ_j weights[t, j] · out[t·k + j].
+    /// token residual += Σ_j weights[t, j] · out[t·k + j]. `Experts` writes the computed rows
+    /// into `out` and stops; `Combine` takes every row from `out`.
     fn moe(&mut self, mem: &mut HostMemory, kernel: &Kernel) -> Result<()> {
         let Kernel::Moe {
+            stage,
             ty_gate_up,
             ty_down,
             gate,
@@ -359,44 +361,60 @@ impl HostKernels {
             unreachable!("moe() takes a Moe kernel")
         };
         let id = mem.read::<i32>(ids, n * k, "moe ids")?; // [n, k]
-        let w = mem.read::<f32>(weights, n * k, "moe weights")?; // [n, k]
-        let table = |t: Addr| mem.read::<u64>(t, n_experts, "moe expert table"); // [n_experts]
-        let (gt, ut, dt) = (table(gate)?, table(up)?, table(down)?);
-        // [n, dim] each
-        let mut res = mem.read::<f32>(residual, n * dim, "moe residual")?;
-        let xs = mem.view::<f32>(x, n * dim, "moe x")?;
-        // Each expert in turn, its pairs in order, added straight into the residual: the same
-        // order whether it ran here or on the host (id −1−e, its rows waiting in `out`), so a
-        // streamed run agrees with a resident one to the bit.
+                                                          // Each expert in turn, its pairs in order, added straight into the residual: the same
+                                                          // order whether it ran here or on the host (id −1−e, its rows waiting in `out`), so a
+                                                          // streamed run agrees with a resident one to the bit.
         let expert_of: Vec<i32> = id.iter().map(|&e| if e < 0 { -1 - e } else { e }).collect();
         let groups = group_pairs(&expert_of, n_experts)?;
         let used: Vec<(usize, &Vec<usize>)> =
             groups.iter().enumerate().filter(|(_, p)| !p.is_empty()).collect();
-        // The experts computed here, all in one batch: their weights, then their rows.
-        let mut here = Vec::new();
+        let mut on_host = Vec::with_capacity(used.len()); // per used expert
         for &(e, pairs) in &used {
-            let on_host = id[pairs[0]] < 0;
+            let host = id[pairs[0]] < 0;
             assert!(
-                pairs.iter().all(|&p| (id[p] < 0) == on_host),
+                pairs.iter().all(|&p| (id[p] < 0) == host),
                 "expert {e} split between host and device"
             );
-            if !on_host {
+            on_host.push(host || stage == MoeStage::Combine);
+        }
+        let mut computed = Vec::new(); // [pairs, dim] per expert computed here
+        if stage != MoeStage::Combine {
+            let table = |t: Addr| mem.read::<u64>(t, n_experts, "moe expert table"); // [n_experts]
+            let (gt, ut, dt) = (table(gate)?, table(up)?, table(down)?);
+            // The experts computed here, all in one batch: their weights, then their rows.
+            let mut here = Vec::new();
+            for (&(e, _), _) in used.iter().zip(&on_host).filter(|(_, &h)| !h) {
                 here.push([
                     mem.mat(ty_gate_up, gt[e], ffn, dim, "expert gate")?,
                     mem.mat(ty_gate_up, ut[e], ffn, dim, "expert up")?,
                     mem.mat(ty_down, dt[e], dim, ffn, "expert down")?,
                 ]);
             }
+            let batch: Vec<([&Mat; 3], &[usize])> = used
+                .iter()
+                .zip(&on_host)
+                .filter(|(_, &h)| !h)
+                .zip(&here)
+                .map(|((&(_, pairs), _), [g, u, d])| ([g, u, d], pairs.as_slice()))
+                .collect();
+            let xs = mem.view::<f32>(x, n * dim, "moe x")?; // [n, dim]
+            computed = experts_rows(self.backend.as_ref(), &batch, xs, k)?;
         }
-        let batch: Vec<([&Mat; 3], &[usize])> = used
-            .iter()
-            .filter(|(_, pairs)| id[pairs[0]] >= 0)
-            .zip(&here)
-            .map(|(&(_, pairs), [g, u, d])| ([g, u, d], pairs.as_slice()))
-            .collect();
-        let mut computed = experts_rows(self.backend.as_ref(), &batch, xs, k)?.into_iter();
-        for &(_, pairs) in &used {
-            let y = if id[pairs[0]] < 0 {
+        if stage == MoeStage::Experts {
+            for ((&(_, pairs), _), y) in
+                used.iter().zip(&on_host).filter(|(_, &h)| !h).zip(&computed)
+            {
+                for (row, &pair) in y.chunks_exact(dim).zip(pairs.iter()) {
+                    mem.write(out + (pair * dim * 4) as u64, row, "moe out")?;
+                }
+            }
+            return Ok(());
+        }
+        let w = mem.read::<f32>(weights, n * k, "moe weights")?; // [n, k]
+        let mut res = mem.read::<f32>(residual, n * dim, "moe residual")?; // [n, dim]
+        let mut computed = computed.into_iter();
+        for (&(_, pairs), &host) in used.iter().zip(&on_host) {
+            let y = if host {
                 let mut y = Vec::with_capacity(pairs.len() * dim); // [pairs, dim]
                 for &pair in pairs {
                     y.extend_from_slice(mem.view::<f32>(

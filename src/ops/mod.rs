@@ -44,6 +44,17 @@ pub struct KvCache {
     pub ty: KvType,
 }
 
+/// Which part of `Moe` runs (abi.h RotaryMoeStage).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum MoeStage {
+    /// The expert stages, then the combine.
+    All,
+    /// `out` rows of the pairs with an expert id (≥ 0); the residual is untouched.
+    Experts,
+    /// residual += Σ_j weights · out rows, every pair's row already written.
+    Combine,
+}
+
 /// How `TopkMoe` weighs the chosen experts (abi.h RotaryTopkNorm).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum TopkNorm {
@@ -95,8 +106,10 @@ pub enum Kernel {
         norm: TopkNorm,
     },
     /// Routed experts into the residual. A negative id −1−e marks a pair whose `out` row the
-    /// host already wrote (computed on the CPU): the expert stages skip it, the combine adds it.
+    /// host writes (computed on the CPU): the expert stages skip it, the combine adds it. The
+    /// hybrid step launches the two halves apart (`stage`), the CPU experts between them.
     Moe {
+        stage: MoeStage,
         ty_gate_up: GgmlType,
         ty_down: GgmlType,
         gate: Addr,     // [n_experts] u64 addresses of [ffn, dim]

@@ -13,11 +13,17 @@ use super::options::MoePolicy;
 /// Recently CPU-computed experts remembered per layer, in units of top-k (see `ghosts`).
 const GHOSTS: usize = 4;
 
-/// What the miss policy weighs: the link's speed and the CPU's, for one expert's bytes.
+/// What the miss policy weighs: the link's speed, the CPU's and the GPU's, for one expert's
+/// bytes.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct Costs {
     pub link_bytes_per_s: f64,
     pub cpu_s_per_byte: f64,
+    /// The GPU reading an expert (0 where unknown: the GPU's own time is left out).
+    pub gpu_s_per_byte: f64,
+    /// One set of cores does the kernels, the CPU experts and the copies (the simulator): a
+    /// layer takes the sum of its parts, not the longer of its two sides.
+    pub serial: bool,
 }
 
 /// One layer's experts for a micro-batch: (expert, slot) of the hits and of the demand loads
@@ -86,7 +92,7 @@ impl Decider {
                 None => misses.push(e),
             }
         }
-        let (gpu, cpu) = self.split(l, &misses, costs);
+        let (gpu, cpu) = self.split(l, d.hits.len(), &misses, costs);
         for e in gpu {
             let slot = self
                 .cache
@@ -102,27 +108,46 @@ impl Decider {
 
     /// Which misses load into VRAM and which run on the CPU. Loads never exceed the slots the
     /// layer may use beside its hits; what does not fit runs on the CPU whatever the policy.
-    fn split(&self, l: usize, misses: &[usize], costs: Costs) -> (Vec<usize>, Vec<usize>) {
+    ///
+    /// Under `auto` each miss goes where the layer ends first (the hybrid step): the GPU side
+    /// is its demand copies, then its kernel over the hits and loads; the CPU side runs its
+    /// experts meanwhile. On a serial machine the layer is the sum of both, so a miss goes to
+    /// the cheaper side.
+    fn split(
+        &self,
+        l: usize,
+        hits: usize,
+        misses: &[usize],
+        costs: Costs,
+    ) -> (Vec<usize>, Vec<usize>) {
         let room = self.cache.capacity(l).saturating_sub(self.used_slots.len());
         let (mut gpu, mut cpu) = (Vec::new(), Vec::new());
         let bytes = self.expert_bytes[l] as f64;
-        let (mut t_link, mut t_cpu) = (0.0f64, 0.0f64);
+        let (copy, on_gpu, on_cpu) = (
+            bytes / costs.link_bytes_per_s,
+            bytes * costs.gpu_s_per_byte,
+            bytes * costs.cpu_s_per_byte,
+        );
+        let mut t_link = 0.0f64; // the demand copies so far
+        let mut t_gpu = hits as f64 * on_gpu; // the kernel over hits and loads
+        let mut t_cpu = 0.0f64;
         for &e in misses {
             let to_gpu = gpu.len() < room
                 && match self.moe_policy {
                     MoePolicy::Gpu => true,
                     MoePolicy::Cpu => false,
-                    // Both sides work at once: give each miss to the side that finishes first.
+                    MoePolicy::Auto if costs.serial => copy + on_gpu <= on_cpu,
                     MoePolicy::Auto => {
-                        t_link + bytes / costs.link_bytes_per_s
-                            <= t_cpu + bytes * costs.cpu_s_per_byte
+                        let ends_gpu = (t_link + copy + t_gpu + on_gpu).max(t_cpu);
+                        let ends_cpu = (t_link + t_gpu).max(t_cpu + on_cpu);
+                        ends_gpu <= ends_cpu
                     }
                 };
             if to_gpu {
-                t_link += bytes / costs.link_bytes_per_s;
+                (t_link, t_gpu) = (t_link + copy, t_gpu + on_gpu);
                 gpu.push(e);
             } else {
-                t_cpu += bytes * costs.cpu_s_per_byte;
+                t_cpu += on_cpu;
                 cpu.push(e);
             }
         }
@@ -156,7 +181,8 @@ impl Decider {
     pub fn prefetch_pays(&self, l: usize, costs: Costs) -> bool {
         let bytes = self.expert_bytes[l] as f64;
         self.moe_policy != MoePolicy::Auto
-            || bytes / costs.link_bytes_per_s <= bytes * costs.cpu_s_per_byte
+            || bytes / costs.link_bytes_per_s + bytes * costs.gpu_s_per_byte
+                <= bytes * costs.cpu_s_per_byte
     }
 
     /// Prefetch: layer `l`'s predicted experts (those not cached) get slots, as many as the

@@ -102,8 +102,9 @@ pub struct Replayed {
     pub stats: Stats,
     pub demand_loads: u64,
     pub breakdown: Option<Breakdown>,
-    /// The same decisions with the CPU experts beside the GPU's (issue 15's hybrid step).
-    pub breakdown_beside: Option<Breakdown>,
+    /// The same decisions with the CPU experts before the layer's MoE kernel (the engine
+    /// before the hybrid step): what the hybrid step buys.
+    pub breakdown_before: Option<Breakdown>,
     pub n_slots: usize,
     pub n_experts_total: usize,
 }
@@ -147,10 +148,10 @@ pub fn replay(
         ..Replayed::default()
     };
     let mut breakdown = target.map(|_| Breakdown::default());
-    let beside = target
-        .filter(|t| !t.serial && !t.cpu_beside_gpu)
-        .map(|t| Target { cpu_beside_gpu: true, ..t.clone() });
-    let mut breakdown_beside = beside.as_ref().map(|_| Breakdown::default());
+    let before = target
+        .filter(|t| !t.serial && t.cpu_beside_gpu)
+        .map(|t| Target { cpu_beside_gpu: false, ..t.clone() });
+    let mut breakdown_before = before.as_ref().map(|_| Breakdown::default());
     let mut predicted: Vec<Option<Vec<Vec<usize>>>> = vec![None; n_layers];
     let total = p.n_prompt + p.n_decode;
     let mut pos = 0usize;
@@ -231,7 +232,7 @@ pub fn replay(
                         (shape.dense[l] + shape.kv_per_token[l] * ctx + shape.state[l]) as f64;
                 }
                 b.add_token(t, &work, shape.head as f64);
-                if let (Some(b2), Some(t2)) = (breakdown_beside.as_mut(), beside.as_ref()) {
+                if let (Some(b2), Some(t2)) = (breakdown_before.as_mut(), before.as_ref()) {
                     b2.add_token(t2, &work, shape.head as f64);
                 }
             }
@@ -243,6 +244,6 @@ pub fn replay(
     (out.stats.hits, out.stats.misses) = (t.hits, t.misses);
     out.stats.n_layers = c.n_layers;
     out.breakdown = breakdown;
-    out.breakdown_beside = breakdown_beside;
+    out.breakdown_before = breakdown_before;
     Ok(out)
 }

@@ -62,6 +62,8 @@ pub struct Residency<'w> {
     cpu_s_per_byte: f64,
     /// The copy-stream event after the latest demand loads (prefetches queue behind it).
     last_demand: Option<Event>,
+    /// The CPU experts `resolve` gave the host, until `join_cpu` runs them.
+    pending: Option<CpuExperts>,
     pinned_bytes: u64,
     pub stats: Stats,
 }
@@ -125,6 +127,7 @@ impl<'w> Residency<'w> {
             cpu: None,
             cpu_s_per_byte: 0.0,
             last_demand: None,
+            pending: None,
             pinned_bytes: 0,
             stats: Stats {
                 n_layers: c.n_layers,
@@ -301,8 +304,11 @@ impl<'w> Residency<'w> {
         self.tables[l][2 * n + e] = at + 2 * g;
     }
 
-    /// Make layer `l`'s experts for these ids available: hits, demand loads into slots, CPU
-    /// fallback (output rows uploaded, ids marked). Updates the layer's pointer table.
+    /// Make layer `l`'s experts for these ids available: hits, demand loads into slots, and
+    /// the CPU experts' ids marked (−1−e) for the MoE kernel to skip. Updates the layer's
+    /// pointer table. Returns whether CPU experts wait for `join_cpu` (the hybrid step: the
+    /// caller launches the MoE expert stages first, so the GPU runs the hits and loads while
+    /// the host computes them, then the combine).
     /// Over a screen: hits, loads and CPU experts must be ordered against each other here.
     pub fn resolve(
         &mut self,
@@ -311,7 +317,7 @@ impl<'w> Residency<'w> {
         n: usize,
         ids: &[i32],
         s: &Scratch,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let dim = self.dim;
         self.score_prediction(l, n, ids);
         let n_experts = self.n_experts as u64;
@@ -352,15 +358,42 @@ impl<'w> Residency<'w> {
         let table = std::mem::take(&mut self.tables[l]);
         upload(dev, self.shape[l].table, &table)?;
         self.tables[l] = table;
-        if !d.cpu.is_empty() {
-            // Activations cross the link instead of weights: h down (above), output rows up.
-            self.run_on_cpu(dev, l, ids, &d.cpu, &h, s)?;
-            let behind = self.decide.behind(l, &d.cpu);
-            self.stats.behind_loads += self.load_async(dev, l, &behind)? as u64;
-        }
         let needed = d.hits.len() + d.loads.len() + d.cpu.len();
         self.stats.cpu_experts += d.cpu.len() as u64;
         self.stats.gpu_experts += (needed - d.cpu.len()) as u64;
+        if d.cpu.is_empty() {
+            return Ok(false);
+        }
+        let marked: Vec<i32> = ids // [n, k]
+            .iter()
+            .map(|&e| if d.cpu.contains(&(e as usize)) { -1 - e } else { e })
+            .collect();
+        upload(dev, s.ids, &marked)?;
+        self.pending = Some(CpuExperts { l, ids: marked, cpu: d.cpu, h });
+        Ok(true)
+    }
+
+    /// The host's half of the hybrid step, while the GPU runs the layer's MoE expert stages:
+    /// the CPU experts `resolve` marked, each once over its pairs of h [n, dim] as the MoE
+    /// kernel would (same rows, same bits), their output rows up into `out` (activations
+    /// cross the link instead of weights), then the loads behind them. The caller launches
+    /// the combine next.
+    pub fn join_cpu(&mut self, dev: &mut dyn Device, s: &Scratch) -> Result<()> {
+        let CpuExperts { l, ids, cpu, h } = self.pending.take().expect("resolve left CPU experts");
+        let (dim, k) = (self.dim, self.k);
+        let cpu_kernels = self.cpu.as_ref().expect("streaming sessions have CPU kernels");
+        let on_cpu: Vec<i32> = ids.iter().map(|&e| if e < 0 { -1 - e } else { -1 }).collect();
+        let groups = group_pairs(&on_cpu, self.n_experts)?;
+        for (e, pairs) in groups.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            let x = &self.w.layers[l].experts[e];
+            // [pairs, dim]
+            let y = expert_rows(cpu_kernels, [&x.gate, &x.up, &x.down], &h, pairs, k)?;
+            for (i, &pair) in pairs.iter().enumerate() {
+                upload(dev, s.out + (pair * dim * 4) as u64, &y[i * dim..(i + 1) * dim])?;
+            }
+        }
+        let behind = self.decide.behind(l, &cpu);
+        self.stats.behind_loads += self.load_async(dev, l, &behind)? as u64;
         Ok(())
     }
 
@@ -377,42 +410,14 @@ impl<'w> Residency<'w> {
         }
     }
 
-    /// The CPU fallback: each CPU expert once over its pairs of h [n, dim], as the MoE kernel
-    /// would (same rows, same bits); the output rows go up into `out`, and their ids are
-    /// marked −1−e so that the kernel only combines them.
-    fn run_on_cpu(
-        &mut self,
-        dev: &mut dyn Device,
-        l: usize,
-        ids: &[i32],
-        cpu: &[usize],
-        h: &[f32],
-        s: &Scratch,
-    ) -> Result<()> {
-        let (dim, k) = (self.dim, self.k);
-        let cpu_kernels = self.cpu.as_ref().expect("streaming sessions have CPU kernels");
-        let mut marked = ids.to_vec(); // [n, k]
-        let on_cpu: Vec<i32> =
-            ids.iter().map(|&e| if cpu.contains(&(e as usize)) { e } else { -1 }).collect();
-        let groups = group_pairs(&on_cpu, self.n_experts)?;
-        for (e, pairs) in groups.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
-            let x = &self.w.layers[l].experts[e];
-            // [pairs, dim]
-            let y = expert_rows(cpu_kernels, [&x.gate, &x.up, &x.down], h, pairs, k)?;
-            for (i, &pair) in pairs.iter().enumerate() {
-                upload(dev, s.out + (pair * dim * 4) as u64, &y[i * dim..(i + 1) * dim])?;
-                marked[pair] = -1 - e as i32;
-            }
-        }
-        upload(dev, s.ids, &marked)
-    }
-
     /// What the miss policy weighs: a target's speeds when one is given (the decisions that
     /// machine would make), else this machine's, measured.
     fn costs(&self, dev: &dyn Device) -> Costs {
         self.opts.costs.unwrap_or_else(|| Costs {
             link_bytes_per_s: self.link_bytes_per_s(dev),
             cpu_s_per_byte: self.cpu_s_per_byte,
+            gpu_s_per_byte: 0.0,
+            serial: false,
         })
     }
 
@@ -624,6 +629,17 @@ pub(crate) fn layer_ranges(plan: &Plan, alloc: Allocation) -> Vec<std::ops::Rang
         }
     }
     ranges
+}
+
+/// One layer's CPU experts between `resolve` and `join_cpu`.
+struct CpuExperts {
+    l: usize,
+    /// The layer's ids [n, k], the CPU experts' marked −1−e.
+    ids: Vec<i32>,
+    /// The CPU experts in the decider's order (load-behind takes them so).
+    cpu: Vec<usize>,
+    /// The normed hidden state [n, dim], downloaded before the layer's copies were queued.
+    h: Vec<f32>,
 }
 
 /// Where the copy engine reads experts.

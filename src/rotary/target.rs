@@ -17,9 +17,11 @@
 //! token      Σ layers + T_head (the output head)
 //! ```
 //!
-//! That is the hybrid step issue 15 asks for (`cpu_beside_gpu`). The engine today computes the
-//! CPU experts in resolve(), before the layer's MoE kernel: GPU side g = max(c, m + demand,
-//! ready) + T_gpu_experts, and that is the default projection.
+//! That is the engine's hybrid step (`cpu_beside_gpu`): the MoE kernel's expert stages are
+//! launched, the host computes its experts meanwhile, then the combine. The engine before it
+//! computed the CPU experts in resolve(), before the layer's MoE kernel: GPU side
+//! g = max(c, m + demand, ready) + T_gpu_experts (`cpu_beside_gpu: false`, printed beside the
+//! projection for comparison).
 //!
 //! The link serves copies in the order they were queued (demand loads wait behind a prefetch or
 //! a load-behind already on it). A `serial`
@@ -48,9 +50,8 @@ pub struct Target {
     /// One set of cores does everything one after the other: kernels, CPU experts and copies
     /// (the simulator, whose "GPU" kernels and link thread are this CPU's).
     pub serial: bool,
-    /// The CPU experts run beside the GPU's (issue 15's hybrid step, not built yet) instead of
-    /// before the layer's MoE kernel is launched (the engine today: resolve() computes them,
-    /// then the kernel runs the hits and loads).
+    /// The CPU experts run beside the GPU's (the engine's hybrid step); false: before the
+    /// layer's MoE kernel is launched (the engine before the hybrid step), for comparison.
     pub cpu_beside_gpu: bool,
     /// One line per constant: its value and source.
     pub sources: Vec<String>,
@@ -81,7 +82,7 @@ pub fn laptop_4060() -> Target {
         cores: 8,
         sync_s: 60e-6,
         serial: false,
-        cpu_beside_gpu: false,
+        cpu_beside_gpu: true,
         sources: sources.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -112,7 +113,7 @@ impl Target {
             cores: 0,
             sync_s: 0.0,
             serial: false,
-            cpu_beside_gpu: false,
+            cpu_beside_gpu: true,
             sources: vec![format!("given on the command line: {spec}")],
         };
         for part in spec.split(',') {
@@ -163,6 +164,8 @@ impl Target {
         super::decide::Costs {
             link_bytes_per_s: self.link_gbps * 1e9,
             cpu_s_per_byte: 1.0 / (self.host_gbps * 1e9),
+            gpu_s_per_byte: self.gpu_s(1.0),
+            serial: self.serial,
         }
     }
 }
@@ -243,7 +246,7 @@ impl Breakdown {
                     let gpu_end = demand_done.max(ready) + gpu;
                     (gpu_end.max(cpu_end), (moe + gpu).max(cpu_end))
                 } else {
-                    // The engine today: the CPU experts (while the copies fly), then the kernel.
+                    // Before the hybrid step: the CPU experts (while the copies fly), then the kernel.
                     (cpu_end.max(demand_done).max(ready) + gpu, cpu_end + gpu)
                 }
             };

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::{cases, compare, inputs, reference, CaseResult, Inputs, Op, Output, Report, Status};
 use crate::error::Result;
-use crate::ops::{Addr, Kernel, KvCache};
+use crate::ops::{Addr, Kernel, KvCache, MoeStage};
 use crate::rotary::device::{alloc_upload, download, upload, Device, Plain, Stream};
 
 /// Elements of guard on each side of an output.
@@ -201,6 +201,7 @@ fn prepare_moe(mut u: Uploads, op: &Op, i: &Inputs) -> Result<Prepared> {
     }
     let out = u.guarded(&i.f[1], "moe residual")?;
     let kernel = Kernel::Moe {
+        stage: MoeStage::All,
         ty_gate_up,
         ty_down,
         gate: tables[0],

@@ -7,7 +7,7 @@ use crate::backend::cuda::device::Gpu;
 use crate::backend::cuda::ffi;
 use crate::backend::cuda::kernels::{self, quant_of};
 use crate::error::{Error, Result};
-use crate::ops::{Addr, HeadOrder, Kernel, KvCache, KvType, TopkNorm};
+use crate::ops::{Addr, HeadOrder, Kernel, KvCache, KvType, MoeStage, TopkNorm};
 
 /// Launch `k` on the compute stream.
 pub(super) fn launch(gpu: &Gpu, k: &Kernel) -> Result<()> {
@@ -33,6 +33,15 @@ fn gdn_head_order(order: HeadOrder) -> ffi::RotaryGdnHeadOrder {
     match order {
         HeadOrder::Tiled => ffi::RotaryGdnHeadOrder::ROTARY_GDN_TILED,
         HeadOrder::Grouped => ffi::RotaryGdnHeadOrder::ROTARY_GDN_GROUPED,
+    }
+}
+
+/// The ABI's name for a part of the MoE kernel.
+fn moe_stage(stage: MoeStage) -> ffi::RotaryMoeStage {
+    match stage {
+        MoeStage::All => ffi::RotaryMoeStage::ROTARY_MOE_ALL,
+        MoeStage::Experts => ffi::RotaryMoeStage::ROTARY_MOE_EXPERTS,
+        MoeStage::Combine => ffi::RotaryMoeStage::ROTARY_MOE_COMBINE,
     }
 }
 
@@ -76,6 +85,7 @@ fn launch_products(gpu: &Gpu, k: &Kernel) -> Result<()> {
                 },
             ),
             Kernel::Moe {
+                stage,
                 ty_gate_up,
                 ty_down,
                 gate,
@@ -115,6 +125,7 @@ fn launch_products(gpu: &Gpu, k: &Kernel) -> Result<()> {
                     n_tokens: n as i32,
                     k: k as i32,
                     n_experts: n_experts as i32,
+                    stage: moe_stage(stage),
                 },
             ),
             Kernel::Embed { ty, table, tokens, x, n, dim } => kernels::embed(
