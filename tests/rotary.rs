@@ -558,6 +558,71 @@ fn experts_computed_on_the_cpu_are_loaded_behind() {
     assert!(runs.iter().all(|r| r.1 == runs[0].1), "the logits depend on where experts ran");
 }
 
+/// Loads behind CPU experts wait on the host for the link (packed pinned experts): they are
+/// issued a piece at a time between layers, each behind the latest demand load, instead of all
+/// at once when the CPU experts finish; the experts still hit when reused and the logits are
+/// those of the ring, which queues them at once.
+#[test]
+fn loads_behind_wait_for_an_idle_link() {
+    use rotary::routing::{Router, RoutingMode};
+    let file = tiny();
+    let w = Weights::load(&file).expect("weights");
+    let (l, k) = (w.cfg.n_layers as usize, w.cfg.n_experts_used as usize);
+    let e = w.cfg.n_experts as usize;
+    let resident = session(&w, None, Options::default()).expect("resident");
+    let budget = resident.plan.fixed_bytes() + 12 * resident.plan.slot_bytes;
+    drop(resident);
+    let mut runs = Vec::new();
+    for pin in [PinMode::All, PinMode::Ring] {
+        let sim = SimDevice::new(Some(budget), 0.001, Some(2)).expect("sim");
+        let (spy, calls) = Spy::new(Box::new(sim), false);
+        let opts = Options {
+            pin,
+            moe_policy: MoePolicy::Auto,
+            prefetch: false,
+            link_gbps: 0.001,
+            ..Options::default()
+        };
+        let mut s =
+            Session::new(&w, Box::new(spy), N_CTX, opts, "sim", &mut |_, _| {}).expect("session");
+        s.set_router(Router::new(RoutingMode::Sticky(1.0), l, e, k, 3).expect("router"));
+        s.forward(&prompt()[..3], Logits::Last).expect("prompt");
+        let before = s.stats();
+        let logits = trace(&mut s, &[7, 8, 9], w.cfg.n_vocab as usize);
+        let st = s.stats().since(&before);
+        // Background pieces issued between two MoE launches, per stretch.
+        let log = calls.lock().expect("log").clone();
+        let mut stretches = Vec::new();
+        let (mut pieces, mut last_demand, mut behind_it) = (0, None, false);
+        for c in &log {
+            match c {
+                Call::Record(Stream::Copy, ev) => (last_demand, behind_it) = (Some(*ev), false),
+                Call::Wait(Stream::Prefetch, ev) => behind_it |= last_demand == Some(*ev),
+                Call::H2d(Stream::Prefetch, _) => {
+                    assert!(last_demand.is_none() || behind_it, "a piece ahead of a demand load");
+                    pieces += 1;
+                }
+                Call::Moe(_) if pieces > 0 => {
+                    stretches.push(pieces);
+                    pieces = 0;
+                }
+                _ => {}
+            }
+        }
+        println!("{pin:?}: background pieces per stretch {stretches:?}; decode {st}");
+        assert!(s.stats().behind_loads > 0 && st.hit_rate() > 0.9, "{pin:?}: {st}");
+        runs.push((stretches, logits));
+    }
+    let (packed, ring) = (&runs[0], &runs[1]);
+    assert!(
+        packed.0.len() > ring.0.len(),
+        "packed: the loads behind went out over more stretches than the ring's ({:?} vs {:?})",
+        packed.0,
+        ring.0
+    );
+    assert!(packed.1 == ring.1, "the logits depend on when experts were loaded behind");
+}
+
 /// What a `Spy` saw, in order.
 #[derive(Clone, Debug, PartialEq)]
 enum Call {

@@ -93,6 +93,12 @@ pub trait Device {
     /// Block the host until `event` completes.
     fn sync_event(&mut self, event: Event) -> Result<()>;
 
+    /// Whether `event` has completed, without blocking. A device whose work is done when it
+    /// is queued (the host devices) answers true.
+    fn query(&mut self, _event: Event) -> Result<bool> {
+        Ok(true)
+    }
+
     /// Queue a kernel on the compute stream.
     fn launch(&mut self, k: &Kernel) -> Result<()>;
 

@@ -10,6 +10,7 @@
 //! The host side of the copies lives here too: every expert packed once into pinned memory,
 //! or a ring of pinned staging buffers that loader threads fill from the file mapping.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::cache::{layer_range, Allocation, ExpertCache};
@@ -64,6 +65,15 @@ pub struct Residency<'w> {
     last_demand: Option<Event>,
     /// The CPU experts `resolve` gave the host, until `join_cpu` runs them.
     pending: Option<CpuExperts>,
+    /// Loads behind CPU experts waiting on the host for the link to be idle (packed host
+    /// memory): `pump` issues them a piece at a time, behind every demand load.
+    background: VecDeque<Background>,
+    /// Background pieces on the link: their events and bytes.
+    bg_in_flight: VecDeque<(Event, u64)>,
+    /// Seconds between successive layers' resolves (moving average): the link time the
+    /// background may take before the next layer's demand loads come.
+    layer_period_s: f64,
+    last_resolve: Option<Instant>,
     pinned_bytes: u64,
     pub stats: Stats,
 }
@@ -128,6 +138,10 @@ impl<'w> Residency<'w> {
             cpu_s_per_byte: 0.0,
             last_demand: None,
             pending: None,
+            background: VecDeque::new(),
+            bg_in_flight: VecDeque::new(),
+            layer_period_s: 0.0,
+            last_resolve: None,
             pinned_bytes: 0,
             stats: Stats {
                 n_layers: c.n_layers,
@@ -174,7 +188,7 @@ impl<'w> Residency<'w> {
             }
         }
         dev.release(ev);
-        Ok(())
+        self.pump(dev)
     }
 
     /// Whether the next layer's experts are predicted and loaded ahead.
@@ -319,6 +333,12 @@ impl<'w> Residency<'w> {
         s: &Scratch,
     ) -> Result<bool> {
         let dim = self.dim;
+        let now = Instant::now();
+        if let Some(t) = self.last_resolve.replace(now) {
+            let dt = (now - t).as_secs_f64();
+            self.layer_period_s =
+                if self.layer_period_s == 0.0 { dt } else { 0.9 * self.layer_period_s + 0.1 * dt };
+        }
         self.score_prediction(l, n, ids);
         let n_experts = self.n_experts as u64;
         assert!(ids.iter().all(|&e| e >= 0 && (e as u64) < n_experts), "router ids {ids:?}");
@@ -326,6 +346,7 @@ impl<'w> Residency<'w> {
         let d = self.decide.resolve(l, ids, costs);
         let mut in_flight = Vec::new(); // prefetches the hits still wait for
         for &(e, slot) in &d.hits {
+            self.flush_slot(dev, slot)?; // a hit on an expert still waiting to load behind
             in_flight.extend(self.decide.cache.slots[slot].ready.take());
             self.set_table(l, e, slot);
         }
@@ -355,6 +376,7 @@ impl<'w> Residency<'w> {
                 dev.release(old);
             }
         }
+        self.pump(dev)?; // background pieces queue behind this layer's demand loads
         let table = std::mem::take(&mut self.tables[l]);
         upload(dev, self.shape[l].table, &table)?;
         self.tables[l] = table;
@@ -393,7 +415,99 @@ impl<'w> Residency<'w> {
             }
         }
         let behind = self.decide.behind(l, &cpu);
-        self.stats.behind_loads += self.load_async(dev, l, &behind)? as u64;
+        self.stats.behind_loads += self.load_behind(dev, l, &behind)? as u64;
+        Ok(())
+    }
+
+    /// Loads behind CPU experts use the link only when it would otherwise be idle: from packed
+    /// host memory they wait on the host (`background`) and `pump` issues them; from the ring
+    /// they are queued at once behind the demand loads, as prefetches are.
+    fn load_behind(
+        &mut self,
+        dev: &mut dyn Device,
+        l: usize,
+        placed: &[(usize, usize)],
+    ) -> Result<usize> {
+        let HostExperts::Packed { base, offsets } = &self.host else {
+            return self.load_async(dev, l, placed);
+        };
+        // SAFETY: offsets[l][e] lies inside the packed buffer, which lives as long as the
+        // device and is never written after load.
+        let srcs: Vec<*const u8> =
+            placed.iter().map(|&(e, _)| unsafe { base.add(offsets[l][e]) }.cast_const()).collect();
+        let bytes = 2 * self.shape[l].gate_bytes + self.shape[l].down_bytes;
+        for (&(e, slot), src) in placed.iter().zip(srcs) {
+            self.before_refill(dev, Stream::Prefetch, slot)?;
+            self.set_table(l, e, slot);
+            let dst = self.slot_addr(slot);
+            self.background.push_back(Background { slot, src, dst, bytes, done: 0 });
+        }
+        self.pump(dev)?;
+        Ok(placed.len())
+    }
+
+    /// Issue background pieces while the link has room for them: those on the link are
+    /// retired as they complete, and at most the link's share of one layer's time (or one
+    /// piece) is on it at once, so the next layer's demand loads find it nearly idle.
+    fn pump(&mut self, dev: &mut dyn Device) -> Result<()> {
+        while let Some(&(ev, _)) = self.bg_in_flight.front() {
+            if !dev.query(ev)? {
+                break;
+            }
+            dev.release(ev);
+            self.bg_in_flight.pop_front();
+        }
+        let link = self.costs(dev).link_bytes_per_s;
+        let room = link * self.layer_period_s * BACKGROUND_SHARE;
+        while !self.background.is_empty()
+            && (self.bg_in_flight.is_empty()
+                || (self.bg_in_flight.iter().map(|&(_, b)| b).sum::<u64>() as f64) < room)
+        {
+            self.issue_piece(dev)?;
+        }
+        Ok(())
+    }
+
+    /// The next piece of the oldest background load, on the prefetch stream behind every
+    /// demand load; the load's last piece makes its slot's `ready` event.
+    fn issue_piece(&mut self, dev: &mut dyn Device) -> Result<()> {
+        let job = self.background.front_mut().expect("a background load to issue");
+        let n = PREFETCH_CHUNK.min(job.bytes - job.done);
+        let (dst, src, slot) = (job.dst + job.done as u64, job.src, job.slot);
+        // SAFETY: src + done .. + n lies in the packed pinned buffer (see load_behind), which
+        // never changes after load; dst is the slot, of slot_bytes >= bytes.
+        let src = unsafe { src.add(job.done) };
+        job.done += n;
+        let last = job.done == job.bytes;
+        if let Some(ev) = self.last_demand {
+            dev.wait(Stream::Prefetch, ev)?;
+        }
+        // SAFETY: as above.
+        unsafe { dev.h2d(Stream::Prefetch, dst, src, n)? };
+        let ev = dev.record(Stream::Prefetch)?;
+        self.bg_in_flight.push_back((ev, n as u64));
+        if last {
+            self.background.pop_front();
+            dev.retain(ev);
+            if let Some(old) = self.decide.cache.slots[slot].ready.replace(ev) {
+                dev.release(old);
+            }
+        }
+        Ok(())
+    }
+
+    /// A slot about to be read or refilled whose background load has not all been issued:
+    /// issue it now (and every older one), link room or not.
+    fn flush_slot(&mut self, dev: &mut dyn Device, slot: usize) -> Result<()> {
+        let Some(i) = self.background.iter().position(|b| b.slot == slot) else {
+            return Ok(());
+        };
+        let mut left = i + 1; // loads to finish issuing, oldest first
+        while left > 0 {
+            let queued = self.background.len();
+            self.issue_piece(dev)?;
+            left -= (self.background.len() < queued) as usize;
+        }
         Ok(())
     }
 
@@ -502,6 +616,7 @@ impl<'w> Residency<'w> {
     /// compute that last read it, and a prefetch still filling it (two copies into one slot on
     /// two streams would land in either order).
     fn before_refill(&mut self, dev: &mut dyn Device, stream: Stream, slot: usize) -> Result<()> {
+        self.flush_slot(dev, slot)?;
         if let Some(ev) = self.decide.cache.slots[slot].last_read {
             dev.wait(stream, ev)?;
         }
@@ -629,6 +744,20 @@ pub(crate) fn layer_ranges(plan: &Plan, alloc: Allocation) -> Vec<std::ops::Rang
         }
     }
     ranges
+}
+
+/// Share of the layer period the background loads may hold the link for at once.
+const BACKGROUND_SHARE: f64 = 0.5;
+
+/// A load behind CPU experts, waiting for the link (`Residency::pump`).
+struct Background {
+    slot: usize,
+    /// The expert's packed bytes in pinned memory, and its slot.
+    src: *const u8,
+    dst: Addr,
+    bytes: usize,
+    /// Bytes already issued.
+    done: usize,
 }
 
 /// One layer's CPU experts between `resolve` and `join_cpu`.

@@ -276,6 +276,11 @@ impl Device for SimDevice {
         Ok(())
     }
 
+    fn query(&mut self, event: Event) -> Result<bool> {
+        assert!(self.refs.contains_key(&event.0), "query of a released event {}", event.0);
+        Ok(self.link.state.lock().expect("link lock").done.contains(&event.0))
+    }
+
     fn launch(&mut self, k: &Kernel) -> Result<()> {
         self.kernels.launch(&mut self.mem, k).map_err(|e| match e {
             Error::Usage(m) => Error::Usage(format!("sim: {m}")),

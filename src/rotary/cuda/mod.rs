@@ -501,6 +501,16 @@ impl Device for CudaDevice {
         Ok(())
     }
 
+    fn query(&mut self, event: Event) -> Result<bool> {
+        self.gpu.make_current()?;
+        // SAFETY: a live event. A not-ready answer leaves no last error (abi.h).
+        match unsafe { ffi::rotary_event_query(self.event(event)) } {
+            0 => Ok(true),
+            code if code == ffi::ROTARY_NOT_READY as i32 => Ok(false),
+            code => check(code, "cudaEventQuery").map(|_| false),
+        }
+    }
+
     fn launch(&mut self, k: &Kernel) -> Result<()> {
         launch(&self.gpu, k) // every launcher makes the device current
     }
