@@ -167,14 +167,26 @@ fn the_time_model_has_the_worked_out_answers() {
     let mut b = Breakdown::default();
     b.add_token(&today, &[l0, l1], 5e3);
     assert!((b.total_s - 85e-6).abs() < 1e-12, "{}", b.total_s);
-    // One queue on the link: layer 0 loads 50 behind its CPU experts (queued at 30, on the
-    // link until 80); layer 1's demand load of 3 waits for it: MoE at 45, demand 80..83, then
-    // 5 → 88; head → 93.
+    // Layer 0 loads 50 behind its CPU experts (queued at 30, on the link until 80); layer 1's
+    // demand load of 3 at 45 waits for the piece on the link, here all of what is left (35 <
+    // one 512 KiB piece): demand 80..83, then 5 → 88; head → 93.
     let l0b = LayerWork { behind: 50e3, demand: 0.0, ..l0 };
     let l1b = LayerWork { ahead: 0.0, demand: 3e3, ..l1 };
     let mut b = Breakdown::default();
     b.add_token(&today, &[l0b, l1b], 5e3);
     assert!((b.total_s - 93e-6).abs() < 1e-12, "{}", b.total_s);
+    // Loads behind are background: 5 ms of them queued at 30 have drained 15 by layer 1's
+    // demand load at 45, which waits for the one piece on the link (512 KiB = 524.288 µs
+    // here), not for the rest: 45 + 524.288 + 3, then 5 → 577.288; head → 582.288.
+    let l0c = LayerWork { behind: 5e6, ..l0b };
+    let mut b = Breakdown::default();
+    b.add_token(&today, &[l0c, l1b], 5e3);
+    assert!((b.total_s - 582.288e-6).abs() < 1e-12, "{}", b.total_s);
+    // The rest (about 4.45 ms) carries into the next token: there each demand load (layer 0's
+    // at 10, layer 1's at 552.288) waits one piece, not the backlog: 10 + 524.288 + 3 + 5 =
+    // 542.288; 552.288 + 524.288 + 3 + 5 = 1084.576; head → 1089.576 (1671.864 in all).
+    b.add_token(&today, &[l0, l1b], 5e3);
+    assert!((b.total_s - 1671.864e-6).abs() < 1e-12, "{}", b.total_s);
     // A serial machine (the simulator) adds everything: 10+20+5+3 + 10+5+40 + 5 = 98.
     let serial = rotary::rotary::target::Target { serial: true, ..today };
     let mut b = Breakdown::default();

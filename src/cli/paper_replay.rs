@@ -289,10 +289,11 @@ fn print_rows(h: &Heading, rows: &[Row]) {
     }
 }
 
-const MODEL_LINE: &str = "per layer: dense, the round trip and the CPU experts (while demand \
-    loads fly), then the GPU experts once their loads and prefetches are in, as the engine runs \
-    today; the link a queue (prefetch at the previous layer's end, demand first, load-behind \
-    after); per token + the output head (src/rotary/target.rs)";
+const MODEL_LINE: &str = "per layer: dense, then the hybrid step: the GPU experts (hits, and \
+    loads once copied) beside the CPU experts, the round trip added to the CPU side; the link \
+    serves prefetches and demand loads in order, the loads behind CPU experts only in its idle \
+    time (a demand load waits at most one 512 KiB piece); per token + the output head \
+    (src/rotary/target.rs)";
 
 fn print_json(h: &Heading, rows: &[Row]) {
     let out: Vec<serde_json::Value> = rows

@@ -4,16 +4,16 @@
 //! decisions the rotary made (hits, demand loads, CPU experts, background loads per layer and
 //! token), with the target's constants, each of which names its source.
 //!
-//! The model walks one decode token's layers in order, with the link as a queue:
+//! The model walks one decode token's layers in order, with the link as two queues:
 //!
 //! ```text
 //! layer l starts at t (the previous layer's end); its prefetch (issued at t) holds the link
-//!   until ready = max(t, link free) + ahead bytes / link GB/s
+//!   until ready = max(t, foreground free) + ahead bytes / link GB/s
 //! MoE start  m = t + T_dense      (dense weights + KV or recurrent state, at VRAM GB/s × eff)
-//! demand     d = max(m + T_sync, ready) + demand bytes / link GB/s  (ids first; FIFO link)
+//! demand     d = max(m + T_sync, foreground free) + demand bytes / link GB/s  (ids first)
 //! GPU side   g = max(d, ready) + T_gpu_experts                 (hits, loads)
 //! CPU side   c = m + CPU expert bytes / host GB/s + T_sync (a streamed layer's round trip)
-//! layer end  max(g, c); loads behind the CPU experts then take the link
+//! layer end  max(g, c); the loads behind the CPU experts join the background at max(d, c)
 //! token      Σ layers + T_head (the output head)
 //! ```
 //!
@@ -23,8 +23,12 @@
 //! g = max(c, m + demand, ready) + T_gpu_experts (`cpu_beside_gpu: false`, printed beside the
 //! projection for comparison).
 //!
-//! The link serves copies in the order they were queued (demand loads wait behind a prefetch or
-//! a load-behind already on it). A `serial`
+//! Prefetches and demand loads are served in the order they were queued (the foreground). The
+//! loads behind CPU experts are background: they move only while the foreground is idle, and a
+//! foreground copy waits at most for the background piece on the link (PREFETCH_CHUNK), as
+//! `Residency::pump` issues them; what is left at a token's end carries into the next. The
+//! model does not make a GPU wait for a background load its layer hits (the engine would issue
+//! it at once); that is optimistic only while the background drains within a token. A `serial`
 //! machine (the simulator) does everything on one set of cores: T_layer = T_dense + T_sync +
 //! T_cpu + T_gpu_experts + all its copies.
 
@@ -202,6 +206,56 @@ pub struct Breakdown {
     pub link_busy_s: f64,
     /// The model's total.
     pub total_s: f64,
+    /// The link, carried from token to token (loads behind the last layers drain in the next
+    /// token's idle time).
+    link: Link,
+}
+
+/// The host link in the model: the copies the GPU waits for (prefetch, demand loads) in the
+/// order they were queued; the loads behind CPU experts in the background, in the link's idle
+/// time, a foreground copy waiting at most for the background piece on the link
+/// (`Residency::pump`).
+#[derive(Copy, Clone, Debug, Default, PartialEq)]
+struct Link {
+    /// When the foreground copies queued so far are done.
+    free: f64,
+    /// The time up to which the background's progress is counted.
+    at: f64,
+    /// Seconds of background copies left.
+    backlog: f64,
+}
+
+impl Link {
+    /// The background moves in the idle time up to `to`.
+    fn drain(&mut self, to: f64) {
+        let from = self.at.max(self.free);
+        if to > from {
+            self.backlog = (self.backlog - (to - from)).max(0.0);
+        }
+        self.at = self.at.max(to);
+    }
+
+    /// A foreground copy of `secs` queued at `at` (after one background piece of `piece`
+    /// seconds, if one is on the link): when it is done.
+    fn foreground(&mut self, at: f64, secs: f64, piece: f64) -> f64 {
+        self.drain(at);
+        let wait = piece.min(self.backlog);
+        self.backlog -= wait;
+        self.free = at.max(self.free) + wait + secs;
+        self.at = self.free;
+        self.free
+    }
+
+    fn background(&mut self, at: f64, secs: f64) {
+        self.drain(at);
+        self.backlog += secs;
+    }
+
+    /// The next token starts at `end`: times from there.
+    fn shift(&mut self, end: f64) {
+        self.drain(end);
+        (self.free, self.at) = ((self.free - end).max(0.0), (self.at - end).max(0.0));
+    }
 }
 
 impl Breakdown {
@@ -216,7 +270,7 @@ impl Breakdown {
 
     /// Add one token: its layers' work in order and its head bytes.
     pub fn add_token(&mut self, t: &Target, layers: &[LayerWork], head: f64) {
-        let (mut now, mut link_free) = (0.0f64, 0.0f64);
+        let mut now = 0.0f64;
         for w in layers {
             let link = t.link_s(w.ahead + w.demand + w.behind);
             // A layer that resolves on the host (streaming) pays one round trip: its ids come
@@ -230,18 +284,26 @@ impl Breakdown {
                 let end = now + dense + sync + cpu + gpu + link;
                 (end, end - link)
             } else {
-                // The link is one first-in-first-out queue: the layer's prefetch (queued when
-                // the previous layer ended), then its demand loads (queued once its ids are on
-                // the host), then what loads behind its CPU experts.
-                let ready = now.max(link_free) + t.link_s(w.ahead);
-                let moe = now + dense;
-                let demand_done = (moe + sync).max(ready) + t.link_s(w.demand);
-                let cpu_end = moe + cpu + sync;
-                link_free = if w.behind > 0.0 {
-                    demand_done.max(cpu_end) + t.link_s(w.behind)
+                // The link: the layer's prefetch (queued when the previous layer ended), then
+                // its demand loads (queued once its ids are on the host), in order; what loads
+                // behind its CPU experts in the background.
+                let piece = t.link_s(super::residency::PREFETCH_CHUNK as f64);
+                let link = &mut self.link;
+                let ready = if w.ahead > 0.0 {
+                    link.foreground(now, t.link_s(w.ahead), piece)
                 } else {
-                    demand_done
+                    now
                 };
+                let moe = now + dense;
+                let demand_done = if w.demand > 0.0 {
+                    link.foreground(moe + sync, t.link_s(w.demand), piece)
+                } else {
+                    moe + sync
+                };
+                let cpu_end = moe + cpu + sync;
+                if w.behind > 0.0 {
+                    link.background(demand_done.max(cpu_end), t.link_s(w.behind));
+                }
                 if t.cpu_beside_gpu {
                     let gpu_end = demand_done.max(ready) + gpu;
                     (gpu_end.max(cpu_end), (moe + gpu).max(cpu_end))
@@ -259,6 +321,7 @@ impl Breakdown {
             now = end;
         }
         now += t.gpu_s(head);
+        self.link.shift(now);
         self.gpu_s += t.gpu_s(head);
         self.total_s += now;
         self.tokens += 1;
