@@ -506,20 +506,33 @@ fn sticky_and_text_routing_stream_identically_too() {
     }
 }
 
+/// A budget of the model's fixed bytes and 12 expert slots.
+fn twelve_slots(w: &Weights) -> u64 {
+    let resident = session(w, None, Options::default()).expect("resident");
+    resident.plan.fixed_bytes() + 12 * resident.plan.slot_bytes
+}
+
+/// A streamed session under sticky:1 routing (every token the previous token's experts) after
+/// a 3-token prompt.
+fn sticky_session<'w>(w: &'w Weights, dev: Box<dyn Device>, opts: Options) -> Session<'w> {
+    use rotary::routing::{Router, RoutingMode};
+    let (l, k) = (w.cfg.n_layers as usize, w.cfg.n_experts_used as usize);
+    let e = w.cfg.n_experts as usize;
+    let mut s = Session::new(w, dev, N_CTX, opts, "sim", &mut |_, _| {}).expect("session");
+    s.set_router(Router::new(RoutingMode::Sticky(1.0), l, e, k, 3).expect("router"));
+    s.forward(&prompt()[..3], Logits::Last).expect("prompt");
+    s
+}
+
 /// Admission on a second miss: an expert computed on the CPU twice in a short while is copied
 /// into the cache behind the compute, so when routing reuses it (sticky:1, every token the
 /// previous token's experts) it hits from then on. Without it a CPU-computed expert never becomes resident and misses every time;
 /// `--moe-policy cpu` never loads one. The logits are the same in all three.
 #[test]
 fn experts_computed_on_the_cpu_are_loaded_behind() {
-    use rotary::routing::{Router, RoutingMode};
     let file = tiny();
     let w = Weights::load(&file).expect("weights");
-    let (l, k) = (w.cfg.n_layers as usize, w.cfg.n_experts_used as usize);
-    let e = w.cfg.n_experts as usize;
-    let resident = session(&w, None, Options::default()).expect("resident");
-    let budget = resident.plan.fixed_bytes() + 12 * resident.plan.slot_bytes;
-    drop(resident);
+    let budget = twelve_slots(&w);
     let mut runs = Vec::new();
     for (load_behind, moe_policy) in
         [(true, MoePolicy::Auto), (false, MoePolicy::Auto), (true, MoePolicy::Cpu)]
@@ -533,10 +546,7 @@ fn experts_computed_on_the_cpu_are_loaded_behind() {
             link_gbps: 0.001,
             ..Options::default()
         };
-        let mut s =
-            Session::new(&w, Box::new(dev), N_CTX, opts, "sim", &mut |_, _| {}).expect("session");
-        s.set_router(Router::new(RoutingMode::Sticky(1.0), l, e, k, 3).expect("router"));
-        s.forward(&prompt()[..3], Logits::Last).expect("prompt");
+        let mut s = sticky_session(&w, Box::new(dev), opts);
         let before = s.stats();
         let logits = trace(&mut s, &[7], w.cfg.n_vocab as usize);
         let st = s.stats().since(&before);
@@ -564,14 +574,9 @@ fn experts_computed_on_the_cpu_are_loaded_behind() {
 /// those of the ring, which queues them at once.
 #[test]
 fn loads_behind_wait_for_an_idle_link() {
-    use rotary::routing::{Router, RoutingMode};
     let file = tiny();
     let w = Weights::load(&file).expect("weights");
-    let (l, k) = (w.cfg.n_layers as usize, w.cfg.n_experts_used as usize);
-    let e = w.cfg.n_experts as usize;
-    let resident = session(&w, None, Options::default()).expect("resident");
-    let budget = resident.plan.fixed_bytes() + 12 * resident.plan.slot_bytes;
-    drop(resident);
+    let budget = twelve_slots(&w);
     let mut runs = Vec::new();
     for pin in [PinMode::All, PinMode::Ring] {
         let sim = SimDevice::new(Some(budget), 0.001, Some(2)).expect("sim");
@@ -583,10 +588,7 @@ fn loads_behind_wait_for_an_idle_link() {
             link_gbps: 0.001,
             ..Options::default()
         };
-        let mut s =
-            Session::new(&w, Box::new(spy), N_CTX, opts, "sim", &mut |_, _| {}).expect("session");
-        s.set_router(Router::new(RoutingMode::Sticky(1.0), l, e, k, 3).expect("router"));
-        s.forward(&prompt()[..3], Logits::Last).expect("prompt");
+        let mut s = sticky_session(&w, Box::new(spy), opts);
         let before = s.stats();
         let logits = trace(&mut s, &[7, 8, 9], w.cfg.n_vocab as usize);
         let st = s.stats().since(&before);
