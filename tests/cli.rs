@@ -442,6 +442,24 @@ fn bench_paper_without_a_gpu_replays_the_real_shape() {
     let o = paper(&["--routing", "model", "-n", "8"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("does not depend on the hidden state"), "{}", stderr(&o));
+    // A recorded trace replays; one of another shape, or too short for -n, is refused by name.
+    let dir = std::env::temp_dir().join(format!("rotary-cli-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let small = dir.join("two-layers.trace");
+    std::fs::write(&small, "rotary-routing v1 layers=2 k=2 experts=8\n0 1;2 3\n1 2;3 4\n")
+        .expect("trace");
+    let spec = format!("trace:{}", small.display());
+    let o = paper(&["--preset", "qwen3-30b-a3b", "--routing", &spec, "-n", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("routing trace") && stderr(&o).contains("48 layers"),
+        "{}",
+        stderr(&o)
+    );
+    let o = paper(&["--preset", "tiny", "--quant", "q8_0", "--routing", &spec, "-n", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("2 tokens; -n 2"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `synth --vocab X.tiktoken`: the real Qwen3.5/3.6 vocabulary, built from its tiktoken ranks.

@@ -1,18 +1,19 @@
 //! The trace-driven replay makes the engine's decisions: on the simulator and in the replay,
-//! the same text routing under the same plan and miss-policy costs gives the same hits,
-//! misses, CPU experts, demand loads, prefetches and loads behind, on qwen3moe and qwen35moe.
+//! the same text routing (or the same recorded trace) under the same plan and miss-policy costs
+//! gives the same hits, misses, CPU experts, demand loads, prefetches and loads behind, on
+//! qwen3moe and qwen35moe.
 //! And the projection's time model on hand-made layers has the worked-out answers.
 
 use rotary::model::weights::{ModelFile, Weights};
 use rotary::rotary::cache::{Allocation, Policy};
 use rotary::rotary::decide::Costs;
 use rotary::rotary::plan::UBATCH;
-use rotary::rotary::replay::{replay, Protocol, Shape};
+use rotary::rotary::replay::{replay, Protocol, Routes, Shape};
 use rotary::rotary::sim::SimDevice;
 use rotary::rotary::target::{laptop_4060, Breakdown, LayerWork};
 use rotary::rotary::{MoePolicy, Options};
 use rotary::routing::text::TextRouting;
-use rotary::routing::{Router, RoutingMode};
+use rotary::routing::{Router, RoutingMode, Trace};
 use rotary::synth::{Preset, QuantMix, SynthOptions};
 use rotary::{Engine, Logits, Session};
 
@@ -33,6 +34,20 @@ fn synth(preset: &str) -> ModelFile {
 }
 
 fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation, costs: Costs) {
+    same_decisions_on(preset, slots, policy, alloc, costs, false)
+}
+
+/// `traced`: the text routing's ids written to a trace file first; the simulator reads it with
+/// `--routing trace:FILE` and the replay follows the same trace (no prefetch: a trace has no
+/// prediction).
+fn same_decisions_on(
+    preset: &str,
+    slots: u64,
+    policy: Policy,
+    alloc: Allocation,
+    costs: Costs,
+    traced: bool,
+) {
     let file = synth(preset);
     let w = Weights::load(&file).expect("weights");
     let c = &w.cfg;
@@ -54,26 +69,35 @@ fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation, c
         alloc,
         moe_policy: MoePolicy::Auto,
         costs: Some(costs),
+        prefetch: !traced,
         ..Options::default()
+    };
+    // A prompt of 2 micro-batches and a bit, then 40 decode tokens (the routing does not look
+    // at the tokens).
+    let (n_prompt, n_decode) = (UBATCH + 5, 40);
+    let trace = Trace::text(l, e, k, 3, n_prompt + n_decode);
+    let path =
+        std::env::temp_dir().join(format!("rotary-replay-{preset}-{}.trace", std::process::id()));
+    let (mode, mut routing) = if traced {
+        trace.write(&path, e).expect("trace file");
+        (RoutingMode::Trace(path.clone()), Routes::trace(trace))
+    } else {
+        (RoutingMode::Text(3), Routes::Text(TextRouting::new(l, e, k, 3)))
     };
     let dev = SimDevice::new(Some(budget), 50.0, Some(2)).expect("sim");
     let mut s = Session::new(&w, Box::new(dev), n_ctx, opts.clone(), "sim", &mut |_, _| {})
         .expect("session");
-    s.set_router(Router::new(RoutingMode::Text(3), l, e, k, 0).expect("router"));
-    // A prompt of 2 micro-batches and a bit, then 40 decode tokens (the routing does not look
-    // at the tokens).
-    let n_prompt = UBATCH + 5;
+    s.set_router(Router::new(mode, l, e, k, 0).expect("router"));
     let prompt: Vec<u32> = (0..n_prompt as u32).map(|i| 1 + i % 200).collect();
     s.forward(&prompt, Logits::Last).expect("prompt");
     let before = s.stats();
-    let n_decode = 40;
     for i in 0..n_decode {
         s.forward(&[7 + i as u32], Logits::Last).expect("decode");
     }
     let sim = s.stats().since(&before);
 
     let shape = Shape::preset(preset, quant(preset)).expect("shape");
-    let mut routing = TextRouting::new(l, e, k, 3);
+    let _ = std::fs::remove_file(&path);
     let protocol = Protocol { n_prompt, n_decode, ubatch: UBATCH };
     let r = replay(&shape, &s.plan, &opts, &mut routing, protocol, None, &mut |_, _| {})
         .expect("replay");
@@ -86,7 +110,12 @@ fn same_decisions(preset: &str, slots: u64, policy: Policy, alloc: Allocation, c
     // the CPU instead.
     let fast_link = costs.link_bytes_per_s * costs.cpu_s_per_byte > 1.0;
     assert!(sim.misses > 0, "{preset}: the case has misses");
-    assert_eq!(sim.prefetch_loads > 0, fast_link, "{preset}: prefetches {}", sim.prefetch_loads);
+    assert_eq!(
+        sim.prefetch_loads > 0,
+        fast_link && !traced,
+        "{preset}: prefetches {}",
+        sim.prefetch_loads
+    );
     assert_eq!(sim.cpu_experts > 0, !fast_link, "{preset}: CPU experts {}", sim.cpu_experts);
     let what = [
         ("hits", sim.hits, rep.hits),
@@ -120,6 +149,21 @@ fn replay_makes_the_simulators_decisions_qwen3moe() {
 fn replay_makes_the_simulators_decisions_qwen35moe() {
     same_decisions("qwen35-tiny", 12, Policy::LayerAware, Allocation::Global, FAST_LINK);
     same_decisions("qwen35-tiny", 10, Policy::Lru, Allocation::Global, laptop_4060().costs());
+}
+
+/// A recorded trace (any routing mode, `run --record-routing`) replays to the simulator's
+/// decisions on it too.
+#[test]
+fn replay_of_a_trace_makes_the_simulators_decisions() {
+    same_decisions_on("tiny", 7, Policy::Lru, Allocation::Global, laptop_4060().costs(), true);
+    same_decisions_on(
+        "qwen35-tiny",
+        12,
+        Policy::Lfru,
+        Allocation::Global,
+        laptop_4060().costs(),
+        true,
+    );
 }
 
 /// The validation models, in memory (about 1 GB each), on the laptop's costs.

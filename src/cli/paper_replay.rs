@@ -4,11 +4,11 @@
 //! target machine (src/rotary/target.rs). Seconds, not hours; labelled a projection.
 
 use rotary::bench::{self, SweepPoint};
-use rotary::rotary::replay::{self, Protocol, Replayed, Shape};
+use rotary::rotary::replay::{self, Protocol, Replayed, Routes, Shape};
 use rotary::rotary::target::Target;
 use rotary::rotary::Options;
 use rotary::routing::text::TextRouting;
-use rotary::routing::RoutingMode;
+use rotary::routing::{RoutingMode, Trace};
 use rotary::synth::QuantMix;
 use rotary::units::{self, human_bytes};
 use rotary::{Error, Result};
@@ -39,19 +39,42 @@ pub fn cmd(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
     let quant = QuantMix::by_name(&p.quant)?;
     let target = Target::by_name(args.rotary.target.as_deref().unwrap_or("laptop-4060"))?;
     let routing = args.routing.clone().unwrap_or_else(|| "text".into());
-    let RoutingMode::Text(seed) = RoutingMode::parse(&routing)? else {
-        return Err(Error::Usage(format!(
-            "--routing {routing}: the replay needs routing that does not depend on the hidden \
-             state (text or text:SEED); run another mode on the simulator (--backend sim -m FILE)"
-        )));
-    };
+    let mode = RoutingMode::parse(&routing)?;
     let shape = Shape::preset(&preset, quant)?;
+    let cfg = &shape.cfg;
+    let (l, e, k) = (cfg.n_layers as usize, cfg.n_experts as usize, cfg.n_experts_used as usize);
     let n_decode = p.n_decode.unwrap_or(bench::PAPER_DECODE);
     if n_decode == 0 {
         return Err(Error::Usage("-n 0: the replay projects decode tokens; want 1 or more".into()));
     }
-    // A synthesized file's byte-level vocabulary makes one token per byte of the prompt.
-    let n_prompt = bench::PAPER_PROMPT.len();
+    let (routes, n_prompt) = match &mode {
+        // A synthesized file's byte-level vocabulary makes one token per byte of the prompt.
+        RoutingMode::Text(seed) => {
+            // Fits its exponent once; each run gets a copy.
+            (Routes::Text(TextRouting::new(l, e, k, *seed)), bench::PAPER_PROMPT.len())
+        }
+        // A recorded run: its prompt, then -n of its decode tokens.
+        RoutingMode::Trace(path) => {
+            let trace = Trace::load(path)?;
+            let n = trace.tokens.len();
+            if n <= n_decode {
+                return Err(Error::Usage(format!(
+                    "routing trace {}: {n} tokens; -n {n_decode} needs a prompt before them \
+                     (record at least {} tokens, or lower -n)",
+                    path.display(),
+                    n_decode + 1
+                )));
+            }
+            (Routes::trace(trace), n - n_decode)
+        }
+        _ => {
+            return Err(Error::Usage(format!(
+                "--routing {routing}: the replay needs routing that does not depend on the hidden \
+                 state (text, text:SEED, or trace:FILE recorded by `run --record-routing`); run \
+                 another mode on the simulator (--backend sim -m FILE)"
+            )))
+        }
+    };
     let n_ctx = (n_prompt + n_decode + 1).div_ceil(256) * 256;
     let r = &args.rotary;
     let base = Config {
@@ -63,7 +86,7 @@ pub fn cmd(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         residency: None,
         policy: cache_policy(&r.cache_policy)?,
         alloc: cache_alloc(&r.cache_alloc)?,
-        routing: RoutingMode::Text(seed).label(),
+        routing: mode.label(),
     };
     let configs = match &p.sweep {
         None => vec![base],
@@ -73,9 +96,6 @@ pub fn cmd(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
         Some(spec) => sweep_configs(spec, &base)?,
     };
     let overhead = rotary::inspect::CUDA_CONTEXT_BYTES_ESTIMATE;
-    let cfg = &shape.cfg;
-    let (l, e, k) = (cfg.n_layers as usize, cfg.n_experts as usize, cfg.n_experts_used as usize);
-    let text = TextRouting::new(l, e, k, seed); // fits its exponent once; each run gets a copy
     let mut rows = Vec::new();
     for c in configs {
         let budget = match (c.budget, c.residency) {
@@ -99,7 +119,7 @@ pub fn cmd(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
             costs: Some(target.costs()),
             ..Options::default()
         };
-        let mut routing = text.clone();
+        let mut routing = routes.clone();
         let protocol = Protocol { n_prompt, n_decode, ubatch: rotary::rotary::plan::UBATCH };
         let bar = super::count_bar((n_prompt + n_decode) as u64, "replay");
         // A laptop figure only for a real model's shape; a machine given by its speeds (the

@@ -1,6 +1,8 @@
 //! Trace-driven replay: the rotary's cache and miss policy (`decide.rs`, the code the engine
-//! runs) on a routing that does not depend on the hidden state (`--routing text`), with no
-//! kernels and no weights. A real model's shape comes from its preset's tensor table, so the
+//! runs) on a routing that does not depend on the hidden state (`--routing text`), or on the
+//! ids a run recorded (`--routing trace:FILE` from `run --record-routing`: model or sticky
+//! routing on a real or synthesized file, replayed as they were), with no kernels and no
+//! weights. A real model's shape comes from its preset's tensor table, so the
 //! paper's 35B-A3B at 6.3 GiB replays in seconds on a machine that could never run it.
 //!
 //! The replay walks the forward pass's sequence exactly: the prompt in micro-batches of
@@ -17,6 +19,7 @@ use super::target::{Breakdown, LayerWork, Target};
 use crate::error::Result;
 use crate::model::{ModelConfig, TensorRole};
 use crate::routing::text::TextRouting;
+use crate::routing::Trace;
 use crate::synth::{self, Preset, QuantMix, SynthOptions};
 
 /// A model's bytes as the replay and the time model need them.
@@ -87,6 +90,46 @@ impl Shape {
     }
 }
 
+/// Routing the replay can follow without a model: text routing, or a recorded trace (of any
+/// mode, `run --record-routing`), its ids replayed as they were.
+#[derive(Clone, Debug)]
+pub enum Routes {
+    Text(TextRouting),
+    /// A trace from its first token, and each layer's position in it. It predicts nothing: the
+    /// engine predicts a trace's next layer with the model's own router, which a replay lacks.
+    Trace {
+        trace: Trace,
+        at: Vec<usize>,
+    },
+}
+
+impl Routes {
+    pub fn trace(trace: Trace) -> Routes {
+        let at = vec![0; trace.n_layers];
+        Routes::Trace { trace, at }
+    }
+
+    /// The next token's experts at `layer`.
+    fn next(&mut self, layer: usize) -> Vec<usize> {
+        match self {
+            Routes::Text(t) => t.next(layer),
+            Routes::Trace { trace, at } => {
+                let i = at[layer] % trace.tokens.len();
+                at[layer] += 1;
+                trace.tokens[i][layer].clone()
+            }
+        }
+    }
+
+    /// The prefetcher's view of `layer`'s next `n` tokens, where the replay has one.
+    fn predict(&mut self, layer: usize, n: usize) -> Option<Vec<Vec<usize>>> {
+        match self {
+            Routes::Text(t) => Some(t.predict(layer, n)),
+            Routes::Trace { .. } => None,
+        }
+    }
+}
+
 /// What a replay does: the prompt and decode lengths, and the micro-batch.
 #[derive(Copy, Clone, Debug)]
 pub struct Protocol {
@@ -116,7 +159,7 @@ pub fn replay(
     shape: &Shape,
     plan: &Plan,
     opts: &Options,
-    routing: &mut TextRouting,
+    routing: &mut Routes,
     p: Protocol,
     target: Option<&Target>,
     progress: &mut dyn FnMut(usize, usize),
@@ -129,6 +172,30 @@ pub fn replay(
     let costs = opts.costs.ok_or_else(|| {
         crate::Error::Usage("the replay decides with a target machine's costs: none given".into())
     })?;
+    if let Routes::Trace { trace, .. } = routing {
+        let (l, k) = (c.n_layers as usize, c.n_experts_used as usize);
+        if trace.n_layers != l
+            || trace.k != k
+            || trace.n_experts.is_some_and(|e| e as u64 != c.n_experts)
+        {
+            return Err(crate::Error::Usage(format!(
+                "routing trace: {} layers, k={}, {} experts; the shape has {l} layers, k={k}, {} \
+                 experts",
+                trace.n_layers,
+                trace.k,
+                trace.n_experts.map_or("unstated".into(), |e| e.to_string()),
+                c.n_experts
+            )));
+        }
+        if let Some(&id) =
+            trace.tokens.iter().flatten().flatten().find(|&&e| e as u64 >= c.n_experts)
+        {
+            return Err(crate::Error::Usage(format!(
+                "routing trace: expert {id} of {} experts",
+                c.n_experts
+            )));
+        }
+    }
     let (n_layers, k) = (c.n_layers as usize, c.n_experts_used as usize);
     let mut d = Decider::new(
         super::cache::ExpertCache::with_ranges(
@@ -142,6 +209,14 @@ pub fn replay(
         shape.expert.clone(),
     );
     let resident = plan.all_resident();
+    let traced = matches!(routing, Routes::Trace { .. });
+    if traced && opts.prefetch && !resident && (0..n_layers).any(|l| d.prefetch_pays(l, costs)) {
+        return Err(crate::Error::Usage(
+            "a routing trace gives no prediction of the next layer's experts (the engine's comes \
+             from the model's router), and prefetch pays on this target: add --no-prefetch"
+                .into(),
+        ));
+    }
     let mut out = Replayed {
         n_slots: plan.n_slots,
         n_experts_total: plan.n_experts_total,
@@ -178,7 +253,7 @@ pub fn replay(
                 continue;
             }
             let predict = opts.prefetch && l + 1 < n_layers;
-            let pred = if predict { Some(routing.predict(l + 1, n)) } else { None };
+            let pred = if predict { routing.predict(l + 1, n) } else { None };
             if let Some(prev) = predicted[l].take() {
                 for (t, guess) in prev.iter().enumerate().take(n) {
                     if counting {
