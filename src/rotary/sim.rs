@@ -53,8 +53,9 @@ pub struct SimDevice {
     link: Arc<Link>,
     worker: Option<JoinHandle<()>>,
     next_event: u64,
-    /// References held on each live event (see Device::record).
-    refs: std::collections::HashMap<u64, u32>,
+    /// References held on each live event (see Device::record), and the stream it was
+    /// recorded on.
+    refs: std::collections::HashMap<u64, (u32, Stream)>,
     stall: Duration,
 }
 
@@ -226,7 +227,7 @@ impl Device for SimDevice {
     fn record(&mut self, stream: Stream) -> Result<Event> {
         let ev = self.next_event;
         self.next_event += 1;
-        self.refs.insert(ev, 1);
+        self.refs.insert(ev, (1, stream));
         let mut st = self.link.state.lock().expect("link lock");
         match stream {
             // The compute stream is synchronous: everything before is done.
@@ -242,20 +243,31 @@ impl Device for SimDevice {
     }
 
     fn wait(&mut self, stream: Stream, event: Event) -> Result<()> {
-        // Compute work is issued by this thread, so it waits here; a copy stream waiting on an
-        // event is ordered by holding back its next copies until the event completes (the
-        // host blocks briefly: stronger ordering than needed, never weaker).
-        let _ = stream;
+        let (_, on) = *self.refs.get(&event.0).expect("wait on a released event");
+        // Compute work is complete when its event is recorded, each copy queue runs in order,
+        // and the link serves every demand copy queued before a prefetch copy first: a copy
+        // stream is then already ordered after the event, except the demand stream after a
+        // prefetch. Otherwise the host blocks until the event completes (compute work is issued
+        // by this thread; a copy stream's next copies are held back: stronger than needed,
+        // never weaker).
+        let implied = match stream {
+            Stream::Compute => false,
+            Stream::Prefetch => true,
+            Stream::Copy => on != Stream::Prefetch,
+        };
+        if implied {
+            return Ok(());
+        }
         self.sync_event(event)
     }
 
     fn retain(&mut self, event: Event) {
-        let r = self.refs.get_mut(&event.0).expect("retain of a released event");
+        let (r, _) = self.refs.get_mut(&event.0).expect("retain of a released event");
         *r += 1;
     }
 
     fn release(&mut self, event: Event) {
-        let r = self.refs.get_mut(&event.0).expect("release of a released event");
+        let (r, _) = self.refs.get_mut(&event.0).expect("release of a released event");
         *r -= 1;
         if *r == 0 {
             self.refs.remove(&event.0);
