@@ -282,6 +282,18 @@ fn streamed_matches_resident_on(w: &Weights, backend: &'static str) {
             },
         ),
         ("no CPU, roomy", 20, Options { moe_policy: MoePolicy::Gpu, ..Options::default() }),
+        (
+            // The laptop's decisions: the hybrid step (most misses on the CPU beside the GPU's
+            // experts) and loads behind them issued by the background pump.
+            "laptop-4060 auto pinned",
+            5,
+            Options {
+                pin: PinMode::All,
+                moe_policy: MoePolicy::Auto,
+                costs: Some(rotary::rotary::target::laptop_4060().costs()),
+                ..Options::default()
+            },
+        ),
     ];
     for (name, slots, opts) in configs {
         let budget = fixed + slots * slot + slack(backend);
