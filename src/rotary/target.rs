@@ -306,7 +306,8 @@ impl Breakdown {
                 }
                 if t.cpu_beside_gpu {
                     let gpu_end = demand_done.max(ready) + gpu;
-                    (gpu_end.max(cpu_end), (moe + gpu).max(cpu_end))
+                    // Without the link the GPU side would end at m + T_sync + T_gpu_experts.
+                    (gpu_end.max(cpu_end), (moe + sync + gpu).max(cpu_end))
                 } else {
                     // Before the hybrid step: the CPU experts (while the copies fly), then the kernel.
                     (cpu_end.max(demand_done).max(ready) + gpu, cpu_end + gpu)
