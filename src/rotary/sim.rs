@@ -101,7 +101,13 @@ impl SimDevice {
     }
 }
 
+/// A copy that starts within this long of the previous one's nominal end continues the link's
+/// busy period: it is timed from that end, so a sleep that overslept (tens of µs on a loaded
+/// VM, more than a 256 KiB chunk takes at 12 GB/s) delays one copy, not the link's rate.
+const BUSY_GAP: Duration = Duration::from_millis(1);
+
 fn link_worker(link: &Link) {
+    let mut last_end: Option<Instant> = None;
     loop {
         let job = {
             let mut st = link.state.lock().expect("link lock");
@@ -124,18 +130,26 @@ fn link_worker(link: &Link) {
                 link.wake.notify_all();
             }
             JobKind::Copy { dst, src, bytes } => {
-                let start = Instant::now();
+                let now = Instant::now();
+                let start = match last_end {
+                    Some(end) if now.saturating_duration_since(end) < BUSY_GAP => end,
+                    _ => now,
+                };
                 // SAFETY: h2d's contract: src stays valid until this copy's event completes and
                 // dst is an allocation of the device with room for `bytes`; the device outlives
                 // the worker (joined in drop).
                 unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
-                let target = Duration::from_secs_f64(bytes as f64 / (link.gbps * 1e9));
-                if let Some(rest) = target.checked_sub(start.elapsed()) {
+                let copied = Instant::now();
+                // The nominal end at the link's speed (or the memcpy's, if slower).
+                let end =
+                    (start + Duration::from_secs_f64(bytes as f64 / (link.gbps * 1e9))).max(copied);
+                if let Some(rest) = end.checked_duration_since(copied) {
                     std::thread::sleep(rest);
                 }
+                last_end = Some(end);
                 let mut st = link.state.lock().expect("link lock");
                 st.stats.h2d_bytes += bytes as u64;
-                st.stats.busy_seconds += start.elapsed().as_secs_f64();
+                st.stats.busy_seconds += (end - start).as_secs_f64();
                 let _ = job.stream;
             }
         }
