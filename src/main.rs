@@ -141,7 +141,8 @@ struct RotaryArgs {
     /// At most N expert slots, however many the budget holds (cache-size studies).
     #[arg(long, value_name = "N")]
     cache_slots: Option<usize>,
-    /// Where missed experts run: gpu (load them), cpu (compute on the host) or auto (cost model).
+    /// Where missed experts run: gpu (load them), cpu (compute on the host, beside the GPU's
+    /// experts) or auto (each miss to the side that ends the layer first).
     #[arg(long, default_value = "auto")]
     moe_policy: String,
     /// Host copies of the experts: all pinned, a pinned staging ring, or auto.

@@ -593,11 +593,20 @@ fn loads_behind_wait_for_an_idle_link() {
     for pin in [PinMode::All, PinMode::Ring] {
         let sim = SimDevice::new(Some(budget), 0.001, Some(2)).expect("sim");
         let (spy, calls) = Spy::new(Box::new(sim), false);
+        // The miss policy and the pump weigh a link of 1 kB/s: every miss runs on the CPU, and
+        // the background has room for one piece at a time.
+        let costs = rotary::rotary::decide::Costs {
+            link_bytes_per_s: 1e3,
+            cpu_s_per_byte: 1e-10,
+            gpu_s_per_byte: 0.0,
+            serial: false,
+        };
         let opts = Options {
             pin,
             moe_policy: MoePolicy::Auto,
             prefetch: false,
             link_gbps: 0.001,
+            costs: Some(costs),
             ..Options::default()
         };
         let mut s = sticky_session(&w, Box::new(spy), opts);
@@ -606,6 +615,11 @@ fn loads_behind_wait_for_an_idle_link() {
         let st = s.stats().since(&before);
         // Background pieces issued between two MoE launches, per stretch.
         let log = calls.lock().expect("log").clone();
+        if std::env::var("SPY_DUMP").is_ok() {
+            for c in log.iter().filter(|c| !matches!(c, Call::H2d(Stream::Compute, _))) {
+                println!("  {c:?}");
+            }
+        }
         let mut stretches = Vec::new();
         let (mut pieces, mut last_demand, mut behind_it) = (0, None, false);
         for c in &log {
@@ -736,6 +750,9 @@ impl Device for Spy {
     }
     fn sync_event(&mut self, event: rotary::rotary::device::Event) -> rotary::Result<()> {
         self.inner.sync_event(event)
+    }
+    fn query(&mut self, event: rotary::rotary::device::Event) -> rotary::Result<bool> {
+        self.inner.query(event)
     }
     fn launch(&mut self, k: &rotary::rotary::device::Kernel) -> rotary::Result<()> {
         if let rotary::rotary::device::Kernel::Moe { stage, n_experts, .. } = k {

@@ -53,7 +53,7 @@ pub fn cmd(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
             // Fits its exponent once; each run gets a copy.
             (Routes::Text(TextRouting::new(l, e, k, *seed)), bench::PAPER_PROMPT.len())
         }
-        // A recorded run: its prompt, then -n of its decode tokens.
+        // A recorded run: its last -n tokens decode, all before them are the prompt.
         RoutingMode::Trace(path) => {
             let trace = Trace::load(path)?;
             let n = trace.tokens.len();

@@ -157,6 +157,7 @@ impl Session<'_> {
             self.launch_moe(routed, s.ids, s.weights, n, k, MoeStage::Experts)?;
             self.rotary.join_cpu(self.dev.as_mut(), &s)?;
             self.launch_moe(routed, s.ids, s.weights, n, k, MoeStage::Combine)?;
+            self.rotary.load_behind_cpu(self.dev.as_mut())?;
         } else {
             self.launch_moe(routed, s.ids, s.weights, n, k, MoeStage::All)?;
         }

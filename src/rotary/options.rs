@@ -10,7 +10,8 @@ pub enum MoePolicy {
     Gpu,
     /// Always compute them on the CPU (hits still run on the device).
     Cpu,
-    /// Per layer, whichever the cost model predicts finishes first (both sides work at once).
+    /// Per miss, the side the cost model predicts ends the layer first (the GPU's copies and
+    /// kernel, or the CPU beside it: both sides work at once).
     Auto,
 }
 

@@ -173,6 +173,9 @@ pub fn replay(
         crate::Error::Usage("the replay decides with a target machine's costs: none given".into())
     })?;
     if let Routes::Trace { trace, .. } = routing {
+        if trace.tokens.is_empty() {
+            return Err(crate::Error::Usage("routing trace: no tokens".into()));
+        }
         let (l, k) = (c.n_layers as usize, c.n_experts_used as usize);
         if trace.n_layers != l
             || trace.k != k

@@ -63,8 +63,10 @@ pub struct Residency<'w> {
     cpu_s_per_byte: f64,
     /// The copy-stream event after the latest demand loads (prefetches queue behind it).
     last_demand: Option<Event>,
-    /// The CPU experts `resolve` gave the host, until `join_cpu` runs them.
+    /// The CPU experts `resolve` gave the host, until `join_cpu` runs them; then their layer
+    /// and ids until `load_behind_cpu` admits them.
     pending: Option<CpuExperts>,
+    cpu_done: Option<(usize, Vec<usize>)>,
     /// Loads behind CPU experts waiting on the host for the link to be idle (packed host
     /// memory): `pump` issues them a piece at a time, behind every demand load.
     background: VecDeque<Background>,
@@ -138,6 +140,7 @@ impl<'w> Residency<'w> {
             cpu_s_per_byte: 0.0,
             last_demand: None,
             pending: None,
+            cpu_done: None,
             background: VecDeque::new(),
             bg_in_flight: VecDeque::new(),
             layer_period_s: 0.0,
@@ -344,10 +347,7 @@ impl<'w> Residency<'w> {
         assert!(ids.iter().all(|&e| e >= 0 && (e as u64) < n_experts), "router ids {ids:?}");
         let costs = self.costs(dev);
         let d = self.decide.resolve(l, ids, costs);
-        let mut in_flight = Vec::new(); // prefetches the hits still wait for
         for &(e, slot) in &d.hits {
-            self.flush_slot(dev, slot)?; // a hit on an expert still waiting to load behind
-            in_flight.extend(self.decide.cache.slots[slot].ready.take());
             self.set_table(l, e, slot);
         }
         // The CPU experts start from h as it is now: it comes down before the compute stream
@@ -356,10 +356,6 @@ impl<'w> Residency<'w> {
         if !d.cpu.is_empty() {
             h.resize(n * dim, 0f32);
             download(dev, s.h, &mut h)?;
-        }
-        for ev in in_flight {
-            dev.wait(Stream::Compute, ev)?;
-            dev.release(ev);
         }
         let mut jobs = Vec::with_capacity(d.loads.len());
         for &(e, slot) in &d.loads {
@@ -374,6 +370,15 @@ impl<'w> Residency<'w> {
             // Prefetches queued from now on start after these demand loads (load_async).
             if let Some(old) = self.last_demand.replace(ev) {
                 dev.release(old);
+            }
+        }
+        // The hits whose copy may still be landing (a prefetch, a load behind): the compute
+        // waits for it. A load behind not yet issued goes now, behind this layer's demand loads.
+        for &(_, slot) in &d.hits {
+            self.issue_slot(dev, slot)?;
+            if let Some(ev) = self.decide.cache.slots[slot].ready.take() {
+                dev.wait(Stream::Compute, ev)?;
+                dev.release(ev);
             }
         }
         self.pump(dev)?; // background pieces queue behind this layer's demand loads
@@ -398,8 +403,8 @@ impl<'w> Residency<'w> {
     /// The host's half of the hybrid step, while the GPU runs the layer's MoE expert stages:
     /// the CPU experts `resolve` marked, each once over its pairs of h [n, dim] as the MoE
     /// kernel would (same rows, same bits), their output rows up into `out` (activations
-    /// cross the link instead of weights), then the loads behind them. The caller launches
-    /// the combine next.
+    /// cross the link instead of weights). The caller launches the combine next, then
+    /// `load_behind_cpu`.
     pub fn join_cpu(&mut self, dev: &mut dyn Device, s: &Scratch) -> Result<()> {
         let CpuExperts { l, ids, cpu, h } = self.pending.take().expect("resolve left CPU experts");
         let (dim, k) = (self.dim, self.k);
@@ -414,6 +419,14 @@ impl<'w> Residency<'w> {
                 upload(dev, s.out + (pair * dim * 4) as u64, &y[i * dim..(i + 1) * dim])?;
             }
         }
+        self.cpu_done = Some((l, cpu));
+        Ok(())
+    }
+
+    /// After the combine is launched: the loads behind the CPU experts `join_cpu` ran (from the
+    /// ring they fill staging buffers first, which must not hold back the combine).
+    pub fn load_behind_cpu(&mut self, dev: &mut dyn Device) -> Result<()> {
+        let (l, cpu) = self.cpu_done.take().expect("join_cpu ran");
         let behind = self.decide.behind(l, &cpu);
         self.stats.behind_loads += self.load_behind(dev, l, &behind)? as u64;
         Ok(())
@@ -461,17 +474,18 @@ impl<'w> Residency<'w> {
         let room = link * self.layer_period_s * BACKGROUND_SHARE;
         while !self.background.is_empty()
             && (self.bg_in_flight.is_empty()
-                || (self.bg_in_flight.iter().map(|&(_, b)| b).sum::<u64>() as f64) < room)
+                || (self.bg_in_flight.len() < MAX_BACKGROUND_PIECES
+                    && (self.bg_in_flight.iter().map(|&(_, b)| b).sum::<u64>() as f64) < room))
         {
-            self.issue_piece(dev)?;
+            self.issue_piece(dev, 0)?;
         }
         Ok(())
     }
 
-    /// The next piece of the oldest background load, on the prefetch stream behind every
-    /// demand load; the load's last piece makes its slot's `ready` event.
-    fn issue_piece(&mut self, dev: &mut dyn Device) -> Result<()> {
-        let job = self.background.front_mut().expect("a background load to issue");
+    /// The next piece of background load `i` (0: the oldest), on the prefetch stream behind
+    /// every demand load; the load's last piece makes its slot's `ready` event.
+    fn issue_piece(&mut self, dev: &mut dyn Device, i: usize) -> Result<()> {
+        let job = &mut self.background[i];
         let n = PREFETCH_CHUNK.min(job.bytes - job.done);
         let (dst, src, slot) = (job.dst + job.done as u64, job.src, job.slot);
         // SAFETY: src + done .. + n lies in the packed pinned buffer (see load_behind), which
@@ -487,7 +501,7 @@ impl<'w> Residency<'w> {
         let ev = dev.record(Stream::Prefetch)?;
         self.bg_in_flight.push_back((ev, n as u64));
         if last {
-            self.background.pop_front();
+            self.background.remove(i);
             dev.retain(ev);
             if let Some(old) = self.decide.cache.slots[slot].ready.replace(ev) {
                 dev.release(old);
@@ -496,19 +510,30 @@ impl<'w> Residency<'w> {
         Ok(())
     }
 
-    /// A slot about to be read or refilled whose background load has not all been issued:
-    /// issue it now (and every older one), link room or not.
-    fn flush_slot(&mut self, dev: &mut dyn Device, slot: usize) -> Result<()> {
-        let Some(i) = self.background.iter().position(|b| b.slot == slot) else {
-            return Ok(());
-        };
-        let mut left = i + 1; // loads to finish issuing, oldest first
-        while left > 0 {
-            let queued = self.background.len();
-            self.issue_piece(dev)?;
-            left -= (self.background.len() < queued) as usize;
+    /// A slot about to be read whose background load has not all been issued: issue the rest
+    /// of that load now (its `ready` event follows), link room or not.
+    fn issue_slot(&mut self, dev: &mut dyn Device, slot: usize) -> Result<()> {
+        while let Some(i) = self.background.iter().position(|b| b.slot == slot) {
+            self.issue_piece(dev, i)?;
         }
         Ok(())
+    }
+
+    /// A slot about to be refilled whose background load has not all been issued: the rest is
+    /// dropped; pieces already issued may still land, so the slot's `ready` becomes the newest
+    /// background piece (the prefetch stream runs them in order) and the refill waits for it.
+    fn cancel_slot(&mut self, dev: &mut dyn Device, slot: usize) {
+        let Some(i) = self.background.iter().position(|b| b.slot == slot) else { return };
+        let job = self.background.remove(i).expect("a queued load");
+        if job.done == 0 {
+            return;
+        }
+        if let Some(&(ev, _)) = self.bg_in_flight.back() {
+            dev.retain(ev);
+            if let Some(old) = self.decide.cache.slots[slot].ready.replace(ev) {
+                dev.release(old);
+            }
+        }
     }
 
     /// Count how many of the previous layer's predicted experts the router chose.
@@ -616,7 +641,7 @@ impl<'w> Residency<'w> {
     /// compute that last read it, and a prefetch still filling it (two copies into one slot on
     /// two streams would land in either order).
     fn before_refill(&mut self, dev: &mut dyn Device, stream: Stream, slot: usize) -> Result<()> {
-        self.flush_slot(dev, slot)?;
+        self.cancel_slot(dev, slot);
         if let Some(ev) = self.decide.cache.slots[slot].last_read {
             dev.wait(stream, ev)?;
         }
@@ -748,6 +773,10 @@ pub(crate) fn layer_ranges(plan: &Plan, alloc: Allocation) -> Vec<std::ops::Rang
 
 /// Share of the layer period the background loads may hold the link for at once.
 const BACKGROUND_SHARE: f64 = 0.5;
+
+/// At most this many background pieces on the link at once (16 MiB): each is an event and a
+/// timed span on a GPU, whose pools stay small.
+const MAX_BACKGROUND_PIECES: usize = 32;
 
 /// A load behind CPU experts, waiting for the link (`Residency::pump`).
 struct Background {

@@ -26,7 +26,13 @@ struct Job {
 }
 
 enum JobKind {
-    Copy { dst: usize, src: usize, bytes: usize },
+    /// `queued`: when h2d queued it (the link may start it no earlier).
+    Copy {
+        dst: usize,
+        src: usize,
+        bytes: usize,
+        queued: Instant,
+    },
     Signal(u64),
 }
 
@@ -101,11 +107,6 @@ impl SimDevice {
     }
 }
 
-/// A copy that starts within this long of the previous one's nominal end continues the link's
-/// busy period: it is timed from that end, so a sleep that overslept (tens of µs on a loaded
-/// VM, more than a 256 KiB chunk takes at 12 GB/s) delays one copy, not the link's rate.
-const BUSY_GAP: Duration = Duration::from_millis(1);
-
 fn link_worker(link: &Link) {
     let mut last_end: Option<Instant> = None;
     loop {
@@ -129,12 +130,11 @@ fn link_worker(link: &Link) {
                 link.state.lock().expect("link lock").done.insert(ev);
                 link.wake.notify_all();
             }
-            JobKind::Copy { dst, src, bytes } => {
-                let now = Instant::now();
-                let start = match last_end {
-                    Some(end) if now.saturating_duration_since(end) < BUSY_GAP => end,
-                    _ => now,
-                };
+            JobKind::Copy { dst, src, bytes, queued } => {
+                // On the link from when it was queued or the previous copy's nominal end,
+                // whichever is later: a sleep that overslept (tens of µs on a loaded VM, more
+                // than a 256 KiB chunk takes at 12 GB/s) delays one copy, not the link's rate.
+                let start = last_end.map_or(queued, |end| end.max(queued));
                 // SAFETY: h2d's contract: src stays valid until this copy's event completes and
                 // dst is an allocation of the device with room for `bytes`; the device outlives
                 // the worker (joined in drop).
@@ -212,6 +212,7 @@ impl Device for SimDevice {
             unsafe { std::ptr::copy_nonoverlapping(src, dst as *mut u8, bytes) };
             return Ok(());
         }
+        let now = Instant::now();
         let mut st = self.link.state.lock().expect("link lock");
         let (mut off, chunk) =
             (0, if stream == Stream::Prefetch { PREFETCH_CHUNK } else { bytes.max(1) });
@@ -219,7 +220,12 @@ impl Device for SimDevice {
             let b = chunk.min(bytes - off);
             let job = Job {
                 stream,
-                kind: JobKind::Copy { dst: dst as usize + off, src: src as usize + off, bytes: b },
+                kind: JobKind::Copy {
+                    dst: dst as usize + off,
+                    src: src as usize + off,
+                    bytes: b,
+                    queued: now,
+                },
             };
             if stream == Stream::Prefetch {
                 st.prefetch.push_back(job)

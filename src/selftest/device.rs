@@ -188,7 +188,7 @@ fn prepare(dev: &mut dyn Device, op: &Op, i: &Inputs) -> Result<Prepared> {
 /// Routed experts: each of gate, up, down stacked over experts in one buffer, and a table of
 /// each expert's address in it.
 fn prepare_moe(mut u: Uploads, op: &Op, i: &Inputs) -> Result<Prepared> {
-    let Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n } = *op else {
+    let Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n, split } = *op else {
         unreachable!("a moe case")
     };
     let rb_gu = ty_gate_up.row_bytes(dim as u64).unwrap_or(0) as usize;
@@ -200,20 +200,25 @@ fn prepare_moe(mut u: Uploads, op: &Op, i: &Inputs) -> Result<Prepared> {
         tables.push(u.data(&addrs)?);
     }
     let out = u.guarded(&i.f[1], "moe residual")?;
-    let kernel = Kernel::Moe {
-        stage: MoeStage::All,
+    let (ids, weights, x) = (u.data(&i.ids)?, u.data(&i.f[2])?, u.data(&i.f[0])?);
+    let (act, scratch_out) =
+        (u.zeros(n * k * ffn * 4, "moe act")?, u.zeros(n * k * dim * 4, "moe out")?);
+    let (offsets, pairs) =
+        (u.zeros((n_experts + 1) * 4, "moe offsets")?, u.zeros(n * k * 4, "moe pairs")?);
+    let kernel = |stage| Kernel::Moe {
+        stage,
         ty_gate_up,
         ty_down,
         gate: tables[0],
         up: tables[1],
         down: tables[2],
-        ids: u.data(&i.ids)?,
-        weights: u.data(&i.f[2])?,
-        x: u.data(&i.f[0])?,
-        act: u.zeros(n * k * ffn * 4, "moe act")?,
-        out: u.zeros(n * k * dim * 4, "moe out")?,
-        offsets: u.zeros((n_experts + 1) * 4, "moe offsets")?,
-        pairs: u.zeros(n * k * 4, "moe pairs")?,
+        ids,
+        weights,
+        x,
+        act,
+        out: scratch_out,
+        offsets,
+        pairs,
         residual: out.at(),
         dim,
         ffn,
@@ -221,7 +226,12 @@ fn prepare_moe(mut u: Uploads, op: &Op, i: &Inputs) -> Result<Prepared> {
         k,
         n_experts,
     };
-    Ok(Prepared { kernels: vec![kernel], out, ids: None, second: None, buffers: u.buffers })
+    let kernels = if split {
+        vec![kernel(MoeStage::Experts), kernel(MoeStage::Combine)]
+    } else {
+        vec![kernel(MoeStage::All)]
+    };
+    Ok(Prepared { kernels, out, ids: None, second: None, buffers: u.buffers })
 }
 
 /// Gated DeltaNet's ops: the states they advance come back as the second output.

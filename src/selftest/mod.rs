@@ -85,6 +85,9 @@ pub enum Op {
         n_experts: usize,
         k: usize,
         n: usize,
+        /// Its two stages launched apart (expert stages, then the combine: the hybrid step's
+        /// order) instead of as one kernel.
+        split: bool,
     },
     /// softmax → top-k → optional renormalisation.
     TopkMoe {
@@ -203,8 +206,9 @@ impl Op {
             Op::Gemv { rows, cols, n, copies, .. } => {
                 format!("rows={rows} cols={cols} n={n} cold x{copies}")
             }
-            Op::Moe { dim, ffn, n_experts, k, n, .. } => {
-                format!("dim={dim} ffn={ffn} experts={n_experts} k={k} n={n}")
+            Op::Moe { dim, ffn, n_experts, k, n, split, .. } => {
+                let stages = if split { " stages apart" } else { "" };
+                format!("dim={dim} ffn={ffn} experts={n_experts} k={k} n={n}{stages}")
             }
             Op::TopkMoe { n, n_experts, k, norm } => {
                 format!(
@@ -297,6 +301,7 @@ pub fn cases(perf: bool) -> Vec<Case> {
             n_experts: 1,
             k: 1,
             n,
+            split: false,
         });
     }
     for (n_experts, k, renorm) in
@@ -350,6 +355,7 @@ pub fn cases(perf: bool) -> Vec<Case> {
                 n_experts: 128,
                 k: 8,
                 n: 1,
+                split: false,
             });
         }
         // Qwen3.5-35B-A3B's Gated DeltaNet at decode: one layer's state read and written.
@@ -389,8 +395,23 @@ fn moe_cases(add: &mut impl FnMut(Op)) {
         (IQ3XXS, IQ4NL, 768, 224),
     ] {
         for n in [1, 2, 9] {
-            add(Op::Moe { ty_gate_up: gu, ty_down: down, dim, ffn, n_experts: 16, k: 4, n });
+            let split = false;
+            add(Op::Moe { ty_gate_up: gu, ty_down: down, dim, ffn, n_experts: 16, k: 4, n, split });
         }
+    }
+    // The hybrid step's order: the expert stages, then the combine, per pair and grouped.
+    for n in [1, 9] {
+        let (ty_gate_up, ty_down) = (GgmlType::Q4K, GgmlType::Q6K);
+        add(Op::Moe {
+            ty_gate_up,
+            ty_down,
+            dim: 512,
+            ffn: 256,
+            n_experts: 16,
+            k: 4,
+            n,
+            split: true,
+        });
     }
 }
 
@@ -513,7 +534,7 @@ pub fn inputs(op: &Op, seed: u64) -> Result<Inputs> {
 
 /// Moe's operands: mats [gate, up, down], f [x, residual, weights], ids [n, k].
 fn moe_inputs(op: &Op, seed: u64) -> Result<Inputs> {
-    let Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n } = *op else {
+    let Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n, .. } = *op else {
         unreachable!("moe_inputs() is for moe")
     };
     let mut i = Inputs::default();
@@ -734,7 +755,7 @@ pub fn products(b: &dyn Backend, op: &Op, i: &Inputs) -> Result<Output> {
             b.matmul(&mat(ty, rows, cols, &i.mats[0])?, &i.f[0], n, &mut y)?;
             y
         }
-        Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n } => {
+        Op::Moe { ty_gate_up, ty_down, dim, ffn, n_experts, k, n, .. } => {
             let gate = mat(ty_gate_up, n_experts * ffn, dim, &i.mats[0])?;
             let up = mat(ty_gate_up, n_experts * ffn, dim, &i.mats[1])?;
             let down = mat(ty_down, n_experts * dim, ffn, &i.mats[2])?;
