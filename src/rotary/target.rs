@@ -235,11 +235,12 @@ impl Link {
         self.at = self.at.max(to);
     }
 
-    /// A foreground copy of `secs` queued at `at` (after one background piece of `piece`
-    /// seconds, if one is on the link): when it is done.
+    /// A foreground copy of `secs` queued at `at` (after the foreground copies before it, or
+    /// one background piece of `piece` seconds if one is on the link): when it is done.
     fn foreground(&mut self, at: f64, secs: f64, piece: f64) -> f64 {
         self.drain(at);
-        let wait = piece.min(self.backlog);
+        // A background piece holds the link only if no foreground copy does.
+        let wait = if at >= self.free { piece.min(self.backlog) } else { 0.0 };
         self.backlog -= wait;
         self.free = at.max(self.free) + wait + secs;
         self.at = self.free;
