@@ -307,9 +307,14 @@ fn streamed_matches_resident_on(w: &Weights, backend: &'static str) {
         // On CUDA an expert computed on the CPU runs the fast CPU kernels (8-bit activations,
         // as llama.cpp's CPU backend) while the MoE kernel keeps f32 activations: the logits
         // then differ at the level of that rounding, bounded by the CPU engine's own distance
-        // from the device on the same tokens (NMSE 1e-4 here, 1e-2 at a sensitive step of
-        // qwen35-tiny). The simulator's kernels are the CPU's code, so there everything is bit
-        // for bit, and on CUDA every configuration without CPU experts is too.
+        // from the device on the same tokens, at its worst step: which steps are sensitive
+        // depends on where the errors fall (the CPU engine's NMSE on the mixed-type model is
+        // 1.4e-3 at the prompt's last position and 0.14 one step later; with the laptop's
+        // decisions, every prefill expert on the CPU, 1.2e-2 at the prompt's last position).
+        // Wrong rows would give NMSE near 1: the bound stays below 0.5. The simulator's
+        // kernels are the CPU's code, so there everything is bit for bit, and on CUDA every
+        // configuration without CPU experts is too.
+        let worst_gap = cpu_gap.iter().fold(0f64, |a, &b| a.max(b));
         let exact = !(cuda && st.cpu_expert_share() > 0.0);
         for (step, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(g.len(), w.len(), "{backend} {name}: step {step}");
@@ -319,10 +324,10 @@ fn streamed_matches_resident_on(w: &Weights, backend: &'static str) {
                     "{backend} {name}: step {step} differs"
                 );
             } else {
-                let (nmse, bound) = (nmse(g, w), 1e-3f64.max(2.0 * cpu_gap[step]));
+                let (nmse, bound) = (nmse(g, w), 1e-3f64.max(2.0 * worst_gap).min(0.5));
                 assert!(
                     nmse <= bound,
-                    "{backend} {name}: step {step} NMSE {nmse:.3e} (bound {bound:.1e})"
+                    "{backend} {name}: step {step} NMSE {nmse:.3e} (bound {bound:.1e}; CPU engine's NMSE per step {cpu_gap:?})"
                 );
             }
         }
