@@ -796,20 +796,23 @@ fn spy_run(opts: Options, slots: u64) -> (Vec<Call>, rotary::rotary::Stats, usiz
     (log, s.stats(), dim)
 }
 
+/// Per-layer slots: a prompt's many experts overflow them, so layers load some and run the
+/// rest on the CPU.
+fn split_layers() -> Options {
+    Options {
+        alloc: Allocation::PerLayer,
+        moe_policy: MoePolicy::Gpu,
+        prefetch: false,
+        ..Options::default()
+    }
+}
+
 /// The CPU experts of a layer start from h as it is when the layer's copies are queued: h
 /// comes down before the compute stream waits for any demand copy (else they would start only
 /// once every copy landed, costing t_link + t_cpu instead of the max).
 #[test]
 fn cpu_experts_do_not_wait_for_the_demand_copies() {
-    // Per-layer slots: a prompt's many experts overflow them, so layers load some and run the
-    // rest on the CPU.
-    let opts = Options {
-        alloc: Allocation::PerLayer,
-        moe_policy: MoePolicy::Gpu,
-        prefetch: false,
-        ..Options::default()
-    };
-    let (calls, st, dim) = spy_run(opts, 4 * 3);
+    let (calls, st, dim) = spy_run(split_layers(), 4 * 3);
     assert!(
         st.cpu_experts > 0 && st.misses > st.cpu_experts,
         "loads and CPU experts both ran: {st}"
@@ -842,13 +845,7 @@ fn cpu_experts_do_not_wait_for_the_demand_copies() {
 /// experts launches the whole kernel.
 #[test]
 fn cpu_experts_run_between_the_expert_stages_and_the_combine() {
-    let opts = Options {
-        alloc: Allocation::PerLayer,
-        moe_policy: MoePolicy::Gpu,
-        prefetch: false,
-        ..Options::default()
-    };
-    let (calls, st, dim) = spy_run(opts, 4 * 3);
+    let (calls, st, dim) = spy_run(split_layers(), 4 * 3);
     assert!(st.cpu_experts > 0 && st.gpu_experts > 0, "both sides ran: {st}");
     let (mut hybrid, mut whole, mut open, mut rows) = (0, 0, false, 0);
     for c in &calls {
@@ -876,9 +873,10 @@ fn cpu_experts_run_between_the_expert_stages_and_the_combine() {
     assert!(!open && hybrid > 0 && whole > 0);
 }
 
-/// Prefetches never get ahead of demand loads on the link: each prefetch batch queued after a
-/// demand batch waits for that batch's event, and goes in pieces of at most PREFETCH_CHUNK
-/// bytes (a demand copy on the other stream waits for one piece, not a batch).
+/// Prefetches never get ahead of demand loads on the link: the prefetch stream waits for the
+/// latest demand batch's event before any prefetch batch queued after it, and prefetches go in
+/// pieces of at most PREFETCH_CHUNK bytes (a demand copy on the other stream waits for one
+/// piece, not a batch).
 #[test]
 fn prefetches_queue_behind_demand_loads_in_pieces() {
     let opts = Options { moe_policy: MoePolicy::Gpu, ..Options::default() };
@@ -889,7 +887,7 @@ fn prefetches_queue_behind_demand_loads_in_pieces() {
     let (mut batches, mut ordered, mut pending) = (0, 0, false);
     for c in &calls {
         match c {
-            Call::Record(Stream::Copy, e) => last_demand = Some(*e),
+            Call::Record(Stream::Copy, e) => (last_demand, pending) = (Some(*e), false),
             Call::Wait(Stream::Prefetch, e) if Some(*e) == last_demand => pending = true,
             Call::H2d(Stream::Prefetch, bytes) => {
                 assert!(*bytes <= chunk, "a prefetch copy of {bytes} bytes");
@@ -897,7 +895,6 @@ fn prefetches_queue_behind_demand_loads_in_pieces() {
             Call::Record(Stream::Prefetch, _) => {
                 batches += 1;
                 ordered += (pending || last_demand.is_none()) as usize;
-                pending = false;
             }
             _ => {}
         }

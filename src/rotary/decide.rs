@@ -26,6 +26,14 @@ pub struct Costs {
     pub serial: bool,
 }
 
+impl Costs {
+    /// Whether copying an expert and reading it on the GPU takes less than computing it on
+    /// the CPU (per byte, so for any expert).
+    pub fn copy_beats_cpu(&self) -> bool {
+        1.0 / self.link_bytes_per_s + self.gpu_s_per_byte <= self.cpu_s_per_byte
+    }
+}
+
 /// One layer's experts for a micro-batch: (expert, slot) of the hits and of the demand loads
 /// (already entered in the cache), and the experts that run on the CPU.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -136,7 +144,7 @@ impl Decider {
                 && match self.moe_policy {
                     MoePolicy::Gpu => true,
                     MoePolicy::Cpu => false,
-                    MoePolicy::Auto if costs.serial => copy + on_gpu <= on_cpu,
+                    MoePolicy::Auto if costs.serial => costs.copy_beats_cpu(),
                     MoePolicy::Auto => {
                         let ends_gpu = (t_link + copy + t_gpu + on_gpu).max(t_cpu);
                         let ends_cpu = (t_link + t_gpu).max(t_cpu + on_cpu);
@@ -174,21 +182,18 @@ impl Decider {
         self.place(l, &again, used)
     }
 
-    /// Whether prefetching layer `l` pays: a prefetch is an early demand load, so under the
+    /// Whether prefetching pays: a prefetch is an early demand load, so under the
     /// auto miss policy it is worth the link only where a copy beats computing the expert on
     /// the CPU (on the 4060 laptop the CPU reads an expert ~3x faster than the link copies it:
     /// prefetches would only queue in front of the loads that matter).
-    pub fn prefetch_pays(&self, l: usize, costs: Costs) -> bool {
-        let bytes = self.expert_bytes[l] as f64;
-        self.moe_policy != MoePolicy::Auto
-            || bytes / costs.link_bytes_per_s + bytes * costs.gpu_s_per_byte
-                <= bytes * costs.cpu_s_per_byte
+    pub fn prefetch_pays(&self, costs: Costs) -> bool {
+        self.moe_policy != MoePolicy::Auto || costs.copy_beats_cpu()
     }
 
     /// Prefetch: layer `l`'s predicted experts (those not cached) get slots, as many as the
     /// layer can hold without evicting its own predicted experts; none where it does not pay.
     pub fn ahead(&mut self, l: usize, want: &[usize], costs: Costs) -> Vec<(usize, usize)> {
-        if !self.prefetch_pays(l, costs) {
+        if !self.prefetch_pays(costs) {
             return Vec::new();
         }
         let protected: Vec<usize> = want.iter().filter_map(|&e| self.cache.peek(l, e)).collect();

@@ -213,7 +213,7 @@ pub fn replay(
     );
     let resident = plan.all_resident();
     let traced = matches!(routing, Routes::Trace { .. });
-    if traced && opts.prefetch && !resident && (0..n_layers).any(|l| d.prefetch_pays(l, costs)) {
+    if traced && opts.prefetch && !resident && d.prefetch_pays(costs) {
         return Err(crate::Error::Usage(
             "a routing trace gives no prediction of the next layer's experts (the engine's comes \
              from the model's router), and prefetch pays on this target: add --no-prefetch"

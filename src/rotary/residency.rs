@@ -61,12 +61,12 @@ pub struct Residency<'w> {
     /// expert weights (cost model).
     cpu: Option<CpuBackend>,
     cpu_s_per_byte: f64,
-    /// The copy-stream event after the latest demand loads (prefetches queue behind it).
+    /// The copy-stream event after the latest demand loads (prefetches queue behind it), and
+    /// whether the prefetch stream already waits for it.
     last_demand: Option<Event>,
-    /// The CPU experts `resolve` gave the host, until `join_cpu` runs them; then their layer
-    /// and ids until `load_behind_cpu` admits them.
+    prefetch_behind_demand: bool,
+    /// The CPU experts `resolve` gave the host, from `resolve` until `load_behind_cpu`.
     pending: Option<CpuExperts>,
-    cpu_done: Option<(usize, Vec<usize>)>,
     /// Loads behind CPU experts waiting on the host for the link to be idle (packed host
     /// memory): `pump` issues them a piece at a time, behind every demand load.
     background: VecDeque<Background>,
@@ -139,8 +139,8 @@ impl<'w> Residency<'w> {
             cpu: None,
             cpu_s_per_byte: 0.0,
             last_demand: None,
+            prefetch_behind_demand: false,
             pending: None,
-            cpu_done: None,
             background: VecDeque::new(),
             bg_in_flight: VecDeque::new(),
             layer_period_s: 0.0,
@@ -371,6 +371,7 @@ impl<'w> Residency<'w> {
             if let Some(old) = self.last_demand.replace(ev) {
                 dev.release(old);
             }
+            self.prefetch_behind_demand = false;
         }
         // The hits whose copy may still be landing (a prefetch, a load behind): the compute
         // waits for it. A load behind not yet issued goes now, behind this layer's demand loads.
@@ -406,27 +407,26 @@ impl<'w> Residency<'w> {
     /// cross the link instead of weights). The caller launches the combine next, then
     /// `load_behind_cpu`.
     pub fn join_cpu(&mut self, dev: &mut dyn Device, s: &Scratch) -> Result<()> {
-        let CpuExperts { l, ids, cpu, h } = self.pending.take().expect("resolve left CPU experts");
-        let (dim, k) = (self.dim, self.k);
+        let CpuExperts { l, ids, h, .. } = self.pending.as_ref().expect("resolve left CPU experts");
+        let (l, dim, k) = (*l, self.dim, self.k);
         let cpu_kernels = self.cpu.as_ref().expect("streaming sessions have CPU kernels");
         let on_cpu: Vec<i32> = ids.iter().map(|&e| if e < 0 { -1 - e } else { -1 }).collect();
         let groups = group_pairs(&on_cpu, self.n_experts)?;
         for (e, pairs) in groups.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
             let x = &self.w.layers[l].experts[e];
             // [pairs, dim]
-            let y = expert_rows(cpu_kernels, [&x.gate, &x.up, &x.down], &h, pairs, k)?;
+            let y = expert_rows(cpu_kernels, [&x.gate, &x.up, &x.down], h, pairs, k)?;
             for (i, &pair) in pairs.iter().enumerate() {
                 upload(dev, s.out + (pair * dim * 4) as u64, &y[i * dim..(i + 1) * dim])?;
             }
         }
-        self.cpu_done = Some((l, cpu));
         Ok(())
     }
 
     /// After the combine is launched: the loads behind the CPU experts `join_cpu` ran (from the
     /// ring they fill staging buffers first, which must not hold back the combine).
     pub fn load_behind_cpu(&mut self, dev: &mut dyn Device) -> Result<()> {
-        let (l, cpu) = self.cpu_done.take().expect("join_cpu ran");
+        let CpuExperts { l, cpu, .. } = self.pending.take().expect("join_cpu ran");
         let behind = self.decide.behind(l, &cpu);
         self.stats.behind_loads += self.load_behind(dev, l, &behind)? as u64;
         Ok(())
@@ -493,9 +493,7 @@ impl<'w> Residency<'w> {
         let src = unsafe { src.add(job.done) };
         job.done += n;
         let last = job.done == job.bytes;
-        if let Some(ev) = self.last_demand {
-            dev.wait(Stream::Prefetch, ev)?;
-        }
+        self.prefetch_after_demand(dev)?;
         // SAFETY: as above.
         unsafe { dev.h2d(Stream::Prefetch, dst, src, n)? };
         let ev = dev.record(Stream::Prefetch)?;
@@ -506,6 +504,15 @@ impl<'w> Residency<'w> {
             if let Some(old) = self.decide.cache.slots[slot].ready.replace(ev) {
                 dev.release(old);
             }
+        }
+        Ok(())
+    }
+
+    /// The prefetch stream waits for the latest demand loads (once per batch of them).
+    fn prefetch_after_demand(&mut self, dev: &mut dyn Device) -> Result<()> {
+        if let (Some(ev), false) = (self.last_demand, self.prefetch_behind_demand) {
+            dev.wait(Stream::Prefetch, ev)?;
+            self.prefetch_behind_demand = true;
         }
         Ok(())
     }
@@ -698,9 +705,7 @@ impl<'w> Residency<'w> {
             placed.iter().map(|&(e, slot)| (l, e, slot)).collect();
         // Never ahead of a demand load on the link: the two copy streams are peers on a GPU
         // (the simulator serves demand first); this makes the GPU behave the same.
-        if let Some(ev) = self.last_demand {
-            dev.wait(Stream::Prefetch, ev)?;
-        }
+        self.prefetch_after_demand(dev)?;
         self.copy_experts(dev, Stream::Prefetch, &jobs)?;
         let ev = dev.record(Stream::Prefetch)?;
         for &(_, slot) in placed {
