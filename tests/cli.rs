@@ -87,6 +87,15 @@ fn synth_inspect_tokenize_round_trip() {
     assert_eq!(stdout(&o).trim(), r#"{"ids": [72, 105, 151645]}"#);
     let o = rotary(&["tokenize", "-m", p, "--no-parse-special", "<|im_end|>"]);
     assert!(!stdout(&o).contains("151645"), "special text stays text: {}", stdout(&o));
+    // Read into memory (--no-mmap) or mapped: the same logits, to the bit.
+    let logits = |extra: &[&str]| {
+        let mut args = vec!["logits", "-m", p, "--backend", "cpu", "-p", "Hi there", "--json"];
+        args.extend_from_slice(extra);
+        let o = rotary(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    assert_eq!(logits(&["--no-mmap"]), logits(&[]));
 
     // A truncated copy: an error naming the file, no panic.
     let bytes = std::fs::read(&path).unwrap();
@@ -251,6 +260,15 @@ fn selftest_cpu_prints_a_table_and_json() {
         assert_ne!(c["status"], "fail", "{c}");
     }
     assert!(cases.iter().any(|c| c["status"] == "pass"));
+    // --filter: only the cases whose line has the text; none is an error.
+    let o = rotary(&["selftest", "--backend", "cpu", "-t", "2", "--filter", "rmsnorm"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("pass")).collect();
+    assert!(!rows.is_empty() && rows.iter().all(|l| l.starts_with("rmsnorm")), "{rows:?}");
+    let o = rotary(&["selftest", "--backend", "cpu", "--filter", "no-such-op"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no case matches --filter"), "{}", stderr(&o));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use rotary::selftest::{self, Op, Status};
 /// Every case runs on the device and passes.
 fn passes_every_case(kind: BackendKind) {
     let mut dev = open_device(kind, 0, None, 50.0, Some(2)).expect("device");
-    let results = selftest::run(dev.as_mut(), kind.name(), false).expect("selftest").cases;
+    let results = selftest::run(dev.as_mut(), kind.name(), false, None).expect("selftest").cases;
     for r in &results {
         assert_eq!(
             r.status,
@@ -156,7 +156,7 @@ fn reference_products_are_the_cpu_ref_backend() {
 fn cuda_backend_where_there_is_a_device() {
     match open_device(BackendKind::Cuda, 0, None, 12.0, Some(2)) {
         Ok(mut dev) => {
-            let results = selftest::run(dev.as_mut(), "cuda", false).expect("selftest").cases;
+            let results = selftest::run(dev.as_mut(), "cuda", false, None).expect("selftest").cases;
             for r in &results {
                 assert_eq!(
                     r.status,

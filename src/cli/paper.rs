@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use rotary::bench::{self, PaperResult, SweepPoint};
-use rotary::model::weights::{ModelFile, Weights};
+use rotary::model::weights::Weights;
 use rotary::rotary::cache::{Allocation, Policy};
 use rotary::rotary::BackendKind;
 use rotary::routing::RoutingMode;
@@ -106,7 +106,7 @@ pub fn cmd_paper(args: &ModelArgs, p: &PaperArgs) -> Result<()> {
             args.rotary.sim_link_gbps
         ));
     }
-    let file = ModelFile::open(&path)?;
+    let file = super::open_model_file(args, Some(&path))?;
     if args.routing.is_none() && file.is_synthesized() {
         notes.push(
             "routing text by default on a synthesized file (random weights route degenerately; \

@@ -95,7 +95,7 @@ pub fn with_session<T>(
     if args.model.is_none() {
         eprintln!("no model given (-m): using the embedded tiny model with random weights");
     }
-    let file = rotary::run::open_model(args.model.as_deref())?;
+    let file = super::open_model_file(args, None)?;
     let weights = Weights::load(&file)?;
     let tok = rotary::run::tokenizer_for(&file)?;
     let n_ctx = args.ctx.unwrap_or(weights.cfg.context_length.min(4096) as usize);

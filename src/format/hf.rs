@@ -47,6 +47,19 @@ pub struct HfDir {
 }
 
 impl HfDir {
+    /// Every shard copied into anonymous memory (`FileBytes::load_to_memory`);
+    /// `progress(done, total)` over all of them.
+    pub fn load_to_memory(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        let total: u64 = self.shards.iter().map(|s| s.bytes().len() as u64).sum();
+        let mut before = 0;
+        for shard in &mut self.shards {
+            let len = shard.bytes().len() as u64;
+            shard.load_to_memory(&mut |done, _| progress(before + done, total))?;
+            before += len;
+        }
+        Ok(())
+    }
+
     /// Read `config.json`, open and cross-check the weights, and find the tokenizer files.
     /// Weights: `model.safetensors` if present (as transformers prefers it), else the index.
     pub fn open(dir: impl AsRef<Path>) -> Result<HfDir> {

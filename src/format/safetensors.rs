@@ -638,6 +638,11 @@ impl SafetensorsFile {
         &self.header
     }
 
+    /// The file's bytes copied into anonymous memory (`FileBytes::load_to_memory`).
+    pub fn load_to_memory(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        self.storage.load_to_memory(&self.path, progress)
+    }
+
     pub fn bytes(&self) -> &[u8] {
         self.storage.as_slice()
     }

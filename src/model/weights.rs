@@ -26,6 +26,16 @@ impl ModelFile {
         Ok(ModelFile::Gguf(Gguf::open(path)?))
     }
 
+    /// The model's bytes copied from the file mapping into anonymous memory, with transparent
+    /// huge pages asked for (`--no-mmap`): faster CPU reads of the weights, the file's size in
+    /// RAM. `progress(done, total)` in bytes.
+    pub fn load_to_memory(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        match self {
+            ModelFile::Gguf(g) => g.load_to_memory(progress),
+            ModelFile::Hf(d) => d.load_to_memory(progress),
+        }
+    }
+
     /// The preset `rotary synth` made this file from (general.name "rotary-synth PRESET ..."):
     /// random weights, whose router picks experts almost uniformly and whose greedy text loops.
     pub fn synth_preset(&self) -> Option<String> {

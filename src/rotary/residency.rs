@@ -20,10 +20,11 @@ use super::options::{MoePolicy, Options, PinMode, Stats};
 use super::plan::Plan;
 use super::upload::{expert_bytes, DLayer, Scratch};
 use crate::backend::cpu::CpuBackend;
+use crate::backend::Mat;
 use crate::error::{Error, Result};
 use crate::model::weights::Weights;
 use crate::model::ModelConfig;
-use crate::ops::host::{expert_rows, group_pairs};
+use crate::ops::host::{expert_rows, experts_rows, group_pairs};
 
 /// One layer's experts on the device: their bytes and the address of its pointer table.
 #[derive(Copy, Clone)]
@@ -412,12 +413,31 @@ impl<'w> Residency<'w> {
         let cpu_kernels = self.cpu.as_ref().expect("streaming sessions have CPU kernels");
         let on_cpu: Vec<i32> = ids.iter().map(|&e| if e < 0 { -1 - e } else { -1 }).collect();
         let groups = group_pairs(&on_cpu, self.n_experts)?;
-        for (e, pairs) in groups.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
-            let x = &self.w.layers[l].experts[e];
-            // [pairs, dim]
-            let y = expert_rows(cpu_kernels, [&x.gate, &x.up, &x.down], h, pairs, k)?;
-            for (i, &pair) in pairs.iter().enumerate() {
-                upload(dev, s.out + (pair * dim * 4) as u64, &y[i * dim..(i + 1) * dim])?;
+        // Every CPU expert of the layer in one `experts_rows` (two pool jobs for the layer, not
+        // two per expert: each job's start and tail cost a few microseconds).
+        let layer = &self.w.layers[l];
+        let experts: Vec<([&Mat; 3], &[usize])> = (groups.iter().enumerate())
+            .filter(|(_, pairs)| !pairs.is_empty())
+            .map(|(e, pairs)| {
+                let x = &layer.experts[e];
+                ([&x.gate, &x.up, &x.down], pairs.as_slice())
+            })
+            .collect();
+        let ys = experts_rows(cpu_kernels, &experts, h, k)?; // per expert [pairs, dim]
+                                                             // The rows by pair, then up in runs of consecutive pairs (one copy per run).
+        let mut rows: Vec<(usize, &[f32])> = Vec::with_capacity(on_cpu.len());
+        for ((_, pairs), y) in experts.iter().zip(&ys) {
+            rows.extend(pairs.iter().enumerate().map(|(i, &p)| (p, &y[i * dim..(i + 1) * dim])));
+        }
+        rows.sort_unstable_by_key(|&(p, _)| p);
+        let mut run: Vec<f32> = Vec::with_capacity(rows.len() * dim);
+        for (i, &(pair, row)) in rows.iter().enumerate() {
+            run.extend_from_slice(row);
+            let run_ends = rows.get(i + 1).is_none_or(|&(next, _)| next != pair + 1);
+            if run_ends {
+                let first = pair + 1 - run.len() / dim;
+                upload(dev, s.out + (first * dim * 4) as u64, &run)?;
+                run.clear();
             }
         }
         Ok(())

@@ -351,12 +351,22 @@ impl Prepared {
 }
 
 /// Run every case on `dev` (named `backend` in the report). `perf`: also the large shapes,
-/// and GB/s for the products against the device's peak memory bandwidth.
-pub fn run(dev: &mut dyn Device, backend: &'static str, perf: bool) -> Result<Report> {
+/// and GB/s for the products against the device's peak memory bandwidth. `filter`: only the
+/// cases whose op, format or shape contains that text.
+pub fn run(
+    dev: &mut dyn Device,
+    backend: &'static str,
+    perf: bool,
+    filter: Option<&str>,
+) -> Result<Report> {
     let peak = if perf { dev.peak_gbps()? } else { None };
     let mut results = Vec::new();
     for (idx, case) in cases(perf).iter().enumerate() {
         let op = &case.op;
+        let line = format!("{} {} {}", op.name(), op.quant(), op.shape());
+        if filter.is_some_and(|f| !line.contains(f)) {
+            continue;
+        }
         let input = inputs(op, 1000 + idx as u64 * 17)?;
         let mut r = CaseResult {
             op: op.name(),

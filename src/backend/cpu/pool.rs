@@ -3,11 +3,19 @@
 //! cursor after each job (catching the next matmul of the same step without a syscall), then
 //! park until woken. The calling thread works too, so `threads` = workers + 1.
 //!
-//! One atomic word, the cursor, is the whole handoff: `(epoch << 32) | tasks_left`. A job bumps
-//! the epoch; a task is claimed by a compare-and-swap that decrements `tasks_left` only while the
-//! epoch is unchanged, so a late worker can never take a task of a job that has finished. The
-//! caller returns only when every task is done, which is what makes lending the workers a
-//! reference to the caller's closure sound. Which thread runs a task never changes its result.
+//! The cursor, `(epoch << 32) | tasks`, publishes a job: a new epoch. Its tasks are dealt out
+//! in contiguous ranges, one per thread (the caller's first), each in its own atomic word
+//! `(epoch << 32) | (front << 16) | back`: a thread takes tasks from the front of its own range
+//! (so its tasks are neighbouring rows, which the hardware prefetchers keep streaming, and it
+//! touches no shared line), then steals from the back of the others' ranges when its own is
+//! empty. Every claim is a compare-and-swap on a word that carries the epoch, so a late worker
+//! can never take a task of a job that has finished. The caller returns only when every task
+//! is done, which is what makes lending the workers a reference to the caller's closure sound.
+//! Which thread runs a task never changes its result.
+//!
+//! Measured on a 2-core Xeon (Q4_K GEMV of one 30B-A3B expert matrix from cold memory, 16 tasks
+//! a call): one shared cursor handing out interleaved tasks reached 16 GB/s, contiguous ranges
+//! 19 GB/s; with huge pages 19 and 25 GB/s.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,10 +39,17 @@ type Task<'a> = &'a (dyn Fn(usize) + Sync + 'a);
 #[repr(align(128))]
 struct Padded<T>(T);
 
+/// Tasks one job may have: a range's front and back are 16 bits (`Pool::run` splits a larger
+/// job).
+const MAX_TASKS: usize = u16::MAX as usize;
+
 /// What the workers share with the caller.
 struct Shared {
-    /// `(epoch << 32) | tasks_left`; tasks are handed out from `tasks_left - 1` down to 0.
+    /// `(epoch << 32) | tasks`: the current job.
     cursor: Padded<AtomicU64>,
+    /// Per thread (the caller, then the workers): `(epoch << 32) | (front << 16) | back`, the
+    /// tasks front..back of the current job not yet claimed from its range.
+    ranges: Vec<Padded<AtomicU64>>,
     /// Tasks of the current job the workers have finished, added once per worker per job (the
     /// caller counts its own and waits for the rest).
     done: Padded<AtomicUsize>,
@@ -63,12 +78,24 @@ fn epoch_of(cursor: u64) -> u32 {
     (cursor >> 32) as u32
 }
 
+/// A range word: tasks front..back of `epoch`.
+fn range_word(epoch: u32, front: usize, back: usize) -> u64 {
+    debug_assert!(front <= back && back <= MAX_TASKS);
+    (u64::from(epoch) << 32) | (front as u64) << 16 | back as u64
+}
+
+/// (front, back) of a range word.
+fn range_of(word: u64) -> (usize, usize) {
+    ((word >> 16) as u16 as usize, word as u16 as usize)
+}
+
 impl Pool {
     /// A pool computing with `threads` threads: the caller plus `threads - 1` workers.
     pub(super) fn new(threads: usize) -> Result<Pool> {
         let n_workers = threads.max(1) - 1;
         let shared = Arc::new(Shared {
             cursor: Padded(AtomicU64::new(0)),
+            ranges: (0..=n_workers).map(|_| Padded(AtomicU64::new(0))).collect(),
             done: Padded(AtomicUsize::new(0)),
             job: UnsafeCell::new(None),
             panicked: AtomicBool::new(false),
@@ -99,7 +126,16 @@ impl Pool {
             (0..n_tasks).for_each(f);
             return;
         }
-        assert!(n_tasks <= u32::MAX as usize, "{n_tasks} tasks do not fit the cursor");
+        // Jobs of at most MAX_TASKS tasks each (a range's ends are 16 bits).
+        for first in (0..n_tasks).step_by(MAX_TASKS) {
+            let part = (n_tasks - first).min(MAX_TASKS);
+            self.run_part(part, &|task| f(first + task));
+        }
+    }
+
+    /// `run` for at most MAX_TASKS tasks.
+    fn run_part(&mut self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        assert!(n_tasks <= MAX_TASKS, "{n_tasks} tasks do not fit a range");
         let shared = &*self.shared;
         // SAFETY: only the lifetime is erased. No task of the previous job is claimable or
         // running (its `run` waited for them all), so nobody reads `job` now; workers read it
@@ -112,6 +148,13 @@ impl Pool {
         shared.done.0.store(0, Ordering::Relaxed);
         self.epoch = self.epoch.wrapping_add(1);
         let epoch = self.epoch;
+        // Each thread's contiguous share, published with the epoch below (the cursor's store
+        // orders these before it).
+        let threads = shared.ranges.len();
+        for (t, range) in shared.ranges.iter().enumerate() {
+            let (front, back) = (n_tasks * t / threads, n_tasks * (t + 1) / threads);
+            range.0.store(range_word(epoch, front, back), Ordering::Release);
+        }
         // SeqCst pairs with the workers' SeqCst `sleeping` store + cursor load (Dekker): either
         // a worker sees this epoch before parking, or we see it sleeping and unpark it.
         shared.cursor.0.store((u64::from(epoch) << 32) | n_tasks as u64, Ordering::SeqCst);
@@ -124,7 +167,7 @@ impl Pool {
         // `run_task` catches panics, so nothing unwinds past the wait below while a worker may
         // still be running `f`.
         let mut mine = 0;
-        while let Some(task) = claim(shared, epoch) {
+        while let Some(task) = claim(shared, epoch, 0) {
             run_task(shared, f, task);
             mine += 1;
         }
@@ -152,24 +195,30 @@ impl Drop for Pool {
     }
 }
 
-/// Claim one task of `epoch`: the index, or None when the job has none left or has ended.
-fn claim(shared: &Shared, epoch: u32) -> Option<usize> {
-    let mut cursor = shared.cursor.0.load(Ordering::Acquire);
-    loop {
-        let left = cursor as u32;
-        if epoch_of(cursor) != epoch || left == 0 {
-            return None;
+/// Claim one task of `epoch` for thread `me`: the front of its own range, else the back of
+/// another's; None when the job has none left or has ended.
+fn claim(shared: &Shared, epoch: u32, me: usize) -> Option<usize> {
+    let threads = shared.ranges.len();
+    (0..threads).find_map(|k| {
+        let own = k == 0;
+        let range = &shared.ranges[(me + k) % threads].0;
+        let mut word = range.load(Ordering::Acquire);
+        loop {
+            let (front, back) = range_of(word);
+            if epoch_of(word) != epoch || front >= back {
+                return None;
+            }
+            let (next, task) = if own {
+                (range_word(epoch, front + 1, back), front)
+            } else {
+                (range_word(epoch, front, back - 1), back - 1)
+            };
+            match range.compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(task),
+                Err(now) => word = now,
+            }
         }
-        match shared.cursor.0.compare_exchange_weak(
-            cursor,
-            cursor - 1,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => return Some(left as usize - 1),
-            Err(now) => cursor = now,
-        }
-    }
+    })
 }
 
 /// Run one claimed task, catching a panic (re-raised by the caller).
@@ -188,7 +237,7 @@ fn worker_loop(shared: &Shared, index: usize) {
         }
         // The job is read only after a claim succeeds (see `Shared::job`).
         let mut ran = 0;
-        while let Some(task) = claim(shared, seen) {
+        while let Some(task) = claim(shared, seen, index + 1) {
             // SAFETY: we hold a claimed task of epoch `seen` (not yet counted in `done`), so
             // the caller of that job is still inside `run`, `job` holds its closure, and
             // nobody writes `job` meanwhile.
@@ -250,13 +299,32 @@ mod tests {
     #[test]
     fn every_task_runs_once() {
         let mut pool = Pool::new(3).unwrap();
-        for n_tasks in [0, 1, 2, 7, 100] {
+        for n_tasks in [0, 1, 2, 7, 100, MAX_TASKS, MAX_TASKS + 3] {
             let hits: Vec<AtomicUsize> = (0..n_tasks).map(|_| AtomicUsize::new(0)).collect();
             pool.run(n_tasks, &|t| {
                 hits[t].fetch_add(1, Ordering::Relaxed);
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{n_tasks} tasks");
         }
+    }
+
+    #[test]
+    fn a_slow_threads_tasks_are_stolen() {
+        let mut pool = Pool::new(2).unwrap();
+        let caller = std::thread::current().id();
+        let stolen = AtomicUsize::new(0);
+        // The caller's range is the first half: it takes 5 ms a task there, so the worker
+        // ends its own half and takes the rest from the back of the caller's.
+        pool.run(16, &|t| {
+            let on_caller = std::thread::current().id() == caller;
+            if t < 8 && on_caller {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t < 8 && !on_caller {
+                stolen.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        assert!(stolen.load(Ordering::Relaxed) > 0, "the worker stole none of the caller's tasks");
     }
 
     #[test]

@@ -762,6 +762,11 @@ impl Gguf {
         self.storage.as_slice()
     }
 
+    /// The file's bytes copied into anonymous memory (`FileBytes::load_to_memory`).
+    pub fn load_to_memory(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        self.storage.load_to_memory(&self.path, progress)
+    }
+
     pub fn file_bytes(&self) -> u64 {
         self.bytes().len() as u64
     }
