@@ -17,6 +17,7 @@ import argparse
 import gc
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import time
@@ -41,10 +42,38 @@ def llama_round(llm, prompt, gen):
 
 def rotary_round(args):
     cmd = [args.rotary, "bench", "-m", args.model, "-p", str(args.p), "-n", str(args.n), "-r", "1",
-           "-t", str(args.t), "--backend", args.backend, "--json"]
+           "-t", str(args.t), "--backend", args.backend, "--json"] + shlex.split(args.rotary_args)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     r = json.loads(out)
     return r["pp_tok_s"], r["tg_tok_s"]
+
+
+def machine():
+    """This CPU's model name, cores and its SIMD flags that the engines use."""
+    info = {"cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        for line in text.splitlines():
+            if line.startswith("model name") and "cpu" not in info:
+                info["cpu"] = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and "flags" not in info:
+                have = set(line.split(":", 1)[1].split())
+                want = ["avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8"]
+                info["flags"] = [f for f in want if f in have]
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            info["thp"] = f.read().strip()
+    except OSError:
+        pass
+    return info
+
+
+def commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        return None
 
 
 def summary(xs):
@@ -62,6 +91,8 @@ def main():
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--rotary", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "rotary"))
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--rotary-args", default="",
+                    help="more flags for `rotary bench` (e.g. \"--no-mmap\")")
     ap.add_argument("--alone", action="store_true",
                     help="every llama.cpp round first, its model freed, then every rotary round: for "
                          "models that do not fit in RAM twice (llama.cpp repacks its weights into "
@@ -116,7 +147,8 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "llama_cpp_python": llama_cpp.__version__, "raw": res,
-                       "summary": s, "ratio_pp": ratio_pp, "ratio_tg": ratio_tg}, f, indent=1)
+                       "summary": s, "ratio_pp": ratio_pp, "ratio_tg": ratio_tg,
+                       "machine": machine(), "rotary_commit": commit()}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -415,14 +415,12 @@ impl<'w> Residency<'w> {
         let groups = group_pairs(&on_cpu, self.n_experts)?;
         // Every CPU expert of the layer in one `experts_rows` (two pool jobs for the layer, not
         // two per expert: each job's start and tail cost a few microseconds).
-        let layer = &self.w.layers[l];
-        let experts: Vec<([&Mat; 3], &[usize])> = (groups.iter().enumerate())
+        let mats: Vec<(usize, [Mat; 3])> = (groups.iter().enumerate())
             .filter(|(_, pairs)| !pairs.is_empty())
-            .map(|(e, pairs)| {
-                let x = &layer.experts[e];
-                ([&x.gate, &x.up, &x.down], pairs.as_slice())
-            })
+            .map(|(e, _)| (e, self.cpu_mats(l, e)))
             .collect();
+        let experts: Vec<([&Mat; 3], &[usize])> =
+            (mats.iter()).map(|(e, [g, u, d])| ([g, u, d], groups[*e].as_slice())).collect();
         let ys = experts_rows(cpu_kernels, &experts, h, k)?; // per expert [pairs, dim]
                                                              // The rows by pair, then up in runs of consecutive pairs (one copy per run).
         let mut rows: Vec<(usize, &[f32])> = Vec::with_capacity(on_cpu.len());
@@ -441,6 +439,26 @@ impl<'w> Residency<'w> {
             }
         }
         Ok(())
+    }
+
+    /// Expert e of layer l for the CPU: views of the packed pinned copy when every expert is
+    /// pinned (memory this process holds anyway; the file's pages of the experts then need not
+    /// stay cached beside it, which on a machine with little RAM to spare would evict and
+    /// re-read them), else the file mapping's. The same bytes either way.
+    fn cpu_mats(&self, l: usize, e: usize) -> [Mat<'_>; 3] {
+        let x = &self.w.layers[l].experts[e];
+        let HostExperts::Packed { base, offsets } = &self.host else {
+            return [x.gate, x.up, x.down];
+        };
+        let mut at = offsets[l][e];
+        [x.gate, x.up, x.down].map(|m| {
+            // SAFETY: the packed copy holds this expert's gate|up|down from offsets[l][e],
+            // written once when packed and never again; it lives as long as the device, which
+            // outlives this residency (as for the copies from it).
+            let data = unsafe { std::slice::from_raw_parts(base.add(at), m.data.len()) };
+            at += m.data.len();
+            Mat { data, ..m }
+        })
     }
 
     /// After the combine is launched: the loads behind the CPU experts `join_cpu` ran (from the
