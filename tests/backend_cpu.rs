@@ -220,10 +220,12 @@ fn thread_count_does_not_change_bits_for(simd: Simd) {
 fn tokens_together_match_tokens_alone() {
     // Kernels that take several tokens per pass over a weight row must give, bit for bit, what
     // each token alone gives, whatever the token count (full passes and every remainder; 16
-    // and more: AVX-512's 16-token Q4_K kernel over transposed activations, and its remainder).
+    // and more: AVX-512's 16-token Q4_K kernel over transposed activations, and its remainder;
+    // AMX's Q8_0 tiles, 16 rows and up to 16 tokens at a time).
     for simd in Simd::available() {
         let cpu = backend(2, simd);
-        for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q3K, GgmlType::IQ4XS, GgmlType::IQ3S] {
+        let types = [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q3K, GgmlType::IQ4XS, GgmlType::IQ3S];
+        for ty in types.into_iter().chain([GgmlType::Q8_0]) {
             let (rows, cols) = (37, 1024);
             let data = weights(ty, rows, cols, 41);
             let w = Mat::new(ty, rows, cols, &data, "w").unwrap();

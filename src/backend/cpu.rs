@@ -12,12 +12,16 @@
 //!   families, chosen at run time by feature detection.
 //! - `avx512`: AVX-512 + VNNI kernels for Q4_K and Q6_K (the AVX2 ones for every other type),
 //!   chosen where the CPU has them.
+//! - `amx`: AMX tile kernels for Q8_0 (16 rows at a time, each token a tile column), chosen
+//!   where the CPU has AMX-INT8 and Linux grants this process the tile state.
 //! - `pool`: the workers; a job starts with one atomic store (and an unpark if they slept).
 //!
 //! Results do not depend on the thread count: each output element is computed by exactly one
 //! task, with the same kernel and the same arithmetic order whichever thread runs it.
 
 mod act;
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -38,7 +42,7 @@ use std::sync::{Mutex, PoisonError};
 
 use super::{check_matmul, threads_or_default, Backend, Mat, MatJob};
 use crate::error::{Error, Result};
-use crate::quant::{BlockQ8K, GgmlType, QK_K};
+use crate::quant::{BlockQ8K, GgmlType, QK8_0, QK_K};
 use act::{ActFormat, ActQ8K16, ActQ8_0, ActQ8_1, Scratch, GROUP_TOKENS};
 use pool::Pool;
 use scalar_block32 as s32;
@@ -54,11 +58,13 @@ pub enum Simd {
     Avx2,
     /// AVX-512 F/BW/VL + VNNI for Q4_K and Q6_K, the AVX2 kernels for the rest (x86_64).
     Avx512,
+    /// `Avx512`, with AMX-INT8 tiles for Q8_0 products (x86_64 Linux).
+    Amx,
 }
 
 impl Simd {
     /// Every family, best last.
-    pub const ALL: [Simd; 3] = [Simd::Scalar, Simd::Avx2, Simd::Avx512];
+    pub const ALL: [Simd; 4] = [Simd::Scalar, Simd::Avx2, Simd::Avx512, Simd::Amx];
 
     /// The families this CPU can run.
     pub fn available() -> impl Iterator<Item = Simd> {
@@ -88,13 +94,15 @@ impl Simd {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Simd::Amx => Simd::Avx512.is_available() && amx::available(),
             #[cfg(not(target_arch = "x86_64"))]
-            Simd::Avx2 | Simd::Avx512 => false,
+            Simd::Avx2 | Simd::Avx512 | Simd::Amx => false,
         }
     }
 
-    /// The kernels `ROTARY_CPU_SIMD` asks for: `off` or `scalar`, `avx2`, `avx512`, or `auto`
-    /// (the default when unset: `detect()`).
+    /// The kernels `ROTARY_CPU_SIMD` asks for: `off` or `scalar`, `avx2`, `avx512`, `amx`, or
+    /// `auto` (the default when unset: `detect()`).
     pub fn from_env() -> Result<Simd> {
         let value = std::env::var("ROTARY_CPU_SIMD").unwrap_or_default();
         match value.to_ascii_lowercase().as_str() {
@@ -102,8 +110,9 @@ impl Simd {
             "off" | "scalar" => Ok(Simd::Scalar),
             "avx2" => Ok(Simd::Avx2),
             "avx512" => Ok(Simd::Avx512),
+            "amx" => Ok(Simd::Amx),
             other => Err(Error::Usage(format!(
-                "ROTARY_CPU_SIMD={other}: want off, scalar, avx2, avx512 or auto"
+                "ROTARY_CPU_SIMD={other}: want off, scalar, avx2, avx512, amx or auto"
             ))),
         }
     }
@@ -122,6 +131,10 @@ type MultiDot<A> = unsafe fn(&[u8], &[A], &mut [f32]);
 /// A kernel that dots one weight row with 16 tokens' transposed activations ([blocks] of
 /// `ActQ8K16`): bit for bit the one-token kernel per token.
 type Gemm16 = unsafe fn(&[u8], &[ActQ8K16], &mut [f32; GROUP_TOKENS]);
+
+/// Up to 16 Q8_0 rows ([rows, row_bytes]) times up to 16 tokens ([tokens, blocks]) into
+/// out[token][row].
+type TilesQ8_0 = unsafe fn(&[u8], usize, &[ActQ8_0], &mut [[f32; 16]; GROUP_TOKENS]);
 
 /// One weight type's dot product of a row with one token's activations, by the activation
 /// format it takes, and where a family has one, its multi-token kernel. `unsafe`: the SIMD
@@ -154,6 +167,8 @@ struct Kernels {
     quantize_q8_k: unsafe fn(&[f32], &mut [BlockQ8K]),
     /// The types with a 16-token kernel over transposed Q8_K activations.
     gemm16: &'static [(GgmlType, Gemm16)],
+    /// Q8_0, 16 rows and up to 16 tokens at a time (AMX tiles).
+    tiles_q8_0: Option<TilesQ8_0>,
 }
 
 const SCALAR: Kernels = Kernels {
@@ -187,6 +202,7 @@ const SCALAR: Kernels = Kernels {
     quantize_q8_1: scalar::quantize_q8_1,
     quantize_q8_k: scalar::quantize_q8_k,
     gemm16: &[],
+    tiles_q8_0: None,
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -221,6 +237,7 @@ const AVX2: Kernels = Kernels {
     quantize_q8_1: avx2::quantize_q8_1,
     quantize_q8_k: avx2::quantize_q8_k,
     gemm16: &[],
+    tiles_q8_0: None,
 };
 
 /// AVX2's table with the AVX-512 kernels of Q4_K and Q6_K.
@@ -234,6 +251,17 @@ const AVX512: Kernels = {
     k
 };
 
+/// AVX-512's table with the AMX tile kernel for Q8_0 (and a one-token Q8_0 kernel in its
+/// order, for a product it does not take).
+#[cfg(target_arch = "x86_64")]
+const AMX: Kernels = {
+    let mut k = AVX512;
+    assert!(matches!(k.dots[3].0, GgmlType::Q8_0));
+    k.dots[3].1 = Dot::Q8_0(amx::dot_q8_0, None);
+    k.tiles_q8_0 = Some(amx::gemm_q8_0);
+    k
+};
+
 impl Simd {
     fn kernels(self) -> &'static Kernels {
         match self {
@@ -242,8 +270,12 @@ impl Simd {
             Simd::Avx2 => &AVX2,
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => &AVX512,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Amx => &AMX,
             #[cfg(not(target_arch = "x86_64"))]
-            Simd::Avx2 | Simd::Avx512 => unreachable!("{self:?} is never available off x86_64"),
+            Simd::Avx2 | Simd::Avx512 | Simd::Amx => {
+                unreachable!("{self:?} is never available off x86_64")
+            }
         }
     }
 }
@@ -371,6 +403,11 @@ impl Backend for CpuBackend {
                 gemms[i] = None;
             }
         }
+        // The tile kernel for Q8_0 weights, where the family has one.
+        let tiles: Vec<Option<TilesQ8_0>> = jobs
+            .iter()
+            .map(|j| kernels.tiles_q8_0.filter(|_| j.w.ty == GgmlType::Q8_0 && j.w.cols > 0))
+            .collect();
         let acts: Vec<ActRef> =
             keys.iter().zip(scratch.iter()).map(|(&(x, f), s)| s.view(f, x)).collect();
         // Tasks: (job, first row), whole rows of one product each.
@@ -391,9 +428,10 @@ impl Backend for CpuBackend {
             let (j, y) = (&jobs[i], &outs[i]);
             match (dots[i], acts[act_of[i]]) {
                 (Dot::F32(f), ActRef::F32(a)) => rows_task(&j.w, a, 0, j.n, f, None, y, start..end),
-                (Dot::Q8_0(f, m), ActRef::Q8_0(a)) => {
-                    rows_task(&j.w, a, 0, j.n, f, m, y, start..end)
-                }
+                (Dot::Q8_0(f, m), ActRef::Q8_0(a)) => match tiles[i] {
+                    Some(tile) => tile_task(&j.w, a, j.n, tile, y, start..end),
+                    None => rows_task(&j.w, a, 0, j.n, f, m, y, start..end),
+                },
                 (Dot::Q8_1(f, m), ActRef::Q8_1(a)) => {
                     rows_task(&j.w, a, 0, j.n, f, m, y, start..end)
                 }
@@ -606,6 +644,37 @@ fn gemm_task(
         }
     }
     groups * GROUP_TOKENS
+}
+
+/// Rows `rows` of w (Q8_0) times all `n` tokens (act: [n, blocks]) through a tile kernel, 16
+/// rows and up to 16 tokens at a time.
+fn tile_task(
+    w: &Mat,
+    act: &[ActQ8_0],
+    n: usize,
+    tile: TilesQ8_0,
+    y: &OutPtr,
+    rows: std::ops::Range<usize>,
+) {
+    let (row_bytes, blocks) = (w.data.len() / w.rows, w.cols / QK8_0);
+    assert_eq!(act.len(), n * blocks, "act is [n, blocks]");
+    assert_eq!(y.len, n * w.rows, "y is [n, rows]");
+    #[cfg(target_arch = "x86_64")]
+    amx::prefetch_l2(&w.data[rows.start * row_bytes..(rows.start + 16).min(rows.end) * row_bytes]);
+    for start in rows.clone().step_by(16) {
+        let end = (start + 16).min(rows.end);
+        let chunk = &w.data[start * row_bytes..end * row_bytes];
+        for (g, group) in act.chunks(GROUP_TOKENS * blocks).enumerate() {
+            let mut out = [[0f32; 16]; GROUP_TOKENS];
+            // SAFETY: `tile` comes from `self.simd.kernels()`, whose CPU features (and AMX
+            // permission) `with_simd` checked.
+            unsafe { tile(chunk, row_bytes, group, &mut out) };
+            for (t, o) in out.iter().enumerate().take(group.len() / blocks) {
+                let token = g * GROUP_TOKENS + t;
+                y.write_strided(token * w.rows + start, 1, &o[..end - start]);
+            }
+        }
+    }
 }
 
 /// The output matrix shared by the tasks of one matmul, each writing only its own rows.
