@@ -421,7 +421,7 @@ impl<'w> Residency<'w> {
             .collect();
         let experts: Vec<([&Mat; 3], &[usize])> =
             (mats.iter()).map(|(e, [g, u, d])| ([g, u, d], groups[*e].as_slice())).collect();
-        let ys = experts_rows(cpu_kernels, &experts, h, k)?; // per expert [pairs, dim]
+        let ys = experts_rows(cpu_kernels, &experts, h, k)?; // per expert: [pairs, dim]
                                                              // The rows by pair, then up in runs of consecutive pairs (one copy per run).
         let mut rows: Vec<(usize, &[f32])> = Vec::with_capacity(on_cpu.len());
         for ((_, pairs), y) in experts.iter().zip(&ys) {

@@ -22,6 +22,7 @@ use std::sync::OnceLock;
 
 use super::act::{ActQ8_0, GROUP_TOKENS};
 use super::avx2::prefetch;
+use super::avx512::{f16_at, hsum_epi32};
 
 /// Whether this CPU and OS run AMX-INT8 tiles for this process (asked once).
 pub(super) fn available() -> bool {
@@ -86,7 +87,7 @@ fn request_tile_permission() -> bool {
 /// Q8_0 · Q8_0 for one token, in `gemm_q8_0`'s order (so that a token alone and a token among
 /// others give the same bits): per block the exact integer dot, then
 /// acc = fma(d_a · d_w, dot, acc), blocks in order.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn dot_q8_0(row: &[u8], act: &[ActQ8_0]) -> f32 {
     assert_eq!(row.len(), act.len() * 34, "row is [blocks] of Q8_0");
     let w = row.as_ptr();
@@ -100,12 +101,8 @@ pub(super) unsafe fn dot_q8_0(row: &[u8], act: &[ActQ8_0]) -> f32 {
         // |x| · sign(y, x): exact while y > -128 (activations are within ±127), pair sums
         // within i16.
         let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(qx), _mm256_sign_epi8(qy, qx));
-        let v = _mm256_madd_epi16(pairs, ones);
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-        let dot = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)));
-        let d_w = _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(blk.cast::<i16>().read_unaligned())));
-        acc = (a.d * d_w).mul_add(dot as f32, acc);
+        let dot = hsum_epi32(_mm256_madd_epi16(pairs, ones));
+        acc = (a.d * f16_at(blk)).mul_add(dot as f32, acc);
     }
     acc
 }
@@ -136,7 +133,7 @@ struct TileConfig {
 /// as a 32 × 1 tile B and `tdpbssd` into a zeroed 16 × 1 tile C: the exact i32 dots of the
 /// 16 rows, stored side by side, one vector. Then per token, the 16 rows at once:
 /// acc = fma(d_w · d_a, dot, acc), blocks in order: `dot_q8_0`'s order, bit for bit.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn gemm_q8_0(
     w: &[u8],
     row_bytes: usize,
@@ -185,29 +182,11 @@ pub(super) unsafe fn gemm_q8_0(
             stride = in(reg) row_bytes,
             options(nostack, readonly),
         );
-        // Two tokens at a time, on two pairs of tiles.
-        let mut t = 0;
-        while t < tokens {
+        // Two tokens at a time, on two pairs of tiles; an odd last token alone (not twice:
+        // one token a block is the decode case, and a second `tdpbssd` costs it ~20%).
+        for t in (0..tokens).step_by(2) {
             let (x0, c0) = (act[t * blocks + b].qs.as_ptr(), dots.0[t].as_mut_ptr());
-            if t + 1 < tokens {
-                let (x1, c1) = (act[(t + 1) * blocks + b].qs.as_ptr(), dots.0[t + 1].as_mut_ptr());
-                asm!(
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tileloadd tmm3, [{x0} + {four}*1]",
-                    "tileloadd tmm4, [{x1} + {four}*1]",
-                    "tdpbssd tmm1, tmm0, tmm3",
-                    "tdpbssd tmm2, tmm0, tmm4",
-                    "tilestored [{c0} + {four}*1], tmm1",
-                    "tilestored [{c1} + {four}*1], tmm2",
-                    x0 = in(reg) x0,
-                    x1 = in(reg) x1,
-                    c0 = in(reg) c0,
-                    c1 = in(reg) c1,
-                    four = in(reg) 4usize,
-                    options(nostack),
-                );
-            } else {
+            if t + 1 == tokens {
                 asm!(
                     "tilezero tmm1",
                     "tileloadd tmm3, [{x0} + {four}*1]",
@@ -218,8 +197,25 @@ pub(super) unsafe fn gemm_q8_0(
                     four = in(reg) 4usize,
                     options(nostack),
                 );
+                continue;
             }
-            t += 2;
+            let (x1, c1) = (act[(t + 1) * blocks + b].qs.as_ptr(), dots.0[t + 1].as_mut_ptr());
+            asm!(
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tileloadd tmm3, [{x0} + {four}*1]",
+                "tileloadd tmm4, [{x1} + {four}*1]",
+                "tdpbssd tmm1, tmm0, tmm3",
+                "tdpbssd tmm2, tmm0, tmm4",
+                "tilestored [{c0} + {four}*1], tmm1",
+                "tilestored [{c1} + {four}*1], tmm2",
+                x0 = in(reg) x0,
+                x1 = in(reg) x1,
+                c0 = in(reg) c0,
+                c1 = in(reg) c1,
+                four = in(reg) 4usize,
+                options(nostack),
+            );
         }
         // The rows' d (f16) for this block: 4 bytes gathered at each row's block (d and the
         // first two quants), the low halves kept.
